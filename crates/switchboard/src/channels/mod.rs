@@ -1,0 +1,83 @@
+//! Channel adapters: the only code that knows a provider's format. Each one reads a request,
+//! names the account it claims to come from, verifies it with that account's secret, and
+//! turns it into normalized [`Fact`]s. They never touch the database; the route, body limit,
+//! account lookup and store call are written once, in `routes::ingress`.
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+
+use crate::domain::Fact;
+
+pub mod twilio;
+
+/// What a provider sent, with the URL it called (as the provider saw it, for signatures).
+#[derive(Debug)]
+pub struct ProviderRequest {
+    /// Public URL: scheme, host, optional port, path and query exactly as received.
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl ProviderRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How to find the account a request claims to come from: by the address it was sent to
+/// (a phone number, a page id, a mailbox) first, else by the provider account id when exactly
+/// one location uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteKey {
+    pub address: Option<String>,
+    pub account_id: Option<String>,
+}
+
+/// A location's credentials for one provider, as the core found them.
+#[derive(Debug, Clone)]
+pub struct ChannelAccount {
+    pub location_id: String,
+    pub account_id: String,
+    /// The secret the provider signs with (Twilio: the auth token).
+    pub secret: String,
+    /// Provider-specific settings (JSON object).
+    pub settings: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChannelError {
+    /// 400: the request is not what this provider sends.
+    #[error("{0}")]
+    Malformed(String),
+    /// 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 403: the signature is missing or wrong.
+    #[error("{0}")]
+    BadSignature(String),
+}
+
+/// One provider endpoint.
+pub trait Channel: Send + Sync + 'static {
+    /// The provider's name (persisted with every message; never renamed).
+    const PROVIDER: &'static str;
+    /// The request decoded but not yet trusted.
+    type Parsed: Send;
+
+    fn parse(req: &ProviderRequest) -> Result<Self::Parsed, ChannelError>;
+    fn route(parsed: &Self::Parsed) -> RouteKey;
+    fn verify(
+        req: &ProviderRequest,
+        parsed: &Self::Parsed,
+        account: &ChannelAccount,
+    ) -> Result<(), ChannelError>;
+    fn facts(
+        parsed: Self::Parsed,
+        account: &ChannelAccount,
+        now_ms: i64,
+    ) -> Result<Vec<Fact>, ChannelError>;
+    /// The answer once the facts are durably stored.
+    fn acknowledge() -> Response;
+}

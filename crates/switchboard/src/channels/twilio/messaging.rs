@@ -1,0 +1,313 @@
+//! Twilio Messaging inbound webhook: a form POST with `MessageSid`, `AccountSid`, `From`, `To`,
+//! `Body`, `NumMedia` and `MediaUrl{N}`. Answered with empty TwiML once stored.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use switchboard_events::{Direction, MessageType, CONTENT_TYPE_TEXT_PLAIN};
+
+use super::signature::{self, Algorithm};
+use super::PROVIDER;
+use crate::channels::{Channel, ChannelAccount, ChannelError, ProviderRequest, RouteKey};
+use crate::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
+
+const WHATSAPP_PREFIX: &str = "whatsapp:";
+const MAX_MEDIA: usize = 10;
+pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
+
+pub struct TwilioMessaging;
+
+/// The decoded form, in the order received, with the fields we rely on picked out.
+pub struct ParsedMessage {
+    params: Vec<(String, String)>,
+    message_sid: String,
+    account_sid: String,
+    from: String,
+    to: String,
+}
+
+impl ParsedMessage {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn required(params: &[(String, String)], names: &[&str]) -> Result<String, ChannelError> {
+    names
+        .iter()
+        .find_map(|n| params.iter().find(|(k, v)| k == n && !v.is_empty()))
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| ChannelError::Malformed(format!("missing form parameter `{}`", names[0])))
+}
+
+/// `whatsapp:+1415…` → (`+1415…`, true).
+fn strip_whatsapp(address: &str) -> (&str, bool) {
+    match address.strip_prefix(WHATSAPP_PREFIX) {
+        Some(rest) => (rest, true),
+        None => (address, false),
+    }
+}
+
+/// The number as E.164 when it is one; otherwise as given (alphanumeric sender ids, short codes).
+fn normalize_address(address: &str) -> String {
+    PhoneNumber::parse(address)
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|_| address.to_owned())
+}
+
+impl Channel for TwilioMessaging {
+    const PROVIDER: &'static str = PROVIDER;
+    type Parsed = ParsedMessage;
+
+    fn parse(req: &ProviderRequest) -> Result<ParsedMessage, ChannelError> {
+        let content_type = req.header("content-type").unwrap_or("");
+        if !content_type
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
+            return Err(ChannelError::UnsupportedMediaType(format!(
+                "expected application/x-www-form-urlencoded, got `{content_type}`"
+            )));
+        }
+        let params: Vec<(String, String)> = form_urlencoded::parse(&req.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok(ParsedMessage {
+            message_sid: required(&params, &["MessageSid", "SmsMessageSid", "SmsSid"])?,
+            account_sid: required(&params, &["AccountSid"])?,
+            from: required(&params, &["From"])?,
+            to: required(&params, &["To"])?,
+            params,
+        })
+    }
+
+    fn route(parsed: &ParsedMessage) -> RouteKey {
+        RouteKey {
+            address: Some(normalize_address(strip_whatsapp(&parsed.to).0)),
+            account_id: Some(parsed.account_sid.clone()),
+        }
+    }
+
+    fn verify(
+        req: &ProviderRequest,
+        parsed: &ParsedMessage,
+        account: &ChannelAccount,
+    ) -> Result<(), ChannelError> {
+        let header = req.header("x-twilio-signature").ok_or_else(|| {
+            ChannelError::BadSignature("missing X-Twilio-Signature header".into())
+        })?;
+        let (algorithm, key_id) =
+            Algorithm::from_settings_header(req.header("x-twilio-webhooks-signature-settings"))
+                .map_err(ChannelError::BadSignature)?;
+        // A Webhook Rule's shared key when one is configured under that id; else the auth token.
+        let key = key_id
+            .as_deref()
+            .and_then(|id| account.settings["signingKeys"][id].as_str())
+            .unwrap_or(&account.secret);
+        if signature::verify_form(algorithm, key.as_bytes(), &req.url, &parsed.params, header) {
+            Ok(())
+        } else {
+            Err(ChannelError::BadSignature(format!(
+                "X-Twilio-Signature does not match this request for {}; check the auth token and that the URL configured at Twilio is {}",
+                parsed.account_sid, req.url
+            )))
+        }
+    }
+
+    fn facts(
+        parsed: ParsedMessage,
+        _account: &ChannelAccount,
+        now_ms: i64,
+    ) -> Result<Vec<Fact>, ChannelError> {
+        let (from_raw, whatsapp) = strip_whatsapp(&parsed.from);
+        let (to_raw, _) = strip_whatsapp(&parsed.to);
+        let contact = match PhoneNumber::parse(from_raw) {
+            Ok(phone) => ContactIdentity::phone(&phone),
+            Err(_) => ContactIdentity::address(PROVIDER, from_raw),
+        };
+        let media_count = match parsed.get("NumMedia") {
+            None | Some("") => 0,
+            Some(n) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= MAX_MEDIA)
+                .ok_or_else(|| {
+                    ChannelError::Malformed(format!("NumMedia `{n}` is not a number from 0 to 10"))
+                })?,
+        };
+        let attachments = (0..media_count)
+            .map(|i| {
+                parsed
+                    .get(&format!("MediaUrl{i}"))
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ChannelError::Malformed(format!(
+                            "NumMedia is {media_count} but MediaUrl{i} is missing"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // PostgreSQL text cannot hold NUL; Twilio bodies occasionally do.
+        let body = parsed.get("Body").unwrap_or("").replace('\0', "");
+        let contact_name = if whatsapp {
+            parsed.get("ProfileName").map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(vec![Fact::Message(NewMessage {
+            provider: PROVIDER,
+            provider_message_id: parsed.message_sid.clone(),
+            direction: Direction::Inbound,
+            message_type: if whatsapp {
+                MessageType::WhatsApp
+            } else {
+                MessageType::Sms
+            },
+            status: "delivered".to_owned(),
+            body: Some(body),
+            content_type: Some(CONTENT_TYPE_TEXT_PLAIN.to_owned()),
+            attachments,
+            contact,
+            contact_name,
+            from: Some(normalize_address(from_raw)),
+            to: Some(normalize_address(to_raw)),
+            user_id: None,
+            received_at_ms: now_ms,
+        })])
+    }
+
+    fn acknowledge() -> Response {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+            EMPTY_TWIML,
+        )
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn request(body: &str) -> ProviderRequest {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        ProviderRequest {
+            url: "https://hooks.example.com/conversations/providers/twilio/inbound_message".into(),
+            headers,
+            body: bytes::Bytes::from(body.to_owned()),
+        }
+    }
+
+    fn account() -> ChannelAccount {
+        ChannelAccount {
+            location_id: "L".into(),
+            account_id: "AC33333333333333333333333333333333".into(),
+            secret: "test_auth_token_0123456789abcdef".into(),
+            settings: serde_json::json!({}),
+        }
+    }
+
+    fn message(body: &str) -> NewMessage {
+        let parsed = TwilioMessaging::parse(&request(body)).unwrap();
+        match TwilioMessaging::facts(parsed, &account(), 5)
+            .unwrap()
+            .remove(0)
+        {
+            Fact::Message(m) => m,
+        }
+    }
+
+    const SMS: &str = "MessageSid=SM1&AccountSid=AC33333333333333333333333333333333&From=%2B12125550199&To=%2B14155550100&Body=Hi+there&NumMedia=0";
+
+    #[test]
+    fn sms_becomes_an_inbound_sms() {
+        let m = message(SMS);
+        assert_eq!(m.provider_message_id, "SM1");
+        assert_eq!(m.message_type, MessageType::Sms);
+        assert_eq!(m.body.as_deref(), Some("Hi there"));
+        assert_eq!(m.from.as_deref(), Some("+12125550199"));
+        assert_eq!(m.to.as_deref(), Some("+14155550100"));
+        assert_eq!(
+            m.contact,
+            ContactIdentity {
+                kind: "phone",
+                value: "+12125550199".into()
+            }
+        );
+        assert!(m.attachments.is_empty());
+        assert_eq!(m.received_at_ms, 5);
+    }
+
+    #[test]
+    fn mms_media_in_order() {
+        let m = message(
+            &format!(
+                "{SMS}&NumMedia=2&MediaUrl1=https%3A%2F%2Fm%2F1&MediaUrl0=https%3A%2F%2Fm%2F0"
+            )
+            .replace("&NumMedia=0", ""),
+        );
+        assert_eq!(m.attachments, vec!["https://m/0", "https://m/1"]);
+    }
+
+    #[test]
+    fn whatsapp_is_its_own_type_with_the_same_phone_contact() {
+        let body = "MessageSid=SM2&AccountSid=AC33333333333333333333333333333333&From=whatsapp%3A%2B5215512345678&To=whatsapp%3A%2B14155550100&Body=Hola&ProfileName=Ana";
+        let m = message(body);
+        assert_eq!(m.message_type, MessageType::WhatsApp);
+        assert_eq!(m.contact.value, "+5215512345678");
+        assert_eq!(m.contact_name.as_deref(), Some("Ana"));
+        assert_eq!(
+            TwilioMessaging::route(&TwilioMessaging::parse(&request(body)).unwrap()).address,
+            Some("+14155550100".into())
+        );
+    }
+
+    #[test]
+    fn malformed_requests_say_what_is_wrong() {
+        let err = TwilioMessaging::parse(&request("From=%2B1")).err().unwrap();
+        assert!(matches!(err, ChannelError::Malformed(m) if m.contains("MessageSid")));
+        let parsed =
+            TwilioMessaging::parse(&request(&SMS.replace("NumMedia=0", "NumMedia=2"))).unwrap();
+        let err = TwilioMessaging::facts(parsed, &account(), 0).unwrap_err();
+        assert!(matches!(err, ChannelError::Malformed(m) if m.contains("MediaUrl0")));
+        let mut json = request("{}");
+        json.headers
+            .insert("content-type", "application/json".parse().unwrap());
+        assert!(matches!(
+            TwilioMessaging::parse(&json),
+            Err(ChannelError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn verify_uses_the_account_token() {
+        let req = request(SMS);
+        let parsed = TwilioMessaging::parse(&req).unwrap();
+        let sig = signature::sign(
+            Algorithm::HmacSha1,
+            b"test_auth_token_0123456789abcdef",
+            &req.url,
+            &parsed.params,
+        );
+        let mut signed = request(SMS);
+        signed
+            .headers
+            .insert("x-twilio-signature", sig.parse().unwrap());
+        assert_eq!(
+            TwilioMessaging::verify(&signed, &parsed, &account()),
+            Ok(())
+        );
+        let mut other = account();
+        other.secret = "another".into();
+        assert!(TwilioMessaging::verify(&signed, &parsed, &other).is_err());
+        assert!(TwilioMessaging::verify(&req, &parsed, &account()).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! Configuration in layers: the commented defaults embedded in the binary
+//! (`config.default.toml`), then an optional TOML file, then `SWITCHBOARD_*` environment
+//! variables. Validated once at start; an invalid value fails with the key's name.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Deserializer};
+
+/// The defaults, with a comment on every key. Also printed by `switchboard config-defaults`.
+pub const DEFAULTS_TOML: &str = include_str!("../config.default.toml");
+
+const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Keys that have no default value and are strings when set.
+const OPTIONAL_KEYS: [&str; 3] = ["database_url", "admin_token", "public_url"];
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub public_url: Option<String>,
+    pub allow_private_targets: bool,
+    pub log: String,
+    pub max_body_bytes: usize,
+    pub sqlite_synchronous: SqliteSynchronous,
+    #[serde(deserialize_with = "de_duration")]
+    pub delivery_timeout: Duration,
+    #[serde(deserialize_with = "de_durations")]
+    pub retry_schedule: Vec<Duration>,
+    pub retry_jitter: f64,
+    #[serde(deserialize_with = "de_duration")]
+    pub delivery_lease: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+    pub dispatcher_concurrency: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the admin token.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url)
+            .field("public_url", &self.public_url)
+            .field("allow_private_targets", &self.allow_private_targets)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
+}
+
+impl Config {
+    /// Defaults < `file` < environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let file_text = match file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Self::from_layers(file_text.as_deref(), std::env::vars())
+    }
+
+    /// The built-in defaults alone (tests start from these).
+    pub fn defaults() -> Config {
+        Self::from_layers(None, std::iter::empty()).expect("embedded defaults are valid")
+    }
+
+    fn from_layers(
+        file: Option<&str>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut table: toml::Table = DEFAULTS_TOML.parse().expect("embedded defaults parse");
+        if let Some(text) = file {
+            let overlay: toml::Table = text.parse().context("config file is not valid TOML")?;
+            for (key, value) in overlay {
+                if !table.contains_key(&key) && !OPTIONAL_KEYS.contains(&key.as_str()) {
+                    bail!("config file: unknown key `{key}`");
+                }
+                table.insert(key, value);
+            }
+        }
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let value = match table.get(&key) {
+                Some(default) => env_value(default, &raw)
+                    .with_context(|| format!("environment variable {name}: invalid value"))?,
+                None if OPTIONAL_KEYS.contains(&key.as_str()) => toml::Value::String(raw),
+                // Other SWITCHBOARD_* variables belong to other tools; they are ignored.
+                None => continue,
+            };
+            table.insert(key, value);
+        }
+        let config: Config = Config::deserialize(table).context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..1.0).contains(&self.retry_jitter) {
+            bail!("retry_jitter must be at least 0 and below 1");
+        }
+        if self.delivery_lease <= self.delivery_timeout {
+            bail!("delivery_lease must be longer than delivery_timeout");
+        }
+        if self.dispatcher_concurrency == 0 {
+            bail!("dispatcher_concurrency must be at least 1");
+        }
+        if self.poll_interval.is_zero() {
+            bail!("poll_interval must be above zero");
+        }
+        if let Some(url) = &self.public_url {
+            let parsed = url::Url::parse(url).context("public_url is not a URL")?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                bail!("public_url must be an http(s) URL with a host");
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                bail!("public_url must not have a query or fragment");
+            }
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                bail!("admin_token must be at least 16 characters");
+            }
+        }
+        if let Some(url) = &self.database_url {
+            if !url.starts_with("sqlite:") {
+                bail!("database_url: only sqlite:// URLs are supported by this build");
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.join("switchboard.db").display()
+            ),
+        }
+    }
+}
+
+/// Convert an environment string to the type of the key's default.
+fn env_value(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
+    Ok(match default {
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => bail!("`{other}` is not a boolean"),
+        }),
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse()?),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse()?),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_owned()),
+    })
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+}
+
+fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let c = Config::defaults();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.delivery_timeout, Duration::from_secs(10));
+        assert_eq!(c.retry_schedule.len(), 12);
+        assert_eq!(c.retry_schedule[0], Duration::from_secs(5));
+        assert!(!c.allow_private_targets);
+        assert_eq!(c.database_url(), "sqlite://switchboard-data/switchboard.db");
+    }
+
+    #[test]
+    fn environment_beats_file_beats_defaults() {
+        let file = "listen = \"0.0.0.0:9000\"\nlog = \"debug\"\nretry_schedule = [\"1s\"]\n";
+        let c = Config::from_layers(
+            Some(file),
+            env(&[
+                ("SWITCHBOARD_LISTEN", "127.0.0.1:9999"),
+                ("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "true"),
+                ("SWITCHBOARD_RETRY_JITTER", "0.1"),
+                ("SWITCHBOARD_PUBLIC_URL", "https://hooks.example.com"),
+                ("SWITCHBOARD_UNRELATED_TOOL", "x"),
+                ("OTHER", "y"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9999");
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.retry_schedule, vec![Duration::from_secs(1)]);
+        assert!(c.allow_private_targets);
+        assert_eq!(c.retry_jitter, 0.1);
+        assert_eq!(c.public_url.as_deref(), Some("https://hooks.example.com"));
+    }
+
+    #[test]
+    fn lists_from_environment_are_comma_separated() {
+        let c =
+            Config::from_layers(None, env(&[("SWITCHBOARD_RETRY_SCHEDULE", "100ms, 2s")])).unwrap();
+        assert_eq!(
+            c.retry_schedule,
+            vec![Duration::from_millis(100), Duration::from_secs(2)]
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = Config::from_layers(None, env(&[("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "maybe")]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("SWITCHBOARD_ALLOW_PRIVATE_TARGETS"));
+        let err = Config::from_layers(Some("lisen = \"x\""), std::iter::empty()).unwrap_err();
+        assert!(format!("{err:#}").contains("lisen"));
+        let err = Config::from_layers(None, env(&[("SWITCHBOARD_DELIVERY_TIMEOUT", "soon")]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("soon"), "{err:#}");
+        let err =
+            Config::from_layers(None, env(&[("SWITCHBOARD_PUBLIC_URL", "ftp://x")])).unwrap_err();
+        assert!(format!("{err:#}").contains("public_url"));
+        let err =
+            Config::from_layers(None, env(&[("SWITCHBOARD_DELIVERY_LEASE", "5s")])).unwrap_err();
+        assert!(format!("{err:#}").contains("delivery_lease"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Domain types: raw input becomes these at the edge, inner code never re-checks.
+
+pub mod ids;
+pub mod message;
+pub mod phone;
+pub mod time;
+
+pub use message::{ContactIdentity, Fact, NewMessage};
+pub use phone::PhoneNumber;

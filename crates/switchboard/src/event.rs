@@ -1,0 +1,60 @@
+//! Rendering a filed message into the event body subscribers receive. Serialized once, at
+//! ingest; those exact bytes are stored, signed and sent on every attempt.
+
+use switchboard_events::{MessageEvent, StringOrList};
+
+use crate::domain::time::iso_millis;
+use crate::domain::NewMessage;
+
+/// A message with the ids the store gave it.
+pub struct Filed<'a> {
+    pub message: &'a NewMessage,
+    pub location_id: &'a str,
+    pub contact_id: &'a str,
+    pub conversation_id: &'a str,
+    pub message_id: &'a str,
+    pub event_id: &'a str,
+    pub emitted_at: i64,
+}
+
+pub fn build(f: &Filed<'_>) -> MessageEvent {
+    let m = f.message;
+    let type_id = m.message_type.type_id();
+    MessageEvent {
+        event_type: m.direction.event_type(),
+        location_id: f.location_id.to_owned(),
+        attachments: Some(m.attachments.clone()),
+        body: m.body.clone(),
+        contact_id: f.contact_id.to_owned(),
+        content_type: m.content_type.clone(),
+        conversation_id: f.conversation_id.to_owned(),
+        date_added: iso_millis(m.received_at_ms),
+        direction: m.direction,
+        message_type: m.message_type.clone(),
+        message_type_id: type_id.map(|(id, _)| id),
+        message_type_string: type_id.map(|(_, s)| s.to_owned()),
+        status: Some(m.status.clone()),
+        message_id: f.message_id.to_owned(),
+        user_id: m.user_id.clone(),
+        call_duration: None,
+        call_status: None,
+        email_message_id: None,
+        thread_id: None,
+        provider: None,
+        from: m.from.clone(),
+        to: m.to.clone().map(StringOrList::One),
+        cc: None,
+        bcc: None,
+        cc_list: None,
+        bcc_list: None,
+        subject: None,
+        timestamp: iso_millis(f.emitted_at),
+        webhook_id: f.event_id.to_owned(),
+    }
+}
+
+/// Compact JSON: no spaces, UTF-8 as is, `/` unescaped (what `JSON.stringify` produces, so
+/// naive re-serializing verifiers still pass).
+pub fn render(f: &Filed<'_>) -> Vec<u8> {
+    serde_json::to_vec(&build(f)).expect("event serializes")
+}

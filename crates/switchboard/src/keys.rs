@@ -1,0 +1,146 @@
+//! Secrets kept in the data directory: the server's Ed25519 signing key (for `x-ghl-signature`)
+//! and the generated admin token. Created on first start with owner-only permissions; parsed once.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signer, SigningKey};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+
+const ED25519_FILE: &str = "ed25519-private-key.pem";
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+pub struct SigningKeys {
+    ed25519: SigningKey,
+    ed25519_public_pem: String,
+}
+
+impl SigningKeys {
+    /// Load the key from `dir`, or create and save one.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<SigningKeys> {
+        let path = dir.join(ED25519_FILE);
+        let key = if path.exists() {
+            let pem =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+                anyhow::anyhow!("{}: not an Ed25519 PKCS#8 key: {e}", path.display())
+            })?
+        } else {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let pem = key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
+            write_private(&path, pem.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated the Ed25519 signing key");
+            key
+        };
+        let ed25519_public_pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?;
+        Ok(SigningKeys {
+            ed25519: key,
+            ed25519_public_pem,
+        })
+    }
+
+    /// `x-ghl-signature`: base64 Ed25519 over the exact body bytes.
+    pub fn ed25519_signature(&self, body: &[u8]) -> String {
+        B64.encode(self.ed25519.sign(body).to_bytes())
+    }
+
+    /// SPKI PEM of the public key.
+    pub fn ed25519_public_pem(&self) -> &str {
+        &self.ed25519_public_pem
+    }
+}
+
+/// The configured token, or the one kept in `dir` (generated and printed once if missing).
+pub fn admin_token(dir: &Path, configured: Option<&str>) -> anyhow::Result<String> {
+    if let Some(token) = configured {
+        return Ok(token.to_owned());
+    }
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        let token = fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned();
+        anyhow::ensure!(
+            token.len() >= 16,
+            "{} holds no usable token",
+            path.display()
+        );
+        return Ok(token);
+    }
+    let token: String = std::iter::once("sb_".to_owned())
+        .chain(
+            rand::rngs::OsRng
+                .sample_iter(&Alphanumeric)
+                .take(40)
+                .map(|b| char::from(b).to_string()),
+        )
+        .collect();
+    write_private(&path, token.as_bytes())?;
+    println!(
+        "Generated the admin token (kept in {}). Send it as `Authorization: Bearer <token>` to /v1:\n\n    {token}\n",
+        path.display()
+    );
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_survives_a_restart_and_signs_verifiably() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SigningKeys::load_or_create(dir.path()).unwrap();
+        let second = SigningKeys::load_or_create(dir.path()).unwrap();
+        assert_eq!(first.ed25519_public_pem(), second.ed25519_public_pem());
+        let key =
+            switchboard_events::ed25519::public_key_from_pem(second.ed25519_public_pem()).unwrap();
+        let sig = first.ed25519_signature(b"{\"a\":1}");
+        assert_eq!(
+            switchboard_events::ed25519::verify(&key, b"{\"a\":1}", &sig),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn admin_token_is_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = admin_token(dir.path(), None).unwrap();
+        let b = admin_token(dir.path(), None).unwrap();
+        assert_eq!(a, b);
+        assert!(a.starts_with("sb_") && a.len() == 43);
+        assert_eq!(
+            admin_token(dir.path(), Some("configured-token-123")).unwrap(),
+            "configured-token-123"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Switchboard: a self-hosted inbound messaging gateway. Providers' webhooks come in, are
+//! verified and normalized into `InboundMessage` / `OutboundMessage` events, stored durably
+//! with their deliveries, and sent signed to every subscriber until accepted.
+#![forbid(unsafe_code)]
+
+pub mod channels;
+pub mod config;
+pub mod dispatcher;
+pub mod domain;
+pub mod error;
+pub mod event;
+pub mod keys;
+pub mod routes;
+pub mod ssrf;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

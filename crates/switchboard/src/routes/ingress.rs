@@ -1,0 +1,117 @@
+//! The one provider route, written once for every channel: read the body within its limit,
+//! rebuild the URL the provider called, find the account, verify, normalize, store in one
+//! transaction, hand the deliveries to the dispatcher, and only then acknowledge.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{OriginalUri, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+
+use super::read_body;
+use crate::channels::{Channel, ProviderRequest};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub async fn ingest<C: Channel>(
+    State(state): State<Arc<AppState>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body, state.max_body_bytes).await?;
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = public_url(state.public_url.as_deref(), &headers, path_and_query)?;
+    let request = ProviderRequest { url, headers, body };
+
+    let parsed = C::parse(&request)?;
+    let key = C::route(&parsed);
+    let account = state
+        .store
+        .find_channel_account(C::PROVIDER, &key)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no location has {} connected for {}",
+                C::PROVIDER,
+                key.address
+                    .as_deref()
+                    .or(key.account_id.as_deref())
+                    .unwrap_or("this request")
+            ))
+        })?;
+    C::verify(&request, &parsed, &account)?;
+
+    let now = state.clock.now_ms();
+    let facts = C::facts(parsed, &account, now)?;
+    let lease_until = now + state.lease.as_millis() as i64;
+    let outcome = state
+        .store
+        .ingest(&account.location_id, facts, now, lease_until)
+        .await?;
+    tracing::info!(
+        provider = C::PROVIDER,
+        location_id = %account.location_id,
+        messages = ?outcome.message_ids,
+        deliveries = outcome.jobs.len(),
+        "provider request stored"
+    );
+    state.dispatch.hand_off(outcome.jobs);
+    Ok(C::acknowledge())
+}
+
+/// The URL the provider called: the configured public URL, or one derived from `Host` and
+/// `X-Forwarded-Proto`, followed by the path and query exactly as received.
+fn public_url(
+    configured: Option<&str>,
+    headers: &HeaderMap,
+    path_and_query: &str,
+) -> Result<String, ApiError> {
+    if let Some(base) = configured {
+        return Ok(format!("{}{}", base.trim_end_matches('/'), path_and_query));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_host",
+                "no Host header, and no public_url is configured to check signatures against",
+            )
+        })?;
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.split(',').next())
+        .map(str::trim)
+        .filter(|p| matches!(*p, "http" | "https"))
+        .unwrap_or("http");
+    Ok(format!("{proto}://{host}{path_and_query}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_comes_from_config_or_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "sb.example.com:8443".parse().unwrap());
+        assert_eq!(
+            public_url(Some("https://hooks.example.com/"), &headers, "/p?q=1").unwrap(),
+            "https://hooks.example.com/p?q=1"
+        );
+        assert_eq!(
+            public_url(None, &headers, "/p").unwrap(),
+            "http://sb.example.com:8443/p"
+        );
+        headers.insert("x-forwarded-proto", "https, http".parse().unwrap());
+        assert_eq!(
+            public_url(None, &headers, "/p").unwrap(),
+            "https://sb.example.com:8443/p"
+        );
+        assert!(public_url(None, &HeaderMap::new(), "/p").is_err());
+    }
+}

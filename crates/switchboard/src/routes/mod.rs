@@ -1,0 +1,164 @@
+//! HTTP: provider ingress routes, the management API under `/v1`, and health checks.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::channels::twilio::TwilioMessaging;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+mod admin;
+mod ingress;
+
+/// The Twilio Messaging webhook path the source document gives, and its legacy path.
+pub const TWILIO_INBOUND_PATH: &str = "/conversations/providers/twilio/inbound_message";
+pub const TWILIO_LEGACY_INBOUND_PATH: &str = "/appengine/twilio/incoming_message";
+
+/// Largest management API request body.
+const MAX_JSON_BYTES: usize = 1 << 20;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/locations", post(admin::create_location))
+        .route("/locations/{location_id}", get(admin::get_location))
+        .route(
+            "/locations/{location_id}/channels/twilio",
+            put(admin::put_twilio_channel),
+        )
+        .route(
+            "/webhooks",
+            post(admin::create_webhook).get(admin::list_webhooks),
+        )
+        .route(
+            "/webhooks/{webhook_id}",
+            delete(admin::delete_webhook).get(admin::get_webhook),
+        )
+        .route(
+            "/webhooks/{webhook_id}/secret",
+            get(admin::get_webhook_secret),
+        )
+        .route("/signing-keys", get(admin::signing_keys))
+        .route("/messages/{message_id}", get(admin::get_message))
+        .route(
+            "/messages/{message_id}/deliveries",
+            get(admin::get_message_deliveries),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+
+    Router::new()
+        .route(
+            TWILIO_INBOUND_PATH,
+            post(ingress::ingest::<TwilioMessaging>),
+        )
+        .route(
+            TWILIO_LEGACY_INBOUND_PATH,
+            post(ingress::ingest::<TwilioMessaging>),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.health().await.map_err(|e| {
+        tracing::warn!(error = %e, "database not ready");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the database does not answer",
+        )
+    })?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// Bearer token check for `/v1`, in constant time (both sides hashed to equal length first).
+async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Sha256::digest(t.trim().as_bytes()));
+    match presented {
+        Some(hash) if bool::from(hash.as_slice().ct_eq(&state.admin_token_hash)) => {
+            next.run(request).await
+        }
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// Read a body of at most `limit` bytes; larger is a 413 with a JSON error.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes or could not be read"),
+        )
+    })
+}
+
+/// A JSON request body whose every rejection is an [`ApiError`] that says what is wrong.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = read_body(req.into_body(), MAX_JSON_BYTES).await?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            if e.is_data() {
+                ApiError::unprocessable("invalid_body", e.to_string())
+            } else {
+                ApiError::bad_request("invalid_json", e.to_string())
+            }
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! Migrations embedded in the binary and run through sqlx's migrator (checksums, history table).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+/// (version, description, SQL).
+pub type Embedded = &'static [(i64, &'static str, &'static str)];
+
+pub const SQLITE: Embedded = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+)];
+
+#[derive(Debug)]
+struct Source(Embedded);
+
+impl MigrationSource<'static> for Source {
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 'static>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+pub async fn migrator(set: Embedded) -> anyhow::Result<Migrator> {
+    Ok(Migrator::new(Source(set)).await?)
+}

@@ -1,0 +1,660 @@
+//! The embedded store: SQLite in WAL mode. All writes go through one connection (SQLite has
+//! one writer anyway; this avoids lock upgrades failing under load); reads use a small pool.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use switchboard_events::EventType;
+
+use super::{
+    delivery_status, AttemptRecord, AttemptReport, ChannelAccountInput, DeliveryJob,
+    DeliveryReport, IngestOutcome, Location, NextStep, Store, StoreError, StoreResult, Webhook,
+};
+use crate::channels::{ChannelAccount, RouteKey};
+use crate::config::SqliteSynchronous as SyncSetting;
+use crate::domain::ids::new_id;
+use crate::domain::{ContactIdentity, Fact, NewMessage};
+use crate::event::{self, Filed};
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating the file if needed) and migrate.
+    pub async fn open(url: &str, synchronous: SyncSetting) -> anyhow::Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid SQLite URL `{url}`"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match synchronous {
+                SyncSetting::Full => SqliteSynchronous::Full,
+                SyncSetting::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening SQLite database {url}"))?;
+        let migrator = super::migrations::migrator(super::migrations::SQLITE).await?;
+        migrator
+            .run(&writer)
+            .await
+            .context("migrating the SQLite database")?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.create_if_missing(false))
+            .await
+            .context("opening SQLite read connections")?;
+        Ok(SqliteStore { writer, reader })
+    }
+}
+
+fn parse_events(json: &str) -> Vec<EventType> {
+    serde_json::from_str::<Vec<String>>(json)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| EventType::parse(s))
+        .collect()
+}
+
+fn webhook_from_row(row: &sqlx::sqlite::SqliteRow) -> Webhook {
+    Webhook {
+        id: row.get("id"),
+        url: row.get("url"),
+        events: parse_events(row.get::<&str, _>("events")),
+        location_id: row.get("location_id"),
+        secret: row.get("secret"),
+        created_at: row.get("created_at"),
+    }
+}
+
+const WEBHOOK_COLUMNS: &str = "id, url, events, location_id, secret, created_at";
+
+async fn contact_id(
+    tx: &mut Transaction<'_, Sqlite>,
+    location_id: &str,
+    identity: &ContactIdentity,
+    name: Option<&str>,
+    now: i64,
+) -> StoreResult<String> {
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM contacts WHERE location_id = ? AND identity_kind = ? AND identity = ?",
+    )
+    .bind(location_id)
+    .bind(identity.kind)
+    .bind(&identity.value)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&id)
+    .bind(location_id)
+    .bind(identity.kind)
+    .bind(&identity.value)
+    .bind(name)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+async fn conversation_id(
+    tx: &mut Transaction<'_, Sqlite>,
+    location_id: &str,
+    contact_id: &str,
+    now: i64,
+) -> StoreResult<String> {
+    let existing: Option<String> = sqlx::query_scalar(
+        "UPDATE conversations SET last_message_at = ? WHERE location_id = ? AND contact_id = ?
+         RETURNING id",
+    )
+    .bind(now)
+    .bind(location_id)
+    .bind(contact_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO conversations (id, location_id, contact_id, created_at, last_message_at)
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&id)
+    .bind(location_id)
+    .bind(contact_id)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// Store one new message with its event and deliveries; `None` when the provider id is known.
+async fn file_message(
+    tx: &mut Transaction<'_, Sqlite>,
+    location_id: &str,
+    m: &NewMessage,
+    webhooks: &[Webhook],
+    now: i64,
+    lease_until: i64,
+    outcome: &mut IngestOutcome,
+) -> StoreResult<()> {
+    let known: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM messages WHERE location_id = ? AND provider = ? AND provider_message_id = ?",
+    )
+    .bind(location_id)
+    .bind(m.provider)
+    .bind(&m.provider_message_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(id) = known {
+        outcome.message_ids.push(id);
+        return Ok(());
+    }
+    let contact_id =
+        contact_id(tx, location_id, &m.contact, m.contact_name.as_deref(), now).await?;
+    let conversation_id = conversation_id(tx, location_id, &contact_id, now).await?;
+    let message_id = new_id();
+    sqlx::query(
+        "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
+             provider_message_id, direction, message_type, status, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&message_id)
+    .bind(location_id)
+    .bind(&conversation_id)
+    .bind(&contact_id)
+    .bind(m.provider)
+    .bind(&m.provider_message_id)
+    .bind(m.direction.as_str())
+    .bind(m.message_type.as_str())
+    .bind(&m.status)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+
+    let event_id = new_id();
+    let event_type = m.direction.event_type();
+    let payload = Bytes::from(event::render(&Filed {
+        message: m,
+        location_id,
+        contact_id: &contact_id,
+        conversation_id: &conversation_id,
+        message_id: &message_id,
+        event_id: &event_id,
+        emitted_at: now,
+    }));
+    sqlx::query(
+        "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&event_id)
+    .bind(&message_id)
+    .bind(location_id)
+    .bind(event_type.as_str())
+    .bind(payload.as_ref())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+
+    for webhook in webhooks
+        .iter()
+        .filter(|w| w.matches(event_type, location_id))
+    {
+        let delivery_id = new_id();
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts, next_attempt_at,
+                 lease_until, created_at)
+             VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+        )
+        .bind(&delivery_id)
+        .bind(&event_id)
+        .bind(&webhook.id)
+        .bind(delivery_status::PENDING)
+        .bind(now)
+        .bind(lease_until)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        outcome.jobs.push(DeliveryJob {
+            delivery_id,
+            event_id: event_id.clone(),
+            webhook_id: webhook.id.clone(),
+            url: webhook.url.clone(),
+            secret: webhook.secret.clone(),
+            payload: payload.clone(),
+            attempts: 0,
+        });
+    }
+    outcome.message_ids.push(message_id);
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn release_leases(&self) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET lease_until = NULL
+             WHERE status = 'pending' AND lease_until IS NOT NULL",
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn create_location(&self, name: &str, now: i64) -> StoreResult<Location> {
+        let location = Location {
+            id: new_id(),
+            name: name.to_owned(),
+            created_at: now,
+        };
+        sqlx::query("INSERT INTO locations (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(&location.id)
+            .bind(&location.name)
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        Ok(location)
+    }
+
+    async fn get_location(&self, id: &str) -> StoreResult<Option<Location>> {
+        let row = sqlx::query("SELECT id, name, created_at FROM locations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|r| Location {
+            id: r.get("id"),
+            name: r.get("name"),
+            created_at: r.get("created_at"),
+        }))
+    }
+
+    async fn put_channel_account(
+        &self,
+        location_id: &str,
+        input: &ChannelAccountInput,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM locations WHERE id = ?")
+            .bind(location_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("no location {location_id}")));
+        }
+        for address in &input.addresses {
+            let owner: Option<String> = sqlx::query_scalar(
+                "SELECT location_id FROM channel_addresses WHERE provider = ? AND address = ?",
+            )
+            .bind(input.provider)
+            .bind(address)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(owner) = owner.filter(|o| o != location_id) {
+                return Err(StoreError::Conflict(format!(
+                    "{address} already belongs to location {owner}"
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM channel_addresses WHERE provider = ? AND location_id = ?")
+            .bind(input.provider)
+            .bind(location_id)
+            .execute(&mut *tx)
+            .await?;
+        for address in &input.addresses {
+            sqlx::query(
+                "INSERT INTO channel_addresses (provider, address, location_id) VALUES (?, ?, ?)",
+            )
+            .bind(input.provider)
+            .bind(address)
+            .bind(location_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO channel_accounts (location_id, provider, account_id, secret, settings, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (location_id, provider) DO UPDATE SET account_id = excluded.account_id,
+                 secret = excluded.secret, settings = excluded.settings,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(location_id)
+        .bind(input.provider)
+        .bind(&input.account_id)
+        .bind(&input.secret)
+        .bind(input.settings.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_channel_account(
+        &self,
+        provider: &str,
+        key: &RouteKey,
+    ) -> StoreResult<Option<ChannelAccount>> {
+        const COLUMNS: &str = "SELECT a.location_id, a.account_id, a.secret, a.settings
+                               FROM channel_accounts a";
+        let to_account = |r: sqlx::sqlite::SqliteRow| ChannelAccount {
+            location_id: r.get("location_id"),
+            account_id: r.get("account_id"),
+            secret: r.get("secret"),
+            settings: serde_json::from_str(r.get::<&str, _>("settings"))
+                .unwrap_or(serde_json::Value::Null),
+        };
+        if let Some(address) = &key.address {
+            let row = sqlx::query(&format!(
+                "{COLUMNS} JOIN channel_addresses n
+                   ON n.location_id = a.location_id AND n.provider = a.provider
+                 WHERE n.provider = ? AND n.address = ?"
+            ))
+            .bind(provider)
+            .bind(address)
+            .fetch_optional(&self.reader)
+            .await?;
+            if let Some(row) = row {
+                return Ok(Some(to_account(row)));
+            }
+        }
+        if let Some(account_id) = &key.account_id {
+            let mut rows = sqlx::query(&format!(
+                "{COLUMNS} WHERE a.provider = ? AND a.account_id = ? LIMIT 2"
+            ))
+            .bind(provider)
+            .bind(account_id)
+            .fetch_all(&self.reader)
+            .await?;
+            if rows.len() == 1 {
+                return Ok(rows.pop().map(to_account));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
+        let events: Vec<&str> = w.events.iter().map(|e| e.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO webhooks (id, url, events, location_id, secret, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&w.id)
+        .bind(&w.url)
+        .bind(serde_json::to_string(&events).expect("strings serialize"))
+        .bind(&w.location_id)
+        .bind(&w.secret)
+        .bind(w.created_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE deleted_at IS NULL ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.iter().map(webhook_from_row).collect())
+    }
+
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+        let row = sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ? AND deleted_at IS NULL"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.as_ref().map(webhook_from_row))
+    }
+
+    async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
+        let done =
+            sqlx::query("UPDATE webhooks SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        sqlx::query(
+            "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL
+             WHERE webhook_id = ? AND status = 'pending'",
+        )
+        .bind(delivery_status::CANCELLED)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ingest(
+        &self,
+        location_id: &str,
+        facts: Vec<Fact>,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<IngestOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let webhooks: Vec<Webhook> = sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks
+             WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = ?)"
+        ))
+        .bind(location_id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(webhook_from_row)
+        .collect();
+        let mut outcome = IngestOutcome::default();
+        for fact in &facts {
+            match fact {
+                Fact::Message(m) => {
+                    file_message(
+                        &mut tx,
+                        location_id,
+                        m,
+                        &webhooks,
+                        now,
+                        lease_until,
+                        &mut outcome,
+                    )
+                    .await?
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>> {
+        let payload: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT payload FROM events WHERE message_id = ? ORDER BY seq LIMIT 1",
+        )
+        .bind(message_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(payload.map(Bytes::from))
+    }
+
+    async fn message_deliveries(&self, message_id: &str) -> StoreResult<Vec<DeliveryReport>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.webhook_id, w.url, d.status, d.next_attempt_at
+             FROM deliveries d
+             JOIN events e ON e.id = d.event_id
+             JOIN webhooks w ON w.id = d.webhook_id
+             WHERE e.message_id = ?
+             ORDER BY d.created_at, d.id",
+        )
+        .bind(message_id)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut reports = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.get("id");
+            let attempts = sqlx::query(
+                "SELECT attempt, started_at, duration_ms, http_status, error, response_body
+                 FROM attempts WHERE delivery_id = ? ORDER BY attempt",
+            )
+            .bind(&id)
+            .fetch_all(&self.reader)
+            .await?
+            .into_iter()
+            .map(|a| AttemptReport {
+                attempt: a.get("attempt"),
+                at: a.get("started_at"),
+                duration_ms: a.get("duration_ms"),
+                http_status: a.get("http_status"),
+                error: a.get("error"),
+                response: a.get("response_body"),
+            })
+            .collect();
+            let status: String = row.get("status");
+            reports.push(DeliveryReport {
+                id,
+                webhook_id: row.get("webhook_id"),
+                url: row.get("url"),
+                next_attempt_at: if status == delivery_status::PENDING {
+                    row.get("next_attempt_at")
+                } else {
+                    None
+                },
+                status,
+                attempts,
+            });
+        }
+        Ok(reports)
+    }
+
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.payload, w.url, w.secret
+             FROM deliveries d
+             JOIN events e ON e.id = d.event_id
+             JOIN webhooks w ON w.id = d.webhook_id
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ?
+               AND (d.lease_until IS NULL OR d.lease_until <= ?)
+             ORDER BY d.next_attempt_at
+             LIMIT ?",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let job = DeliveryJob {
+                delivery_id: row.get("id"),
+                event_id: row.get("event_id"),
+                webhook_id: row.get("webhook_id"),
+                url: row.get("url"),
+                secret: row.get("secret"),
+                payload: Bytes::from(row.get::<Vec<u8>, _>("payload")),
+                attempts: row.get::<i64, _>("attempts") as u32,
+            };
+            sqlx::query("UPDATE deliveries SET lease_until = ? WHERE id = ?")
+                .bind(lease_until)
+                .bind(&job.delivery_id)
+                .execute(&mut *tx)
+                .await?;
+            jobs.push(job);
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: &str,
+        attempt: &AttemptRecord,
+        next: NextStep,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
+                 status = ?, next_attempt_at = ?, finished_at = ?
+             WHERE id = ? AND status = 'pending'
+             RETURNING attempts",
+        )
+        .bind(match next {
+            NextStep::Delivered => delivery_status::DELIVERED,
+            NextStep::RetryAt(_) => delivery_status::PENDING,
+            NextStep::Failed => delivery_status::FAILED,
+        })
+        .bind(match next {
+            NextStep::RetryAt(at) => Some(at),
+            _ => None,
+        })
+        .bind(match next {
+            NextStep::RetryAt(_) => None,
+            _ => Some(attempt.started_at + attempt.duration_ms),
+        })
+        .bind(delivery_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // A delivery cancelled meanwhile keeps its state; the attempt is still recorded.
+        let number = match attempts {
+            Some(n) => n,
+            None => {
+                sqlx::query_scalar::<_, i64>("SELECT attempts + 1 FROM deliveries WHERE id = ?")
+                    .bind(delivery_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .unwrap_or(1)
+            }
+        };
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status,
+                 error, response_body)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(delivery_id)
+        .bind(number)
+        .bind(attempt.started_at)
+        .bind(attempt.duration_ms)
+        .bind(attempt.http_status.map(i64::from))
+        .bind(&attempt.error)
+        .bind(&attempt.response_excerpt)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
