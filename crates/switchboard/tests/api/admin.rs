@@ -1,0 +1,239 @@
+//! The management API: authentication, validation, and what it answers to bad input.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn v1_needs_the_admin_token() {
+    let app = spawn_app().await;
+    for path in ["/v1/webhooks", "/v1/signing-keys", "/v1/locations/x"] {
+        let none = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        assert_eq!(none.headers()["www-authenticate"], "Bearer");
+        let body: Value = none.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let wrong = app
+            .client
+            .get(app.url(path))
+            .bearer_auth("wrong-token-wrong-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+    let create = app
+        .client
+        .post(app.url("/v1/locations"))
+        .json(&json!({ "name": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create.status(), 401);
+    // Health needs no token.
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn locations_and_twilio_channels() {
+    let app = spawn_app().await;
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/locations",
+            json!({ "name": "Acme" }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let location: Value = r.json().await.unwrap();
+    let id = location["id"].as_str().unwrap();
+    assert_eq!(id.len(), 20);
+    assert_eq!(location["name"], "Acme");
+    let fetched: Value = app
+        .admin_get(&format!("/v1/locations/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, location);
+
+    let r = app.connect_twilio(id, &["+1 (415) 555-0100"]).await;
+    assert_eq!(r.status(), 200);
+    let channel: Value = r.json().await.unwrap();
+    assert_eq!(channel["phoneNumbers"], json!(["+14155550100"]));
+    assert!(channel.get("authToken").is_none());
+
+    // A number belongs to at most one location.
+    let other = app.create_location("Other").await;
+    let conflict = app.connect_twilio(&other, &["+14155550100"]).await;
+    assert_eq!(conflict.status(), 409);
+    let body: Value = conflict.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "conflict");
+    // Re-putting the same location's numbers is fine.
+    assert_eq!(
+        app.connect_twilio(id, &["+14155550100", "+14155550101"])
+            .await
+            .status(),
+        200
+    );
+
+    let missing = app.connect_twilio("AAAAAAAAAAAAAAAAAAAA", &[]).await;
+    assert_eq!(missing.status(), 404);
+
+    let bad_number = app.connect_twilio(id, &["4155550100"]).await;
+    assert_eq!(bad_number.status(), 422);
+    let body: Value = bad_number.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_phone_number");
+
+    let bad_sid = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{id}/channels/twilio"),
+            json!({ "accountSid": "AC123", "authToken": "t", "phoneNumbers": [] }),
+        )
+        .await;
+    assert_eq!(bad_sid.status(), 422);
+}
+
+#[tokio::test]
+async fn bad_request_bodies_say_what_is_wrong() {
+    let app = spawn_app().await;
+    let not_json = app
+        .client
+        .post(app.url("/v1/locations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    assert_eq!(
+        not_json.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_json"
+    );
+
+    let wrong_type = app
+        .client
+        .post(app.url("/v1/locations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body("name=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 415);
+
+    let unknown_field = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/locations",
+            json!({ "name": "x", "nmae": "y" }),
+        )
+        .await;
+    assert_eq!(unknown_field.status(), 422);
+    let body: Value = unknown_field.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("nmae"));
+
+    let empty = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/locations",
+            json!({ "name": " " }),
+        )
+        .await;
+    assert_eq!(empty.status(), 422);
+
+    let no_route = app.admin_get("/v1/nothing-here").await;
+    assert_eq!(no_route.status(), 404);
+    assert_eq!(
+        no_route.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+
+    let wrong_method = app
+        .client
+        .get(app.url("/conversations/providers/twilio/inbound_message"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+
+    let no_message = app.admin_get("/v1/messages/AAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!(no_message.status(), 404);
+    let no_deliveries = app.admin_get("/v1/messages/nonsense/deliveries").await;
+    assert_eq!(no_deliveries.status(), 404);
+}
+
+#[tokio::test]
+async fn webhooks_are_validated_and_private_targets_refused_by_default() {
+    let app = spawn_app_with(|c| c.allow_private_targets = false).await;
+    for (url, needle) in [
+        ("http://127.0.0.1:9/hook", "127.0.0.1"),
+        ("http://[::ffff:127.0.0.1]/hook", "127.0.0.1"),
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254"),
+        ("http://localhost:8080/hook", "non-public"),
+        ("ftp://example.com/hook", "scheme"),
+        ("not a url", "not a URL"),
+    ] {
+        let r = app
+            .admin_send(
+                reqwest::Method::POST,
+                "/v1/webhooks",
+                json!({ "url": url, "events": ["InboundMessage"] }),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{url}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{url}: {body}"
+        );
+    }
+    let bad_event = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            json!({ "url": "https://8.8.8.8/hook", "events": ["Everything"] }),
+        )
+        .await;
+    assert_eq!(bad_event.status(), 422);
+    let no_events = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            json!({ "url": "https://8.8.8.8/hook", "events": [] }),
+        )
+        .await;
+    assert_eq!(no_events.status(), 422);
+    let unknown_location = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            json!({ "url": "https://8.8.8.8/hook", "events": ["InboundMessage"], "locationId": "AAAAAAAAAAAAAAAAAAAA" }),
+        )
+        .await;
+    assert_eq!(unknown_location.status(), 422);
+    // A public literal is accepted (nothing is sent until a message arrives).
+    let ok = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            json!({ "url": "https://8.8.8.8/hook", "events": ["InboundMessage"] }),
+        )
+        .await;
+    assert_eq!(ok.status(), 201);
+    let created: Value = ok.json().await.unwrap();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["locationId"], Value::Null);
+    let id = created["id"].as_str().unwrap();
+    let secret: Value = app
+        .admin_get(&format!("/v1/webhooks/{id}/secret"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(secret["secret"], created["secret"]);
+}

@@ -1,0 +1,377 @@
+//! Test harness: the real server on a random loopback port with a fresh SQLite file, real
+//! HTTP subscribers on loopback whose answers can be scripted, and Twilio requests signed
+//! exactly as Twilio signs them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use switchboard::channels::twilio::signature::{self, Algorithm};
+use switchboard::routes::TWILIO_INBOUND_PATH;
+use switchboard::{Application, Config};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ACCOUNT_SID: &str = "AC33333333333333333333333333333333";
+pub const AUTH_TOKEN: &str = "test_auth_token_0123456789abcdef";
+pub const BUSINESS_NUMBER: &str = "+14155550100";
+pub const CUSTOMER_NUMBER: &str = "+12125550199";
+
+/// Configuration for tests: loopback targets allowed, short retry schedule, fast polling.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".into();
+    config.data_dir = data_dir.to_path_buf();
+    config.admin_token = Some(ADMIN_TOKEN.into());
+    config.allow_private_targets = true;
+    config.retry_schedule = vec![Duration::from_millis(200), Duration::from_millis(200)];
+    config.retry_jitter = 0.0;
+    config.poll_interval = Duration::from_millis(50);
+    config.delivery_timeout = Duration::from_secs(2);
+    config.delivery_lease = Duration::from_secs(5);
+    config
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = switchboard::telemetry::init("debug");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    let app = Application::build(config).await.expect("app builds");
+    let address = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn create_location(&self, name: &str) -> String {
+        let r = self
+            .admin_send(
+                reqwest::Method::POST,
+                "/v1/locations",
+                json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn connect_twilio(&self, location_id: &str, numbers: &[&str]) -> reqwest::Response {
+        self.admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{location_id}/channels/twilio"),
+            json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": numbers }),
+        )
+        .await
+    }
+
+    /// A location with the business number connected and one webhook to `receiver`.
+    /// Returns (location id, webhook secret).
+    pub async fn standard_setup(&self, receiver: &TestReceiver) -> (String, String) {
+        let location_id = self.create_location("Acme Dental").await;
+        assert_eq!(
+            self.connect_twilio(&location_id, &[BUSINESS_NUMBER])
+                .await
+                .status(),
+            200
+        );
+        let r = self
+            .admin_send(
+                reqwest::Method::POST,
+                "/v1/webhooks",
+                json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let secret = r.json::<Value>().await.unwrap()["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (location_id, secret)
+    }
+
+    /// POST a Twilio Messaging webhook signed with `token` over the URL Twilio would call.
+    pub async fn post_twilio(&self, params: &[(&str, &str)], token: &str) -> reqwest::Response {
+        let url = self.url(TWILIO_INBOUND_PATH);
+        post_twilio_to(&self.client, &url, params, token).await
+    }
+}
+
+pub async fn post_twilio_to(
+    client: &reqwest::Client,
+    url: &str,
+    params: &[(&str, &str)],
+    token: &str,
+) -> reqwest::Response {
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sig = signature::sign(Algorithm::HmacSha1, token.as_bytes(), url, &owned);
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The fields of a real inbound SMS, as Twilio posts them.
+pub fn sms_params<'a>(message_sid: &'a str, body: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("ToCountry", "US"),
+        ("ToState", "CA"),
+        ("SmsMessageSid", message_sid),
+        ("NumMedia", "0"),
+        ("ToCity", "SAN FRANCISCO"),
+        ("FromZip", "10001"),
+        ("SmsSid", message_sid),
+        ("FromState", "NY"),
+        ("SmsStatus", "received"),
+        ("FromCity", "NEW YORK"),
+        ("Body", body),
+        ("FromCountry", "US"),
+        ("To", BUSINESS_NUMBER),
+        ("ToZip", "94105"),
+        ("NumSegments", "1"),
+        ("MessageSid", message_sid),
+        ("AccountSid", ACCOUNT_SID),
+        ("From", CUSTOMER_NUMBER),
+        ("ApiVersion", "2010-04-01"),
+    ]
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply {
+    Status(u16),
+    /// Never answer (the sender times out or is killed).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).unwrap().to_str().unwrap()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    script: Mutex<VecDeque<Reply>>,
+    received: Mutex<Vec<Received>>,
+    notify: Notify,
+}
+
+/// A subscriber: a real HTTP server on loopback recording every request. It answers from
+/// its script in order, then 200.
+pub struct TestReceiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+impl TestReceiver {
+    pub async fn start() -> TestReceiver {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> TestReceiver {
+        let state = Arc::new(ReceiverState::default());
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        TestReceiver {
+            url: format!("http://{addr}/hook"),
+            state,
+        }
+    }
+
+    pub fn script(&self, replies: &[Reply]) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(replies.iter().copied());
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Wait until at least `n` requests arrived (panics after `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.state.notify.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "expected {n} deliveries, got {} within {timeout:?}",
+                    self.received().len()
+                );
+            }
+        }
+    }
+
+    /// Assert that exactly `n` requests arrive and no more within `quiet`.
+    pub async fn expect_exactly(&self, n: usize, quiet: Duration) -> Vec<Received> {
+        if n > 0 {
+            self.wait_for(n, Duration::from_secs(10)).await;
+        }
+        tokio::time::sleep(quiet).await;
+        let got = self.received();
+        assert_eq!(got.len(), n, "expected exactly {n} deliveries");
+        got
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    state
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { headers, body });
+    state.notify.notify_waiters();
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(Reply::Status(200));
+    match reply {
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap(),
+        Reply::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    }
+}
+
+/// Whether tests that need a third-party tool must fail when it is absent (CI) or may skip.
+pub fn required_by_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+/// Verify a delivery with the Standard Webhooks reference library (PyPI `standardwebhooks`),
+/// a verifier this project did not write. `None` when python3 or the library is missing.
+pub fn verify_with_reference_library(
+    secret: &str,
+    delivery: &Received,
+) -> Option<Result<(), String>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const SCRIPT: &str = "import sys\nfrom standardwebhooks.webhooks import Webhook\nsecret, msg_id, ts, sig = sys.argv[1:5]\nWebhook(secret).verify(sys.stdin.buffer.read(), {'webhook-id': msg_id, 'webhook-timestamp': ts, 'webhook-signature': sig})\nprint('verified')\n";
+    let probe = Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            SCRIPT,
+            secret,
+            delivery.header("webhook-id"),
+            delivery.header("webhook-timestamp"),
+            delivery.header("webhook-signature"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&delivery.body)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Some(if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}

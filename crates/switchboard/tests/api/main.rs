@@ -1,0 +1,7 @@
+//! Integration tests: one binary, the real server over real HTTP.
+
+mod admin;
+mod delivery;
+mod helpers;
+mod restart;
+mod twilio_sms;

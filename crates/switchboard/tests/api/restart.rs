@@ -1,0 +1,213 @@
+//! Durability: the real binary is killed with SIGKILL after it acknowledged a message, while
+//! the delivery is in flight, and restarted; the delivery still arrives.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_binary(data_dir: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD_DATA_DIR", data_dir)
+        .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "true")
+        .env("SWITCHBOARD_DELIVERY_TIMEOUT", "30s")
+        .env("SWITCHBOARD_DELIVERY_LEASE", "60s")
+        .env("SWITCHBOARD_POLL_INTERVAL", "50ms")
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the switchboard binary starts");
+    // Killed on drop, also when the wait below panics.
+    let server = Server {
+        child,
+        address: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = client
+            .get(format!("{}/healthz", server.address))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return server;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("switchboard did not answer /healthz on port {port}");
+}
+
+#[tokio::test]
+async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let receiver = TestReceiver::start().await;
+    // The first attempt never gets an answer: the server dies with it in flight.
+    receiver.script(&[Reply::Hang]);
+    let client = reqwest::Client::new();
+
+    let mut server = start_binary(dir.path(), port).await;
+    let admin = |method: reqwest::Method, path: &str, body: Value| {
+        client
+            .request(method, format!("{}{}", server.address, path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let location: Value = admin(
+        reqwest::Method::POST,
+        "/v1/locations",
+        json!({ "name": "Durable" }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let location_id = location["id"].as_str().unwrap().to_owned();
+    let r = admin(
+        reqwest::Method::PUT,
+        &format!("/v1/locations/{location_id}/channels/twilio"),
+        json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = admin(
+        reqwest::Method::POST,
+        "/v1/webhooks",
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let url = format!(
+        "{}/conversations/providers/twilio/inbound_message",
+        server.address
+    );
+    let ack = post_twilio_to(
+        &client,
+        &url,
+        &sms_params("SMdurable", "survive a crash"),
+        AUTH_TOKEN,
+    )
+    .await;
+    assert_eq!(ack.status(), 200);
+    let first = receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    // SIGKILL: no shutdown code runs.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = start_binary(dir.path(), port).await;
+    let all = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(all[1].header("webhook-id"), first[0].header("webhook-id"));
+    assert_eq!(all[1].body, first[0].body);
+    let event = all[1].json();
+    assert_eq!(event["body"], "survive a crash");
+
+    // The restarted server knows it was delivered, and still treats a Twilio retry as known.
+    let message_id = event["messageId"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let report: Value = client
+            .get(format!(
+                "{}/v1/messages/{message_id}/deliveries",
+                server.address
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if report["data"][0]["status"] == "delivered" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not marked delivered: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!(
+        "{}/conversations/providers/twilio/inbound_message",
+        server.address
+    );
+    let retry = post_twilio_to(
+        &client,
+        &url,
+        &sms_params("SMdurable", "survive a crash"),
+        AUTH_TOKEN,
+    )
+    .await;
+    assert_eq!(retry.status(), 200);
+    receiver.expect_exactly(2, Duration::from_millis(400)).await;
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_starts_and_answers_healthz() {
+    // The README's first command, in an empty directory: defaults only (but a free port).
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut healthy = false;
+    for _ in 0..200 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            healthy = r.status() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(healthy, "GET /healthz did not answer 200");
+    let data = dir.path().join("switchboard-data");
+    assert!(data.join("switchboard.db").exists());
+    assert!(data.join("ed25519-private-key.pem").exists());
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    // The generated token is printed once.
+    assert!(String::from_utf8_lossy(&out.stdout).contains(token.trim()));
+}

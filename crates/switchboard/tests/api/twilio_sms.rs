@@ -1,0 +1,432 @@
+//! Twilio SMS/MMS in, signed InboundMessage out, end to end over real HTTP.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard_events::standard::{self, WebhookSecret};
+use switchboard_events::{ed25519, MessageEvent};
+
+use crate::helpers::*;
+
+const QUIET: Duration = Duration::from_millis(400);
+
+fn is_id(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.len() == 20 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn is_iso_millis(v: &Value) -> bool {
+    // 2021-04-21T11:31:45.750Z
+    v.as_str().is_some_and(|s| {
+        s.len() == 24
+            && s.ends_with('Z')
+            && s.as_bytes()[10] == b'T'
+            && s.as_bytes()[19] == b'.'
+            && humantime::parse_rfc3339(s).is_ok()
+    })
+}
+
+#[tokio::test]
+async fn inbound_sms_is_delivered_once_signed_in_the_source_documents_shape() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (location_id, secret) = app.standard_setup(&receiver).await;
+
+    let response = app
+        .post_twilio(
+            &sms_params(
+                "SM11111111111111111111111111111111",
+                "Hello, is the shop open today?",
+            ),
+            AUTH_TOKEN,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/xml"));
+    let twiml = response.text().await.unwrap();
+    assert!(twiml.contains("<Response></Response>"), "{twiml}");
+
+    let deliveries = receiver.expect_exactly(1, QUIET).await;
+    let delivery = &deliveries[0];
+    let body = delivery.json();
+
+    // Point 5 of the issue, field by field.
+    assert_eq!(body["type"], "InboundMessage");
+    assert_eq!(body["locationId"], location_id.as_str());
+    assert_eq!(body["attachments"], serde_json::json!([]));
+    assert_eq!(body["body"], "Hello, is the shop open today?");
+    assert!(is_id(&body["contactId"]), "{body}");
+    assert_eq!(body["contentType"], "text/plain");
+    assert!(is_id(&body["conversationId"]), "{body}");
+    assert!(is_iso_millis(&body["dateAdded"]), "{body}");
+    assert_eq!(body["direction"], "inbound");
+    assert_eq!(body["messageType"], "SMS");
+    assert_eq!(body["messageTypeId"], 2);
+    assert_eq!(body["messageTypeString"], "TYPE_SMS");
+    assert_eq!(body["status"], "delivered");
+    assert!(is_id(&body["messageId"]), "{body}");
+    assert_eq!(body["from"], CUSTOMER_NUMBER);
+    assert_eq!(body["to"], BUSINESS_NUMBER);
+    assert!(is_iso_millis(&body["timestamp"]), "{body}");
+    assert!(is_id(&body["webhookId"]), "{body}");
+    // Absent optional fields are omitted, never null; compact JSON.
+    let text = std::str::from_utf8(&delivery.body).unwrap();
+    assert!(!text.contains("null"), "{text}");
+    // The library type parses it, and writes back the same bytes: compact, in wire order.
+    let event: MessageEvent = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!(serde_json::to_string(&event).unwrap(), text);
+    assert_eq!(event.webhook_id, body["webhookId"].as_str().unwrap());
+
+    // Headers: webhook-id is webhookId; content type.
+    assert_eq!(
+        delivery.header("webhook-id"),
+        body["webhookId"].as_str().unwrap()
+    );
+    assert_eq!(delivery.header("content-type"), "application/json");
+
+    // x-ghl-signature verifies with the key the API serves.
+    let keys: Value = app
+        .admin_get("/v1/signing-keys")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pem = keys["ed25519"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    let key = ed25519::public_key_from_pem(pem).unwrap();
+    assert_eq!(
+        ed25519::verify(&key, &delivery.body, delivery.header("x-ghl-signature")),
+        Ok(())
+    );
+    let mut tampered = delivery.body.to_vec();
+    tampered[10] ^= 1;
+    assert!(ed25519::verify(&key, &tampered, delivery.header("x-ghl-signature")).is_err());
+
+    // webhook-signature verifies per the Standard Webhooks spec.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    standard::verify(
+        &WebhookSecret::parse(&secret).unwrap(),
+        delivery.header("webhook-id"),
+        delivery.header("webhook-timestamp"),
+        delivery.header("webhook-signature"),
+        &delivery.body,
+        now,
+        300,
+    )
+    .expect("Standard Webhooks signature verifies");
+    match verify_with_reference_library(&secret, delivery) {
+        Some(result) => {
+            result.expect("the reference library verifies the delivery");
+            let other = WebhookSecret::from_key(b"some other secret").to_whsec();
+            let refused = verify_with_reference_library(&other, delivery).unwrap();
+            assert!(
+                refused.is_err(),
+                "the reference library must refuse another secret"
+            );
+        }
+        None if required_by_ci() => {
+            panic!("CI=true but python3 with `standardwebhooks` is missing")
+        }
+        None => eprintln!(
+            "skipped: Standard Webhooks reference library check (pip install standardwebhooks)"
+        ),
+    }
+
+    // The message is stored in event shape, byte for byte what was sent.
+    let message_id = body["messageId"].as_str().unwrap();
+    let stored = app.admin_get(&format!("/v1/messages/{message_id}")).await;
+    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.bytes().await.unwrap(), delivery.body);
+    let report: Value = app
+        .admin_get(&format!("/v1/messages/{message_id}/deliveries"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let only = &report["data"][0];
+    assert_eq!(only["status"], "delivered");
+    assert_eq!(only["url"], receiver.url.as_str());
+    assert_eq!(only["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(only["attempts"][0]["httpStatus"], 200);
+}
+
+#[tokio::test]
+async fn legacy_path_is_the_same_handler() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let url = app.url("/appengine/twilio/incoming_message");
+    let r = post_twilio_to(
+        &app.client,
+        &url,
+        &sms_params("SMlegacy", "old path"),
+        AUTH_TOKEN,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let got = receiver.expect_exactly(1, QUIET).await;
+    assert_eq!(got[0].json()["body"], "old path");
+}
+
+#[tokio::test]
+async fn wrong_or_missing_signature_is_403_and_stores_nothing() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let params = sms_params("SMforged", "forged");
+
+    let wrong = app.post_twilio(&params, "not the auth token").await;
+    assert_eq!(wrong.status(), 403);
+    let error: Value = wrong.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "invalid_signature");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("X-Twilio-Signature"));
+
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&params)
+        .finish();
+    let unsigned = app
+        .client
+        .post(app.url("/conversations/providers/twilio/inbound_message"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 403);
+    receiver.expect_exactly(0, QUIET).await;
+
+    // Nothing was stored: the same MessageSid, correctly signed, is new and delivered once.
+    assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
+    receiver.expect_exactly(1, QUIET).await;
+}
+
+#[tokio::test]
+async fn signature_over_the_public_url_with_port_variants() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app_with(|c| c.public_url = Some("https://hooks.example.com".into())).await;
+    app.standard_setup(&receiver).await;
+    let params = sms_params("SMpublic", "via proxy");
+    // Signed as Twilio would for the public URL, with and without :443; sent to the server.
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (i, public) in [
+        "https://hooks.example.com/conversations/providers/twilio/inbound_message",
+        "https://hooks.example.com:443/conversations/providers/twilio/inbound_message",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let sid = format!("SMpublic{i}");
+        let mut owned = owned.clone();
+        for p in owned
+            .iter_mut()
+            .filter(|p| p.0.ends_with("Sid") && p.1 == "SMpublic")
+        {
+            p.1 = sid.clone();
+        }
+        let sig = switchboard::channels::twilio::signature::sign(
+            switchboard::channels::twilio::signature::Algorithm::HmacSha1,
+            AUTH_TOKEN.as_bytes(),
+            public,
+            &owned,
+        );
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&owned)
+            .finish();
+        let r = app
+            .client
+            .post(app.url("/conversations/providers/twilio/inbound_message"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{public}");
+    }
+    receiver.expect_exactly(2, QUIET).await;
+    // Signed for the loopback URL instead: not what the public URL says, refused.
+    assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 403);
+}
+
+#[tokio::test]
+async fn unknown_number_is_404_and_stores_nothing() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let mut params = sms_params("SMunknown", "who?");
+    for p in params.iter_mut() {
+        if p.0 == "To" {
+            p.1 = "+14155550999";
+        }
+        if p.0 == "AccountSid" {
+            p.1 = "AC99999999999999999999999999999999";
+        }
+    }
+    let r = app.post_twilio(&params, AUTH_TOKEN).await;
+    assert_eq!(r.status(), 404);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "not_found");
+    receiver.expect_exactly(0, QUIET).await;
+}
+
+#[tokio::test]
+async fn account_sid_routes_when_the_number_is_not_listed() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let mut params = sms_params("SMbysid", "to another number of the account");
+    for p in params.iter_mut().filter(|p| p.0 == "To") {
+        p.1 = "+14155550111";
+    }
+    assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
+    let got = receiver.expect_exactly(1, QUIET).await;
+    assert_eq!(got[0].json()["to"], "+14155550111");
+}
+
+#[tokio::test]
+async fn same_message_sid_twice_is_one_message_and_one_delivery() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let params = sms_params("SMduplicate", "only once");
+    assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
+    assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
+    let got = receiver.expect_exactly(1, QUIET).await;
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    let report: Value = app
+        .admin_get(&format!("/v1/messages/{message_id}/deliveries"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_contact_and_conversation_per_number() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    app.post_twilio(&sms_params("SMfirst", "one"), AUTH_TOKEN)
+        .await;
+    app.post_twilio(&sms_params("SMsecond", "two"), AUTH_TOKEN)
+        .await;
+    let mut other = sms_params("SMthird", "from someone else");
+    for p in other.iter_mut().filter(|p| p.0 == "From") {
+        p.1 = "+12125550123";
+    }
+    app.post_twilio(&other, AUTH_TOKEN).await;
+    let got = receiver.expect_exactly(3, QUIET).await;
+    let by_body = |b: &str| {
+        got.iter()
+            .map(|r| r.json())
+            .find(|j| j["body"] == b)
+            .unwrap()
+    };
+    let (one, two, three) = (by_body("one"), by_body("two"), by_body("from someone else"));
+    assert_eq!(one["contactId"], two["contactId"]);
+    assert_eq!(one["conversationId"], two["conversationId"]);
+    assert_ne!(one["messageId"], two["messageId"]);
+    assert_ne!(one["contactId"], three["contactId"]);
+    assert_ne!(one["conversationId"], three["conversationId"]);
+}
+
+#[tokio::test]
+async fn mms_media_become_attachments_in_order() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let mut params = sms_params("MMmedia", "two pictures");
+    params.retain(|p| p.0 != "NumMedia");
+    params.extend([
+        ("NumMedia", "2"),
+        ("MediaContentType1", "application/pdf"),
+        (
+            "MediaUrl1",
+            "https://api.twilio.com/2010-04-01/Accounts/AC3/Messages/MM/Media/ME1",
+        ),
+        ("MediaContentType0", "image/jpeg"),
+        (
+            "MediaUrl0",
+            "https://api.twilio.com/2010-04-01/Accounts/AC3/Messages/MM/Media/ME0",
+        ),
+    ]);
+    assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
+    let got = receiver.expect_exactly(1, QUIET).await;
+    assert_eq!(
+        got[0].json()["attachments"],
+        serde_json::json!([
+            "https://api.twilio.com/2010-04-01/Accounts/AC3/Messages/MM/Media/ME0",
+            "https://api.twilio.com/2010-04-01/Accounts/AC3/Messages/MM/Media/ME1"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn malformed_provider_requests_are_4xx_with_a_json_error() {
+    let app = spawn_app_with(|c| c.max_body_bytes = 1024).await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let url = app.url("/conversations/providers/twilio/inbound_message");
+
+    let json = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 415);
+
+    let missing = app
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("Body=hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+    let error: Value = missing.json().await.unwrap();
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("MessageSid"));
+
+    let huge = app
+        .client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("Body={}", "x".repeat(4096)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    assert_eq!(
+        huge.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+
+    let bad_media = {
+        let mut p = sms_params("SMbadmedia", "x");
+        for q in p.iter_mut().filter(|q| q.0 == "NumMedia") {
+            q.1 = "3";
+        }
+        app.post_twilio(&p, AUTH_TOKEN).await
+    };
+    assert_eq!(bad_media.status(), 400);
+    receiver.expect_exactly(0, QUIET).await;
+}
