@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod keys;
 pub mod routes;
+pub mod simulate;
 pub mod ssrf;
 pub mod startup;
 pub mod store;

@@ -38,6 +38,37 @@ enum Command {
     },
     /// Print the built-in configuration with a comment on every key.
     ConfigDefaults,
+    /// Send a provider request to a running Switchboard, signed as the provider signs it.
+    #[command(subcommand)]
+    Simulate(Simulate),
+}
+
+#[derive(Subcommand)]
+enum Simulate {
+    /// An inbound SMS (or MMS with --media) from Twilio's "A message comes in" webhook.
+    TwilioSms {
+        /// The Switchboard to post to.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The public URL Twilio calls, when Switchboard checks signatures against one.
+        #[arg(long)]
+        public_url: Option<String>,
+        #[arg(long)]
+        account_sid: String,
+        #[arg(long)]
+        auth_token: String,
+        /// The sender (the customer), E.164.
+        #[arg(long)]
+        from: String,
+        /// Your Twilio number, E.164.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "Hello from the simulator")]
+        body: String,
+        /// A media URL (repeat for several).
+        #[arg(long)]
+        media: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -50,13 +81,42 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config = Config::load(cli.config.as_deref())?;
+    let load = || Config::load(cli.config.as_deref());
     match cli.command {
         Command::ConfigDefaults => {
             print!("{}", switchboard::config::DEFAULTS_TOML);
             Ok(())
         }
+        Command::Simulate(Simulate::TwilioSms {
+            server,
+            public_url,
+            account_sid,
+            auth_token,
+            from,
+            to,
+            body,
+            media,
+        }) => {
+            let sms = switchboard::simulate::SimulatedSms {
+                server,
+                public_url,
+                account_sid,
+                auth_token,
+                from,
+                to,
+                body,
+                media,
+            };
+            let (status, text) = switchboard::simulate::twilio_sms(&sms).await?;
+            println!("{status} {text}");
+            anyhow::ensure!(
+                (200..300).contains(&status),
+                "Switchboard answered {status}"
+            );
+            Ok(())
+        }
         Command::Migrate { database_url } => {
+            let mut config = load()?;
             config.database_url = database_url.or(config.database_url);
             switchboard::telemetry::init(&config.log)?;
             switchboard::startup::open_store(&config).await?;
@@ -67,6 +127,7 @@ async fn run() -> anyhow::Result<()> {
             listen,
             database_url,
         } => {
+            let mut config = load()?;
             config.listen = listen.unwrap_or(config.listen);
             config.database_url = database_url.or(config.database_url);
             switchboard::telemetry::init(&config.log)?;

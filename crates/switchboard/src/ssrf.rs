@@ -75,14 +75,32 @@ pub fn check_literal(url: &str, allow_private: bool) -> Result<(), String> {
     }
 }
 
+/// Why a webhook target was refused at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// Not an http(s) URL, or an address that is not public.
+    Forbidden(String),
+    /// The host name does not resolve now.
+    Unresolvable(String),
+}
+
+impl std::fmt::Display for TargetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetError::Forbidden(m) | TargetError::Unresolvable(m) => f.write_str(m),
+        }
+    }
+}
+
 /// The check made when a webhook is created: the URL's shape, and every address its host
 /// resolves to now.
-pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
-    check_literal(url, allow_private)?;
+pub async fn check_target(url: &str, allow_private: bool) -> Result<(), TargetError> {
+    use TargetError::{Forbidden, Unresolvable};
+    check_literal(url, allow_private).map_err(Forbidden)?;
     if allow_private {
         return Ok(());
     }
-    let (parsed, literal) = check_url_shape(url)?;
+    let (parsed, literal) = check_url_shape(url).map_err(Forbidden)?;
     if literal.is_some() {
         return Ok(());
     }
@@ -93,15 +111,15 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> 
         tokio::net::lookup_host((host.as_str(), port)),
     )
     .await
-    .map_err(|_| format!("resolving {host} timed out"))?
-    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    .map_err(|_| Unresolvable(format!("resolving {host} timed out")))?
+    .map_err(|e| Unresolvable(format!("cannot resolve {host}: {e}")))?;
     let addrs: Vec<SocketAddr> = lookup.collect();
     match addrs.iter().find(|a| is_forbidden(a.ip())) {
-        Some(bad) => Err(format!(
+        Some(bad) => Err(Forbidden(format!(
             "{host} resolves to {}, a loopback, private, link-local or otherwise non-public address",
             bad.ip()
-        )),
-        None if addrs.is_empty() => Err(format!("{host} resolves to no address")),
+        ))),
+        None if addrs.is_empty() => Err(Unresolvable(format!("{host} resolves to no address"))),
         None => Ok(()),
     }
 }
@@ -182,7 +200,14 @@ mod tests {
         let err = check_target("http://localhost:8080/hook", false)
             .await
             .unwrap_err();
-        assert!(err.contains("non-public"), "{err}");
+        assert!(
+            matches!(&err, TargetError::Forbidden(m) if m.contains("non-public")),
+            "{err}"
+        );
+        let err = check_target("http://no-such-host.invalid/hook", false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TargetError::Unresolvable(_)), "{err}");
         assert!(check_target("http://localhost:8080/hook", true)
             .await
             .is_ok());

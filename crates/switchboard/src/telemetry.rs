@@ -9,6 +9,7 @@ pub fn init(filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -199,7 +199,10 @@ pub async fn create_webhook(
     }
     ssrf::check_target(&input.url, state.allow_private_targets)
         .await
-        .map_err(|reason| ApiError::unprocessable("forbidden_target", reason))?;
+        .map_err(|e| match e {
+            ssrf::TargetError::Forbidden(m) => ApiError::unprocessable("forbidden_target", m),
+            ssrf::TargetError::Unresolvable(m) => ApiError::unprocessable("unresolvable_target", m),
+        })?;
 
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);

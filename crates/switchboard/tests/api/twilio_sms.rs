@@ -430,3 +430,36 @@ async fn malformed_provider_requests_are_4xx_with_a_json_error() {
     assert_eq!(bad_media.status(), 400);
     receiver.expect_exactly(0, QUIET).await;
 }
+
+#[tokio::test]
+async fn the_simulator_posts_exactly_like_twilio() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let sms = switchboard::simulate::SimulatedSms {
+        server: app.address.clone(),
+        public_url: None,
+        account_sid: ACCOUNT_SID.into(),
+        auth_token: AUTH_TOKEN.into(),
+        from: CUSTOMER_NUMBER.into(),
+        to: BUSINESS_NUMBER.into(),
+        body: "simulated".into(),
+        media: vec!["https://example.com/a.jpg".into()],
+    };
+    let (status, twiml) = switchboard::simulate::twilio_sms(&sms).await.unwrap();
+    assert_eq!(status, 200, "{twiml}");
+    let got = receiver.expect_exactly(1, QUIET).await;
+    assert_eq!(got[0].json()["body"], "simulated");
+    assert_eq!(
+        got[0].json()["attachments"],
+        serde_json::json!(["https://example.com/a.jpg"])
+    );
+    let wrong = switchboard::simulate::SimulatedSms {
+        auth_token: "wrong".into(),
+        ..sms
+    };
+    assert_eq!(
+        switchboard::simulate::twilio_sms(&wrong).await.unwrap().0,
+        403
+    );
+}

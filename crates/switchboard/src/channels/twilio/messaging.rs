@@ -310,4 +310,36 @@ mod tests {
         assert!(TwilioMessaging::verify(&signed, &parsed, &other).is_err());
         assert!(TwilioMessaging::verify(&req, &parsed, &account()).is_err());
     }
+
+    /// A Webhook Rule announces HMAC-SHA256 and its shared key id; the key configured under that
+    /// id verifies, the auth token does not, and an unknown algorithm is refused.
+    #[test]
+    fn verify_honours_the_signature_settings_header() {
+        let req = request(SMS);
+        let parsed = TwilioMessaging::parse(&req).unwrap();
+        let shared = "shared-key-secret";
+        let sig = signature::sign(
+            Algorithm::HmacSha256,
+            shared.as_bytes(),
+            &req.url,
+            &parsed.params,
+        );
+        let mut signed = request(SMS);
+        signed
+            .headers
+            .insert("x-twilio-signature", sig.parse().unwrap());
+        signed.headers.insert(
+            "x-twilio-webhooks-signature-settings",
+            "key=KS1,algorithm=HMAC_SHA256".parse().unwrap(),
+        );
+        assert!(TwilioMessaging::verify(&signed, &parsed, &account()).is_err());
+        let mut with_key = account();
+        with_key.settings = serde_json::json!({ "signingKeys": { "KS1": shared } });
+        assert_eq!(TwilioMessaging::verify(&signed, &parsed, &with_key), Ok(()));
+        signed.headers.insert(
+            "x-twilio-webhooks-signature-settings",
+            "key=KS1,algorithm=HMAC_MD5".parse().unwrap(),
+        );
+        assert!(TwilioMessaging::verify(&signed, &parsed, &with_key).is_err());
+    }
 }
