@@ -38,6 +38,7 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub poll_interval: Duration,
     pub dispatcher_concurrency: usize,
+    pub call_recording_wait_seconds: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -215,6 +216,7 @@ mod tests {
         assert_eq!(c.retry_schedule[0], Duration::from_secs(5));
         assert!(!c.allow_private_targets);
         assert_eq!(c.database_url(), "sqlite://switchboard-data/switchboard.db");
+        assert_eq!(c.call_recording_wait_seconds, 120);
     }
 
     #[test]

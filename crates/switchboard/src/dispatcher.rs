@@ -154,6 +154,14 @@ impl Dispatcher {
         }
         let now = self.clock.now_ms();
         let lease_until = now + self.lease.as_millis() as i64;
+        match self.store.emit_due_calls(now, lease_until).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    self.spawn(sender, job).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "emitting calls that waited for a recording failed"),
+        }
         match self.store.claim_due(now, lease_until, free).await {
             Ok(jobs) => {
                 for job in jobs {

@@ -1,7 +1,7 @@
 //! Rendering a filed message into the event body subscribers receive. Serialized once, at
 //! ingest; those exact bytes are stored, signed and sent on every attempt.
 
-use switchboard_events::{MessageEvent, StringOrList};
+use switchboard_events::{MessageEvent, MessageType, StringOrList};
 
 use crate::domain::time::iso_millis;
 use crate::domain::NewMessage;
@@ -19,7 +19,12 @@ pub struct Filed<'a> {
 
 pub fn build(f: &Filed<'_>) -> MessageEvent {
     let m = f.message;
-    let type_id = m.message_type.type_id();
+    // A call that ended in voicemail is announced as HighLevel does: 10, TYPE_VOICEMAIL.
+    let type_id = if m.message_type == MessageType::Call && m.status == "voicemail" {
+        Some((10, "TYPE_VOICEMAIL"))
+    } else {
+        m.message_type.type_id()
+    };
     MessageEvent {
         event_type: m.direction.event_type(),
         location_id: f.location_id.to_owned(),
@@ -36,8 +41,8 @@ pub fn build(f: &Filed<'_>) -> MessageEvent {
         status: Some(m.status.clone()),
         message_id: f.message_id.to_owned(),
         user_id: m.user_id.clone(),
-        call_duration: None,
-        call_status: None,
+        call_duration: m.call.as_ref().and_then(|c| c.duration),
+        call_status: m.call.as_ref().map(|c| c.call_status.clone()),
         email_message_id: None,
         thread_id: None,
         provider: None,

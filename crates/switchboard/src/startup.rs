@@ -30,6 +30,7 @@ pub struct AppState {
     pub allow_private_targets: bool,
     pub max_body_bytes: usize,
     pub lease: Duration,
+    pub call_recording_wait: Duration,
     pub dispatch: DispatchHandle,
 }
 
@@ -93,6 +94,7 @@ impl Application {
             allow_private_targets: config.allow_private_targets,
             max_body_bytes: config.max_body_bytes,
             lease: config.delivery_lease,
+            call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
             dispatch,
         });
         let listener = TcpListener::bind(&config.listen)

@@ -11,6 +11,14 @@ use crate::domain::Fact;
 
 pub mod twilio;
 
+/// The persisted provider name as the `'static` constant its channel uses.
+pub fn provider_name(stored: &str) -> &'static str {
+    match stored {
+        twilio::PROVIDER => twilio::PROVIDER,
+        _ => "unknown",
+    }
+}
+
 /// What a provider sent, with the URL it called (as the provider saw it, for signatures).
 #[derive(Debug)]
 pub struct ProviderRequest {
@@ -27,11 +35,13 @@ impl ProviderRequest {
 }
 
 /// How to find the account a request claims to come from: by the address it was sent to
-/// (a phone number, a page id, a mailbox) first, else by the provider account id when exactly
-/// one location uses it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (a phone number, a page id, a mailbox) first, then by the provider id of something already
+/// stored (a call's earlier callbacks), else by the provider account id when exactly one
+/// location uses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteKey {
     pub address: Option<String>,
+    pub correlation_id: Option<String>,
     pub account_id: Option<String>,
 }
 
@@ -73,11 +83,17 @@ pub trait Channel: Send + Sync + 'static {
         parsed: &Self::Parsed,
         account: &ChannelAccount,
     ) -> Result<(), ChannelError>;
-    fn facts(
+    /// What the request says, and the answer to give once that is durably stored.
+    fn handle(
+        req: &ProviderRequest,
         parsed: Self::Parsed,
         account: &ChannelAccount,
         now_ms: i64,
-    ) -> Result<Vec<Fact>, ChannelError>;
-    /// The answer once the facts are durably stored.
-    fn acknowledge() -> Response;
+    ) -> Result<Handled, ChannelError>;
+}
+
+/// The facts of one provider request and the provider's answer.
+pub struct Handled {
+    pub facts: Vec<Fact>,
+    pub reply: Response,
 }

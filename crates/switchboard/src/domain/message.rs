@@ -2,6 +2,7 @@
 
 use switchboard_events::{Direction, MessageType};
 
+use super::call::CallUpdate;
 use super::PhoneNumber;
 
 /// Who a message is from (inbound) or to (outbound): the key a contact is found or created by,
@@ -47,14 +48,26 @@ pub struct NewMessage {
     pub from: Option<String>,
     pub to: Option<String>,
     pub user_id: Option<String>,
+    /// Calls only.
+    pub call: Option<CallDetails>,
     /// When Switchboard received it (ms since the epoch): the event's `dateAdded`.
     pub received_at_ms: i64,
 }
 
-/// What an adapter learned from one provider request. Channels that need correlation (calls,
-/// email threads) will add facts that update a message by its provider id; the core resolves
-/// and merges them.
+/// The call fields of a CALL message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDetails {
+    /// `completed`, `voicemail`, `no-answer`, `busy`, `failed`, `canceled`.
+    pub call_status: String,
+    /// Seconds talked.
+    pub duration: Option<u64>,
+}
+
+/// What an adapter learned from one provider request: a complete message, or part of one that
+/// the core merges with what other requests said (a call's callbacks, keyed by the provider's
+/// id) and emits once its outcome is final.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fact {
     Message(NewMessage),
+    Call(CallUpdate),
 }

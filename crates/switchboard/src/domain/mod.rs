@@ -1,5 +1,6 @@
 //! Domain types: raw input becomes these at the edge, inner code never re-checks.
 
+pub mod call;
 pub mod ids;
 pub mod message;
 pub mod phone;

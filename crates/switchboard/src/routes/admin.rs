@@ -14,7 +14,7 @@ use serde_json::json;
 use switchboard_events::standard::WebhookSecret;
 use switchboard_events::EventType;
 
-use super::{JsonBody, TWILIO_INBOUND_PATH};
+use super::{JsonBody, TWILIO_INBOUND_PATH, TWILIO_VOICE_INCOMING_PATH, TWILIO_VOICE_STATUS_PATH};
 use crate::channels::twilio;
 use crate::domain::ids::{looks_like_id, new_id};
 use crate::domain::time::iso_millis;
@@ -73,6 +73,9 @@ pub struct PutTwilioChannel {
     /// Twilio Webhook Rule shared keys by key id, for HMAC-SHA256 signatures.
     #[serde(default)]
     signing_keys: BTreeMap<String, String>,
+    /// Calls: forwarding, voicemail and recording.
+    #[serde(default)]
+    voice: twilio::VoiceSettings,
 }
 
 pub async fn put_twilio_channel(
@@ -92,6 +95,10 @@ pub async fn put_twilio_channel(
             "authToken must be 1 to 256 characters",
         ));
     }
+    let mut voice = input.voice;
+    voice
+        .validate()
+        .map_err(|e| ApiError::unprocessable("invalid_voice_settings", e))?;
     let mut numbers = Vec::with_capacity(input.phone_numbers.len());
     for raw in &input.phone_numbers {
         let number = PhoneNumber::parse(raw)
@@ -104,7 +111,7 @@ pub async fn put_twilio_channel(
         provider: twilio::PROVIDER,
         account_id: input.account_sid.clone(),
         secret: input.auth_token,
-        settings: json!({ "signingKeys": input.signing_keys }),
+        settings: json!({ "signingKeys": input.signing_keys, "voice": voice }),
         addresses: numbers.clone(),
     };
     state
@@ -116,13 +123,15 @@ pub async fn put_twilio_channel(
         "provider": twilio::PROVIDER,
         "accountSid": input.account_sid,
         "phoneNumbers": numbers,
+        "voice": voice,
     });
     if let Some(base) = &state.public_url {
-        body["messagingWebhookUrl"] = json!(format!(
-            "{}{}",
-            base.trim_end_matches('/'),
-            TWILIO_INBOUND_PATH
-        ));
+        let base = base.trim_end_matches('/');
+        body["webhookUrls"] = json!({
+            "messaging": format!("{base}{TWILIO_INBOUND_PATH}"),
+            "voiceIncoming": format!("{base}{TWILIO_VOICE_INCOMING_PATH}"),
+            "voiceStatus": format!("{base}{TWILIO_VOICE_STATUS_PATH}"),
+        });
     }
     Ok(Json(body))
 }

@@ -13,6 +13,7 @@ use super::read_body;
 use crate::channels::{Channel, ProviderRequest};
 use crate::error::ApiError;
 use crate::startup::AppState;
+use crate::store::IngestContext;
 
 pub async fn ingest<C: Channel>(
     State(state): State<Arc<AppState>>,
@@ -44,11 +45,15 @@ pub async fn ingest<C: Channel>(
     C::verify(&request, &parsed, &account)?;
 
     let now = state.clock.now_ms();
-    let facts = C::facts(parsed, &account, now)?;
-    let lease_until = now + state.lease.as_millis() as i64;
+    let handled = C::handle(&request, parsed, &account, now)?;
+    let context = IngestContext {
+        now,
+        lease_until: now + state.lease.as_millis() as i64,
+        call_recording_wait_ms: state.call_recording_wait.as_millis() as i64,
+    };
     let outcome = state
         .store
-        .ingest(&account.location_id, facts, now, lease_until)
+        .ingest(&account.location_id, handled.facts, &context)
         .await?;
     tracing::info!(
         provider = C::PROVIDER,
@@ -58,7 +63,7 @@ pub async fn ingest<C: Channel>(
         "provider request stored"
     );
     state.dispatch.hand_off(outcome.jobs);
-    Ok(C::acknowledge())
+    Ok(handled.reply)
 }
 
 /// The URL the provider called: the configured public URL, or one derived from `Host` and

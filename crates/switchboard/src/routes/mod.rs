@@ -15,7 +15,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::channels::twilio::TwilioMessaging;
+use crate::channels::twilio::{
+    TwilioMessaging, VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceStatus,
+};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -25,6 +27,11 @@ mod ingress;
 /// The Twilio Messaging webhook path the source document gives, and its legacy path.
 pub const TWILIO_INBOUND_PATH: &str = "/conversations/providers/twilio/inbound_message";
 pub const TWILIO_LEGACY_INBOUND_PATH: &str = "/appengine/twilio/incoming_message";
+/// Twilio Voice: "A call comes in", the `<Dial>` action, "Call status changes", recordings.
+pub const TWILIO_VOICE_INCOMING_PATH: &str = "/conversations/providers/twilio/voice/incoming";
+pub const TWILIO_VOICE_DIAL_STATUS_PATH: &str = "/conversations/providers/twilio/voice/dial-status";
+pub const TWILIO_VOICE_STATUS_PATH: &str = "/conversations/providers/twilio/voice/status";
+pub const TWILIO_VOICE_RECORDING_PATH: &str = "/conversations/providers/twilio/voice/recording";
 
 /// Largest management API request body.
 const MAX_JSON_BYTES: usize = 1 << 20;
@@ -65,6 +72,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             TWILIO_LEGACY_INBOUND_PATH,
             post(ingress::ingest::<TwilioMessaging>),
+        )
+        .route(
+            TWILIO_VOICE_INCOMING_PATH,
+            post(ingress::ingest::<VoiceIncoming>),
+        )
+        .route(
+            TWILIO_VOICE_DIAL_STATUS_PATH,
+            post(ingress::ingest::<VoiceDialStatus>),
+        )
+        .route(
+            TWILIO_VOICE_STATUS_PATH,
+            post(ingress::ingest::<VoiceStatus>),
+        )
+        .route(
+            TWILIO_VOICE_RECORDING_PATH,
+            post(ingress::ingest::<VoiceRecording>),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -94,6 +94,16 @@ pub struct DeliveryJob {
     pub attempts: u32,
 }
 
+/// The moment and the limits an ingest works with.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestContext {
+    pub now: i64,
+    /// New deliveries are leased to the caller until then.
+    pub lease_until: i64,
+    /// How long a call waits for a recording Switchboard asked for.
+    pub call_recording_wait_ms: i64,
+}
+
 /// The result of storing one provider request's facts.
 #[derive(Debug, Clone, Default)]
 pub struct IngestOutcome {
@@ -197,15 +207,18 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool>;
 
     /// File facts under contacts and conversations and write messages, events and deliveries
-    /// in one transaction. A fact whose provider message id is already stored for the location
-    /// changes nothing. New deliveries are leased to the caller until `lease_until`.
+    /// in one transaction. A message whose provider id is already stored for the location
+    /// changes nothing. Call facts are merged into the call's state; the call is emitted once,
+    /// when its outcome is final. New deliveries are leased to the caller.
     async fn ingest(
         &self,
         location_id: &str,
         facts: Vec<Fact>,
-        now: i64,
-        lease_until: i64,
+        context: &IngestContext,
     ) -> StoreResult<IngestOutcome>;
+
+    /// Emit the calls that waited long enough for a recording that never came.
+    async fn emit_due_calls(&self, now: i64, lease_until: i64) -> StoreResult<Vec<DeliveryJob>>;
 
     /// The message's event body as sent (the first event of the message).
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;

@@ -15,10 +15,12 @@ use switchboard_events::EventType;
 
 use super::{
     delivery_status, AttemptRecord, AttemptReport, ChannelAccountInput, DeliveryJob,
-    DeliveryReport, IngestOutcome, Location, NextStep, Store, StoreError, StoreResult, Webhook,
+    DeliveryReport, IngestContext, IngestOutcome, Location, NextStep, Store, StoreError,
+    StoreResult, Webhook,
 };
-use crate::channels::{ChannelAccount, RouteKey};
+use crate::channels::{self, ChannelAccount, RouteKey};
 use crate::config::SqliteSynchronous as SyncSetting;
+use crate::domain::call::{CallState, CallUpdate};
 use crate::domain::ids::new_id;
 use crate::domain::{ContactIdentity, Fact, NewMessage};
 use crate::event::{self, Filed};
@@ -252,6 +254,87 @@ async fn file_message(
     Ok(())
 }
 
+async fn location_webhooks(
+    tx: &mut Transaction<'_, Sqlite>,
+    location_id: &str,
+) -> StoreResult<Vec<Webhook>> {
+    Ok(sqlx::query(&format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks
+         WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = ?)"
+    ))
+    .bind(location_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(webhook_from_row)
+    .collect())
+}
+
+/// Merge one call callback; emit the call when its outcome is final.
+async fn merge_call(
+    tx: &mut Transaction<'_, Sqlite>,
+    location_id: &str,
+    provider: &'static str,
+    update: &CallUpdate,
+    webhooks: &[Webhook],
+    ctx: &IngestContext,
+    outcome: &mut IngestOutcome,
+) -> StoreResult<()> {
+    let row =
+        sqlx::query("SELECT state, message_id FROM calls WHERE provider = ? AND call_sid = ?")
+            .bind(provider)
+            .bind(&update.call_sid)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (mut state, emitted) = match row {
+        Some(row) => (
+            serde_json::from_str::<CallState>(row.get::<&str, _>("state"))
+                .context("stored call state")?,
+            row.get::<Option<String>, _>("message_id"),
+        ),
+        None => (CallState::new(&update.call_sid, ctx.now), None),
+    };
+    state.apply(update, ctx.now);
+    let mut message_id = emitted.clone();
+    let mut emit_at = None;
+    if emitted.is_none() {
+        match state.emit_at(ctx.call_recording_wait_ms) {
+            Some(at) if at <= ctx.now => {
+                let before = outcome.message_ids.len();
+                file_message(
+                    tx,
+                    location_id,
+                    &state.message(provider),
+                    webhooks,
+                    ctx.now,
+                    ctx.lease_until,
+                    outcome,
+                )
+                .await?;
+                message_id = outcome.message_ids.get(before).cloned();
+            }
+            at => emit_at = at,
+        }
+    }
+    sqlx::query(
+        "INSERT INTO calls (location_id, provider, call_sid, state, emit_at, message_id, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (provider, call_sid) DO UPDATE SET state = excluded.state,
+             emit_at = excluded.emit_at, message_id = excluded.message_id,
+             updated_at = excluded.updated_at",
+    )
+    .bind(location_id)
+    .bind(provider)
+    .bind(&update.call_sid)
+    .bind(serde_json::to_string(&state).expect("call state serializes"))
+    .bind(emit_at)
+    .bind(&message_id)
+    .bind(ctx.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn health(&self) -> StoreResult<()> {
@@ -386,6 +469,19 @@ impl Store for SqliteStore {
                 return Ok(Some(to_account(row)));
             }
         }
+        if let Some(call_sid) = &key.correlation_id {
+            let row = sqlx::query(&format!(
+                "{COLUMNS} JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
+                 WHERE c.provider = ? AND c.call_sid = ?"
+            ))
+            .bind(provider)
+            .bind(call_sid)
+            .fetch_optional(&self.reader)
+            .await?;
+            if let Some(row) = row {
+                return Ok(Some(to_account(row)));
+            }
+        }
         if let Some(account_id) = &key.account_id {
             let mut rows = sqlx::query(&format!(
                 "{COLUMNS} WHERE a.provider = ? AND a.account_id = ? LIMIT 2"
@@ -462,20 +558,10 @@ impl Store for SqliteStore {
         &self,
         location_id: &str,
         facts: Vec<Fact>,
-        now: i64,
-        lease_until: i64,
+        ctx: &IngestContext,
     ) -> StoreResult<IngestOutcome> {
         let mut tx = self.writer.begin().await?;
-        let webhooks: Vec<Webhook> = sqlx::query(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks
-             WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = ?)"
-        ))
-        .bind(location_id)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(webhook_from_row)
-        .collect();
+        let webhooks = location_webhooks(&mut tx, location_id).await?;
         let mut outcome = IngestOutcome::default();
         for fact in &facts {
             match fact {
@@ -485,8 +571,20 @@ impl Store for SqliteStore {
                         location_id,
                         m,
                         &webhooks,
-                        now,
-                        lease_until,
+                        ctx.now,
+                        ctx.lease_until,
+                        &mut outcome,
+                    )
+                    .await?
+                }
+                Fact::Call(update) => {
+                    merge_call(
+                        &mut tx,
+                        location_id,
+                        channels::twilio::PROVIDER,
+                        update,
+                        &webhooks,
+                        ctx,
                         &mut outcome,
                     )
                     .await?
@@ -495,6 +593,58 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn emit_due_calls(&self, now: i64, lease_until: i64) -> StoreResult<Vec<DeliveryJob>> {
+        // Most polls find nothing: ask a reader before taking the writer.
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM calls WHERE emit_at IS NOT NULL AND emit_at <= ? LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await?;
+        if any.is_none() {
+            return Ok(vec![]);
+        }
+        let mut tx = self.writer.begin().await?;
+        let due = sqlx::query(
+            "SELECT location_id, provider, call_sid, state FROM calls
+             WHERE emit_at IS NOT NULL AND emit_at <= ? ORDER BY emit_at LIMIT 100",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut outcome = IngestOutcome::default();
+        for row in due {
+            let location_id: String = row.get("location_id");
+            let state: CallState =
+                serde_json::from_str(row.get::<&str, _>("state")).context("stored call state")?;
+            let provider = channels::provider_name(row.get::<&str, _>("provider"));
+            let webhooks = location_webhooks(&mut tx, &location_id).await?;
+            let before = outcome.message_ids.len();
+            file_message(
+                &mut tx,
+                &location_id,
+                &state.message(provider),
+                &webhooks,
+                now,
+                lease_until,
+                &mut outcome,
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE calls SET emit_at = NULL, message_id = ?, updated_at = ?
+                 WHERE provider = ? AND call_sid = ?",
+            )
+            .bind(outcome.message_ids.get(before))
+            .bind(now)
+            .bind(provider)
+            .bind(row.get::<&str, _>("call_sid"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome.jobs)
     }
 
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>> {
@@ -562,6 +712,18 @@ impl Store for SqliteStore {
         lease_until: i64,
         limit: u32,
     ) -> StoreResult<Vec<DeliveryJob>> {
+        // Most polls find nothing: ask a reader before taking the writer.
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?
+               AND (lease_until IS NULL OR lease_until <= ?) LIMIT 1",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await?;
+        if any.is_none() {
+            return Ok(vec![]);
+        }
         let mut tx = self.writer.begin().await?;
         let rows = sqlx::query(
             "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.payload, w.url, w.secret

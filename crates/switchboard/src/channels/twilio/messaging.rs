@@ -1,60 +1,23 @@
 //! Twilio Messaging inbound webhook: a form POST with `MessageSid`, `AccountSid`, `From`, `To`,
 //! `Body`, `NumMedia` and `MediaUrl{N}`. Answered with empty TwiML once stored.
 
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
 use switchboard_events::{Direction, MessageType, CONTENT_TYPE_TEXT_PLAIN};
 
-use super::signature::{self, Algorithm};
-use super::PROVIDER;
-use crate::channels::{Channel, ChannelAccount, ChannelError, ProviderRequest, RouteKey};
+use super::{normalize_address, strip_whatsapp, twiml, TwilioForm, PROVIDER};
+use crate::channels::{Channel, ChannelAccount, ChannelError, Handled, ProviderRequest, RouteKey};
 use crate::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
 
-const WHATSAPP_PREFIX: &str = "whatsapp:";
 const MAX_MEDIA: usize = 10;
-pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
 
 pub struct TwilioMessaging;
 
-/// The decoded form, in the order received, with the fields we rely on picked out.
+/// The decoded form with the fields we rely on picked out.
 pub struct ParsedMessage {
-    params: Vec<(String, String)>,
+    form: TwilioForm,
     message_sid: String,
     account_sid: String,
     from: String,
     to: String,
-}
-
-impl ParsedMessage {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn required(params: &[(String, String)], names: &[&str]) -> Result<String, ChannelError> {
-    names
-        .iter()
-        .find_map(|n| params.iter().find(|(k, v)| k == n && !v.is_empty()))
-        .map(|(_, v)| v.clone())
-        .ok_or_else(|| ChannelError::Malformed(format!("missing form parameter `{}`", names[0])))
-}
-
-/// `whatsapp:+1415…` → (`+1415…`, true).
-fn strip_whatsapp(address: &str) -> (&str, bool) {
-    match address.strip_prefix(WHATSAPP_PREFIX) {
-        Some(rest) => (rest, true),
-        None => (address, false),
-    }
-}
-
-/// The number as E.164 when it is one; otherwise as given (alphanumeric sender ids, short codes).
-fn normalize_address(address: &str) -> String {
-    PhoneNumber::parse(address)
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|_| address.to_owned())
 }
 
 impl Channel for TwilioMessaging {
@@ -62,30 +25,20 @@ impl Channel for TwilioMessaging {
     type Parsed = ParsedMessage;
 
     fn parse(req: &ProviderRequest) -> Result<ParsedMessage, ChannelError> {
-        let content_type = req.header("content-type").unwrap_or("");
-        if !content_type
-            .to_ascii_lowercase()
-            .starts_with("application/x-www-form-urlencoded")
-        {
-            return Err(ChannelError::UnsupportedMediaType(format!(
-                "expected application/x-www-form-urlencoded, got `{content_type}`"
-            )));
-        }
-        let params: Vec<(String, String)> = form_urlencoded::parse(&req.body)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let form = TwilioForm::parse(req)?;
         Ok(ParsedMessage {
-            message_sid: required(&params, &["MessageSid", "SmsMessageSid", "SmsSid"])?,
-            account_sid: required(&params, &["AccountSid"])?,
-            from: required(&params, &["From"])?,
-            to: required(&params, &["To"])?,
-            params,
+            message_sid: form.required(&["MessageSid", "SmsMessageSid", "SmsSid"])?,
+            account_sid: form.required(&["AccountSid"])?,
+            from: form.required(&["From"])?,
+            to: form.required(&["To"])?,
+            form,
         })
     }
 
     fn route(parsed: &ParsedMessage) -> RouteKey {
         RouteKey {
             address: Some(normalize_address(strip_whatsapp(&parsed.to).0)),
+            correlation_id: None,
             account_id: Some(parsed.account_sid.clone()),
         }
     }
@@ -95,40 +48,24 @@ impl Channel for TwilioMessaging {
         parsed: &ParsedMessage,
         account: &ChannelAccount,
     ) -> Result<(), ChannelError> {
-        let header = req.header("x-twilio-signature").ok_or_else(|| {
-            ChannelError::BadSignature("missing X-Twilio-Signature header".into())
-        })?;
-        let (algorithm, key_id) =
-            Algorithm::from_settings_header(req.header("x-twilio-webhooks-signature-settings"))
-                .map_err(ChannelError::BadSignature)?;
-        // A Webhook Rule's shared key when one is configured under that id; else the auth token.
-        let key = key_id
-            .as_deref()
-            .and_then(|id| account.settings["signingKeys"][id].as_str())
-            .unwrap_or(&account.secret);
-        if signature::verify_form(algorithm, key.as_bytes(), &req.url, &parsed.params, header) {
-            Ok(())
-        } else {
-            Err(ChannelError::BadSignature(format!(
-                "X-Twilio-Signature does not match this request for {}; check the auth token and that the URL configured at Twilio is {}",
-                parsed.account_sid, req.url
-            )))
-        }
+        parsed.form.verify(req, account)
     }
 
-    fn facts(
+    fn handle(
+        _req: &ProviderRequest,
         parsed: ParsedMessage,
         _account: &ChannelAccount,
         now_ms: i64,
-    ) -> Result<Vec<Fact>, ChannelError> {
+    ) -> Result<Handled, ChannelError> {
         let (from_raw, whatsapp) = strip_whatsapp(&parsed.from);
         let (to_raw, _) = strip_whatsapp(&parsed.to);
         let contact = match PhoneNumber::parse(from_raw) {
             Ok(phone) => ContactIdentity::phone(&phone),
             Err(_) => ContactIdentity::address(PROVIDER, from_raw),
         };
-        let media_count = match parsed.get("NumMedia") {
-            None | Some("") => 0,
+        let form = &parsed.form;
+        let media_count = match form.get("NumMedia") {
+            None => 0,
             Some(n) => n
                 .parse::<usize>()
                 .ok()
@@ -139,8 +76,7 @@ impl Channel for TwilioMessaging {
         };
         let attachments = (0..media_count)
             .map(|i| {
-                parsed
-                    .get(&format!("MediaUrl{i}"))
+                form.get(&format!("MediaUrl{i}"))
                     .map(str::to_owned)
                     .ok_or_else(|| {
                         ChannelError::Malformed(format!(
@@ -150,13 +86,13 @@ impl Channel for TwilioMessaging {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // PostgreSQL text cannot hold NUL; Twilio bodies occasionally do.
-        let body = parsed.get("Body").unwrap_or("").replace('\0', "");
+        let body = form.get("Body").unwrap_or("").replace('\0', "");
         let contact_name = if whatsapp {
-            parsed.get("ProfileName").map(str::to_owned)
+            form.get("ProfileName").map(str::to_owned)
         } else {
             None
         };
-        Ok(vec![Fact::Message(NewMessage {
+        let message = NewMessage {
             provider: PROVIDER,
             provider_message_id: parsed.message_sid.clone(),
             direction: Direction::Inbound,
@@ -174,22 +110,20 @@ impl Channel for TwilioMessaging {
             from: Some(normalize_address(from_raw)),
             to: Some(normalize_address(to_raw)),
             user_id: None,
+            call: None,
             received_at_ms: now_ms,
-        })])
-    }
-
-    fn acknowledge() -> Response {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-            EMPTY_TWIML,
-        )
-            .into_response()
+        };
+        Ok(Handled {
+            facts: vec![Fact::Message(message)],
+            // No reply message: empty TwiML.
+            reply: twiml(""),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::signature::{self, Algorithm};
     use super::*;
     use axum::http::HeaderMap;
 
@@ -217,11 +151,14 @@ mod tests {
 
     fn message(body: &str) -> NewMessage {
         let parsed = TwilioMessaging::parse(&request(body)).unwrap();
-        match TwilioMessaging::facts(parsed, &account(), 5)
+        let req = request(body);
+        match TwilioMessaging::handle(&req, parsed, &account(), 5)
             .unwrap()
+            .facts
             .remove(0)
         {
             Fact::Message(m) => m,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -276,7 +213,10 @@ mod tests {
         assert!(matches!(err, ChannelError::Malformed(m) if m.contains("MessageSid")));
         let parsed =
             TwilioMessaging::parse(&request(&SMS.replace("NumMedia=0", "NumMedia=2"))).unwrap();
-        let err = TwilioMessaging::facts(parsed, &account(), 0).unwrap_err();
+        let req = request(SMS);
+        let err = TwilioMessaging::handle(&req, parsed, &account(), 0)
+            .err()
+            .unwrap();
         assert!(matches!(err, ChannelError::Malformed(m) if m.contains("MediaUrl0")));
         let mut json = request("{}");
         json.headers
@@ -295,7 +235,7 @@ mod tests {
             Algorithm::HmacSha1,
             b"test_auth_token_0123456789abcdef",
             &req.url,
-            &parsed.params,
+            &parsed.form.params,
         );
         let mut signed = request(SMS);
         signed
@@ -322,7 +262,7 @@ mod tests {
             Algorithm::HmacSha256,
             shared.as_bytes(),
             &req.url,
-            &parsed.params,
+            &parsed.form.params,
         );
         let mut signed = request(SMS);
         signed

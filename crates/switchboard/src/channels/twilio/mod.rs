@@ -1,11 +1,21 @@
-//! Twilio: Messaging (SMS, MMS, WhatsApp) "A message comes in" webhooks.
-//! Accounts are found by the `To` number, else by `AccountSid`; requests are verified with
-//! that account's auth token.
+//! Twilio: Messaging (SMS, MMS, WhatsApp) and Voice (calls and voicemail) webhooks.
+//! Every request is a form POST signed with `X-Twilio-Signature`; accounts are found by the
+//! business number, else by an earlier callback of the same call, else by `AccountSid`, and
+//! requests are verified with that account's auth token.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::channels::{ChannelAccount, ChannelError, ProviderRequest};
+use crate::domain::PhoneNumber;
+use signature::Algorithm;
 
 mod messaging;
 pub mod signature;
+mod voice;
 
 pub use messaging::TwilioMessaging;
+pub use voice::{VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceSettings, VoiceStatus};
 
 /// The provider name persisted with messages and channel accounts.
 pub const PROVIDER: &str = "twilio";
@@ -15,6 +25,128 @@ pub fn is_account_sid(s: &str) -> bool {
     s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A decoded Twilio form request, parameters in the order received.
+pub struct TwilioForm {
+    params: Vec<(String, String)>,
+}
+
+impl TwilioForm {
+    pub fn parse(req: &ProviderRequest) -> Result<TwilioForm, ChannelError> {
+        let content_type = req.header("content-type").unwrap_or("");
+        if !content_type
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
+            return Err(ChannelError::UnsupportedMediaType(format!(
+                "expected application/x-www-form-urlencoded, got `{content_type}`"
+            )));
+        }
+        Ok(TwilioForm {
+            params: form_urlencoded::parse(&req.body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first of `names` that is present and not empty.
+    pub fn required(&self, names: &[&str]) -> Result<String, ChannelError> {
+        names
+            .iter()
+            .find_map(|n| self.get(n))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ChannelError::Malformed(format!("missing form parameter `{}`", names[0]))
+            })
+    }
+
+    /// A whole number of seconds, when present.
+    pub fn seconds(&self, name: &str) -> Result<Option<u64>, ChannelError> {
+        self.get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ChannelError::Malformed(format!("`{name}` is not a whole number: `{v}`"))
+                })
+            })
+            .transpose()
+    }
+
+    /// Check `X-Twilio-Signature` with the account's auth token, or with the Webhook Rule
+    /// shared key that `X-Twilio-Webhooks-Signature-Settings` names when one is configured.
+    pub fn verify(
+        &self,
+        req: &ProviderRequest,
+        account: &ChannelAccount,
+    ) -> Result<(), ChannelError> {
+        let header = req.header("x-twilio-signature").ok_or_else(|| {
+            ChannelError::BadSignature("missing X-Twilio-Signature header".into())
+        })?;
+        let (algorithm, key_id) =
+            Algorithm::from_settings_header(req.header("x-twilio-webhooks-signature-settings"))
+                .map_err(ChannelError::BadSignature)?;
+        let key = key_id
+            .as_deref()
+            .and_then(|id| account.settings["signingKeys"][id].as_str())
+            .unwrap_or(&account.secret);
+        if signature::verify_form(algorithm, key.as_bytes(), &req.url, &self.params, header) {
+            Ok(())
+        } else {
+            Err(ChannelError::BadSignature(format!(
+                "X-Twilio-Signature does not match this request for {}; check the auth token and that the URL configured at Twilio is {}",
+                account.account_id, req.url
+            )))
+        }
+    }
+}
+
+/// `whatsapp:+1415…` → (`+1415…`, true).
+pub fn strip_whatsapp(address: &str) -> (&str, bool) {
+    match address.strip_prefix("whatsapp:") {
+        Some(rest) => (rest, true),
+        None => (address, false),
+    }
+}
+
+/// The number as E.164 when it is one; otherwise as given (alphanumeric sender ids, short
+/// codes, `client:` names).
+pub fn normalize_address(address: &str) -> String {
+    PhoneNumber::parse(address)
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|_| address.to_owned())
+}
+
+/// A TwiML answer.
+pub fn twiml(inner: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{inner}</Response>"),
+    )
+        .into_response()
+}
+
+/// Text and attribute values in TwiML.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -22,5 +154,13 @@ mod tests {
         assert!(super::is_account_sid("AC33333333333333333333333333333333"));
         assert!(!super::is_account_sid("AC3333"));
         assert!(!super::is_account_sid("XX33333333333333333333333333333333"));
+    }
+
+    #[test]
+    fn xml_escape_escapes_markup() {
+        assert_eq!(
+            super::xml_escape("a<b>&\"c'"),
+            "a&lt;b&gt;&amp;&quot;c&apos;"
+        );
     }
 }
