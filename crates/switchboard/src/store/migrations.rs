@@ -10,11 +10,18 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 /// (version, description, SQL).
 pub type Embedded = &'static [(i64, &'static str, &'static str)];
 
-pub const SQLITE: Embedded = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+pub const SQLITE: Embedded = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "calls",
+        include_str!("../../migrations/sqlite/0002_calls.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Source(Embedded);

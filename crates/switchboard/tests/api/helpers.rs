@@ -146,8 +146,18 @@ impl TestApp {
 
     /// POST a Twilio Messaging webhook signed with `token` over the URL Twilio would call.
     pub async fn post_twilio(&self, params: &[(&str, &str)], token: &str) -> reqwest::Response {
-        let url = self.url(TWILIO_INBOUND_PATH);
-        post_twilio_to(&self.client, &url, params, token).await
+        self.post_twilio_path(TWILIO_INBOUND_PATH, params, token)
+            .await
+    }
+
+    /// POST a Twilio webhook to `path`, signed with `token`.
+    pub async fn post_twilio_path(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        token: &str,
+    ) -> reqwest::Response {
+        post_twilio_to(&self.client, &self.url(path), params, token).await
     }
 }
 

@@ -5,3 +5,4 @@ mod delivery;
 mod helpers;
 mod restart;
 mod twilio_sms;
+mod twilio_voice;

@@ -1,0 +1,681 @@
+//! Calls and voicemail over Twilio Voice, end to end over real HTTP: the callbacks of one
+//! CallSid become exactly one CALL event in the source document's shape.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const INCOMING: &str = "/conversations/providers/twilio/voice/incoming";
+const DIAL_STATUS: &str = "/conversations/providers/twilio/voice/dial-status";
+const STATUS: &str = "/conversations/providers/twilio/voice/status";
+const RECORDING: &str = "/conversations/providers/twilio/voice/recording";
+const FORWARD_TO: &str = "+14155550111";
+const GREETING: &str = "Thanks for calling Acme & Sons. Leave a message after the beep.";
+const RECORDING_URL: &str =
+    "https://api.twilio.com/2010-04-01/Accounts/AC33333333333333333333333333333333/Recordings/RE55555555555555555555555555555555";
+const QUIET: Duration = Duration::from_millis(400);
+
+/// A location with the business number, voice settings, and a webhook for both directions.
+async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) -> String {
+    let location_id = app.create_location("Acme Dental").await;
+    let r = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{location_id}/channels/twilio"),
+            json!({
+                "accountSid": ACCOUNT_SID,
+                "authToken": AUTH_TOKEN,
+                "phoneNumbers": [BUSINESS_NUMBER],
+                "voice": voice,
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            json!({ "url": receiver.url, "events": ["InboundMessage", "OutboundMessage"] }),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    location_id
+}
+
+fn voice_settings() -> Value {
+    json!({
+        "forwardTo": FORWARD_TO,
+        "ringTimeoutSeconds": 25,
+        "greeting": GREETING,
+        "voicemail": true,
+        "recordAnsweredCalls": false,
+    })
+}
+
+/// The parameters of every inbound voice request for `call_sid`.
+fn call_params<'a>(call_sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut p = vec![
+        ("CallSid", call_sid),
+        ("AccountSid", ACCOUNT_SID),
+        ("From", CUSTOMER_NUMBER),
+        ("To", BUSINESS_NUMBER),
+        ("Direction", "inbound"),
+        ("ApiVersion", "2010-04-01"),
+        ("FromCountry", "US"),
+        ("ToCountry", "US"),
+    ];
+    p.extend_from_slice(extra);
+    p
+}
+
+fn recording_params<'a>(
+    call_sid: &'a str,
+    status: &'a str,
+    source: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("AccountSid", ACCOUNT_SID),
+        ("CallSid", call_sid),
+        ("RecordingSid", "RE55555555555555555555555555555555"),
+        ("RecordingUrl", RECORDING_URL),
+        ("RecordingStatus", status),
+        (
+            "RecordingDuration",
+            if status == "completed" { "23" } else { "0" },
+        ),
+        ("RecordingChannels", "1"),
+        ("RecordingStartTime", "Wed, 01 May 2024 10:00:05 +0000"),
+        ("RecordingSource", source),
+        ("RecordingTrack", "inbound"),
+        ("ErrorCode", "0"),
+    ]
+}
+
+/// POST and return the TwiML, parsed (the test fails if it is not well-formed XML).
+async fn post_twiml(app: &TestApp, path: &str, params: &[(&str, &str)]) -> String {
+    let r = app.post_twilio_path(path, params, AUTH_TOKEN).await;
+    assert_eq!(r.status(), 200, "{path}");
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/xml"));
+    let text = r.text().await.unwrap();
+    roxmltree::Document::parse(&text)
+        .unwrap_or_else(|e| panic!("invalid TwiML from {path}: {e}\n{text}"));
+    text
+}
+
+/// Assert the fields every CALL event has, as the source document's Call example shows them.
+fn assert_call_shape(event: &Value, location_id: &str) {
+    for key in [
+        "type",
+        "locationId",
+        "attachments",
+        "contactId",
+        "conversationId",
+        "dateAdded",
+        "direction",
+        "messageType",
+        "messageId",
+        "status",
+    ] {
+        assert!(event.get(key).is_some(), "{key} missing in {event}");
+    }
+    assert_eq!(event["locationId"], location_id);
+    assert_eq!(event["messageType"], "CALL");
+    assert!(
+        event.get("body").is_none() && event.get("contentType").is_none(),
+        "{event}"
+    );
+    let text = event.to_string();
+    assert!(!text.contains("null"), "{text}");
+}
+
+#[tokio::test]
+async fn incoming_call_twiml_forwards_to_the_configured_number() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    setup(&app, &receiver, voice_settings()).await;
+    let twiml = post_twiml(
+        &app,
+        INCOMING,
+        &call_params("CAtwiml", &[("CallStatus", "ringing")]),
+    )
+    .await;
+    let doc = roxmltree::Document::parse(&twiml).unwrap();
+    let dial = doc
+        .descendants()
+        .find(|n| n.has_tag_name("Dial"))
+        .expect("a <Dial>");
+    assert_eq!(dial.attribute("timeout"), Some("25"));
+    assert_eq!(
+        dial.attribute("action"),
+        Some(app.url(DIAL_STATUS).as_str())
+    );
+    assert_eq!(dial.attribute("record"), None);
+    let number = dial.children().find(|n| n.has_tag_name("Number")).unwrap();
+    assert_eq!(number.text(), Some(FORWARD_TO));
+
+    // Nobody answered: the greeting, then a recording reported to the recording callback.
+    let twiml = post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(
+            "CAtwiml",
+            &[
+                ("CallStatus", "in-progress"),
+                ("DialCallStatus", "no-answer"),
+                ("DialCallSid", "CAchild"),
+            ],
+        ),
+    )
+    .await;
+    let doc = roxmltree::Document::parse(&twiml).unwrap();
+    let say = doc
+        .descendants()
+        .find(|n| n.has_tag_name("Say"))
+        .expect("a <Say>");
+    assert_eq!(say.text(), Some(GREETING));
+    let record = doc
+        .descendants()
+        .find(|n| n.has_tag_name("Record"))
+        .expect("a <Record>");
+    assert_eq!(
+        record.attribute("recordingStatusCallback"),
+        Some(app.url(RECORDING).as_str())
+    );
+    assert_eq!(
+        record.attribute("action"),
+        Some(app.url(RECORDING).as_str())
+    );
+    assert_eq!(record.attribute("maxLength"), Some("120"));
+
+    // Answered: hang up after the call.
+    let twiml = post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params("CAtwiml2", &[("DialCallStatus", "completed")]),
+    )
+    .await;
+    let doc = roxmltree::Document::parse(&twiml).unwrap();
+    assert!(doc.descendants().any(|n| n.has_tag_name("Hangup")));
+    assert!(!doc.descendants().any(|n| n.has_tag_name("Record")));
+
+    // The <Record> action (no RecordingStatus) is answered with a hang-up.
+    let twiml = post_twiml(
+        &app,
+        RECORDING,
+        &call_params(
+            "CAtwiml",
+            &[("RecordingUrl", RECORDING_URL), ("Digits", "hangup")],
+        ),
+    )
+    .await;
+    assert!(twiml.contains("<Hangup/>"));
+    receiver.expect_exactly(0, QUIET).await;
+}
+
+#[tokio::test]
+async fn answered_inbound_call_is_one_completed_call_event_on_the_sms_contact() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice_settings()).await;
+    // The caller texted before: the call lands on the same contact and conversation.
+    app.post_twilio(&sms_params("SMbefore", "calling you now"), AUTH_TOKEN)
+        .await;
+    let sms = receiver.wait_for(1, Duration::from_secs(5)).await[0].json();
+
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params("CAanswered", &[("CallStatus", "ringing")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(
+            "CAanswered",
+            &[("DialCallStatus", "completed"), ("DialCallDuration", "37")],
+        ),
+    )
+    .await;
+    receiver.expect_exactly(1, QUIET).await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(
+            "CAanswered",
+            &[("CallStatus", "completed"), ("CallDuration", "45")],
+        ),
+    )
+    .await;
+
+    let got = receiver.expect_exactly(2, QUIET).await;
+    let event = got[1].json();
+    assert_call_shape(&event, &location_id);
+    assert_eq!(event["type"], "InboundMessage");
+    assert_eq!(event["direction"], "inbound");
+    assert_eq!(event["status"], "completed");
+    assert_eq!(event["callStatus"], "completed");
+    assert_eq!(event["callDuration"], 37);
+    assert_eq!(event["messageTypeId"], 1);
+    assert_eq!(event["messageTypeString"], "TYPE_CALL");
+    assert_eq!(event["attachments"], json!([]));
+    assert_eq!(event["from"], CUSTOMER_NUMBER);
+    assert_eq!(event["to"], BUSINESS_NUMBER);
+    assert_eq!(event["contactId"], sms["contactId"]);
+    assert_eq!(event["conversationId"], sms["conversationId"]);
+    assert_ne!(event["messageId"], sms["messageId"]);
+}
+
+async fn voicemail_flow(status_first: bool) {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice_settings()).await;
+    let sid = if status_first {
+        "CAvmstatusfirst"
+    } else {
+        "CAvmrecfirst"
+    };
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params(sid, &[("CallStatus", "ringing")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(
+            sid,
+            &[("DialCallStatus", "no-answer"), ("DialCallDuration", "0")],
+        ),
+    )
+    .await;
+    let status = call_params(sid, &[("CallStatus", "completed"), ("CallDuration", "41")]);
+    let recording = recording_params(sid, "completed", "RecordVerb");
+    if status_first {
+        post_twiml(&app, STATUS, &status).await;
+        // Switchboard asked for a recording: it waits for it.
+        receiver.expect_exactly(0, QUIET).await;
+        post_twiml(&app, RECORDING, &recording).await;
+    } else {
+        post_twiml(&app, RECORDING, &recording).await;
+        receiver.expect_exactly(0, QUIET).await;
+        post_twiml(&app, STATUS, &status).await;
+    }
+    let got = receiver.expect_exactly(1, QUIET).await;
+    let event = got[0].json();
+    assert_call_shape(&event, &location_id);
+    assert_eq!(event["type"], "InboundMessage");
+    assert_eq!(event["status"], "voicemail");
+    assert_eq!(event["callStatus"], "voicemail");
+    assert_eq!(event["attachments"], json!([RECORDING_URL]));
+    assert_eq!(event["messageTypeId"], 10);
+    assert_eq!(event["messageTypeString"], "TYPE_VOICEMAIL");
+    assert!(event.get("callDuration").is_none());
+    assert_eq!(event["from"], CUSTOMER_NUMBER);
+}
+
+#[tokio::test]
+async fn voicemail_with_the_status_callback_before_the_recording() {
+    voicemail_flow(true).await;
+}
+
+#[tokio::test]
+async fn voicemail_with_the_status_callback_after_the_recording() {
+    voicemail_flow(false).await;
+}
+
+#[tokio::test]
+async fn every_callback_twice_is_still_one_event() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    setup(&app, &receiver, voice_settings()).await;
+    let sid = "CAtwice";
+    let steps = [
+        (INCOMING, call_params(sid, &[("CallStatus", "ringing")])),
+        (
+            DIAL_STATUS,
+            call_params(sid, &[("DialCallStatus", "no-answer")]),
+        ),
+        (RECORDING, recording_params(sid, "completed", "RecordVerb")),
+        (
+            STATUS,
+            call_params(sid, &[("CallStatus", "completed"), ("CallDuration", "30")]),
+        ),
+    ];
+    for (path, params) in &steps {
+        post_twiml(&app, path, params).await;
+        post_twiml(&app, path, params).await;
+    }
+    // And once more, all of them, after the event went out.
+    for (path, params) in &steps {
+        post_twiml(&app, path, params).await;
+    }
+    let got = receiver.expect_exactly(1, QUIET).await;
+    assert_eq!(got[0].json()["status"], "voicemail");
+}
+
+async fn missed(voice: Value, dial_status: &str, recording: Option<&str>) -> Value {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice).await;
+    let sid = "CAmissed";
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params(sid, &[("CallStatus", "ringing")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(sid, &[("DialCallStatus", dial_status)]),
+    )
+    .await;
+    if let Some(status) = recording {
+        post_twiml(
+            &app,
+            RECORDING,
+            &recording_params(sid, status, "RecordVerb"),
+        )
+        .await;
+    }
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(sid, &[("CallStatus", "completed"), ("CallDuration", "12")]),
+    )
+    .await;
+    let got = receiver.expect_exactly(1, QUIET).await;
+    let event = got[0].json();
+    assert_call_shape(&event, &location_id);
+    assert_eq!(event["attachments"], json!([]));
+    assert_eq!(event["messageTypeId"], 1);
+    assert!(event.get("callDuration").is_none());
+    event
+}
+
+#[tokio::test]
+async fn missed_call_without_voicemail() {
+    let mut voice = voice_settings();
+    voice["voicemail"] = json!(false);
+    let event = missed(voice, "no-answer", None).await;
+    assert_eq!(
+        (event["status"].as_str(), event["callStatus"].as_str()),
+        (Some("no-answer"), Some("no-answer"))
+    );
+}
+
+#[tokio::test]
+async fn busy_call() {
+    let mut voice = voice_settings();
+    voice["voicemail"] = json!(false);
+    let event = missed(voice, "busy", None).await;
+    assert_eq!(
+        (event["status"].as_str(), event["callStatus"].as_str()),
+        (Some("busy"), Some("busy"))
+    );
+}
+
+#[tokio::test]
+async fn caller_hung_up_before_the_beep_is_a_missed_call() {
+    let event = missed(voice_settings(), "no-answer", Some("absent")).await;
+    assert_eq!(event["callStatus"], "no-answer");
+}
+
+#[tokio::test]
+async fn a_recording_that_never_comes_is_waited_for_then_given_up() {
+    let app = spawn_app_with(|c| c.call_recording_wait_seconds = 1).await;
+    let receiver = TestReceiver::start().await;
+    setup(&app, &receiver, voice_settings()).await;
+    let sid = "CAnorecording";
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params(sid, &[("CallStatus", "ringing")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(sid, &[("DialCallStatus", "no-answer")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(sid, &[("CallStatus", "completed")]),
+    )
+    .await;
+    receiver.expect_exactly(0, Duration::from_millis(600)).await;
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].json()["callStatus"], "no-answer");
+    // A recording that arrives after the call was emitted changes nothing.
+    post_twiml(
+        &app,
+        RECORDING,
+        &recording_params(sid, "completed", "RecordVerb"),
+    )
+    .await;
+    receiver.expect_exactly(1, QUIET).await;
+}
+
+#[tokio::test]
+async fn answered_calls_are_recorded_when_asked() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let mut voice = voice_settings();
+    voice["recordAnsweredCalls"] = json!(true);
+    setup(&app, &receiver, voice).await;
+    let sid = "CArecorded";
+    let twiml = post_twiml(
+        &app,
+        INCOMING,
+        &call_params(sid, &[("CallStatus", "ringing")]),
+    )
+    .await;
+    let doc = roxmltree::Document::parse(&twiml).unwrap();
+    let dial = doc.descendants().find(|n| n.has_tag_name("Dial")).unwrap();
+    assert_eq!(dial.attribute("record"), Some("record-from-answer-dual"));
+    assert_eq!(
+        dial.attribute("recordingStatusCallback"),
+        Some(app.url(RECORDING).as_str())
+    );
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(
+            sid,
+            &[("DialCallStatus", "completed"), ("DialCallDuration", "61")],
+        ),
+    )
+    .await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(sid, &[("CallStatus", "completed"), ("CallDuration", "70")]),
+    )
+    .await;
+    receiver.expect_exactly(0, QUIET).await;
+    post_twiml(
+        &app,
+        RECORDING,
+        &recording_params(sid, "completed", "DialVerb"),
+    )
+    .await;
+    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_eq!(event["status"], "completed");
+    assert_eq!(event["callStatus"], "completed");
+    assert_eq!(event["callDuration"], 61);
+    assert_eq!(event["attachments"], json!([RECORDING_URL]));
+}
+
+fn outbound_params<'a>(sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut p = vec![
+        ("CallSid", sid),
+        ("AccountSid", ACCOUNT_SID),
+        ("From", BUSINESS_NUMBER),
+        ("To", CUSTOMER_NUMBER),
+        ("Direction", "outbound-api"),
+        ("ApiVersion", "2010-04-01"),
+    ];
+    p.extend_from_slice(extra);
+    p
+}
+
+#[tokio::test]
+async fn outbound_answered_call() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice_settings()).await;
+    // Progress events first: nothing is emitted until the final status.
+    post_twiml(
+        &app,
+        STATUS,
+        &outbound_params("CAout", &[("CallStatus", "ringing")]),
+    )
+    .await;
+    receiver.expect_exactly(0, QUIET).await;
+    post_twiml(
+        &app,
+        STATUS,
+        &outbound_params(
+            "CAout",
+            &[("CallStatus", "completed"), ("CallDuration", "120")],
+        ),
+    )
+    .await;
+    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_call_shape(&event, &location_id);
+    assert_eq!(event["type"], "OutboundMessage");
+    assert_eq!(event["direction"], "outbound");
+    assert_eq!(event["status"], "completed");
+    assert_eq!(event["callStatus"], "completed");
+    assert_eq!(event["callDuration"], 120);
+    assert_eq!(event["messageTypeId"], 1);
+    assert_eq!(event["from"], BUSINESS_NUMBER);
+    assert_eq!(event["to"], CUSTOMER_NUMBER);
+}
+
+#[tokio::test]
+async fn outbound_call_reaching_voicemail() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice_settings()).await;
+    // The contact is the callee: the same contact as the customer's texts.
+    app.post_twilio(&sms_params("SMcustomer", "call me"), AUTH_TOKEN)
+        .await;
+    let sms = receiver.wait_for(1, Duration::from_secs(5)).await[0].json();
+    post_twiml(
+        &app,
+        STATUS,
+        &outbound_params(
+            "CAoutvm",
+            &[
+                ("CallStatus", "completed"),
+                ("CallDuration", "31"),
+                ("AnsweredBy", "machine_end_beep"),
+            ],
+        ),
+    )
+    .await;
+    let event = receiver.expect_exactly(2, QUIET).await[1].json();
+    assert_call_shape(&event, &location_id);
+    assert_eq!(event["type"], "OutboundMessage");
+    assert_eq!(event["status"], "completed");
+    assert_eq!(event["callStatus"], "voicemail");
+    assert_eq!(event["messageTypeId"], 1);
+    assert_eq!(event["contactId"], sms["contactId"]);
+}
+
+#[tokio::test]
+async fn wrong_signature_on_each_voice_endpoint_is_403_and_stores_nothing() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    setup(&app, &receiver, voice_settings()).await;
+    let sid = "CAforged";
+    // Forged callbacks that would make the call "answered".
+    let forged = [
+        (INCOMING, call_params(sid, &[("CallStatus", "ringing")])),
+        (
+            DIAL_STATUS,
+            call_params(
+                sid,
+                &[("DialCallStatus", "completed"), ("DialCallDuration", "99")],
+            ),
+        ),
+        (
+            STATUS,
+            call_params(sid, &[("CallStatus", "completed"), ("CallDuration", "99")]),
+        ),
+        (RECORDING, recording_params(sid, "completed", "DialVerb")),
+    ];
+    for (path, params) in &forged {
+        let r = app
+            .post_twilio_path(path, params, "not the auth token")
+            .await;
+        assert_eq!(r.status(), 403, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_signature", "{path}");
+    }
+    receiver.expect_exactly(0, QUIET).await;
+    // The real callbacks: a missed call. Had anything forged been kept, it would be answered.
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params(sid, &[("CallStatus", "ringing")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(sid, &[("DialCallStatus", "no-answer")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        RECORDING,
+        &recording_params(sid, "absent", "RecordVerb"),
+    )
+    .await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(sid, &[("CallStatus", "completed")]),
+    )
+    .await;
+    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_eq!(event["callStatus"], "no-answer");
+    assert!(event.get("callDuration").is_none());
+}
+
+#[tokio::test]
+async fn voice_settings_are_validated() {
+    let app = spawn_app().await;
+    let location_id = app.create_location("Acme").await;
+    for (voice, needle) in [
+        (json!({ "forwardTo": "555-0100" }), "forwardTo"),
+        (json!({ "ringTimeoutSeconds": 1 }), "ringTimeoutSeconds"),
+        (json!({ "greeting": "" }), "greeting"),
+        (json!({ "voicemial": true }), "voicemial"),
+    ] {
+        let r = app
+            .admin_send(
+                reqwest::Method::PUT,
+                &format!("/v1/locations/{location_id}/channels/twilio"),
+                json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [], "voice": voice }),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{voice}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
+    }
+}
