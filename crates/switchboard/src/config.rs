@@ -39,6 +39,9 @@ pub struct Config {
     pub poll_interval: Duration,
     pub dispatcher_concurrency: usize,
     pub call_recording_wait_seconds: u64,
+    #[serde(deserialize_with = "de_duration")]
+    pub attachment_url_ttl: Duration,
+    pub max_attachment_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {

@@ -16,6 +16,7 @@ use rand::Rng;
 
 const ED25519_FILE: &str = "ed25519-private-key.pem";
 const ADMIN_TOKEN_FILE: &str = "admin-token";
+const ATTACHMENT_KEY_FILE: &str = "attachment-url-key";
 
 pub struct SigningKeys {
     ed25519: SigningKey,
@@ -60,6 +61,27 @@ impl SigningKeys {
     pub fn ed25519_public_pem(&self) -> &str {
         &self.ed25519_public_pem
     }
+}
+
+/// The key that signs attachment URLs, kept in `dir` (generated on first start).
+pub fn attachment_url_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = dir.join(ATTACHMENT_KEY_FILE);
+    if path.exists() {
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = B64
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} does not hold a 32-byte base64 key", path.display())
+            })?;
+        return Ok(bytes);
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    write_private(&path, B64.encode(key).as_bytes())?;
+    Ok(key)
 }
 
 /// The configured token, or the one kept in `dir` (generated and printed once if missing).
@@ -128,6 +150,15 @@ mod tests {
         assert_eq!(
             switchboard_events::ed25519::verify(&key, b"{\"a\":1}", &sig),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn attachment_key_is_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            attachment_url_key(dir.path()).unwrap(),
+            attachment_url_key(dir.path()).unwrap()
         );
     }
 

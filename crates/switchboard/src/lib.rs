@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod event;
 pub mod keys;
+pub mod media;
 pub mod routes;
 pub mod simulate;
 pub mod ssrf;

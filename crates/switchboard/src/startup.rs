@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::dispatcher::{DispatchHandle, Dispatcher};
 use crate::domain::time::{Clock, SystemClock};
 use crate::keys::{self, SigningKeys};
+use crate::media::MediaStore;
 use crate::routes;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub lease: Duration,
     pub call_recording_wait: Duration,
+    pub media: Arc<MediaStore>,
     pub dispatch: DispatchHandle,
 }
 
@@ -95,6 +97,13 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             lease: config.delivery_lease,
             call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
+            media: MediaStore::new(
+                &config.data_dir,
+                keys::attachment_url_key(&config.data_dir)?,
+                config.attachment_url_ttl,
+                config.max_attachment_bytes,
+                config.allow_private_targets,
+            )?,
             dispatch,
         });
         let listener = TcpListener::bind(&config.listen)

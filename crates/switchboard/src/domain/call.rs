@@ -44,6 +44,10 @@ pub struct Recording {
     pub duration: Option<u64>,
     /// `RecordVerb` (voicemail), `DialVerb` (answered call), …
     pub source: Option<String>,
+    /// Set by the channel when the location keeps recordings itself: the core downloads the
+    /// file and replaces `url` with a signed link to its copy. Never persisted.
+    #[serde(skip)]
+    pub download: Option<crate::media::MediaFetch>,
 }
 
 /// Everything known about one call so far (persisted as JSON; field names never change).
@@ -296,6 +300,7 @@ mod tests {
             status: status.into(),
             duration: Some(duration),
             source: Some("RecordVerb".into()),
+            download: None,
         })
     }
 

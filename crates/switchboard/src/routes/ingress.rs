@@ -11,6 +11,7 @@ use axum::response::Response;
 
 use super::read_body;
 use crate::channels::{Channel, ProviderRequest};
+use crate::domain::Fact;
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::IngestContext;
@@ -45,7 +46,9 @@ pub async fn ingest<C: Channel>(
     C::verify(&request, &parsed, &account)?;
 
     let now = state.clock.now_ms();
-    let handled = C::handle(&request, parsed, &account, now)?;
+    let mut handled = C::handle(&request, parsed, &account, now)?;
+    let base = public_url(state.public_url.as_deref(), &request.headers, "")?;
+    keep_media(&state, &mut handled.facts, &base, now).await;
     let context = IngestContext {
         now,
         lease_until: now + state.lease.as_millis() as i64,
@@ -64,6 +67,28 @@ pub async fn ingest<C: Channel>(
     );
     state.dispatch.hand_off(outcome.jobs);
     Ok(handled.reply)
+}
+
+/// Download the media a channel asked to keep and point the facts at signed links to the
+/// copies. A failed download keeps the provider's URL (logged), so the message is not lost.
+async fn keep_media(state: &AppState, facts: &mut [Fact], base: &str, now_ms: i64) {
+    for fact in facts {
+        let Fact::Call(update) = fact else { continue };
+        let Some(recording) = update.recording.as_mut() else {
+            continue;
+        };
+        let Some(fetch) = recording.download.take() else {
+            continue;
+        };
+        match state.media.download(&fetch).await {
+            Ok(file) => recording.url = state.media.signed_url(base, &file, now_ms / 1000),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                call_sid = %update.call_sid,
+                "keeping the recording failed; the event carries the provider's URL"
+            ),
+        }
+    }
 }
 
 /// The URL the provider called: the configured public URL, or one derived from `Host` and

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,7 @@ use crate::channels::twilio::{
     TwilioMessaging, VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceStatus,
 };
 use crate::error::ApiError;
+use crate::media::UrlError;
 use crate::startup::AppState;
 
 mod admin;
@@ -89,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             TWILIO_VOICE_RECORDING_PATH,
             post(ingress::ingest::<VoiceRecording>),
         )
+        .route("/attachments/{file}", get(attachment))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/v1", v1)
@@ -111,6 +113,51 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::V
         )
     })?;
     Ok(Json(json!({ "status": "ready" })))
+}
+
+/// A stored attachment, behind a signed, expiring URL (no bearer token: subscribers follow it).
+async fn attachment(
+    State(state): State<Arc<AppState>>,
+    Path(file): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let forbidden = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", m);
+    let (Some(expires), Some(signature)) = (param("expires"), param("signature")) else {
+        return Err(forbidden(
+            "the URL needs its expires and signature parameters",
+        ));
+    };
+    let expires: i64 = expires
+        .parse()
+        .map_err(|_| forbidden("expires is not a number"))?;
+    let now_secs = state.clock.now_ms() / 1000;
+    match state.media.verify(&file, expires, signature, now_secs) {
+        Ok(()) => {}
+        Err(UrlError::BadSignature) => return Err(forbidden("the URL's signature does not match")),
+        Err(UrlError::Expired) => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "expired",
+                "this link has expired",
+            ))
+        }
+    }
+    let (bytes, content_type) = state
+        .media
+        .read(&file)
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("no attachment {file}")))?;
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -679,3 +679,157 @@ async fn voice_settings_are_validated() {
         );
     }
 }
+
+/// A stand-in for Twilio's media host: serves `.mp3` recordings only with the account's Basic
+/// auth (AccountSid:AuthToken), as api.twilio.com does. Returns its base URL and a request count.
+async fn fake_twilio_media(
+    audio: &'static [u8],
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use base64::Engine;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT_SID}:{AUTH_TOKEN}"))
+    );
+    let app = axum::Router::new().route(
+        "/2010-04-01/Accounts/{account}/Recordings/{file}",
+        axum::routing::get(
+            move |axum::extract::Path((_, file)): axum::extract::Path<(String, String)>,
+                  headers: HeaderMap| {
+                let expected = expected.clone();
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if headers.get("authorization").and_then(|v| v.to_str().ok())
+                        != Some(expected.as_str())
+                    {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [("content-type", "text/plain")],
+                            &b"auth"[..],
+                        );
+                    }
+                    if !file.ends_with(".mp3") {
+                        return (
+                            StatusCode::NOT_FOUND,
+                            [("content-type", "text/plain")],
+                            &b"no"[..],
+                        );
+                    }
+                    (StatusCode::OK, [("content-type", "audio/mpeg")], audio)
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), hits)
+}
+
+#[tokio::test]
+async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
+    const AUDIO: &[u8] = b"ID3\x03\x00fake mp3 frames \x00\xff\xfb";
+    let (media_base, hits) = fake_twilio_media(AUDIO).await;
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let mut voice = voice_settings();
+    voice["downloadRecordings"] = json!(true);
+    setup(&app, &receiver, voice).await;
+
+    let recording_url = format!("{media_base}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/RE55555555555555555555555555555555");
+    let sid = "CAkept";
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params(sid, &[("CallStatus", "ringing")]),
+    )
+    .await;
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(sid, &[("DialCallStatus", "no-answer")]),
+    )
+    .await;
+    let mut rec = recording_params(sid, "completed", "RecordVerb");
+    for p in rec.iter_mut().filter(|p| p.0 == "RecordingUrl") {
+        p.1 = &recording_url;
+    }
+    post_twiml(&app, RECORDING, &rec).await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(sid, &[("CallStatus", "completed")]),
+    )
+    .await;
+    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_eq!(event["status"], "voicemail");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let link = event["attachments"][0].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/attachments/", app.address)),
+        "{link}"
+    );
+    assert!(
+        link.contains("expires=") && link.contains("signature="),
+        "{link}"
+    );
+    assert!(!link.contains("twilio") && !link.contains(AUTH_TOKEN));
+
+    // Anyone with the link gets the file, no credentials needed.
+    let r = app.client.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/mpeg");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), AUDIO);
+    // A changed signature, a changed expiry or no signature: refused.
+    let tampered = format!("{}x", &link[..link.len() - 1]);
+    assert_eq!(
+        app.client.get(&tampered).send().await.unwrap().status(),
+        403
+    );
+    let later = link.replace("expires=", "expires=9");
+    assert_eq!(app.client.get(&later).send().await.unwrap().status(), 403);
+    let bare = link.split('?').next().unwrap();
+    let r = app.client.get(bare).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_signature"
+    );
+}
+
+#[tokio::test]
+async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
+    let (media_base, _) = fake_twilio_media(b"x").await;
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let mut voice = voice_settings();
+    voice["downloadRecordings"] = json!(true);
+    setup(&app, &receiver, voice).await;
+    // The media host has no such recording (404): the download fails.
+    let recording_url = format!("{media_base}/2010-04-01/Accounts/{ACCOUNT_SID}/Missing/RE1");
+    let sid = "CAunkept";
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(sid, &[("DialCallStatus", "no-answer")]),
+    )
+    .await;
+    let mut rec = recording_params(sid, "completed", "RecordVerb");
+    for p in rec.iter_mut().filter(|p| p.0 == "RecordingUrl") {
+        p.1 = &recording_url;
+    }
+    post_twiml(&app, RECORDING, &rec).await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(sid, &[("CallStatus", "completed")]),
+    )
+    .await;
+    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_eq!(event["status"], "voicemail");
+    assert_eq!(event["attachments"], json!([recording_url]));
+}

@@ -18,6 +18,7 @@ use super::{normalize_address, twiml, xml_escape, TwilioForm, PROVIDER};
 use crate::channels::{Channel, ChannelAccount, ChannelError, Handled, ProviderRequest, RouteKey};
 use crate::domain::call::{CallUpdate, Recording};
 use crate::domain::{Fact, PhoneNumber};
+use crate::media::MediaFetch;
 
 /// Where the voice routes live; the TwiML's callback URLs are built from the URL Twilio called.
 pub const VOICE_PREFIX: &str = "/conversations/providers/twilio/voice/";
@@ -41,6 +42,9 @@ pub struct VoiceSettings {
     pub record_answered_calls: bool,
     /// Longest voicemail, in seconds.
     pub max_voicemail_seconds: u32,
+    /// Download recordings into Switchboard's attachment storage and send signed, expiring
+    /// links to them (subscribers then need no Twilio credentials). Off: Twilio's URL as given.
+    pub download_recordings: bool,
 }
 
 impl Default for VoiceSettings {
@@ -52,6 +56,7 @@ impl Default for VoiceSettings {
             voicemail: true,
             record_answered_calls: false,
             max_voicemail_seconds: 120,
+            download_recordings: false,
         }
     }
 }
@@ -292,21 +297,34 @@ impl VoiceRecording {
         _req: &ProviderRequest,
         form: &TwilioForm,
         call_sid: &str,
-        _account: &ChannelAccount,
+        account: &ChannelAccount,
     ) -> Result<Handled, ChannelError> {
         let facts = match form.get("RecordingStatus") {
             // The <Record> action: the file may not be ready yet; its status callback follows.
             None => vec![],
-            Some(status) => vec![Fact::Call(CallUpdate {
-                call_sid: call_sid.to_owned(),
-                recording: Some(Recording {
-                    url: form.get("RecordingUrl").unwrap_or_default().to_owned(),
-                    status: status.to_owned(),
-                    duration: form.seconds("RecordingDuration")?,
-                    source: form.get("RecordingSource").map(str::to_owned),
-                }),
-                ..CallUpdate::default()
-            })],
+            Some(status) => {
+                let url = form.get("RecordingUrl").unwrap_or_default().to_owned();
+                // Twilio serves the file at the URL plus an extension, with Basic auth.
+                let download = (status == "completed"
+                    && !url.is_empty()
+                    && VoiceSettings::of(account).download_recordings)
+                    .then(|| MediaFetch {
+                        url: format!("{url}.mp3"),
+                        username: account.account_id.clone(),
+                        password: account.secret.clone(),
+                    });
+                vec![Fact::Call(CallUpdate {
+                    call_sid: call_sid.to_owned(),
+                    recording: Some(Recording {
+                        url,
+                        status: status.to_owned(),
+                        duration: form.seconds("RecordingDuration")?,
+                        source: form.get("RecordingSource").map(str::to_owned),
+                        download,
+                    }),
+                    ..CallUpdate::default()
+                })]
+            }
         };
         Ok(Handled {
             facts,

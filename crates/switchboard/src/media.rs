@@ -1,0 +1,234 @@
+//! Attachment storage: provider media (call recordings) downloaded with the provider's
+//! credentials, kept in `<data_dir>/attachments/`, and served from signed, expiring URLs, so
+//! subscribers never need the provider's credentials.
+//!
+//! A URL is `<base>/attachments/<file>?expires=<unix seconds>&signature=<base64url HMAC-SHA256
+//! over "<file>:<expires>">`, keyed by a secret kept in the data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::domain::ids::{looks_like_id, new_id};
+use crate::ssrf;
+
+/// Where to fetch a provider's media, with the credentials it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFetch {
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// Why a signed URL was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlError {
+    BadSignature,
+    Expired,
+}
+
+pub struct MediaStore {
+    dir: PathBuf,
+    url_key: [u8; 32],
+    ttl: Duration,
+    max_bytes: usize,
+    allow_private_targets: bool,
+    client: reqwest::Client,
+}
+
+/// The content types Switchboard stores, by file extension.
+const KINDS: [(&str, &str); 3] = [
+    ("mp3", "audio/mpeg"),
+    ("wav", "audio/wav"),
+    ("bin", "application/octet-stream"),
+];
+
+impl MediaStore {
+    pub fn new(
+        data_dir: &Path,
+        url_key: [u8; 32],
+        ttl: Duration,
+        max_bytes: usize,
+        allow_private_targets: bool,
+    ) -> anyhow::Result<Arc<MediaStore>> {
+        // Provider media redirects to a CDN; every hop is checked like a webhook target.
+        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                attempt.error("too many redirects")
+            } else if let Err(e) =
+                ssrf::check_literal(attempt.url().as_str(), allow_private_targets)
+            {
+                attempt.error(e)
+            } else {
+                attempt.follow()
+            }
+        });
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(redirect);
+        if !allow_private_targets {
+            builder = builder.dns_resolver(Arc::new(ssrf::GuardedResolver));
+        }
+        Ok(Arc::new(MediaStore {
+            dir: data_dir.join("attachments"),
+            url_key,
+            ttl,
+            max_bytes,
+            allow_private_targets,
+            client: builder.build()?,
+        }))
+    }
+
+    /// Download `fetch` and keep it; returns the stored file name (`<id>.<ext>`).
+    pub async fn download(&self, fetch: &MediaFetch) -> anyhow::Result<String> {
+        // Host names are checked by the client's resolver, literal addresses here.
+        ssrf::check_literal(&fetch.url, self.allow_private_targets)
+            .map_err(|e| anyhow::anyhow!("refused media URL: {e}"))?;
+        let mut response = self
+            .client
+            .get(&fetch.url)
+            .basic_auth(&fetch.username, Some(&fetch.password))
+            .send()
+            .await
+            .with_context(|| format!("fetching {}", fetch.url))?;
+        if !response.status().is_success() {
+            bail!("fetching {} answered {}", fetch.url, response.status());
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > self.max_bytes {
+                bail!("{} is larger than {} bytes", fetch.url, self.max_bytes);
+            }
+        }
+        let ext = KINDS
+            .iter()
+            .find(|(_, ct)| content_type.starts_with(ct))
+            .map(|(ext, _)| *ext)
+            .or_else(|| fetch.url.ends_with(".mp3").then_some("mp3"))
+            .unwrap_or("bin");
+        let file = format!("{}.{ext}", new_id());
+        tokio::fs::create_dir_all(&self.dir).await?;
+        let tmp = self.dir.join(format!(".{file}.part"));
+        tokio::fs::write(&tmp, &body).await?;
+        tokio::fs::rename(&tmp, self.dir.join(&file)).await?;
+        Ok(file)
+    }
+
+    fn mac(&self, file: &str, expires: i64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("HMAC takes any key");
+        mac.update(file.as_bytes());
+        mac.update(b":");
+        mac.update(expires.to_string().as_bytes());
+        mac
+    }
+
+    /// A URL for `file` under `base`, valid for the configured time from `now_secs`.
+    pub fn signed_url(&self, base: &str, file: &str, now_secs: i64) -> String {
+        let expires = now_secs + self.ttl.as_secs() as i64;
+        format!(
+            "{}/attachments/{file}?expires={expires}&signature={}",
+            base.trim_end_matches('/'),
+            B64URL.encode(self.mac(file, expires).finalize().into_bytes())
+        )
+    }
+
+    /// Check a signed URL's parameters (the signature in constant time, then the expiry).
+    pub fn verify(
+        &self,
+        file: &str,
+        expires: i64,
+        signature: &str,
+        now_secs: i64,
+    ) -> Result<(), UrlError> {
+        let given = B64URL
+            .decode(signature)
+            .map_err(|_| UrlError::BadSignature)?;
+        self.mac(file, expires)
+            .verify_slice(&given)
+            .map_err(|_| UrlError::BadSignature)?;
+        if now_secs > expires {
+            return Err(UrlError::Expired);
+        }
+        Ok(())
+    }
+
+    /// The stored bytes and content type of `file`, if it is one of ours.
+    pub async fn read(&self, file: &str) -> Option<(Vec<u8>, &'static str)> {
+        let (id, ext) = file.split_once('.')?;
+        let content_type = KINDS.iter().find(|(e, _)| *e == ext)?.1;
+        if !looks_like_id(id) {
+            return None;
+        }
+        let bytes = tokio::fs::read(self.dir.join(file)).await.ok()?;
+        Some((bytes, content_type))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Arc<MediaStore> {
+        MediaStore::new(
+            Path::new("/nonexistent"),
+            [7; 32],
+            Duration::from_secs(60),
+            1024,
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn signed_urls_verify_until_they_expire() {
+        let media = store();
+        let url = media.signed_url("https://sb.example.com/", "AAAAAAAAAAAAAAAAAAAA.mp3", 1_000);
+        let query = url.split_once('?').unwrap().1;
+        let params: std::collections::HashMap<_, _> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        assert!(url.starts_with("https://sb.example.com/attachments/AAAAAAAAAAAAAAAAAAAA.mp3?"));
+        let expires: i64 = params["expires"].parse().unwrap();
+        assert_eq!(expires, 1_060);
+        let sig = &params["signature"];
+        let file = "AAAAAAAAAAAAAAAAAAAA.mp3";
+        assert_eq!(media.verify(file, expires, sig, 1_050), Ok(()));
+        assert_eq!(
+            media.verify(file, expires, sig, 1_061),
+            Err(UrlError::Expired)
+        );
+        assert_eq!(
+            media.verify(file, expires + 1, sig, 1_050),
+            Err(UrlError::BadSignature)
+        );
+        assert_eq!(
+            media.verify("BBBBBBBBBBBBBBBBBBBB.mp3", expires, sig, 1_050),
+            Err(UrlError::BadSignature)
+        );
+        assert_eq!(
+            media.verify(file, expires, "!!", 1_050),
+            Err(UrlError::BadSignature)
+        );
+    }
+
+    #[tokio::test]
+    async fn only_our_file_names_are_read() {
+        let media = store();
+        assert!(media.read("../../etc/passwd").await.is_none());
+        assert!(media.read("AAAAAAAAAAAAAAAAAAAA.exe").await.is_none());
+        assert!(media.read("AAAAAAAAAAAAAAAAAAAA.mp3").await.is_none());
+    }
+}
