@@ -13,15 +13,22 @@ pub const CONTENT_TYPE_TEXT_PLAIN: &str = "text/plain";
 pub enum EventType {
     InboundMessage,
     OutboundMessage,
+    /// Operational: a webhook was disabled (410 Gone, or failing for too long).
+    WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 2] = [EventType::InboundMessage, EventType::OutboundMessage];
+    pub const ALL: [EventType; 3] = [
+        EventType::InboundMessage,
+        EventType::OutboundMessage,
+        EventType::WebhookDisabled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::InboundMessage => "InboundMessage",
             EventType::OutboundMessage => "OutboundMessage",
+            EventType::WebhookDisabled => "WebhookDisabled",
         }
     }
 
@@ -202,6 +209,24 @@ pub struct MessageEvent {
     /// When the event was emitted (ISO-8601 UTC, milliseconds); unchanged across retries.
     pub timestamp: String,
     /// The event's unique id; unchanged across retries. Deduplicate on it.
+    pub webhook_id: String,
+}
+
+/// The `WebhookDisabled` operational event, sent to webhooks that subscribe to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDisabledEvent {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The disabled webhook's id (`/v1/webhooks/{id}`).
+    pub endpoint_id: String,
+    pub url: String,
+    /// `gone` (it answered 410) or `failing` (it failed continuously for too long).
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<String>,
+    pub disabled_at: String,
+    pub timestamp: String,
     pub webhook_id: String,
 }
 

@@ -42,6 +42,15 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub attachment_url_ttl: Duration,
     pub max_attachment_bytes: usize,
+    pub breaker_threshold: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub breaker_cooldown: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub auto_disable_after: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+    #[serde(default)]
+    pub dns_overrides: std::collections::HashMap<String, Vec<std::net::IpAddr>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -90,7 +99,10 @@ impl Config {
         if let Some(text) = file {
             let overlay: toml::Table = text.parse().context("config file is not valid TOML")?;
             for (key, value) in overlay {
-                if !table.contains_key(&key) && !OPTIONAL_KEYS.contains(&key.as_str()) {
+                if !table.contains_key(&key)
+                    && !OPTIONAL_KEYS.contains(&key.as_str())
+                    && key != "dns_overrides"
+                {
                     bail!("config file: unknown key `{key}`");
                 }
                 table.insert(key, value);
@@ -121,6 +133,9 @@ impl Config {
         }
         if self.delivery_lease <= self.delivery_timeout {
             bail!("delivery_lease must be longer than delivery_timeout");
+        }
+        if self.breaker_threshold == 0 {
+            bail!("breaker_threshold must be at least 1");
         }
         if self.dispatcher_concurrency == 0 {
             bail!("dispatcher_concurrency must be at least 1");

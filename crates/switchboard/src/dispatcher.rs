@@ -3,39 +3,82 @@
 //! (already leased to this node), so the happy path never waits for a poll; a poller picks up
 //! due retries and deliveries whose lease expired (a crashed sender's work). The store stays
 //! the source of truth.
+//!
+//! Each webhook has a lane: its limits (`maxInFlight`, `maxPerSecond`), its circuit breaker,
+//! and its queue, fresh deliveries ahead of retries, so one slow or failing subscriber cannot
+//! starve the others and retries cannot starve fresh traffic. One task owns every lane; sends
+//! run as their own tasks and report back.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
+use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::StatusCode;
 use switchboard_events::headers;
-use switchboard_events::standard::WebhookSecret;
-use tokio::sync::{mpsc, Semaphore};
+use switchboard_events::standard::{self, WebhookSecret};
+use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 use crate::config::Config;
 use crate::domain::time::Clock;
 use crate::keys::SigningKeys;
-use crate::ssrf;
-use crate::store::{AttemptRecord, DeliveryJob, NextStep, Store};
+use crate::metrics::{BreakerState, Metrics, Outcome};
+use crate::ssrf::TargetPolicy;
+use crate::store::{AttemptRecord, DeliveryJob, NextStep, Ordering, Store, Webhook, WebhookHealth};
 
 /// How much of a subscriber's response is kept with the attempt.
 const RESPONSE_EXCERPT_BYTES: usize = 4096;
 const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION"));
+/// A lease is renewed before sending when less than the timeout plus this is left.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Webhook settings are re-read this often (other nodes may have changed them).
+const WEBHOOK_REFRESH: Duration = Duration::from_secs(10);
+/// Retention runs this often, in batches of this many rows.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const RETENTION_BATCH: u32 = 500;
 
-/// Hands freshly committed deliveries to the dispatcher.
+/// Talks to the dispatcher from the rest of the process.
 #[derive(Clone)]
 pub struct DispatchHandle {
-    tx: mpsc::UnboundedSender<DeliveryJob>,
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 impl DispatchHandle {
+    /// Deliveries just committed (and leased to this node): send them now.
     pub fn hand_off(&self, jobs: Vec<DeliveryJob>) {
-        for job in jobs {
-            // If the dispatcher is gone the lease expires and the poller of the next run sends it.
-            let _ = self.tx.send(job);
+        if !jobs.is_empty() {
+            // If the dispatcher is gone the leases expire and the next run sends them.
+            let _ = self.tx.send(Command::Jobs(jobs));
         }
     }
+
+    /// A webhook was created, changed or deleted.
+    pub fn webhooks_changed(&self) {
+        let _ = self.tx.send(Command::WebhooksChanged);
+    }
+}
+
+enum Command {
+    Jobs(Vec<DeliveryJob>),
+    WebhooksChanged,
+    Done(Completion),
+}
+
+struct Completion {
+    webhook_id: String,
+    delivery_id: String,
+    conversation_id: Option<String>,
+    result: SendResult,
+}
+
+enum SendResult {
+    /// Another node holds the delivery now; nothing was sent.
+    Lost,
+    Attempted {
+        next: NextStep,
+        health: WebhookHealth,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -45,25 +88,132 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// After `attempts` failed attempts: when to try again, or `None` when the schedule is spent.
-    pub fn next_delay(&self, attempts: u32, random_unit: f64) -> Option<Duration> {
-        let base = self.schedule.get(attempts.checked_sub(1)? as usize)?;
+    /// After `failures` failed attempts in this cycle: when to try again, or `None` when the
+    /// schedule is spent.
+    pub fn next_delay(&self, failures: u32, random_unit: f64) -> Option<Duration> {
+        let base = self.schedule.get(failures.checked_sub(1)? as usize)?;
         let factor = 1.0 + self.jitter * (2.0 * random_unit - 1.0);
         Some(base.mul_f64(factor.max(0.0)))
+    }
+
+    /// A subscriber's `Retry-After`, kept within the schedule's bounds.
+    pub fn clamp(&self, wanted: Duration) -> Duration {
+        let min = self.schedule.iter().min().copied().unwrap_or_default();
+        let max = self.schedule.iter().max().copied().unwrap_or_default();
+        wanted.clamp(min, max)
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+fn retry_after(value: &HeaderValue, now: std::time::SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// Everything the send tasks share.
+struct Shared {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    keys: Arc<SigningKeys>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::UnboundedSender<Command>,
+    retry: RetryPolicy,
+    lease: Duration,
+    timeout: Duration,
+    auto_disable_after: Duration,
+}
+
+impl Shared {
+    fn lease_until(&self) -> i64 {
+        self.clock.now_ms() + self.lease.as_millis() as i64
+    }
+}
+
+/// A webhook as the dispatcher uses it: its settings and an HTTP client that connects only
+/// where its target policy permits.
+struct Target {
+    webhook: Webhook,
+    client: reqwest::Client,
+    policy: TargetPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Breaker {
+    Closed,
+    Open {
+        until: i64,
+    },
+    /// One probe decides.
+    HalfOpen,
+}
+
+impl Breaker {
+    fn state(self) -> BreakerState {
+        match self {
+            Breaker::Closed => BreakerState::Closed,
+            Breaker::Open { .. } => BreakerState::Open,
+            Breaker::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+}
+
+struct Lane {
+    fresh: VecDeque<DeliveryJob>,
+    retries: VecDeque<DeliveryJob>,
+    /// Deliveries queued or in flight here (a claim can return what a handoff already gave).
+    known: HashSet<String>,
+    in_flight: u32,
+    /// Conversations with a delivery in flight (ordered webhooks).
+    busy: HashSet<String>,
+    tokens: f64,
+    refilled: Instant,
+    breaker: Breaker,
+}
+
+impl Lane {
+    fn new(health: &WebhookHealth, now: i64) -> Self {
+        Lane {
+            fresh: VecDeque::new(),
+            retries: VecDeque::new(),
+            known: HashSet::new(),
+            in_flight: 0,
+            busy: HashSet::new(),
+            tokens: 1.0,
+            refilled: Instant::now(),
+            breaker: match health.breaker_open_until {
+                Some(until) if until > now => Breaker::Open { until },
+                Some(_) => Breaker::HalfOpen,
+                None => Breaker::Closed,
+            },
+        }
+    }
+
+    fn drain(&mut self) -> Vec<String> {
+        self.known.clear();
+        self.fresh
+            .drain(..)
+            .chain(self.retries.drain(..))
+            .map(|j| j.delivery_id)
+            .collect()
     }
 }
 
 pub struct Dispatcher {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    keys: Arc<SigningKeys>,
-    client: reqwest::Client,
-    retry: RetryPolicy,
-    lease: Duration,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    targets: HashMap<String, Arc<Target>>,
+    lanes: HashMap<String, Lane>,
+    in_flight: usize,
+    concurrency: usize,
     poll_interval: Duration,
-    allow_private_targets: bool,
-    permits: Arc<Semaphore>,
-    rx: mpsc::UnboundedReceiver<DeliveryJob>,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    retention: Duration,
+    base_policy: TargetPolicy,
 }
 
 impl Dispatcher {
@@ -72,198 +222,592 @@ impl Dispatcher {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         keys: Arc<SigningKeys>,
+        metrics: Arc<Metrics>,
+        base_policy: TargetPolicy,
     ) -> anyhow::Result<(Dispatcher, DispatchHandle)> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.delivery_timeout)
-            .connect_timeout(config.delivery_timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true);
-        if !config.allow_private_targets {
-            builder = builder.dns_resolver(Arc::new(ssrf::GuardedResolver));
-        }
-        let client = builder.build()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            store,
+            clock,
+            keys,
+            metrics,
+            tx: tx.clone(),
+            retry: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+                jitter: config.retry_jitter,
+            },
+            lease: config.delivery_lease,
+            timeout: config.delivery_timeout,
+            auto_disable_after: config.auto_disable_after,
+        });
         Ok((
             Dispatcher {
-                store,
-                clock,
-                keys,
-                client,
-                retry: RetryPolicy {
-                    schedule: config.retry_schedule.clone(),
-                    jitter: config.retry_jitter,
-                },
-                lease: config.delivery_lease,
-                poll_interval: config.poll_interval,
-                allow_private_targets: config.allow_private_targets,
-                permits: Arc::new(Semaphore::new(config.dispatcher_concurrency)),
+                shared,
                 rx,
+                targets: HashMap::new(),
+                lanes: HashMap::new(),
+                in_flight: 0,
+                concurrency: config.dispatcher_concurrency,
+                poll_interval: config.poll_interval,
+                breaker_threshold: config.breaker_threshold,
+                breaker_cooldown: config.breaker_cooldown,
+                retention: config.retention,
+                base_policy,
             },
             DispatchHandle { tx },
         ))
     }
 
+    fn client_for(&self, webhook: &Webhook) -> (reqwest::Client, TargetPolicy) {
+        let policy = self.base_policy.with_networks(&webhook.allowed_networks);
+        let builder = reqwest::Client::builder()
+            .timeout(self.shared.timeout)
+            .connect_timeout(self.shared.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true);
+        let client = policy
+            .client(builder)
+            .expect("the HTTP client builds with these settings");
+        (client, policy)
+    }
+
+    /// Re-read every webhook; keep the clients of those whose target policy is unchanged.
+    async fn reload(&mut self) {
+        let webhooks = match self.shared.store.list_webhooks().await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "reading webhooks failed");
+                return;
+            }
+        };
+        let now = self.shared.clock.now_ms();
+        let mut targets = HashMap::with_capacity(webhooks.len());
+        for webhook in webhooks {
+            let reuse = self
+                .targets
+                .get(&webhook.id)
+                .filter(|t| t.webhook.allowed_networks == webhook.allowed_networks)
+                .map(|t| (t.client.clone(), t.policy.clone()));
+            let (client, policy) = reuse.unwrap_or_else(|| self.client_for(&webhook));
+            let lane = self
+                .lanes
+                .entry(webhook.id.clone())
+                .or_insert_with(|| Lane::new(&webhook.health, now));
+            // Another node may have opened or closed the breaker.
+            lane.breaker = match (lane.breaker, webhook.health.breaker_open_until) {
+                (_, Some(until)) if until > now => Breaker::Open { until },
+                (Breaker::Open { .. }, None) => Breaker::Closed,
+                (state, _) => state,
+            };
+            self.shared
+                .metrics
+                .breaker(&webhook.id, lane.breaker.state());
+            targets.insert(
+                webhook.id.clone(),
+                Arc::new(Target {
+                    webhook,
+                    client,
+                    policy,
+                }),
+            );
+        }
+        let gone: Vec<String> = self
+            .lanes
+            .keys()
+            .filter(|id| !targets.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(mut lane) = self.lanes.remove(&id) {
+                self.release(lane.drain());
+            }
+            self.shared.metrics.forget_webhook(&id);
+        }
+        self.targets = targets;
+    }
+
     /// Runs until the process stops.
     pub async fn run(mut self) {
-        let this = Arc::new(Sender {
-            store: self.store.clone(),
-            clock: self.clock.clone(),
-            keys: self.keys.clone(),
-            client: self.client.clone(),
-            retry: self.retry.clone(),
-            allow_private_targets: self.allow_private_targets,
-        });
-        let mut poll = tokio::time::interval(self.poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.reload().await;
+        let mut next_poll = Instant::now();
+        let mut next_refresh = Instant::now() + WEBHOOK_REFRESH;
+        let mut next_retention = Instant::now() + RETENTION_EVERY;
         loop {
+            let wake = self.pump_all().map_or(next_poll, |w| w.min(next_poll));
             tokio::select! {
-                job = self.rx.recv() => match job {
-                    Some(job) => self.spawn(&this, job).await,
+                command = self.rx.recv() => match command {
+                    Some(Command::Jobs(jobs)) => self.accept(jobs),
+                    Some(Command::WebhooksChanged) => self.reload().await,
+                    Some(Command::Done(done)) => self.finish(done),
                     None => return,
                 },
-                _ = poll.tick() => self.poll(&this).await,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            if now >= next_refresh {
+                self.reload().await;
+                next_refresh = now + WEBHOOK_REFRESH;
+            }
+            if now >= next_poll {
+                self.poll().await;
+                next_poll = Instant::now() + self.poll_interval;
+            }
+            if now >= next_retention {
+                self.prune();
+                next_retention = now + RETENTION_EVERY;
             }
         }
     }
 
-    async fn spawn(&self, sender: &Arc<Sender>, job: DeliveryJob) {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closes");
-        let sender = sender.clone();
-        let span = tracing::info_span!("delivery", delivery_id = %job.delivery_id, webhook_id = %job.webhook_id, event_id = %job.event_id);
-        tokio::spawn(
-            async move {
-                sender.deliver(job).await;
-                drop(permit);
+    fn accept(&mut self, jobs: Vec<DeliveryJob>) {
+        let now = self.shared.clock.now_ms();
+        let mut orphans = Vec::new();
+        for job in jobs {
+            let Some(target) = self.targets.get(&job.webhook_id) else {
+                // A webhook this node has not read yet: give it back for the next poll.
+                orphans.push(job.delivery_id);
+                continue;
+            };
+            let lane = self
+                .lanes
+                .entry(job.webhook_id.clone())
+                .or_insert_with(|| Lane::new(&target.webhook.health, now));
+            if !lane.known.insert(job.delivery_id.clone()) {
+                continue;
             }
-            .instrument(span),
-        );
+            if job.is_retry {
+                lane.retries.push_back(job);
+            } else {
+                lane.fresh.push_back(job);
+            }
+        }
+        if !orphans.is_empty() {
+            self.release(orphans);
+            self.shared.tx.send(Command::WebhooksChanged).ok();
+        }
     }
 
-    /// Claim what is due, no more than can be sent right now (a claimed job waiting for a
-    /// permit would burn its lease).
-    async fn poll(&self, sender: &Arc<Sender>) {
-        let free = self.permits.available_permits().min(500) as u32;
-        if free == 0 {
+    /// Start what every lane may start now. Returns when a rate-limited lane can go on.
+    fn pump_all(&mut self) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let ids: Vec<String> = self.lanes.keys().cloned().collect();
+        for id in ids {
+            if let Some(at) = self.pump(&id) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
+        wake
+    }
+
+    fn pump(&mut self, webhook_id: &str) -> Option<Instant> {
+        let target = self.targets.get(webhook_id)?.clone();
+        let now = self.shared.clock.now_ms();
+        let lane = self.lanes.get_mut(webhook_id)?;
+        if lane.fresh.is_empty() && lane.retries.is_empty() {
+            return None;
+        }
+        let webhook = &target.webhook;
+        if webhook.disabled_at.is_some() {
+            let ids = lane.drain();
+            self.release(ids);
+            return None;
+        }
+        match lane.breaker {
+            Breaker::Open { until } if now < until => {
+                // Deliveries wait in the store, not here: the breaker may stay open a while.
+                let ids = lane.drain();
+                self.release(ids);
+                return None;
+            }
+            Breaker::Open { .. } => {
+                lane.breaker = Breaker::HalfOpen;
+                self.shared
+                    .metrics
+                    .breaker(webhook_id, BreakerState::HalfOpen);
+            }
+            _ => {}
+        }
+        let ordered = webhook.ordering == Ordering::Conversation;
+        loop {
+            if self.in_flight >= self.concurrency {
+                return None;
+            }
+            if webhook
+                .max_in_flight
+                .is_some_and(|max| lane.in_flight >= max)
+                || (lane.breaker == Breaker::HalfOpen && lane.in_flight >= 1)
+            {
+                return None;
+            }
+            let startable = |job: &DeliveryJob| {
+                !ordered
+                    || job
+                        .conversation_id
+                        .as_ref()
+                        .is_none_or(|c| !lane.busy.contains(c))
+            };
+            let (queue, index) = match lane.fresh.iter().position(startable) {
+                Some(i) => (&mut lane.fresh, i),
+                None => match lane.retries.iter().position(startable) {
+                    Some(i) => (&mut lane.retries, i),
+                    None => return None,
+                },
+            };
+            if let Some(rate) = webhook.max_per_second {
+                let capacity = rate.max(1.0);
+                let elapsed = lane.refilled.elapsed().as_secs_f64();
+                lane.tokens = (lane.tokens + elapsed * rate).min(capacity);
+                lane.refilled = Instant::now();
+                if lane.tokens < 1.0 {
+                    let wait = Duration::from_secs_f64((1.0 - lane.tokens) / rate);
+                    return Some(Instant::now() + wait);
+                }
+                lane.tokens -= 1.0;
+            }
+            let job = queue.remove(index).expect("index from position");
+            if ordered {
+                if let Some(c) = &job.conversation_id {
+                    lane.busy.insert(c.clone());
+                }
+            }
+            lane.in_flight += 1;
+            self.in_flight += 1;
+            self.shared.metrics.in_flight(1);
+            let shared = self.shared.clone();
+            let target = target.clone();
+            let span = tracing::info_span!("delivery", delivery_id = %job.delivery_id, webhook_id = %job.webhook_id, event_id = %job.event_id);
+            tokio::spawn(
+                async move {
+                    let done = send_and_record(&shared, &target, job).await;
+                    let _ = shared.tx.send(Command::Done(done));
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    fn finish(&mut self, done: Completion) {
+        self.in_flight -= 1;
+        self.shared.metrics.in_flight(-1);
+        let now = self.shared.clock.now_ms();
+        let Some(lane) = self.lanes.get_mut(&done.webhook_id) else {
+            return;
+        };
+        lane.in_flight -= 1;
+        lane.known.remove(&done.delivery_id);
+        if let Some(c) = &done.conversation_id {
+            lane.busy.remove(c);
+        }
+        let SendResult::Attempted { next, health } = done.result else {
+            return;
+        };
+        let success = next == NextStep::Delivered;
+        let mut breaker_change = None;
+        if success {
+            if lane.breaker != Breaker::Closed {
+                lane.breaker = Breaker::Closed;
+                breaker_change = Some(None);
+            }
+        } else if lane.breaker == Breaker::HalfOpen
+            || (lane.breaker == Breaker::Closed
+                && health.consecutive_failures >= self.breaker_threshold)
+        {
+            let until = now + self.breaker_cooldown.as_millis() as i64;
+            lane.breaker = Breaker::Open { until };
+            breaker_change = Some(Some(until));
+            warn!(webhook_id = %done.webhook_id, failures = health.consecutive_failures, "circuit breaker open");
+        }
+        self.shared
+            .metrics
+            .breaker(&done.webhook_id, lane.breaker.state());
+        if let Some(open_until) = breaker_change {
+            let shared = self.shared.clone();
+            let id = done.webhook_id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shared.store.set_breaker(&id, open_until).await {
+                    warn!(error = %e, "saving the breaker state failed");
+                }
+            });
+            if open_until.is_some() {
+                let ids = lane.drain();
+                self.release(ids);
+            }
+        }
+        // Ordered: the conversation's next delivery may go now, unless this one will be retried.
+        let ordered = self
+            .targets
+            .get(&done.webhook_id)
+            .is_some_and(|t| t.webhook.ordering == Ordering::Conversation);
+        if let (true, Some(conversation), false) = (
+            ordered,
+            done.conversation_id,
+            matches!(next, NextStep::RetryAt(_)),
+        ) {
+            let shared = self.shared.clone();
+            let webhook_id = done.webhook_id;
+            tokio::spawn(async move {
+                let now = shared.clock.now_ms();
+                match shared
+                    .store
+                    .claim_conversation_head(&webhook_id, &conversation, now, shared.lease_until())
+                    .await
+                {
+                    Ok(Some(job)) => {
+                        let _ = shared.tx.send(Command::Jobs(vec![job]));
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "claiming the conversation's next delivery failed"),
+                }
+            });
+        }
+    }
+
+    fn release(&self, ids: Vec<String>) {
+        if ids.is_empty() {
             return;
         }
-        let now = self.clock.now_ms();
-        let lease_until = now + self.lease.as_millis() as i64;
-        match self.store.emit_due_calls(now, lease_until).await {
-            Ok(jobs) => {
-                for job in jobs {
-                    self.spawn(sender, job).await;
-                }
+        let store = self.shared.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.release_leases_of(&ids).await {
+                warn!(error = %e, "releasing leases failed (they expire on their own)");
             }
+        });
+    }
+
+    /// Claim what is due, no more than can be sent soon (a claimed job waiting too long would
+    /// have to renew its lease), and emit calls that waited long enough for a recording.
+    async fn poll(&mut self) {
+        let now = self.shared.clock.now_ms();
+        let lease_until = self.shared.lease_until();
+        match self.shared.store.emit_due_calls(now, lease_until).await {
+            Ok(jobs) => self.accept(jobs),
             Err(e) => warn!(error = %e, "emitting calls that waited for a recording failed"),
         }
-        match self.store.claim_due(now, lease_until, free).await {
-            Ok(jobs) => {
-                for job in jobs {
-                    self.spawn(sender, job).await;
-                }
-            }
+        let queued: usize = self
+            .lanes
+            .values()
+            .map(|l| l.fresh.len() + l.retries.len())
+            .sum();
+        let room = (2 * self.concurrency).saturating_sub(self.in_flight + queued);
+        if room == 0 {
+            return;
+        }
+        match self
+            .shared
+            .store
+            .claim_due(now, lease_until, room.min(500) as u32)
+            .await
+        {
+            Ok(jobs) => self.accept(jobs),
             Err(e) => warn!(error = %e, "claiming due deliveries failed"),
         }
     }
+
+    /// Delete old attempts and finished events in small batches, off the dispatcher's loop.
+    fn prune(&self) {
+        let store = self.shared.store.clone();
+        let before = self.shared.clock.now_ms() - self.retention.as_millis() as i64;
+        tokio::spawn(async move {
+            loop {
+                match store.prune(before, RETENTION_BATCH).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        tracing::debug!(rows = n, "retention pruned");
+                        // Let ingest and deliveries have the writer between batches.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "retention failed");
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }
 
-/// The part of the dispatcher each delivery task shares.
-struct Sender {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    keys: Arc<SigningKeys>,
-    client: reqwest::Client,
-    retry: RetryPolicy,
-    allow_private_targets: bool,
-}
-
-impl Sender {
-    async fn deliver(&self, job: DeliveryJob) {
-        let started_at = self.clock.now_ms();
-        let timer = Instant::now();
-        let result = self.send(&job, started_at).await;
-        let duration_ms = timer.elapsed().as_millis() as i64;
-        let (http_status, error, response_excerpt) = match result {
-            Ok((status, excerpt)) => (Some(status), None, excerpt),
-            Err(error) => (None, Some(error), None),
-        };
-        let success = http_status.is_some_and(|s| (200..300).contains(&s));
-        let attempts = job.attempts + 1;
-        let next = if success {
-            NextStep::Delivered
-        } else {
-            match self.retry.next_delay(attempts, rand::random::<f64>()) {
-                Some(delay) => NextStep::RetryAt(self.clock.now_ms() + delay.as_millis() as i64),
-                None => NextStep::Failed,
-            }
-        };
-        match (&next, &error) {
-            (NextStep::Delivered, _) => {
-                info!(
-                    status = http_status,
-                    duration_ms,
-                    attempt = attempts,
-                    "delivered"
-                )
-            }
-            (_, Some(error)) => {
-                warn!(error = %error, duration_ms, attempt = attempts, next = ?next, "delivery attempt failed")
-            }
-            (_, None) => {
-                warn!(status = http_status, duration_ms, attempt = attempts, next = ?next, "delivery attempt refused")
-            }
-        }
-        let record = AttemptRecord {
-            started_at,
-            duration_ms,
-            http_status,
-            error,
-            response_excerpt,
-        };
-        if let Err(e) = self
+/// Send one delivery, record the attempt, decide what comes next.
+async fn send_and_record(shared: &Shared, target: &Target, mut job: DeliveryJob) -> Completion {
+    let webhook = &target.webhook;
+    let delivery_id = job.delivery_id.clone();
+    let conversation_id = job.conversation_id.clone();
+    let completion = |result| Completion {
+        webhook_id: webhook.id.clone(),
+        delivery_id: delivery_id.clone(),
+        conversation_id: conversation_id.clone(),
+        result,
+    };
+    // Keep the lease comfortably longer than this attempt can take.
+    let now = shared.clock.now_ms();
+    if job.lease_until - now < (shared.timeout + LEASE_MARGIN).as_millis() as i64 {
+        let until = shared.lease_until();
+        match shared
             .store
-            .record_attempt(&job.delivery_id, &record, next)
+            .extend_lease(&job.delivery_id, job.lease_until, until)
             .await
         {
-            // The lease expires and the delivery is sent again: at-least-once, never lost.
-            warn!(error = %e, "recording the attempt failed");
+            Ok(true) => job.lease_until = until,
+            Ok(false) => return completion(SendResult::Lost),
+            Err(e) => {
+                warn!(error = %e, "renewing the lease failed");
+                return completion(SendResult::Lost);
+            }
         }
     }
 
-    /// One POST: `Ok((status, response excerpt))`, or why no response came.
-    async fn send(&self, job: &DeliveryJob, now_ms: i64) -> Result<(u16, Option<String>), String> {
-        if !self.allow_private_targets {
-            ssrf::check_literal(&job.url, false).map_err(|e| format!("refused target: {e}"))?;
+    let started_at = shared.clock.now_ms();
+    let timer = Instant::now();
+    let result = send(shared, target, &job, started_at).await;
+    let took = timer.elapsed();
+    let (http_status, error, response_excerpt, wait) = match result {
+        Ok(r) => (Some(r.status), None, r.excerpt, r.retry_after),
+        Err(error) => (None, Some(error), None, None),
+    };
+    let success = http_status.is_some_and(|s| (200..300).contains(&s));
+    let gone = http_status == Some(410);
+    let policy = match &webhook.retry_schedule {
+        Some(schedule) => RetryPolicy {
+            schedule: schedule.clone(),
+            jitter: shared.retry.jitter,
+        },
+        None => shared.retry.clone(),
+    };
+    let failures = (job.attempts + 1).saturating_sub(job.retry_offset);
+    let next = if success {
+        NextStep::Delivered
+    } else {
+        match policy.next_delay(failures, rand::random::<f64>()) {
+            // 429/503 with Retry-After: the subscriber says when, within the schedule's bounds.
+            Some(delay) => {
+                let delay = wait.map_or(delay, |w| policy.clamp(w));
+                NextStep::RetryAt(shared.clock.now_ms() + delay.as_millis() as i64)
+            }
+            // A 410 leaves the delivery waiting for the webhook to be enabled again.
+            None if gone => NextStep::RetryAt(shared.clock.now_ms()),
+            None => NextStep::Failed,
         }
-        let secret = WebhookSecret::parse(&job.secret)
-            .map_err(|e| format!("webhook secret unusable: {e}"))?;
-        let timestamp = now_ms / 1000;
-        let signature = secret.sign(&job.event_id, timestamp, &job.payload);
-        let response = self
-            .client
-            .post(&job.url)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
-            .header(headers::WEBHOOK_ID, &job.event_id)
-            .header(headers::WEBHOOK_TIMESTAMP, timestamp.to_string())
-            .header(headers::WEBHOOK_SIGNATURE, signature)
-            .header(
-                headers::GHL_SIGNATURE,
-                self.keys.ed25519_signature(&job.payload),
+    };
+    let duration_ms = took.as_millis() as i64;
+    let outcome = match next {
+        NextStep::Delivered => Outcome::Delivered,
+        NextStep::RetryAt(_) => Outcome::Retrying,
+        NextStep::Failed => Outcome::Failed,
+    };
+    shared.metrics.attempt(outcome, took);
+    match (&next, &error) {
+        (NextStep::Delivered, _) => {
+            info!(
+                status = http_status,
+                duration_ms,
+                attempt = job.attempts + 1,
+                "delivered"
             )
-            .body(job.payload.clone())
-            .send()
-            .await
-            .map_err(describe)?;
-        let status = response.status().as_u16();
-        Ok((status, read_excerpt(response).await))
+        }
+        (_, Some(error)) => {
+            warn!(error = %error, duration_ms, attempt = job.attempts + 1, next = ?next, "delivery attempt failed")
+        }
+        (_, None) => {
+            warn!(status = http_status, duration_ms, attempt = job.attempts + 1, next = ?next, "delivery attempt refused")
+        }
     }
+    let record = AttemptRecord {
+        started_at,
+        duration_ms,
+        http_status,
+        error,
+        response_excerpt,
+    };
+    let health = match shared.store.record_attempt(&job, &record, next).await {
+        Ok(h) => h,
+        Err(e) => {
+            // The lease expires and the delivery is sent again: at-least-once, never lost.
+            warn!(error = %e, "recording the attempt failed");
+            return completion(SendResult::Lost);
+        }
+    };
+    let failing_too_long = !success
+        && health.failing_since.is_some_and(|since| {
+            shared.clock.now_ms() - since >= shared.auto_disable_after.as_millis() as i64
+        });
+    if gone || failing_too_long {
+        let reason = if gone { "gone" } else { "failing" };
+        match shared
+            .store
+            .disable_webhook(
+                &webhook.id,
+                reason,
+                shared.clock.now_ms(),
+                shared.lease_until(),
+            )
+            .await
+        {
+            Ok(jobs) => {
+                warn!(webhook_id = %webhook.id, reason, "webhook disabled");
+                let _ = shared.tx.send(Command::WebhooksChanged);
+                let _ = shared.tx.send(Command::Jobs(jobs));
+            }
+            Err(e) => warn!(error = %e, "disabling the webhook failed"),
+        }
+    }
+    completion(SendResult::Attempted { next, health })
+}
+
+struct Response {
+    status: u16,
+    excerpt: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+/// One POST: the subscriber's answer, or why none came.
+async fn send(
+    shared: &Shared,
+    target: &Target,
+    job: &DeliveryJob,
+    now_ms: i64,
+) -> Result<Response, String> {
+    let webhook = &target.webhook;
+    target
+        .policy
+        .check_literal(&webhook.url)
+        .map_err(|e| format!("refused target: {e}"))?;
+    let secrets = webhook
+        .signing_secrets(now_ms)
+        .into_iter()
+        .map(WebhookSecret::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("webhook secret unusable: {e}"))?;
+    let timestamp = now_ms / 1000;
+    let signature = standard::signature_header(&secrets, &job.event_id, timestamp, &job.payload);
+    let response = target
+        .client
+        .post(&webhook.url)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+        .header(headers::WEBHOOK_ID, &job.event_id)
+        .header(headers::WEBHOOK_TIMESTAMP, timestamp.to_string())
+        .header(headers::WEBHOOK_SIGNATURE, signature)
+        .header(
+            headers::GHL_SIGNATURE,
+            shared.keys.ed25519_signature(&job.payload),
+        )
+        .body(job.payload.clone())
+        .send()
+        .await
+        .map_err(describe)?;
+    let status = response.status();
+    let retry_after = matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    )
+    .then(|| response.headers().get(RETRY_AFTER))
+    .flatten()
+    .and_then(|v| retry_after(v, std::time::SystemTime::now()));
+    Ok(Response {
+        status: status.as_u16(),
+        excerpt: read_excerpt(response).await,
+        retry_after,
+    })
 }
 
 /// The first bytes of the response body (the client's timeout bounds the read).
@@ -305,17 +849,55 @@ fn describe(e: reqwest::Error) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_follows_the_schedule_within_jitter() {
-        let policy = RetryPolicy {
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
             schedule: vec![Duration::from_secs(5), Duration::from_secs(30)],
             jitter: 0.2,
-        };
+        }
+    }
+
+    #[test]
+    fn backoff_follows_the_schedule_within_jitter() {
+        let policy = policy();
         assert_eq!(policy.next_delay(1, 0.5), Some(Duration::from_secs(5)));
         assert_eq!(policy.next_delay(1, 0.0), Some(Duration::from_secs(4)));
         assert_eq!(policy.next_delay(1, 1.0), Some(Duration::from_secs(6)));
         assert_eq!(policy.next_delay(2, 0.5), Some(Duration::from_secs(30)));
         assert_eq!(policy.next_delay(3, 0.5), None);
         assert_eq!(policy.next_delay(0, 0.5), None);
+        for _ in 0..1000 {
+            let d = policy.next_delay(2, rand::random::<f64>()).unwrap();
+            assert!(
+                d >= Duration::from_secs(24) && d <= Duration::from_secs(36),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_and_clamped() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            retry_after(&HeaderValue::from_static("120"), now),
+            Some(Duration::from_secs(120))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(
+            retry_after(&HeaderValue::from_str(&date).unwrap(), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(retry_after(&HeaderValue::from_static("soon"), now), None);
+        assert_eq!(
+            policy().clamp(Duration::from_secs(1)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            policy().clamp(Duration::from_secs(600)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            policy().clamp(Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
     }
 }

@@ -63,3 +63,22 @@ pub fn build(f: &Filed<'_>) -> MessageEvent {
 pub fn render(f: &Filed<'_>) -> Vec<u8> {
     serde_json::to_vec(&build(f)).expect("event serializes")
 }
+
+/// The `WebhookDisabled` event for a webhook just disabled.
+pub fn render_webhook_disabled(
+    webhook: &crate::store::Webhook,
+    event_id: &str,
+    now: i64,
+) -> Vec<u8> {
+    let event = switchboard_events::WebhookDisabledEvent {
+        event_type: switchboard_events::EventType::WebhookDisabled,
+        endpoint_id: webhook.id.clone(),
+        url: webhook.url.clone(),
+        reason: webhook.disabled_reason.clone().unwrap_or_default(),
+        failing_since: webhook.health.failing_since.map(iso_millis),
+        disabled_at: iso_millis(webhook.disabled_at.unwrap_or(now)),
+        timestamp: iso_millis(now),
+        webhook_id: event_id.to_owned(),
+    };
+    serde_json::to_vec(&event).expect("event serializes")
+}

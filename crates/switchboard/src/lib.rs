@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod keys;
 pub mod media;
+pub mod metrics;
 pub mod routes;
 pub mod simulate;
 pub mod ssrf;

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::domain::ids::{looks_like_id, new_id};
-use crate::ssrf;
+use crate::ssrf::TargetPolicy;
 
 /// Where to fetch a provider's media, with the credentials it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct MediaStore {
     url_key: [u8; 32],
     ttl: Duration,
     max_bytes: usize,
-    allow_private_targets: bool,
+    targets: TargetPolicy,
     client: reqwest::Client,
 }
 
@@ -55,40 +55,37 @@ impl MediaStore {
         url_key: [u8; 32],
         ttl: Duration,
         max_bytes: usize,
-        allow_private_targets: bool,
+        targets: TargetPolicy,
     ) -> anyhow::Result<Arc<MediaStore>> {
         // Provider media redirects to a CDN; every hop is checked like a webhook target.
+        let hops = targets.clone();
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 5 {
                 attempt.error("too many redirects")
-            } else if let Err(e) =
-                ssrf::check_literal(attempt.url().as_str(), allow_private_targets)
-            {
+            } else if let Err(e) = hops.check_literal(attempt.url().as_str()) {
                 attempt.error(e)
             } else {
                 attempt.follow()
             }
         });
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(redirect);
-        if !allow_private_targets {
-            builder = builder.dns_resolver(Arc::new(ssrf::GuardedResolver));
-        }
         Ok(Arc::new(MediaStore {
             dir: data_dir.join("attachments"),
             url_key,
             ttl,
             max_bytes,
-            allow_private_targets,
-            client: builder.build()?,
+            client: targets.client(builder)?,
+            targets,
         }))
     }
 
     /// Download `fetch` and keep it; returns the stored file name (`<id>.<ext>`).
     pub async fn download(&self, fetch: &MediaFetch) -> anyhow::Result<String> {
         // Host names are checked by the client's resolver, literal addresses here.
-        ssrf::check_literal(&fetch.url, self.allow_private_targets)
+        self.targets
+            .check_literal(&fetch.url)
             .map_err(|e| anyhow::anyhow!("refused media URL: {e}"))?;
         let mut response = self
             .client
@@ -187,7 +184,7 @@ mod tests {
             [7; 32],
             Duration::from_secs(60),
             1024,
-            false,
+            TargetPolicy::default(),
         )
         .unwrap()
     }

@@ -3,7 +3,9 @@
 //! IP literals in URLs are checked before sending; targets are also checked when a webhook is
 //! created. `allow_private_targets` lifts all of it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -46,7 +48,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
 }
 
-/// Why a URL may not be used as a webhook target, checking only what needs no DNS.
+/// The URL's shape (http or https, a host, no credentials) and its host when it is an IP literal.
 pub fn check_url_shape(url: &str) -> Result<(reqwest::Url, Option<IpAddr>), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -62,17 +64,6 @@ pub fn check_url_shape(url: &str) -> Result<(reqwest::Url, Option<IpAddr>), Stri
         None => return Err("the URL has no host".into()),
     };
     Ok((parsed, literal))
-}
-
-/// The check made at delivery time for IP literals (host names go through [`GuardedResolver`]).
-pub fn check_literal(url: &str, allow_private: bool) -> Result<(), String> {
-    let (_, literal) = check_url_shape(url)?;
-    match literal {
-        Some(ip) if !allow_private && is_forbidden(ip) => Err(format!(
-            "{ip} is a loopback, private, link-local or otherwise non-public address"
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Why a webhook target was refused at creation.
@@ -92,52 +83,102 @@ impl std::fmt::Display for TargetError {
     }
 }
 
-/// The check made when a webhook is created: the URL's shape, and every address its host
-/// resolves to now.
-pub async fn check_target(url: &str, allow_private: bool) -> Result<(), TargetError> {
-    use TargetError::{Forbidden, Unresolvable};
-    check_literal(url, allow_private).map_err(Forbidden)?;
-    if allow_private {
-        return Ok(());
+/// Which addresses outbound requests may reach: public ones, plus private ones when the
+/// operator allows them all or a webhook lists their network. Also the DNS the client uses,
+/// so the connection goes only to an address that passed.
+#[derive(Debug, Clone, Default)]
+pub struct TargetPolicy {
+    pub allow_private: bool,
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    /// Host names answered from configuration before DNS (like curl's `--resolve`).
+    pub overrides: Arc<HashMap<String, Vec<IpAddr>>>,
+}
+
+impl TargetPolicy {
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.allow_private
+            || !is_forbidden(ip)
+            || self.allowed_networks.iter().any(|n| n.contains(&ip))
     }
-    let (parsed, literal) = check_url_shape(url).map_err(Forbidden)?;
-    if literal.is_some() {
-        return Ok(());
+
+    /// A policy for one webhook's allowlist.
+    pub fn with_networks(&self, networks: &[ipnet::IpNet]) -> TargetPolicy {
+        TargetPolicy {
+            allowed_networks: networks.to_vec(),
+            ..self.clone()
+        }
     }
-    let host = parsed.host_str().unwrap_or_default().to_owned();
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let lookup = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| Unresolvable(format!("resolving {host} timed out")))?
-    .map_err(|e| Unresolvable(format!("cannot resolve {host}: {e}")))?;
-    let addrs: Vec<SocketAddr> = lookup.collect();
-    match addrs.iter().find(|a| is_forbidden(a.ip())) {
-        Some(bad) => Err(Forbidden(format!(
-            "{host} resolves to {}, a loopback, private, link-local or otherwise non-public address",
-            bad.ip()
-        ))),
-        None if addrs.is_empty() => Err(Unresolvable(format!("{host} resolves to no address"))),
-        None => Ok(()),
+
+    fn refusal(ip: IpAddr) -> String {
+        format!("{ip} is a loopback, private, link-local or otherwise non-public address")
+    }
+
+    /// The check made at delivery time for IP literals (host names go through [`Resolve`]).
+    pub fn check_literal(&self, url: &str) -> Result<(), String> {
+        let (_, literal) = check_url_shape(url)?;
+        match literal {
+            Some(ip) if !self.permits(ip) => Err(Self::refusal(ip)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        if let Some(ips) = self.overrides.get(host) {
+            return Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
+        }
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+
+    /// The check made when a webhook is created: the URL's shape, and every address its host
+    /// resolves to now.
+    pub async fn check_target(&self, url: &str) -> Result<(), TargetError> {
+        use TargetError::{Forbidden, Unresolvable};
+        let (parsed, literal) = check_url_shape(url).map_err(Forbidden)?;
+        if let Some(ip) = literal {
+            return if self.permits(ip) {
+                Ok(())
+            } else {
+                Err(Forbidden(Self::refusal(ip)))
+            };
+        }
+        if self.allow_private {
+            return Ok(());
+        }
+        let host = parsed.host_str().unwrap_or_default().to_owned();
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let addrs = tokio::time::timeout(Duration::from_secs(5), self.lookup(&host, port))
+            .await
+            .map_err(|_| Unresolvable(format!("resolving {host} timed out")))?
+            .map_err(|e| Unresolvable(format!("cannot resolve {host}: {e}")))?;
+        match addrs.iter().find(|a| !self.permits(a.ip())) {
+            Some(bad) => Err(Forbidden(format!(
+                "{host} resolves to {}",
+                Self::refusal(bad.ip())
+            ))),
+            None if addrs.is_empty() => Err(Unresolvable(format!("{host} resolves to no address"))),
+            None => Ok(()),
+        }
+    }
+
+    /// An HTTP client that connects only where this policy permits.
+    pub fn client(&self, builder: reqwest::ClientBuilder) -> reqwest::Result<reqwest::Client> {
+        builder.dns_resolver(Arc::new(self.clone())).build()
     }
 }
 
-/// DNS for the delivery client: resolves with the system resolver and keeps only public
-/// addresses, so the client connects to an address that was checked.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct GuardedResolver;
-
-impl Resolve for GuardedResolver {
+impl Resolve for TargetPolicy {
     fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let allowed: Vec<SocketAddr> = addrs.filter(|a| !is_forbidden(a.ip())).collect();
+            let addrs = policy.lookup(&host, 0).await?;
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| policy.permits(a.ip()))
+                .collect();
             if allowed.is_empty() {
                 return Err(format!(
-                    "{host} resolves only to non-public addresses (set allow_private_targets to allow)"
+                    "{host} resolves only to non-public addresses (allow_private_targets or the webhook's allowedNetworks would permit them)"
                 )
                 .into());
             }
@@ -184,37 +225,87 @@ mod tests {
         }
     }
 
+    fn policy(allow_private: bool) -> TargetPolicy {
+        TargetPolicy {
+            allow_private,
+            ..TargetPolicy::default()
+        }
+    }
+
     #[test]
     fn literal_urls_are_checked() {
-        assert!(check_literal("http://127.0.0.1:9/x", false).is_err());
-        assert!(check_literal("http://[::ffff:127.0.0.1]/x", false).is_err());
-        assert!(check_literal("http://169.254.169.254/latest/meta-data", false).is_err());
-        assert!(check_literal("http://127.0.0.1:9/x", true).is_ok());
-        assert!(check_literal("https://8.8.8.8/x", false).is_ok());
-        assert!(check_literal("ftp://8.8.8.8/x", true).is_err());
-        assert!(check_literal("https://user:pw@8.8.8.8/x", true).is_err());
+        assert!(policy(false).check_literal("http://127.0.0.1:9/x").is_err());
+        assert!(policy(false)
+            .check_literal("http://[::ffff:127.0.0.1]/x")
+            .is_err());
+        assert!(policy(false)
+            .check_literal("http://169.254.169.254/latest/meta-data")
+            .is_err());
+        assert!(policy(true).check_literal("http://127.0.0.1:9/x").is_ok());
+        assert!(policy(false).check_literal("https://8.8.8.8/x").is_ok());
+        assert!(policy(true).check_literal("ftp://8.8.8.8/x").is_err());
+        assert!(policy(true)
+            .check_literal("https://user:pw@8.8.8.8/x")
+            .is_err());
+        let lan = policy(false).with_networks(&["10.1.0.0/16".parse().unwrap()]);
+        assert!(lan.check_literal("http://10.1.2.3/x").is_ok());
+        assert!(lan.check_literal("http://10.2.0.1/x").is_err());
     }
 
     #[tokio::test]
     async fn host_names_are_checked_after_resolution() {
-        let err = check_target("http://localhost:8080/hook", false)
+        let err = policy(false)
+            .check_target("http://localhost:8080/hook")
             .await
             .unwrap_err();
         assert!(
             matches!(&err, TargetError::Forbidden(m) if m.contains("non-public")),
             "{err}"
         );
-        let err = check_target("http://no-such-host.invalid/hook", false)
+        let err = policy(false)
+            .check_target("http://no-such-host.invalid/hook")
             .await
             .unwrap_err();
         assert!(matches!(err, TargetError::Unresolvable(_)), "{err}");
-        assert!(check_target("http://localhost:8080/hook", true)
+        assert!(policy(true)
+            .check_target("http://localhost:8080/hook")
             .await
             .is_ok());
-        let refused = GuardedResolver
+        assert!(policy(false)
             .resolve(Name::from_str("localhost").unwrap())
-            .await;
-        assert!(refused.is_err());
+            .await
+            .is_err());
+
+        // A name that resolves to a private address: refused, unless its network is allowed.
+        let mut overrides = HashMap::new();
+        overrides.insert(
+            "hooks.internal".to_owned(),
+            vec!["10.0.0.1".parse().unwrap()],
+        );
+        let internal = TargetPolicy {
+            overrides: Arc::new(overrides),
+            ..policy(false)
+        };
+        let err = internal
+            .check_target("http://hooks.internal/x")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("10.0.0.1"), "{err}");
+        assert!(internal
+            .resolve(Name::from_str("hooks.internal").unwrap())
+            .await
+            .is_err());
+        let allowed = internal.with_networks(&["10.0.0.0/8".parse().unwrap()]);
+        assert!(allowed
+            .check_target("http://hooks.internal/x")
+            .await
+            .is_ok());
+        let addrs: Vec<SocketAddr> = allowed
+            .resolve(Name::from_str("hooks.internal").unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(addrs, vec!["10.0.0.1:0".parse().unwrap()]);
     }
 
     use std::str::FromStr;

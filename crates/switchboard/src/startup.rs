@@ -17,7 +17,9 @@ use crate::dispatcher::{DispatchHandle, Dispatcher};
 use crate::domain::time::{Clock, SystemClock};
 use crate::keys::{self, SigningKeys};
 use crate::media::MediaStore;
+use crate::metrics::Metrics;
 use crate::routes;
+use crate::ssrf::TargetPolicy;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -28,11 +30,13 @@ pub struct AppState {
     pub keys: Arc<SigningKeys>,
     pub admin_token_hash: [u8; 32],
     pub public_url: Option<String>,
-    pub allow_private_targets: bool,
     pub max_body_bytes: usize,
     pub lease: Duration,
     pub call_recording_wait: Duration,
     pub media: Arc<MediaStore>,
+    pub metrics: Arc<Metrics>,
+    /// Where webhooks may point (checked again at every connection).
+    pub targets: TargetPolicy,
     pub dispatch: DispatchHandle,
 }
 
@@ -85,15 +89,26 @@ impl Application {
         }
         let keys = Arc::new(SigningKeys::load_or_create(&config.data_dir)?);
         let admin_token = keys::admin_token(&config.data_dir, config.admin_token.as_deref())?;
-        let (dispatcher, dispatch) =
-            Dispatcher::new(&config, store.clone(), clock.clone(), keys.clone())?;
+        let targets = TargetPolicy {
+            allow_private: config.allow_private_targets,
+            allowed_networks: vec![],
+            overrides: Arc::new(config.dns_overrides.clone()),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (dispatcher, dispatch) = Dispatcher::new(
+            &config,
+            store.clone(),
+            clock.clone(),
+            keys.clone(),
+            metrics.clone(),
+            targets.clone(),
+        )?;
         let state = Arc::new(AppState {
             store,
             clock,
             keys,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
             public_url: config.public_url.clone(),
-            allow_private_targets: config.allow_private_targets,
             max_body_bytes: config.max_body_bytes,
             lease: config.delivery_lease,
             call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
@@ -102,8 +117,10 @@ impl Application {
                 keys::attachment_url_key(&config.data_dir)?,
                 config.attachment_url_ttl,
                 config.max_attachment_bytes,
-                config.allow_private_targets,
+                targets.clone(),
             )?,
+            metrics,
+            targets,
             dispatch,
         });
         let listener = TcpListener::bind(&config.listen)

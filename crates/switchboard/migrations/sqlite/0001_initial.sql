@@ -61,12 +61,13 @@ CREATE TABLE messages (
     UNIQUE (location_id, provider, provider_message_id)
 );
 
--- Emitted events, payload frozen as sent. seq orders them.
+-- Emitted events, payload frozen as sent. seq orders them. Operational events
+-- (WebhookDisabled) have no message and no location.
 CREATE TABLE events (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     id          TEXT NOT NULL UNIQUE,
-    message_id  TEXT NOT NULL REFERENCES messages(id),
-    location_id TEXT NOT NULL,
+    message_id  TEXT REFERENCES messages(id),
+    location_id TEXT,
     event_type  TEXT NOT NULL,
     payload     BLOB NOT NULL,
     created_at  INTEGER NOT NULL

@@ -1,5 +1,5 @@
 //! The management API under `/v1` (bearer token checked by the router): locations, channel
-//! accounts, webhooks, signing keys, and what happened to a message.
+//! accounts, signing keys, and what happened to a message. Webhooks are in `webhooks`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,24 +8,18 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use switchboard_events::standard::WebhookSecret;
-use switchboard_events::EventType;
 
 use super::{JsonBody, TWILIO_INBOUND_PATH, TWILIO_VOICE_INCOMING_PATH, TWILIO_VOICE_STATUS_PATH};
 use crate::channels::twilio;
-use crate::domain::ids::{looks_like_id, new_id};
-use crate::domain::time::iso_millis;
+use crate::domain::ids::looks_like_id;
 use crate::domain::PhoneNumber;
 use crate::error::ApiError;
-use crate::ssrf;
 use crate::startup::AppState;
-use crate::store::{ChannelAccountInput, Location, Webhook};
+use crate::store::{ChannelAccountInput, Location};
 
 const MAX_NAME_LEN: usize = 200;
-const MAX_URL_LEN: usize = 2048;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,144 +128,6 @@ pub async fn put_twilio_channel(
         });
     }
     Ok(Json(body))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CreateWebhook {
-    url: String,
-    events: Vec<String>,
-    #[serde(default)]
-    location_id: Option<String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WebhookView {
-    id: String,
-    url: String,
-    events: Vec<&'static str>,
-    location_id: Option<String>,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secret: Option<String>,
-}
-
-impl WebhookView {
-    fn of(w: &Webhook, with_secret: bool) -> Self {
-        WebhookView {
-            id: w.id.clone(),
-            url: w.url.clone(),
-            events: w.events.iter().map(|e| e.as_str()).collect(),
-            location_id: w.location_id.clone(),
-            created_at: iso_millis(w.created_at),
-            secret: with_secret.then(|| w.secret.clone()),
-        }
-    }
-}
-
-pub async fn create_webhook(
-    State(state): State<Arc<AppState>>,
-    JsonBody(input): JsonBody<CreateWebhook>,
-) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
-    if input.url.len() > MAX_URL_LEN {
-        return Err(ApiError::unprocessable(
-            "invalid_url",
-            format!("url is longer than {MAX_URL_LEN} characters"),
-        ));
-    }
-    if input.events.is_empty() {
-        return Err(ApiError::unprocessable(
-            "invalid_events",
-            "events must name at least one of InboundMessage, OutboundMessage",
-        ));
-    }
-    let mut events = Vec::new();
-    for name in &input.events {
-        let event = EventType::parse(name).ok_or_else(|| {
-            ApiError::unprocessable(
-                "invalid_events",
-                format!("unknown event `{name}`; known: InboundMessage, OutboundMessage"),
-            )
-        })?;
-        if !events.contains(&event) {
-            events.push(event);
-        }
-    }
-    if let Some(location_id) = &input.location_id {
-        if state.store.get_location(location_id).await?.is_none() {
-            return Err(ApiError::unprocessable(
-                "unknown_location",
-                format!("no location {location_id}"),
-            ));
-        }
-    }
-    ssrf::check_target(&input.url, state.allow_private_targets)
-        .await
-        .map_err(|e| match e {
-            ssrf::TargetError::Forbidden(m) => ApiError::unprocessable("forbidden_target", m),
-            ssrf::TargetError::Unresolvable(m) => ApiError::unprocessable("unresolvable_target", m),
-        })?;
-
-    let mut key = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    let webhook = Webhook {
-        id: new_id(),
-        url: input.url,
-        events,
-        location_id: input.location_id,
-        secret: WebhookSecret::from_key(&key).to_whsec(),
-        created_at: state.clock.now_ms(),
-    };
-    state.store.create_webhook(&webhook).await?;
-    Ok((StatusCode::CREATED, Json(WebhookView::of(&webhook, true))))
-}
-
-pub async fn list_webhooks(
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let webhooks = state.store.list_webhooks().await?;
-    let views: Vec<WebhookView> = webhooks.iter().map(|w| WebhookView::of(w, false)).collect();
-    Ok(Json(json!({ "data": views })))
-}
-
-async fn find_webhook(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
-    state
-        .store
-        .get_webhook(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no webhook {id}")))
-}
-
-pub async fn get_webhook(
-    State(state): State<Arc<AppState>>,
-    Path(webhook_id): Path<String>,
-) -> Result<Json<WebhookView>, ApiError> {
-    let webhook = find_webhook(&state, &webhook_id).await?;
-    Ok(Json(WebhookView::of(&webhook, false)))
-}
-
-pub async fn get_webhook_secret(
-    State(state): State<Arc<AppState>>,
-    Path(webhook_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let webhook = find_webhook(&state, &webhook_id).await?;
-    Ok(Json(json!({ "secret": webhook.secret })))
-}
-
-pub async fn delete_webhook(
-    State(state): State<Arc<AppState>>,
-    Path(webhook_id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    if state
-        .store
-        .delete_webhook(&webhook_id, state.clock.now_ms())
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("no webhook {webhook_id}")))
-    }
 }
 
 pub async fn signing_keys(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

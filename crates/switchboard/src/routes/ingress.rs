@@ -65,6 +65,7 @@ pub async fn ingest<C: Channel>(
         deliveries = outcome.jobs.len(),
         "provider request stored"
     );
+    state.metrics.provider_request();
     state.dispatch.hand_off(outcome.jobs);
     Ok(handled.reply)
 }

@@ -24,6 +24,7 @@ use crate::startup::AppState;
 
 mod admin;
 mod ingress;
+mod webhooks;
 
 /// The Twilio Messaging webhook path the source document gives, and its legacy path.
 pub const TWILIO_INBOUND_PATH: &str = "/conversations/providers/twilio/inbound_message";
@@ -47,16 +48,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/webhooks",
-            post(admin::create_webhook).get(admin::list_webhooks),
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
         )
         .route(
             "/webhooks/{webhook_id}",
-            delete(admin::delete_webhook).get(admin::get_webhook),
+            delete(webhooks::delete_webhook)
+                .get(webhooks::get_webhook)
+                .patch(webhooks::update_webhook),
         )
         .route(
             "/webhooks/{webhook_id}/secret",
-            get(admin::get_webhook_secret),
+            get(webhooks::get_webhook_secret),
         )
+        .route(
+            "/webhooks/{webhook_id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/webhooks/{webhook_id}/enable",
+            post(webhooks::enable_webhook),
+        )
+        .route(
+            "/webhooks/{webhook_id}/disable",
+            post(webhooks::disable_webhook),
+        )
+        .route("/webhooks/{webhook_id}/replay", post(webhooks::replay))
+        .route(
+            "/deliveries/{delivery_id}/retry",
+            post(webhooks::retry_delivery),
+        )
+        .route("/events", get(webhooks::list_events))
         .route("/signing-keys", get(admin::signing_keys))
         .route("/messages/{message_id}", get(admin::get_message))
         .route(
@@ -92,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/attachments/{file}", get(attachment))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .nest("/v1", v1)
         .fallback(not_found)
@@ -158,6 +180,16 @@ async fn attachment(
         .await
         .ok_or_else(|| ApiError::not_found(format!("no attachment {file}")))?;
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let (due, scheduled, leased) = state.store.queue_depth(state.clock.now_ms()).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(due, scheduled, leased),
+    )
+        .into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -21,6 +21,11 @@ pub const SQLITE: Embedded = &[
         "calls",
         include_str!("../../migrations/sqlite/0002_calls.sql"),
     ),
+    (
+        3,
+        "delivery engine",
+        include_str!("../../migrations/sqlite/0003_delivery_engine.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -8,7 +8,9 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
-use switchboard_events::EventType;
+use std::time::Duration;
+
+use switchboard_events::{Direction, EventType, MessageType};
 
 use crate::channels::{ChannelAccount, RouteKey};
 use crate::domain::Fact;
@@ -63,7 +65,37 @@ pub struct ChannelAccountInput {
     pub addresses: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+/// How a webhook receives the events of one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// In parallel, as fast as the limits allow.
+    #[default]
+    None,
+    /// One at a time, in order; a failing delivery holds back only its own conversation.
+    Conversation,
+}
+
+impl Ordering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::None => "none",
+            Ordering::Conversation => "conversation",
+        }
+    }
+}
+
+/// A webhook's delivery health, kept with it so every node sees the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WebhookHealth {
+    pub consecutive_failures: u32,
+    /// Start of the current run of failures (none since the last success).
+    pub failing_since: Option<i64>,
+    /// The circuit breaker is open until then: its deliveries wait.
+    pub breaker_open_until: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
     pub id: String,
     pub url: String,
@@ -71,27 +103,110 @@ pub struct Webhook {
     pub location_id: Option<String>,
     pub secret: String,
     pub created_at: i64,
+    /// Only these `messageType`s (None: all).
+    pub message_types: Option<Vec<String>>,
+    /// Only this direction (None: both).
+    pub direction: Option<Direction>,
+    pub ordering: Ordering,
+    pub max_in_flight: Option<u32>,
+    pub max_per_second: Option<f64>,
+    /// This webhook's own retry delays (None: the server's).
+    pub retry_schedule: Option<Vec<Duration>>,
+    /// Private networks this webhook may reach even when the server refuses private targets.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    /// The secret before the last rotation, still signing until `previous_secret_until`.
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    pub disabled_at: Option<i64>,
+    pub disabled_reason: Option<String>,
+    pub health: WebhookHealth,
 }
 
 impl Webhook {
-    pub fn matches(&self, event_type: EventType, location_id: &str) -> bool {
-        self.events.contains(&event_type)
-            && self.location_id.as_deref().is_none_or(|l| l == location_id)
+    /// A webhook with the defaults for everything but what is given.
+    pub fn new(id: String, url: String, events: Vec<EventType>, secret: String, now: i64) -> Self {
+        Webhook {
+            id,
+            url,
+            events,
+            location_id: None,
+            secret,
+            created_at: now,
+            message_types: None,
+            direction: None,
+            ordering: Ordering::None,
+            max_in_flight: None,
+            max_per_second: None,
+            retry_schedule: None,
+            allowed_networks: vec![],
+            previous_secret: None,
+            previous_secret_until: None,
+            disabled_at: None,
+            disabled_reason: None,
+            health: WebhookHealth::default(),
+        }
+    }
+
+    /// Whether an event of this type, location and (for messages) type and direction goes here.
+    pub fn matches(
+        &self,
+        event_type: EventType,
+        location_id: Option<&str>,
+        message: Option<(&MessageType, Direction)>,
+    ) -> bool {
+        if !self.events.contains(&event_type) {
+            return false;
+        }
+        if let (Some(mine), Some(theirs)) = (&self.location_id, location_id) {
+            if mine != theirs {
+                return false;
+            }
+        }
+        if let Some((message_type, direction)) = message {
+            if let Some(types) = &self.message_types {
+                if !types.iter().any(|t| t == message_type.as_str()) {
+                    return false;
+                }
+            }
+            if self.direction.is_some_and(|d| d != direction) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The secrets that sign a delivery at `now`: the current one, and the previous one
+    /// during a rotation's overlap.
+    pub fn signing_secrets(&self, now: i64) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_until) {
+            if until > now {
+                secrets.push(previous);
+            }
+        }
+        secrets
     }
 }
 
-/// Everything needed to send one delivery, with no further database read.
+/// One delivery to send; the webhook's settings come from the dispatcher's copy of it.
 #[derive(Debug, Clone)]
 pub struct DeliveryJob {
     pub delivery_id: String,
     /// The event id: `webhookId` in the body and the `webhook-id` header.
     pub event_id: String,
     pub webhook_id: String,
-    pub url: String,
-    pub secret: String,
     pub payload: Bytes,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// Attempts made before the current retry cycle (a replay or manual retry starts one).
+    pub retry_offset: u32,
+    /// For ordered webhooks: the conversation and the event's place in the stream.
+    pub conversation_id: Option<String>,
+    pub event_seq: i64,
+    /// The lease this node holds on the delivery.
+    pub lease_until: i64,
+    /// A retry (not the first attempt): fresh deliveries go first.
+    pub is_retry: bool,
 }
 
 /// The moment and the limits an ingest works with.
@@ -201,10 +316,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<ChannelAccount>>;
 
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    /// Every webhook that is not deleted, disabled ones included.
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>>;
+    /// Save a webhook's settings (everything but its id, creation time and health).
+    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
     /// Soft-deletes; its unfinished deliveries are cancelled. `false` when there was none.
     async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool>;
+    /// Disable a webhook and emit `WebhookDisabled` to the webhooks that subscribe to it, in
+    /// one transaction. Its pending deliveries wait (the backlog resumes when it is enabled).
+    /// Returns the new deliveries (leased), or none when it was already disabled.
+    async fn disable_webhook(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<Vec<DeliveryJob>>;
+    /// Enable a disabled webhook with fresh health; its pending deliveries become claimable.
+    async fn enable_webhook(&self, id: &str) -> StoreResult<()>;
+    /// Open (`Some`) or close (`None`) a webhook's circuit breaker.
+    async fn set_breaker(&self, id: &str, open_until: Option<i64>) -> StoreResult<()>;
 
     /// File facts under contacts and conversations and write messages, events and deliveries
     /// in one transaction. A message whose provider id is already stored for the location
@@ -224,7 +356,9 @@ pub trait Store: Send + Sync + 'static {
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
     async fn message_deliveries(&self, message_id: &str) -> StoreResult<Vec<DeliveryReport>>;
 
-    /// Lease up to `limit` pending deliveries that are due and not leased by anyone alive.
+    /// Lease up to `limit` pending deliveries that are due and not leased by anyone alive, of
+    /// webhooks that are enabled and whose breaker is closed; for ordered webhooks, only the
+    /// first pending delivery of each conversation.
     async fn claim_due(
         &self,
         now: i64,
@@ -232,11 +366,58 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<DeliveryJob>>;
 
-    /// Record an attempt and move the delivery on, releasing its lease.
+    /// Lease the first pending delivery of one conversation for an ordered webhook, when it is
+    /// due and free.
+    async fn claim_conversation_head(
+        &self,
+        webhook_id: &str,
+        conversation_id: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<Option<DeliveryJob>>;
+
+    /// Extend a lease this node holds (`current`); `false` when another node took it over.
+    async fn extend_lease(&self, delivery_id: &str, current: i64, until: i64) -> StoreResult<bool>;
+
+    /// Give back leases on deliveries this node will not send now.
+    async fn release_leases_of(&self, delivery_ids: &[String]) -> StoreResult<()>;
+
+    /// Record an attempt and move the delivery on, releasing its lease; update the webhook's
+    /// health in the same transaction and return it.
     async fn record_attempt(
         &self,
-        delivery_id: &str,
+        job: &DeliveryJob,
         attempt: &AttemptRecord,
         next: NextStep,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<WebhookHealth>;
+
+    /// Resend one delivery now (a new retry cycle), leased to the caller. `NotFound` when
+    /// there is no such delivery.
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<DeliveryJob>;
+
+    /// Make a webhook's deliveries of events created in `[since, until]` pending again, due
+    /// now, in a new retry cycle: only failed ones, or all. Returns how many.
+    async fn replay(
+        &self,
+        webhook_id: &str,
+        since: i64,
+        until: i64,
+        only_failed: bool,
+        now: i64,
+    ) -> StoreResult<u64>;
+
+    /// Events after the cursor (`seq`), in order: (seq, payload).
+    async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>>;
+
+    /// Delete up to `batch` attempts, and events with their finished deliveries, older than
+    /// `before`. Returns how many rows went.
+    async fn prune(&self, before: i64, batch: u32) -> StoreResult<u64>;
+
+    /// Deliveries waiting: (due now, scheduled later, leased).
+    async fn queue_depth(&self, now: i64) -> StoreResult<(u64, u64, u64)>;
 }

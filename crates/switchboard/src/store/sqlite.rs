@@ -11,12 +11,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use switchboard_events::EventType;
+use switchboard_events::{Direction, EventType};
 
 use super::{
     delivery_status, AttemptRecord, AttemptReport, ChannelAccountInput, DeliveryJob,
-    DeliveryReport, IngestContext, IngestOutcome, Location, NextStep, Store, StoreError,
-    StoreResult, Webhook,
+    DeliveryReport, IngestContext, IngestOutcome, Location, NextStep, Ordering, Store, StoreError,
+    StoreResult, Webhook, WebhookHealth,
 };
 use crate::channels::{self, ChannelAccount, RouteKey};
 use crate::config::SqliteSynchronous as SyncSetting;
@@ -74,6 +74,10 @@ fn parse_events(json: &str) -> Vec<EventType> {
 }
 
 fn webhook_from_row(row: &sqlx::sqlite::SqliteRow) -> Webhook {
+    let json_list = |column: &str| -> Option<Vec<String>> {
+        row.get::<Option<&str>, _>(column)
+            .and_then(|j| serde_json::from_str(j).ok())
+    };
     Webhook {
         id: row.get("id"),
         url: row.get("url"),
@@ -81,10 +85,103 @@ fn webhook_from_row(row: &sqlx::sqlite::SqliteRow) -> Webhook {
         location_id: row.get("location_id"),
         secret: row.get("secret"),
         created_at: row.get("created_at"),
+        message_types: json_list("message_types"),
+        direction: match row.get::<Option<&str>, _>("direction") {
+            Some("inbound") => Some(Direction::Inbound),
+            Some("outbound") => Some(Direction::Outbound),
+            _ => None,
+        },
+        ordering: match row.get::<&str, _>("ordering") {
+            "conversation" => Ordering::Conversation,
+            _ => Ordering::None,
+        },
+        max_in_flight: row.get::<Option<i64>, _>("max_in_flight").map(|n| n as u32),
+        max_per_second: row.get("max_per_second"),
+        retry_schedule: row
+            .get::<Option<&str>, _>("retry_schedule")
+            .and_then(|j| serde_json::from_str::<Vec<u64>>(j).ok())
+            .map(|ms| ms.into_iter().map(Duration::from_millis).collect()),
+        allowed_networks: json_list("allowed_networks")
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        previous_secret: row.get("previous_secret"),
+        previous_secret_until: row.get("previous_secret_until"),
+        disabled_at: row.get("disabled_at"),
+        disabled_reason: row.get("disabled_reason"),
+        health: WebhookHealth {
+            consecutive_failures: row.get::<i64, _>("consecutive_failures") as u32,
+            failing_since: row.get("failing_since"),
+            breaker_open_until: row.get("breaker_open_until"),
+        },
     }
 }
 
-const WEBHOOK_COLUMNS: &str = "id, url, events, location_id, secret, created_at";
+const WEBHOOK_COLUMNS: &str = "id, url, events, location_id, secret, created_at, message_types,
+    direction, ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks,
+    previous_secret, previous_secret_until, disabled_at, disabled_reason, consecutive_failures,
+    failing_since, breaker_open_until";
+
+/// Bind a webhook's settings in the order of `SETTINGS_COLUMNS`.
+const SETTINGS_COLUMNS: &str = "url, events, location_id, secret, message_types, direction,
+    ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks, previous_secret,
+    previous_secret_until, disabled_at, disabled_reason";
+
+fn bind_settings<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    w: &'q Webhook,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let events: Vec<&str> = w.events.iter().map(|e| e.as_str()).collect();
+    let networks: Vec<String> = w.allowed_networks.iter().map(|n| n.to_string()).collect();
+    query
+        .bind(&w.url)
+        .bind(serde_json::to_string(&events).expect("strings serialize"))
+        .bind(&w.location_id)
+        .bind(&w.secret)
+        .bind(
+            w.message_types
+                .as_ref()
+                .map(|t| serde_json::to_string(t).expect("strings serialize")),
+        )
+        .bind(w.direction.map(|d| d.as_str()))
+        .bind(w.ordering.as_str())
+        .bind(w.max_in_flight.map(i64::from))
+        .bind(w.max_per_second)
+        .bind(w.retry_schedule.as_ref().map(|s| {
+            let ms: Vec<u64> = s.iter().map(|d| d.as_millis() as u64).collect();
+            serde_json::to_string(&ms).expect("numbers serialize")
+        }))
+        .bind(
+            (!networks.is_empty())
+                .then(|| serde_json::to_string(&networks).expect("strings serialize")),
+        )
+        .bind(&w.previous_secret)
+        .bind(w.previous_secret_until)
+        .bind(w.disabled_at)
+        .bind(&w.disabled_reason)
+}
+
+/// The columns a [`DeliveryJob`] is read from (`d` deliveries, `e` events).
+const JOB_COLUMNS: &str = "d.id, d.event_id, d.webhook_id, d.attempts, d.retry_offset,
+    d.conversation_id, d.event_seq, e.payload";
+
+fn job_from_row(row: &sqlx::sqlite::SqliteRow, lease_until: i64) -> DeliveryJob {
+    let attempts = row.get::<i64, _>("attempts") as u32;
+    let retry_offset = row.get::<i64, _>("retry_offset") as u32;
+    DeliveryJob {
+        delivery_id: row.get("id"),
+        event_id: row.get("event_id"),
+        webhook_id: row.get("webhook_id"),
+        payload: Bytes::from(row.get::<Vec<u8>, _>("payload")),
+        attempts,
+        retry_offset,
+        conversation_id: row.get("conversation_id"),
+        event_seq: row.get::<Option<i64>, _>("event_seq").unwrap_or(0),
+        lease_until,
+        is_retry: attempts > retry_offset,
+    }
+}
 
 async fn contact_id(
     tx: &mut Transaction<'_, Sqlite>,
@@ -208,49 +305,128 @@ async fn file_message(
         event_id: &event_id,
         emitted_at: now,
     }));
-    sqlx::query(
-        "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+    let seq = insert_event(
+        tx,
+        &event_id,
+        Some(&message_id),
+        Some(location_id),
+        event_type,
+        &payload,
+        now,
     )
-    .bind(&event_id)
-    .bind(&message_id)
-    .bind(location_id)
-    .bind(event_type.as_str())
-    .bind(payload.as_ref())
-    .bind(now)
-    .execute(&mut **tx)
     .await?;
-
-    for webhook in webhooks
-        .iter()
-        .filter(|w| w.matches(event_type, location_id))
-    {
-        let delivery_id = new_id();
-        sqlx::query(
-            "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts, next_attempt_at,
-                 lease_until, created_at)
-             VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+    let targets = webhooks.iter().filter(|w| {
+        w.matches(
+            event_type,
+            Some(location_id),
+            Some((&m.message_type, m.direction)),
         )
-        .bind(&delivery_id)
-        .bind(&event_id)
-        .bind(&webhook.id)
-        .bind(delivery_status::PENDING)
-        .bind(now)
-        .bind(lease_until)
-        .bind(now)
-        .execute(&mut **tx)
+    });
+    for webhook in targets {
+        queue_delivery(
+            tx,
+            webhook,
+            &event_id,
+            seq,
+            Some(&conversation_id),
+            &payload,
+            now,
+            lease_until,
+            outcome,
+        )
         .await?;
-        outcome.jobs.push(DeliveryJob {
-            delivery_id,
-            event_id: event_id.clone(),
-            webhook_id: webhook.id.clone(),
-            url: webhook.url.clone(),
-            secret: webhook.secret.clone(),
-            payload: payload.clone(),
-            attempts: 0,
-        });
     }
     outcome.message_ids.push(message_id);
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    event_id: &str,
+    message_id: Option<&str>,
+    location_id: Option<&str>,
+    event_type: EventType,
+    payload: &[u8],
+    now: i64,
+) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(event_id)
+    .bind(message_id)
+    .bind(location_id)
+    .bind(event_type.as_str())
+    .bind(payload)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// One delivery row. It is leased to the caller and returned as a job to send at once, unless
+/// the webhook cannot take it now (disabled, breaker open) or, for an ordered webhook, an
+/// earlier event of the conversation is still pending: then the dispatcher claims it in turn.
+#[allow(clippy::too_many_arguments)]
+async fn queue_delivery(
+    tx: &mut Transaction<'_, Sqlite>,
+    webhook: &Webhook,
+    event_id: &str,
+    event_seq: i64,
+    conversation_id: Option<&str>,
+    payload: &Bytes,
+    now: i64,
+    lease_until: i64,
+    outcome: &mut IngestOutcome,
+) -> StoreResult<()> {
+    let mut send_now = webhook.disabled_at.is_none()
+        && webhook
+            .health
+            .breaker_open_until
+            .is_none_or(|until| until <= now);
+    if send_now && webhook.ordering == Ordering::Conversation {
+        if let Some(conversation) = conversation_id {
+            let earlier: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM deliveries
+                 WHERE webhook_id = ? AND conversation_id = ? AND status = 'pending' LIMIT 1",
+            )
+            .bind(&webhook.id)
+            .bind(conversation)
+            .fetch_optional(&mut **tx)
+            .await?;
+            send_now = earlier.is_none();
+        }
+    }
+    let delivery_id = new_id();
+    sqlx::query(
+        "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts, next_attempt_at,
+             lease_until, created_at, conversation_id, event_seq)
+         VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+    )
+    .bind(&delivery_id)
+    .bind(event_id)
+    .bind(&webhook.id)
+    .bind(delivery_status::PENDING)
+    .bind(now)
+    .bind(send_now.then_some(lease_until))
+    .bind(now)
+    .bind(conversation_id)
+    .bind(event_seq)
+    .execute(&mut **tx)
+    .await?;
+    if send_now {
+        outcome.jobs.push(DeliveryJob {
+            delivery_id,
+            event_id: event_id.to_owned(),
+            webhook_id: webhook.id.clone(),
+            payload: payload.clone(),
+            attempts: 0,
+            retry_offset: 0,
+            conversation_id: conversation_id.map(str::to_owned),
+            event_seq,
+            lease_until,
+            is_retry: false,
+        });
+    }
     Ok(())
 }
 
@@ -498,19 +674,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
-        let events: Vec<&str> = w.events.iter().map(|e| e.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO webhooks (id, url, events, location_id, secret, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&w.id)
-        .bind(&w.url)
-        .bind(serde_json::to_string(&events).expect("strings serialize"))
-        .bind(&w.location_id)
-        .bind(&w.secret)
-        .bind(w.created_at)
-        .execute(&self.writer)
-        .await?;
+        let query = format!(
+            "INSERT INTO webhooks (id, created_at, {SETTINGS_COLUMNS})
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        let query = sqlx::query(&query).bind(&w.id).bind(w.created_at);
+        bind_settings(query, w).execute(&self.writer).await?;
         Ok(())
     }
 
@@ -533,6 +702,25 @@ impl Store for SqliteStore {
         Ok(row.as_ref().map(webhook_from_row))
     }
 
+    async fn update_webhook(&self, w: &Webhook) -> StoreResult<()> {
+        let assignments: Vec<String> = SETTINGS_COLUMNS
+            .split(',')
+            .map(|c| format!("{} = ?", c.trim()))
+            .collect();
+        let query = format!(
+            "UPDATE webhooks SET {} WHERE id = ? AND deleted_at IS NULL",
+            assignments.join(", ")
+        );
+        let done = bind_settings(sqlx::query(&query), w)
+            .bind(&w.id)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no webhook {}", w.id)));
+        }
+        Ok(())
+    }
+
     async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool> {
         let mut tx = self.writer.begin().await?;
         let done =
@@ -552,6 +740,103 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn disable_webhook(
+        &self,
+        id: &str,
+        reason: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<Vec<DeliveryJob>> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE webhooks SET disabled_at = ?, disabled_reason = ?, breaker_open_until = NULL
+             WHERE id = ? AND deleted_at IS NULL AND disabled_at IS NULL
+             RETURNING {WEBHOOK_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(vec![]);
+        };
+        let disabled = webhook_from_row(&row);
+        // Nobody holds its deliveries any more: they wait for it to be enabled again.
+        sqlx::query(
+            "UPDATE deliveries SET lease_until = NULL WHERE webhook_id = ? AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let event_id = new_id();
+        let payload = Bytes::from(event::render_webhook_disabled(&disabled, &event_id, now));
+        let seq = insert_event(
+            &mut tx,
+            &event_id,
+            None,
+            disabled.location_id.as_deref(),
+            EventType::WebhookDisabled,
+            &payload,
+            now,
+        )
+        .await?;
+        let subscribers: Vec<Webhook> = sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE deleted_at IS NULL AND id <> ?"
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(webhook_from_row)
+        .filter(|w| {
+            w.matches(
+                EventType::WebhookDisabled,
+                disabled.location_id.as_deref(),
+                None,
+            )
+        })
+        .collect();
+        let mut outcome = IngestOutcome::default();
+        for webhook in &subscribers {
+            queue_delivery(
+                &mut tx,
+                webhook,
+                &event_id,
+                seq,
+                None,
+                &payload,
+                now,
+                lease_until,
+                &mut outcome,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome.jobs)
+    }
+
+    async fn enable_webhook(&self, id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL,
+                 consecutive_failures = 0, failing_since = NULL, breaker_open_until = NULL
+             WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_breaker(&self, id: &str, open_until: Option<i64>) -> StoreResult<()> {
+        sqlx::query("UPDATE webhooks SET breaker_open_until = ? WHERE id = ?")
+            .bind(open_until)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn ingest(
@@ -712,12 +997,21 @@ impl Store for SqliteStore {
         lease_until: i64,
         limit: u32,
     ) -> StoreResult<Vec<DeliveryJob>> {
+        // Due, free, for an enabled webhook with a closed breaker; for an ordered webhook only
+        // the first pending delivery of its conversation.
+        const CLAIMABLE: &str = "d.status = 'pending' AND d.next_attempt_at <= ?1
+               AND (d.lease_until IS NULL OR d.lease_until <= ?1)
+               AND w.deleted_at IS NULL AND w.disabled_at IS NULL
+               AND (w.breaker_open_until IS NULL OR w.breaker_open_until <= ?1)
+               AND (w.ordering <> 'conversation' OR d.conversation_id IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM deliveries p
+                   WHERE p.webhook_id = d.webhook_id AND p.conversation_id = d.conversation_id
+                     AND p.status = 'pending' AND p.event_seq < d.event_seq))";
         // Most polls find nothing: ask a reader before taking the writer.
-        let any: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?
-               AND (lease_until IS NULL OR lease_until <= ?) LIMIT 1",
-        )
-        .bind(now)
+        let any: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT 1 FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+             WHERE {CLAIMABLE} LIMIT 1"
+        ))
         .bind(now)
         .fetch_optional(&self.reader)
         .await?;
@@ -725,32 +1019,21 @@ impl Store for SqliteStore {
             return Ok(vec![]);
         }
         let mut tx = self.writer.begin().await?;
-        let rows = sqlx::query(
-            "SELECT d.id, d.event_id, d.webhook_id, d.attempts, e.payload, w.url, w.secret
-             FROM deliveries d
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM deliveries d
              JOIN events e ON e.id = d.event_id
              JOIN webhooks w ON w.id = d.webhook_id
-             WHERE d.status = 'pending' AND d.next_attempt_at <= ?
-               AND (d.lease_until IS NULL OR d.lease_until <= ?)
+             WHERE {CLAIMABLE}
              ORDER BY d.next_attempt_at
-             LIMIT ?",
-        )
-        .bind(now)
+             LIMIT ?2"
+        ))
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
-            let job = DeliveryJob {
-                delivery_id: row.get("id"),
-                event_id: row.get("event_id"),
-                webhook_id: row.get("webhook_id"),
-                url: row.get("url"),
-                secret: row.get("secret"),
-                payload: Bytes::from(row.get::<Vec<u8>, _>("payload")),
-                attempts: row.get::<i64, _>("attempts") as u32,
-            };
+            let job = job_from_row(&row, lease_until);
             sqlx::query("UPDATE deliveries SET lease_until = ? WHERE id = ?")
                 .bind(lease_until)
                 .bind(&job.delivery_id)
@@ -762,14 +1045,78 @@ impl Store for SqliteStore {
         Ok(jobs)
     }
 
+    async fn claim_conversation_head(
+        &self,
+        webhook_id: &str,
+        conversation_id: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<Option<DeliveryJob>> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS}, d.next_attempt_at, d.lease_until AS held FROM deliveries d
+             JOIN events e ON e.id = d.event_id
+             WHERE d.webhook_id = ? AND d.conversation_id = ? AND d.status = 'pending'
+             ORDER BY d.event_seq LIMIT 1"
+        ))
+        .bind(webhook_id)
+        .bind(conversation_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let due = row.get::<Option<i64>, _>("next_attempt_at").unwrap_or(0) <= now;
+        let free = row.get::<Option<i64>, _>("held").is_none_or(|h| h <= now);
+        if !(due && free) {
+            return Ok(None);
+        }
+        let job = job_from_row(&row, lease_until);
+        sqlx::query("UPDATE deliveries SET lease_until = ? WHERE id = ?")
+            .bind(lease_until)
+            .bind(&job.delivery_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(job))
+    }
+
+    async fn extend_lease(&self, delivery_id: &str, current: i64, until: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET lease_until = ?
+             WHERE id = ? AND lease_until = ? AND status = 'pending'",
+        )
+        .bind(until)
+        .bind(delivery_id)
+        .bind(current)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_leases_of(&self, delivery_ids: &[String]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        for id in delivery_ids {
+            sqlx::query(
+                "UPDATE deliveries SET lease_until = NULL WHERE id = ? AND status = 'pending'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn record_attempt(
         &self,
-        delivery_id: &str,
+        job: &DeliveryJob,
         attempt: &AttemptRecord,
         next: NextStep,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<WebhookHealth> {
+        let finished_at = attempt.started_at + attempt.duration_ms;
         let mut tx = self.writer.begin().await?;
-        let attempts: Option<i64> = sqlx::query_scalar(
+        let updated: Option<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
                  status = ?, next_attempt_at = ?, finished_at = ?
              WHERE id = ? AND status = 'pending'
@@ -786,28 +1133,19 @@ impl Store for SqliteStore {
         })
         .bind(match next {
             NextStep::RetryAt(_) => None,
-            _ => Some(attempt.started_at + attempt.duration_ms),
+            _ => Some(finished_at),
         })
-        .bind(delivery_id)
+        .bind(&job.delivery_id)
         .fetch_optional(&mut *tx)
         .await?;
         // A delivery cancelled meanwhile keeps its state; the attempt is still recorded.
-        let number = match attempts {
-            Some(n) => n,
-            None => {
-                sqlx::query_scalar::<_, i64>("SELECT attempts + 1 FROM deliveries WHERE id = ?")
-                    .bind(delivery_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .unwrap_or(1)
-            }
-        };
+        let number = updated.unwrap_or(i64::from(job.attempts) + 1);
         sqlx::query(
             "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status,
                  error, response_body)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(delivery_id)
+        .bind(&job.delivery_id)
         .bind(number)
         .bind(attempt.started_at)
         .bind(attempt.duration_ms)
@@ -816,7 +1154,159 @@ impl Store for SqliteStore {
         .bind(&attempt.response_excerpt)
         .execute(&mut *tx)
         .await?;
+        let success = next == NextStep::Delivered;
+        let row = sqlx::query(
+            "UPDATE webhooks SET
+                 consecutive_failures = CASE WHEN ?1 THEN 0 ELSE consecutive_failures + 1 END,
+                 failing_since = CASE WHEN ?1 THEN NULL ELSE COALESCE(failing_since, ?2) END
+             WHERE id = ?3
+             RETURNING consecutive_failures, failing_since, breaker_open_until",
+        )
+        .bind(success)
+        .bind(attempt.started_at)
+        .bind(&job.webhook_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(row
+            .map(|r| WebhookHealth {
+                consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
+                failing_since: r.get("failing_since"),
+                breaker_open_until: r.get("breaker_open_until"),
+            })
+            .unwrap_or_default())
+    }
+
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<DeliveryJob> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = ?,
+                 retry_offset = attempts, finished_at = NULL
+             WHERE id = ? AND status <> 'cancelled'",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no delivery {id} (or its webhook was deleted)"
+            )));
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(job_from_row(&row, lease_until))
+    }
+
+    async fn replay(
+        &self,
+        webhook_id: &str,
+        since: i64,
+        until: i64,
+        only_failed: bool,
+        now: i64,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = NULL,
+                 retry_offset = attempts, finished_at = NULL
+             WHERE webhook_id = ? AND status <> 'cancelled'
+               AND (status = 'failed' OR (NOT ? AND status = 'delivered'))
+               AND event_id IN (SELECT id FROM events WHERE created_at BETWEEN ? AND ?)",
+        )
+        .bind(now)
+        .bind(webhook_id)
+        .bind(only_failed)
+        .bind(since)
+        .bind(until)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>> {
+        let rows =
+            sqlx::query("SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("seq"), Bytes::from(r.get::<Vec<u8>, _>("payload"))))
+            .collect())
+    }
+
+    async fn prune(&self, before: i64, batch: u32) -> StoreResult<u64> {
+        let mut tx = self.writer.begin().await?;
+        let attempts = sqlx::query(
+            "DELETE FROM attempts WHERE id IN
+                 (SELECT id FROM attempts WHERE started_at < ? ORDER BY id LIMIT ?)",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Events whose deliveries are all finished, with those deliveries and their attempts.
+        let old_events: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM events e WHERE created_at < ?
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(before)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rows = attempts;
+        for event_id in &old_events {
+            rows += sqlx::query(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?)",
+            )
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            rows += sqlx::query("DELETE FROM deliveries WHERE event_id = ?")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            rows += sqlx::query("DELETE FROM events WHERE id = ?")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    async fn queue_depth(&self, now: i64) -> StoreResult<(u64, u64, u64)> {
+        let row = sqlx::query(
+            "SELECT
+                 COALESCE(SUM(CASE WHEN next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1) THEN 1 ELSE 0 END), 0) AS due,
+                 COALESCE(SUM(CASE WHEN next_attempt_at > ?1 AND (lease_until IS NULL OR lease_until <= ?1) THEN 1 ELSE 0 END), 0) AS scheduled,
+                 COALESCE(SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END), 0) AS leased
+             FROM deliveries WHERE status = 'pending'",
+        )
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((
+            row.get::<i64, _>("due") as u64,
+            row.get::<i64, _>("scheduled") as u64,
+            row.get::<i64, _>("leased") as u64,
+        ))
     }
 }
