@@ -161,6 +161,9 @@ pub struct MessageEvent {
     #[serde(rename = "type")]
     pub event_type: EventType,
     pub location_id: String,
+    /// The sender's app id, when configured (HighLevel's SDK checks it against its client id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,7 +14,7 @@ pub const DEFAULTS_TOML: &str = include_str!("../config.default.toml");
 const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Keys that have no default value and are strings when set.
-const OPTIONAL_KEYS: [&str; 3] = ["database_url", "admin_token", "public_url"];
+const OPTIONAL_KEYS: [&str; 4] = ["database_url", "admin_token", "public_url", "app_id"];
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +24,7 @@ pub struct Config {
     pub database_url: Option<String>,
     pub admin_token: Option<String>,
     pub public_url: Option<String>,
+    pub app_id: Option<String>,
     pub allow_private_targets: bool,
     pub log: String,
     pub max_body_bytes: usize,

@@ -25,7 +25,9 @@ use crate::domain::time::Clock;
 use crate::keys::SigningKeys;
 use crate::metrics::{BreakerState, Metrics, Outcome};
 use crate::ssrf::TargetPolicy;
-use crate::store::{AttemptRecord, DeliveryJob, NextStep, Ordering, Store, Webhook, WebhookHealth};
+use crate::store::{
+    AttemptRecord, DeliveryJob, IngestContext, NextStep, Ordering, Store, Webhook, WebhookHealth,
+};
 
 /// How much of a subscriber's response is kept with the attempt.
 const RESPONSE_EXCERPT_BYTES: usize = 4096;
@@ -34,7 +36,8 @@ const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION")
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Webhook settings are re-read this often (other nodes may have changed them).
 const WEBHOOK_REFRESH: Duration = Duration::from_secs(10);
-/// Retention runs this often, in batches of this many rows.
+/// Retention runs at most this far apart (more often for short retention), in batches of
+/// this many rows.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 const RETENTION_BATCH: u32 = 500;
 
@@ -125,6 +128,7 @@ struct Shared {
     lease: Duration,
     timeout: Duration,
     auto_disable_after: Duration,
+    app_id: Option<Arc<str>>,
 }
 
 impl Shared {
@@ -239,6 +243,7 @@ impl Dispatcher {
             lease: config.delivery_lease,
             timeout: config.delivery_timeout,
             auto_disable_after: config.auto_disable_after,
+            app_id: config.app_id.as_deref().map(Arc::from),
         });
         Ok((
             Dispatcher {
@@ -332,7 +337,9 @@ impl Dispatcher {
         self.reload().await;
         let mut next_poll = Instant::now();
         let mut next_refresh = Instant::now() + WEBHOOK_REFRESH;
-        let mut next_retention = Instant::now() + RETENTION_EVERY;
+        let retention_every =
+            (self.retention / 4).clamp(Duration::from_millis(100), RETENTION_EVERY);
+        let mut next_retention = Instant::now() + retention_every;
         loop {
             let wake = self.pump_all().map_or(next_poll, |w| w.min(next_poll));
             tokio::select! {
@@ -355,7 +362,7 @@ impl Dispatcher {
             }
             if now >= next_retention {
                 self.prune();
-                next_retention = now + RETENTION_EVERY;
+                next_retention = now + retention_every;
             }
         }
     }
@@ -580,7 +587,13 @@ impl Dispatcher {
     async fn poll(&mut self) {
         let now = self.shared.clock.now_ms();
         let lease_until = self.shared.lease_until();
-        match self.shared.store.emit_due_calls(now, lease_until).await {
+        let context = IngestContext {
+            app_id: self.shared.app_id.clone(),
+            now,
+            lease_until,
+            call_recording_wait_ms: 0,
+        };
+        match self.shared.store.emit_due_calls(&context).await {
             Ok(jobs) => self.accept(jobs),
             Err(e) => warn!(error = %e, "emitting calls that waited for a recording failed"),
         }

@@ -15,6 +15,7 @@ pub struct Filed<'a> {
     pub message_id: &'a str,
     pub event_id: &'a str,
     pub emitted_at: i64,
+    pub app_id: Option<&'a str>,
 }
 
 pub fn build(f: &Filed<'_>) -> MessageEvent {
@@ -28,6 +29,7 @@ pub fn build(f: &Filed<'_>) -> MessageEvent {
     MessageEvent {
         event_type: m.direction.event_type(),
         location_id: f.location_id.to_owned(),
+        app_id: f.app_id.map(str::to_owned),
         attachments: Some(m.attachments.clone()),
         body: m.body.clone(),
         contact_id: f.contact_id.to_owned(),

@@ -33,6 +33,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub lease: Duration,
     pub call_recording_wait: Duration,
+    pub app_id: Option<Arc<str>>,
     pub media: Arc<MediaStore>,
     pub metrics: Arc<Metrics>,
     /// Where webhooks may point (checked again at every connection).
@@ -112,6 +113,7 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             lease: config.delivery_lease,
             call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
+            app_id: config.app_id.as_deref().map(Arc::from),
             media: MediaStore::new(
                 &config.data_dir,
                 keys::attachment_url_key(&config.data_dir)?,

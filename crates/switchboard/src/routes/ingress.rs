@@ -50,6 +50,7 @@ pub async fn ingest<C: Channel>(
     let base = public_url(state.public_url.as_deref(), &request.headers, "")?;
     keep_media(&state, &mut handled.facts, &base, now).await;
     let context = IngestContext {
+        app_id: state.app_id.clone(),
         now,
         lease_until: now + state.lease.as_millis() as i64,
         call_recording_wait_ms: state.call_recording_wait.as_millis() as i64,

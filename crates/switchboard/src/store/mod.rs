@@ -210,8 +210,10 @@ pub struct DeliveryJob {
 }
 
 /// The moment and the limits an ingest works with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IngestContext {
+    /// `appId` put in every event (HighLevel SDK consumers match it against their client id).
+    pub app_id: Option<std::sync::Arc<str>>,
     pub now: i64,
     /// New deliveries are leased to the caller until then.
     pub lease_until: i64,
@@ -350,7 +352,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<IngestOutcome>;
 
     /// Emit the calls that waited long enough for a recording that never came.
-    async fn emit_due_calls(&self, now: i64, lease_until: i64) -> StoreResult<Vec<DeliveryJob>>;
+    async fn emit_due_calls(&self, context: &IngestContext) -> StoreResult<Vec<DeliveryJob>>;
 
     /// The message's event body as sent (the first event of the message).
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;

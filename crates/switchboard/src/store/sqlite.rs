@@ -256,10 +256,10 @@ async fn file_message(
     location_id: &str,
     m: &NewMessage,
     webhooks: &[Webhook],
-    now: i64,
-    lease_until: i64,
+    ctx: &IngestContext,
     outcome: &mut IngestOutcome,
 ) -> StoreResult<()> {
+    let (now, lease_until) = (ctx.now, ctx.lease_until);
     let known: Option<String> = sqlx::query_scalar(
         "SELECT id FROM messages WHERE location_id = ? AND provider = ? AND provider_message_id = ?",
     )
@@ -304,6 +304,7 @@ async fn file_message(
         message_id: &message_id,
         event_id: &event_id,
         emitted_at: now,
+        app_id: ctx.app_id.as_deref(),
     }));
     let seq = insert_event(
         tx,
@@ -482,8 +483,7 @@ async fn merge_call(
                     location_id,
                     &state.message(provider),
                     webhooks,
-                    ctx.now,
-                    ctx.lease_until,
+                    ctx,
                     outcome,
                 )
                 .await?;
@@ -851,16 +851,7 @@ impl Store for SqliteStore {
         for fact in &facts {
             match fact {
                 Fact::Message(m) => {
-                    file_message(
-                        &mut tx,
-                        location_id,
-                        m,
-                        &webhooks,
-                        ctx.now,
-                        ctx.lease_until,
-                        &mut outcome,
-                    )
-                    .await?
+                    file_message(&mut tx, location_id, m, &webhooks, ctx, &mut outcome).await?
                 }
                 Fact::Call(update) => {
                     merge_call(
@@ -880,7 +871,8 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
-    async fn emit_due_calls(&self, now: i64, lease_until: i64) -> StoreResult<Vec<DeliveryJob>> {
+    async fn emit_due_calls(&self, ctx: &IngestContext) -> StoreResult<Vec<DeliveryJob>> {
+        let now = ctx.now;
         // Most polls find nothing: ask a reader before taking the writer.
         let any: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM calls WHERE emit_at IS NOT NULL AND emit_at <= ? LIMIT 1",
@@ -912,8 +904,7 @@ impl Store for SqliteStore {
                 &location_id,
                 &state.message(provider),
                 &webhooks,
-                now,
-                lease_until,
+                ctx,
                 &mut outcome,
             )
             .await?;
@@ -943,6 +934,8 @@ impl Store for SqliteStore {
     }
 
     async fn message_deliveries(&self, message_id: &str) -> StoreResult<Vec<DeliveryReport>> {
+        // One read transaction: the deliveries and their attempts from the same snapshot.
+        let mut tx = self.reader.begin().await?;
         let rows = sqlx::query(
             "SELECT d.id, d.webhook_id, w.url, d.status, d.next_attempt_at
              FROM deliveries d
@@ -952,7 +945,7 @@ impl Store for SqliteStore {
              ORDER BY d.created_at, d.id",
         )
         .bind(message_id)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *tx)
         .await?;
         let mut reports = Vec::with_capacity(rows.len());
         for row in rows {
@@ -962,7 +955,7 @@ impl Store for SqliteStore {
                  FROM attempts WHERE delivery_id = ? ORDER BY attempt",
             )
             .bind(&id)
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .map(|a| AttemptReport {
@@ -988,6 +981,7 @@ impl Store for SqliteStore {
                 attempts,
             });
         }
+        tx.commit().await?;
         Ok(reports)
     }
 

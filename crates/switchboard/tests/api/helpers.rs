@@ -214,6 +214,8 @@ pub fn sms_params<'a>(message_sid: &'a str, body: &'a str) -> Vec<(&'a str, &'a 
 #[derive(Debug, Clone, Copy)]
 pub enum Reply {
     Status(u16),
+    /// A status with one header (`Retry-After`, `Location`).
+    WithHeader(u16, &'static str, &'static str),
     /// Never answer (the sender times out or is killed).
     Hang,
 }
@@ -222,6 +224,9 @@ pub enum Reply {
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub at: std::time::Instant,
+    /// What the receiver answered.
+    pub status: u16,
 }
 
 impl Received {
@@ -237,6 +242,11 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     script: Mutex<VecDeque<Reply>>,
+    /// Bodies containing the text are answered with the status, this many times.
+    fail_when: Mutex<Vec<(String, u16, usize)>>,
+    delay: Mutex<Duration>,
+    concurrent: std::sync::atomic::AtomicUsize,
+    max_concurrent: std::sync::atomic::AtomicUsize,
     received: Mutex<Vec<Received>>,
     notify: Notify,
 }
@@ -273,6 +283,32 @@ impl TestReceiver {
             .lock()
             .unwrap()
             .extend(replies.iter().copied());
+    }
+
+    /// Answer `status` to the next `times` requests whose body contains `text`.
+    pub fn fail_when(&self, text: &str, status: u16, times: usize) {
+        self.state
+            .fail_when
+            .lock()
+            .unwrap()
+            .push((text.to_owned(), status, times));
+    }
+
+    /// Forget every `fail_when` rule: answer from the script, then 200.
+    pub fn clear_failures(&self) {
+        self.state.fail_when.lock().unwrap().clear();
+    }
+
+    /// Take this long over every answer.
+    pub fn slow(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// The most requests that were being answered at the same time.
+    pub fn max_concurrent(&self) -> usize {
+        self.state
+            .max_concurrent
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -313,21 +349,46 @@ async fn receive(
     State(state): State<Arc<ReceiverState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    state
-        .received
-        .lock()
-        .unwrap()
-        .push(Received { headers, body });
-    state.notify.notify_waiters();
-    let reply = state
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = state.concurrent.fetch_add(1, SeqCst) + 1;
+    state.max_concurrent.fetch_max(now, SeqCst);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let matched = {
+        let mut rules = state.fail_when.lock().unwrap();
+        rules
+            .iter_mut()
+            .find(|(t, _, n)| *n > 0 && text.contains(t.as_str()))
+            .map(|rule| {
+                rule.2 -= 1;
+                Reply::Status(rule.1)
+            })
+    };
+    let reply = matched
+        .or_else(|| state.script.lock().unwrap().pop_front())
         .unwrap_or(Reply::Status(200));
+    let status = match reply {
+        Reply::Status(code) | Reply::WithHeader(code, _, _) => code,
+        Reply::Hang => 0,
+    };
+    state.received.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: std::time::Instant::now(),
+        status,
+    });
+    state.notify.notify_waiters();
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    state.concurrent.fetch_sub(1, SeqCst);
     match reply {
-        Reply::Status(code) => StatusCode::from_u16(code).unwrap(),
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+        Reply::WithHeader(code, name, value) => {
+            (StatusCode::from_u16(code).unwrap(), [(name, value)]).into_response()
+        }
         Reply::Hang => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -383,5 +444,45 @@ pub fn verify_with_reference_library(
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
+/// Verify a delivery's `x-ghl-signature` with HighLevel's official Node SDK
+/// (`tests/verifiers`, installed by `npm install --prefix crates/switchboard/tests/verifiers`).
+/// `None` when node or the SDK is missing.
+pub fn verify_with_highlevel_sdk(
+    public_key_pem: &str,
+    client_id: &str,
+    delivery: &Received,
+) -> Option<Result<(), String>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verifiers");
+    if !dir.join("node_modules/@gohighlevel/api-client").exists() {
+        return None;
+    }
+    let mut child = Command::new("node")
+        .arg(dir.join("ghl-verify.js"))
+        .current_dir(&dir)
+        .env("GHL_PUBLIC_KEY", public_key_pem)
+        .env("GHL_SIGNATURE", delivery.header("x-ghl-signature"))
+        .env("GHL_CLIENT_ID", client_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&delivery.body)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(if out.status.success() && text.contains("verified") {
+        Ok(())
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
     })
 }

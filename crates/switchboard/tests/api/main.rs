@@ -2,6 +2,7 @@
 
 mod admin;
 mod delivery;
+mod engine;
 mod helpers;
 mod restart;
 mod twilio_sms;

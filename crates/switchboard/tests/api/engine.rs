@@ -1,0 +1,906 @@
+//! The delivery engine against real subscribers on loopback, with short configured schedules:
+//! retry schedule and Retry-After, 410, redirects, the circuit breaker, auto-disable, filters,
+//! ordering, limits, retry and replay, rotation, SSRF, metrics, retention and the events feed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchboard_events::standard::{self, WebhookSecret};
+
+use crate::helpers::*;
+
+const QUIET: Duration = Duration::from_millis(400);
+
+async fn create_webhook(app: &TestApp, body: Value) -> Value {
+    let r = app
+        .admin_send(reqwest::Method::POST, "/v1/webhooks", body.clone())
+        .await;
+    let status = r.status();
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{body} → {created}");
+    created
+}
+
+async fn location_with_twilio(app: &TestApp) -> String {
+    let location_id = app.create_location("Engine").await;
+    assert_eq!(
+        app.connect_twilio(&location_id, &[BUSINESS_NUMBER])
+            .await
+            .status(),
+        200
+    );
+    location_id
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    let r = app.admin_get(path).await;
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Poll `check` every 50 ms until it returns Some, or fail after `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sms_from<'a>(sid: &'a str, body: &'a str, from: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut p = sms_params(sid, body);
+    for x in p.iter_mut().filter(|x| x.0 == "From") {
+        x.1 = from;
+    }
+    p
+}
+
+fn iso_ms(v: &Value) -> i64 {
+    let t = humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn default_schedule_puts_the_first_retry_five_seconds_out_within_jitter() {
+    let app = spawn_app_with(|c| {
+        c.retry_schedule = switchboard::Config::defaults().retry_schedule;
+        c.retry_jitter = 0.2;
+    })
+    .await;
+    let receiver = TestReceiver::start().await;
+    receiver.script(&[Reply::Status(500)]);
+    app.standard_setup(&receiver).await;
+    app.post_twilio(&sms_params("SMsched", "later"), AUTH_TOKEN)
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    let delivery = eventually(
+        Duration::from_secs(5),
+        "the first attempt recorded",
+        || async {
+            let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+            let d = report["data"][0].clone();
+            (d["attempts"].as_array().unwrap().len() == 1).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(delivery["status"], "pending");
+    let attempt = &delivery["attempts"][0];
+    let ended = iso_ms(&attempt["at"]) + attempt["durationMs"].as_i64().unwrap();
+    let wait = iso_ms(&delivery["nextAttemptAt"]) - ended;
+    assert!(
+        (3_990..=6_010).contains(&wait),
+        "first retry {wait} ms after the attempt, not 5 s ± 20 %"
+    );
+}
+
+#[tokio::test]
+async fn a_webhooks_own_schedule_and_retry_after() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"], "retrySchedule": ["100ms", "3s"] }),
+    )
+    .await;
+    // 429 with Retry-After: 1 → one second (within [100 ms, 3 s]); then 503 asking an hour → 3 s.
+    receiver.script(&[
+        Reply::WithHeader(429, "retry-after", "1"),
+        Reply::WithHeader(503, "retry-after", "3600"),
+    ]);
+    app.post_twilio(&sms_params("SMretryafter", "slow down"), AUTH_TOKEN)
+        .await;
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(950) && gap < Duration::from_millis(2500),
+        "{gap:?}"
+    );
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    let delivery = eventually(
+        Duration::from_secs(5),
+        "the second attempt recorded",
+        || async {
+            let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+            let d = report["data"][0].clone();
+            (d["attempts"].as_array().unwrap().len() == 2).then_some(d)
+        },
+    )
+    .await;
+    let attempt = &delivery["attempts"][1];
+    assert_eq!(attempt["httpStatus"], 503);
+    let ended = iso_ms(&attempt["at"]) + attempt["durationMs"].as_i64().unwrap();
+    let wait = iso_ms(&delivery["nextAttemptAt"]) - ended;
+    assert!(
+        (2_900..=3_100).contains(&wait),
+        "Retry-After 3600 clamped to 3 s, got {wait} ms: {delivery}"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let elsewhere = TestReceiver::start().await;
+    let location: &'static str = Box::leak(elsewhere.url.clone().into_boxed_str());
+    receiver.script(&[Reply::WithHeader(302, "location", location)]);
+    app.standard_setup(&receiver).await;
+    app.post_twilio(&sms_params("SMredirect", "stay"), AUTH_TOKEN)
+        .await;
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[0].status, 302);
+    elsewhere.expect_exactly(0, Duration::ZERO).await;
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    let report = eventually(Duration::from_secs(5), "delivered", || async {
+        let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+        (report["data"][0]["status"] == "delivered").then_some(report)
+    })
+    .await;
+    assert_eq!(report["data"][0]["attempts"][0]["httpStatus"], 302);
+}
+
+#[tokio::test]
+async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_enable() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let watcher = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    create_webhook(
+        &app,
+        json!({ "url": watcher.url, "events": ["WebhookDisabled"] }),
+    )
+    .await;
+    receiver.script(&[Reply::Status(410)]);
+
+    app.post_twilio(&sms_params("SMgone1", "first"), AUTH_TOKEN)
+        .await;
+    let disabled = watcher.wait_for(1, Duration::from_secs(5)).await[0].json();
+    assert_eq!(disabled["type"], "WebhookDisabled");
+    assert_eq!(disabled["endpointId"], id.as_str());
+    assert_eq!(disabled["reason"], "gone");
+    assert_eq!(disabled["url"], receiver.url.as_str());
+    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+    assert_eq!(view["disabled"], true);
+    assert_eq!(view["disabledReason"], "gone");
+
+    // While disabled nothing is sent; messages queue up.
+    app.post_twilio(&sms_params("SMgone2", "second"), AUTH_TOKEN)
+        .await;
+    receiver.expect_exactly(1, QUIET).await;
+
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/enable"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let got = receiver.wait_for(3, Duration::from_secs(5)).await;
+    let bodies: Vec<String> = got[1..]
+        .iter()
+        .map(|r| r.json()["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        bodies.contains(&"first".to_owned()) && bodies.contains(&"second".to_owned()),
+        "{bodies:?}"
+    );
+    assert_eq!(
+        got[1..]
+            .iter()
+            .find(|r| r.json()["body"] == "first")
+            .unwrap()
+            .header("webhook-id"),
+        got[0].header("webhook-id")
+    );
+    watcher.expect_exactly(1, QUIET).await;
+}
+
+#[tokio::test]
+async fn breaker_opens_waits_probes_and_closes() {
+    let app = spawn_app_with(|c| {
+        c.breaker_threshold = 2;
+        c.breaker_cooldown = Duration::from_millis(700);
+        c.retry_schedule = vec![Duration::from_millis(50); 8];
+    })
+    .await;
+    let receiver = TestReceiver::start().await;
+    receiver.script(&[Reply::Status(500), Reply::Status(500)]);
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    app.post_twilio(&sms_params("SMbreaker", "wait for me"), AUTH_TOKEN)
+        .await;
+    receiver.wait_for(2, Duration::from_secs(5)).await;
+
+    // Open: the metrics say so, and nothing is attempted while it is.
+    let metrics = eventually(
+        Duration::from_secs(2),
+        "breaker open in /metrics",
+        || async {
+            let text = app
+                .client
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.contains(&format!(
+                "switchboard_webhook_breaker_state{{webhook=\"{id}\"}} 1"
+            ))
+            .then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        metrics.contains("switchboard_delivery_attempts_total{outcome=\"retrying\"} 2"),
+        "{metrics}"
+    );
+    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+    assert!(view["health"]["breakerOpenUntil"].is_string(), "{view}");
+    assert_eq!(view["health"]["consecutiveFailures"], 2);
+
+    // The probe, after the cooldown, succeeds and closes it.
+    let got = receiver.wait_for(3, Duration::from_secs(5)).await;
+    let gap = got[2].at - got[1].at;
+    assert!(
+        gap >= Duration::from_millis(600),
+        "attempted {gap:?} after opening; the breaker should hold it"
+    );
+    assert_eq!(got[2].status, 200);
+    eventually(Duration::from_secs(2), "breaker closed", || async {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains(&format!(
+            "switchboard_webhook_breaker_state{{webhook=\"{id}\"}} 0"
+        ))
+        .then_some(())
+    })
+    .await;
+    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+    assert_eq!(view["health"]["consecutiveFailures"], 0);
+    assert!(view["health"]["breakerOpenUntil"].is_null());
+    // Waiting burned no retries: three attempts in all.
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+    assert_eq!(report["data"][0]["attempts"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn failing_for_too_long_disables_and_reenabling_resumes() {
+    let app = spawn_app_with(|c| {
+        c.auto_disable_after = Duration::from_millis(500);
+        c.breaker_threshold = 1000;
+        c.retry_schedule = vec![Duration::from_millis(100); 50];
+    })
+    .await;
+    let receiver = TestReceiver::start().await;
+    let watcher = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    create_webhook(
+        &app,
+        json!({ "url": watcher.url, "events": ["WebhookDisabled"] }),
+    )
+    .await;
+    receiver.fail_when("keep failing", 500, 1000);
+    app.post_twilio(&sms_params("SMfailing", "keep failing"), AUTH_TOKEN)
+        .await;
+
+    let event = watcher.wait_for(1, Duration::from_secs(5)).await[0].json();
+    assert_eq!(event["type"], "WebhookDisabled");
+    assert_eq!(event["endpointId"], id.as_str());
+    assert_eq!(event["reason"], "failing");
+    assert!(event["failingSince"].is_string() && event["webhookId"].is_string());
+    let attempts_when_disabled = receiver.received().len();
+    assert!(attempts_when_disabled >= 3, "{attempts_when_disabled}");
+    receiver.expect_exactly(attempts_when_disabled, QUIET).await;
+
+    receiver.clear_failures();
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/enable"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(view["disabled"], false);
+    let got = receiver
+        .wait_for(attempts_when_disabled + 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(got.last().unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn filters_by_message_type_and_direction() {
+    let app = spawn_app().await;
+    let sms_only = TestReceiver::start().await;
+    let calls_only = TestReceiver::start().await;
+    let outbound_only = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": sms_only.url, "events": ["InboundMessage"], "messageTypes": ["SMS"] }),
+    )
+    .await;
+    create_webhook(&app, json!({ "url": calls_only.url, "events": ["InboundMessage", "OutboundMessage"], "messageTypes": ["CALL"] })).await;
+    create_webhook(&app, json!({ "url": outbound_only.url, "events": ["InboundMessage", "OutboundMessage"], "direction": "outbound" })).await;
+    app.post_twilio(&sms_params("SMfilter", "text"), AUTH_TOKEN)
+        .await;
+    sms_only.expect_exactly(1, QUIET).await;
+    calls_only.expect_exactly(0, Duration::ZERO).await;
+    outbound_only.expect_exactly(0, Duration::ZERO).await;
+    // An outbound call: only the CALL and the outbound webhooks.
+    let params = [
+        ("CallSid", "CAfilter"),
+        ("AccountSid", ACCOUNT_SID),
+        ("From", BUSINESS_NUMBER),
+        ("To", CUSTOMER_NUMBER),
+        ("Direction", "outbound-api"),
+        ("CallStatus", "completed"),
+        ("CallDuration", "9"),
+    ];
+    let r = app
+        .post_twilio_path(
+            "/conversations/providers/twilio/voice/status",
+            &params,
+            AUTH_TOKEN,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    calls_only.expect_exactly(1, QUIET).await;
+    outbound_only.expect_exactly(1, Duration::ZERO).await;
+    sms_only.expect_exactly(1, Duration::ZERO).await;
+    // Bad filters are refused.
+    for (body, code) in [
+        (
+            json!({ "url": sms_only.url, "events": ["InboundMessage"], "messageTypes": ["Pigeon"] }),
+            "invalid_message_types",
+        ),
+        (
+            json!({ "url": sms_only.url, "events": ["InboundMessage"], "direction": "sideways" }),
+            "invalid_direction",
+        ),
+        (
+            json!({ "url": sms_only.url, "events": ["InboundMessage"], "ordering": "random" }),
+            "invalid_ordering",
+        ),
+        (
+            json!({ "url": sms_only.url, "events": ["InboundMessage"], "maxInFlight": 0 }),
+            "invalid_max_in_flight",
+        ),
+        (
+            json!({ "url": sms_only.url, "events": ["InboundMessage"], "retrySchedule": ["soon"] }),
+            "invalid_retry_schedule",
+        ),
+    ] {
+        let r = app
+            .admin_send(reqwest::Method::POST, "/v1/webhooks", body)
+            .await;
+        assert_eq!(r.status(), 422);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code);
+    }
+}
+
+#[tokio::test]
+async fn ordered_conversation_waits_for_its_failing_head_while_others_flow() {
+    let app = spawn_app_with(|c| c.retry_schedule = vec![Duration::from_millis(300); 5]).await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"], "ordering": "conversation" }),
+    )
+    .await;
+    receiver.fail_when("A-one", 500, 2);
+    let (a, b) = ("+12125550101", "+12125550102");
+    for (sid, body, from) in [
+        ("SMa1", "A-one", a),
+        ("SMa2", "A-two", a),
+        ("SMb1", "B-one", b),
+        ("SMa3", "A-three", a),
+        ("SMb2", "B-two", b),
+    ] {
+        assert_eq!(
+            app.post_twilio(&sms_from(sid, body, from), AUTH_TOKEN)
+                .await
+                .status(),
+            200
+        );
+    }
+    let got = receiver.wait_for(7, Duration::from_secs(10)).await;
+    receiver.expect_exactly(7, QUIET).await;
+    let order: Vec<(String, u16)> = got
+        .iter()
+        .map(|r| (r.json()["body"].as_str().unwrap().to_owned(), r.status))
+        .collect();
+    let position = |body: &str, status: u16| {
+        order
+            .iter()
+            .position(|(b, s)| b == body && *s == status)
+            .unwrap_or_else(|| panic!("{body} {status} in {order:?}"))
+    };
+    // A's head failed twice, then succeeded; A's later events came after it, in order.
+    let a1_ok = position("A-one", 200);
+    assert!(
+        position("A-two", 200) > a1_ok && position("A-three", 200) > position("A-two", 200),
+        "{order:?}"
+    );
+    // B was not held back by A's failing head.
+    assert!(
+        position("B-one", 200) < a1_ok && position("B-two", 200) < a1_ok,
+        "{order:?}"
+    );
+    assert_eq!(order.iter().filter(|(b, _)| b == "A-one").count(), 3);
+}
+
+#[tokio::test]
+async fn max_in_flight_holds_under_a_slow_subscriber_and_fresh_traffic_still_flows() {
+    let app = spawn_app().await;
+    let slow = TestReceiver::start().await;
+    let fast = TestReceiver::start().await;
+    slow.slow(Duration::from_millis(250));
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": slow.url, "events": ["InboundMessage"], "maxInFlight": 2 }),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({ "url": fast.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let started = Instant::now();
+    for i in 0..8 {
+        let sid = format!("SMslow{i}");
+        app.post_twilio(&sms_params(&sid, "slow lane"), AUTH_TOKEN)
+            .await;
+    }
+    // The fast subscriber is not held up by the slow one.
+    fast.wait_for(8, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "fast lane took {:?}",
+        started.elapsed()
+    );
+    slow.wait_for(8, Duration::from_secs(10)).await;
+    assert_eq!(
+        slow.max_concurrent(),
+        2,
+        "maxInFlight 2 must be reached and never exceeded"
+    );
+}
+
+#[tokio::test]
+async fn max_per_second_spreads_deliveries() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"], "maxPerSecond": 5 }),
+    )
+    .await;
+    for i in 0..10 {
+        let sid = format!("SMrate{i}");
+        app.post_twilio(&sms_params(&sid, "rate"), AUTH_TOKEN).await;
+    }
+    let got = receiver.wait_for(10, Duration::from_secs(10)).await;
+    let spread = got[9].at - got[0].at;
+    // 5 per second with a burst of 5: the tenth goes at least ~1 s after the first.
+    assert!(
+        spread >= Duration::from_millis(900),
+        "10 deliveries within {spread:?}"
+    );
+}
+
+#[tokio::test]
+async fn retry_and_replay_keep_the_webhook_id_and_body() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"], "retrySchedule": [] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    receiver.fail_when("replay me", 500, 1);
+    app.post_twilio(&sms_params("SMok", "deliver me"), AUTH_TOKEN)
+        .await;
+    app.post_twilio(&sms_params("SMfail", "replay me"), AUTH_TOKEN)
+        .await;
+    let first = receiver.expect_exactly(2, QUIET).await;
+    let ok = first.iter().find(|r| r.status == 200).unwrap().clone();
+    let failed = first.iter().find(|r| r.status == 500).unwrap().clone();
+    let message_id = ok.json()["messageId"].as_str().unwrap().to_owned();
+    let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+    let delivery_id = report["data"][0]["id"].as_str().unwrap().to_owned();
+
+    // Resend one delivery now.
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/deliveries/{delivery_id}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let again = receiver.wait_for(3, Duration::from_secs(5)).await[2].clone();
+    assert_eq!(again.header("webhook-id"), ok.header("webhook-id"));
+    assert_eq!(again.body, ok.body);
+    let missing = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/deliveries/AAAAAAAAAAAAAAAAAAAA/retry",
+            json!({}),
+        )
+        .await;
+    assert_eq!(missing.status(), 404);
+
+    // Replay the failed ones (schedule empty: it failed for good after one attempt).
+    let failed_message = failed.json()["messageId"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(5), "failed", || async {
+        let r = get(&app, &format!("/v1/messages/{failed_message}/deliveries")).await;
+        (r["data"][0]["status"] == "failed").then_some(())
+    })
+    .await;
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/replay"),
+            json!({ "since": "2000-01-01T00:00:00Z", "status": "failed" }),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["replayed"], 1);
+    let replayed = receiver.wait_for(4, Duration::from_secs(5)).await[3].clone();
+    assert_eq!(replayed.header("webhook-id"), failed.header("webhook-id"));
+    assert_eq!(replayed.body, failed.body);
+    assert_eq!(replayed.status, 200);
+
+    // Replay all: both, again, same ids.
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/replay"),
+            json!({ "since": "2000-01-01T00:00:00Z", "status": "all" }),
+        )
+        .await;
+    assert_eq!(r.json::<Value>().await.unwrap()["replayed"], 2);
+    let all = receiver.wait_for(6, Duration::from_secs(5)).await;
+    let mut ids: Vec<&str> = all[4..].iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    let mut expected = vec![ok.header("webhook-id"), failed.header("webhook-id")];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let bad = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/replay"),
+            json!({ "since": "yesterday" }),
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn rotation_signs_with_both_secrets_during_the_overlap() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let old = webhook["secret"].as_str().unwrap().to_owned();
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            json!({ "overlapSeconds": 3600 }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let rotated: Value = r.json().await.unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(old, new);
+    assert!(rotated["previousSecretValidUntil"].is_string());
+
+    app.post_twilio(&sms_params("SMrotate", "both"), AUTH_TOKEN)
+        .await;
+    let delivery = receiver.wait_for(1, Duration::from_secs(5)).await[0].clone();
+    let signatures: Vec<&str> = delivery.header("webhook-signature").split(' ').collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for secret in [&old, &new] {
+        standard::verify(
+            &WebhookSecret::parse(secret).unwrap(),
+            delivery.header("webhook-id"),
+            delivery.header("webhook-timestamp"),
+            delivery.header("webhook-signature"),
+            &delivery.body,
+            now,
+            300,
+        )
+        .expect("verifies with either secret");
+        match verify_with_reference_library(secret, &delivery) {
+            Some(result) => result.expect("the reference library verifies with either secret"),
+            None if required_by_ci() => {
+                panic!("CI=true but python3 with `standardwebhooks` is missing")
+            }
+            None => eprintln!(
+                "skipped: Standard Webhooks reference library check (pip install standardwebhooks)"
+            ),
+        }
+    }
+
+    // After the overlap only the new secret signs.
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            json!({ "overlapSeconds": 0 }),
+        )
+        .await;
+    let newest = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post_twilio(&sms_params("SMrotate2", "one"), AUTH_TOKEN)
+        .await;
+    let delivery = receiver.wait_for(2, Duration::from_secs(5)).await[1].clone();
+    assert_eq!(delivery.header("webhook-signature").split(' ').count(), 1);
+    assert!(standard::verify(
+        &WebhookSecret::parse(&newest).unwrap(),
+        delivery.header("webhook-id"),
+        delivery.header("webhook-timestamp"),
+        delivery.header("webhook-signature"),
+        &delivery.body,
+        now,
+        300,
+    )
+    .is_ok());
+}
+
+#[tokio::test]
+async fn highlevels_sdk_verifies_our_deliveries() {
+    let app = spawn_app_with(|c| c.app_id = Some("sbapp1".into())).await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    app.post_twilio(
+        &sms_params("SMsdk", "verify me, gr\u{e0}cies / <ok>"),
+        AUTH_TOKEN,
+    )
+    .await;
+    let delivery = receiver.wait_for(1, Duration::from_secs(5)).await[0].clone();
+    assert_eq!(delivery.json()["appId"], "sbapp1");
+    let pem = get(&app, "/v1/signing-keys").await["ed25519"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    match verify_with_highlevel_sdk(&pem, "sbapp1-client", &delivery) {
+        Some(result) => {
+            result.expect("HighLevel's SDK verifies the delivery with our key");
+            let mut forged = delivery.clone();
+            forged.body = bytes::Bytes::from(String::from_utf8(delivery.body.to_vec()).unwrap().replace("verify me", "verify us"));
+            assert!(verify_with_highlevel_sdk(&pem, "sbapp1-client", &forged).unwrap().is_err());
+        }
+        None if required_by_ci() => panic!("CI=true but HighLevel's SDK is not installed in tests/verifiers"),
+        None => eprintln!("skipped: HighLevel SDK check (npm install --prefix crates/switchboard/tests/verifiers)"),
+    }
+}
+
+#[tokio::test]
+async fn private_targets_are_refused_at_creation_unless_allowed() {
+    let mut overrides = std::collections::HashMap::new();
+    overrides.insert(
+        "hooks.internal".to_owned(),
+        vec!["10.0.0.1".parse().unwrap()],
+    );
+    overrides.insert(
+        "loopback.internal".to_owned(),
+        vec!["127.0.0.1".parse().unwrap()],
+    );
+    let app = spawn_app_with(move |c| {
+        c.allow_private_targets = false;
+        c.dns_overrides = overrides;
+    })
+    .await;
+    for (url, needle) in [
+        ("http://127.0.0.1/hook", "127.0.0.1"),
+        ("http://[::ffff:127.0.0.1]/hook", "127.0.0.1"),
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254"),
+        ("http://hooks.internal/hook", "10.0.0.1"),
+    ] {
+        let r = app
+            .admin_send(
+                reqwest::Method::POST,
+                "/v1/webhooks",
+                json!({ "url": url, "events": ["InboundMessage"] }),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{url}");
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "forbidden_target");
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains(needle),
+            "{error}"
+        );
+    }
+    // A webhook's allowlist lifts it for its networks, and the delivery connects.
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let port = receiver.url.rsplit(':').next().unwrap().to_owned();
+    let url = format!("http://loopback.internal:{port}");
+    create_webhook(
+        &app,
+        json!({ "url": url, "events": ["InboundMessage"], "allowedNetworks": ["127.0.0.0/8"] }),
+    )
+    .await;
+    app.post_twilio(&sms_params("SMallowed", "inside"), AUTH_TOKEN)
+        .await;
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn metrics_count_outcomes_and_queue_depth() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    receiver.script(&[Reply::Status(500)]);
+    app.standard_setup(&receiver).await;
+    app.post_twilio(&sms_params("SMmetrics", "count me"), AUTH_TOKEN)
+        .await;
+    receiver.wait_for(2, Duration::from_secs(5)).await;
+    let text = eventually(Duration::from_secs(2), "two attempts counted", || async {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1")
+            .then_some(text)
+    })
+    .await;
+    for needle in [
+        "switchboard_delivery_attempts_total{outcome=\"retrying\"} 1",
+        "switchboard_delivery_attempt_duration_seconds_count 2",
+        "switchboard_delivery_queue{state=\"due\"} 0",
+        "switchboard_delivery_queue{state=\"scheduled\"} 0",
+        "switchboard_provider_requests_total 1",
+        "# TYPE switchboard_delivery_attempt_duration_seconds histogram",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn retention_prunes_old_events_and_attempts() {
+    let app = spawn_app_with(|c| c.retention = Duration::from_millis(300)).await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    app.post_twilio(&sms_params("SMold", "forget me"), AUTH_TOKEN)
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.admin_get(&format!("/v1/messages/{message_id}"))
+            .await
+            .status(),
+        200
+    );
+    eventually(Duration::from_secs(5), "the old event pruned", || async {
+        (app.admin_get(&format!("/v1/messages/{message_id}"))
+            .await
+            .status()
+            == 404)
+            .then_some(())
+    })
+    .await;
+    let feed = get(&app, "/v1/events").await;
+    assert_eq!(feed["data"], json!([]));
+    // The provider id is still known: a late Twilio retry is not a new message.
+    app.post_twilio(&sms_params("SMold", "forget me"), AUTH_TOKEN)
+        .await;
+    receiver.expect_exactly(1, QUIET).await;
+}
+
+#[tokio::test]
+async fn events_feed_pages_in_order_with_a_stable_cursor() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    for i in 0..5 {
+        let sid = format!("SMfeed{i}");
+        let body = format!("feed {i}");
+        app.post_twilio(&sms_params(&sid, &body), AUTH_TOKEN).await;
+    }
+    let page1 = get(&app, "/v1/events?limit=3").await;
+    assert_eq!(page1["data"].as_array().unwrap().len(), 3);
+    let next = page1["next"].as_str().unwrap().to_owned();
+    let page2 = get(&app, &format!("/v1/events?after={next}&limit=3")).await;
+    let bodies: Vec<String> = page1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["data"].as_array().unwrap())
+        .map(|e| e["event"]["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        (0..5).map(|i| format!("feed {i}")).collect::<Vec<_>>()
+    );
+    let end = get(
+        &app,
+        &format!("/v1/events?after={}", page2["next"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(end["data"], json!([]));
+    assert_eq!(end["next"], page2["next"]);
+    assert_eq!(app.admin_get("/v1/events?after=banana").await.status(), 400);
+    assert_eq!(app.admin_get("/v1/events?limit=0").await.status(), 400);
+}
