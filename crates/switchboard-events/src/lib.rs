@@ -24,4 +24,7 @@ pub mod headers {
     pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
     /// HighLevel-style: base64 Ed25519 signature over the raw body.
     pub const GHL_SIGNATURE: &str = "x-ghl-signature";
+    /// HighLevel's legacy signature, on webhooks that ask for it: base64 RSASSA-PKCS1-v1_5
+    /// with SHA-256 over the raw body.
+    pub const WH_SIGNATURE: &str = "x-wh-signature";
 }

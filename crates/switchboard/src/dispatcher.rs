@@ -792,9 +792,15 @@ async fn send(
         .map_err(|e| format!("webhook secret unusable: {e}"))?;
     let timestamp = now_ms / 1000;
     let signature = standard::signature_header(&secrets, &job.event_id, timestamp, &job.payload);
-    let response = target
-        .client
-        .post(&webhook.url)
+    let mut request = target.client.post(&webhook.url);
+    if webhook.legacy_signature {
+        let legacy = shared
+            .keys
+            .rsa_signature(&job.payload)
+            .map_err(|e| format!("legacy signature: {e}"))?;
+        request = request.header(headers::WH_SIGNATURE, legacy);
+    }
+    let response = request
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
         .header(headers::WEBHOOK_ID, &job.event_id)

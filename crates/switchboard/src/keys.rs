@@ -15,12 +15,53 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 
 const ED25519_FILE: &str = "ed25519-private-key.pem";
+const RSA_FILE: &str = "rsa-private-key.pem";
+/// RSA key size for the legacy `x-wh-signature` (HighLevel's own key is 4096 bits; 2048 is
+/// what every RSA verifier accepts and keeps signing fast).
+const RSA_BITS: usize = 2048;
 const ADMIN_TOKEN_FILE: &str = "admin-token";
 const ATTACHMENT_KEY_FILE: &str = "attachment-url-key";
 
 pub struct SigningKeys {
     ed25519: SigningKey,
     ed25519_public_pem: String,
+    dir: std::path::PathBuf,
+    /// Loaded or generated on first use: most servers never need it.
+    rsa: std::sync::OnceLock<Result<RsaKeys, String>>,
+}
+
+struct RsaKeys {
+    signing: rsa::pkcs1v15::SigningKey<sha2::Sha256>,
+    public_pem: String,
+}
+
+impl RsaKeys {
+    fn load_or_create(dir: &Path) -> anyhow::Result<RsaKeys> {
+        use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+        let path = dir.join(RSA_FILE);
+        let key = if path.exists() {
+            let pem =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: not an RSA PKCS#8 key: {e}", path.display()))?
+        } else {
+            let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, RSA_BITS)?;
+            let pem = key
+                .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .map_err(|e| anyhow::anyhow!("encoding the RSA key: {e}"))?;
+            write_private(&path, pem.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated the RSA signing key");
+            key
+        };
+        let public_pem = key
+            .to_public_key()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("encoding the RSA public key: {e}"))?;
+        Ok(RsaKeys {
+            signing: rsa::pkcs1v15::SigningKey::new(key),
+            public_pem,
+        })
+    }
 }
 
 impl SigningKeys {
@@ -49,6 +90,8 @@ impl SigningKeys {
         Ok(SigningKeys {
             ed25519: key,
             ed25519_public_pem,
+            dir: dir.to_path_buf(),
+            rsa: std::sync::OnceLock::new(),
         })
     }
 
@@ -60,6 +103,24 @@ impl SigningKeys {
     /// SPKI PEM of the public key.
     pub fn ed25519_public_pem(&self) -> &str {
         &self.ed25519_public_pem
+    }
+
+    fn rsa(&self) -> Result<&RsaKeys, String> {
+        self.rsa
+            .get_or_init(|| RsaKeys::load_or_create(&self.dir).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The legacy `x-wh-signature`: base64 RSASSA-PKCS1-v1_5 with SHA-256 over the exact body.
+    pub fn rsa_signature(&self, body: &[u8]) -> Result<String, String> {
+        use rsa::signature::{SignatureEncoding, Signer};
+        Ok(B64.encode(self.rsa()?.signing.sign(body).to_bytes()))
+    }
+
+    /// SPKI PEM of the RSA public key (generated on first use).
+    pub fn rsa_public_pem(&self) -> Result<&str, String> {
+        Ok(&self.rsa()?.public_pem)
     }
 }
 
@@ -151,6 +212,27 @@ mod tests {
             switchboard_events::ed25519::verify(&key, b"{\"a\":1}", &sig),
             Ok(())
         );
+    }
+
+    #[test]
+    fn rsa_key_is_kept_and_signs_pkcs1v15_sha256() {
+        use rsa::pkcs8::DecodePublicKey;
+        use rsa::signature::Verifier;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = SigningKeys::load_or_create(dir.path()).unwrap();
+        let sig = keys.rsa_signature(b"{\"a\":1}").unwrap();
+        let again = SigningKeys::load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            keys.rsa_public_pem().unwrap(),
+            again.rsa_public_pem().unwrap()
+        );
+        let public =
+            rsa::RsaPublicKey::from_public_key_pem(again.rsa_public_pem().unwrap()).unwrap();
+        let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public);
+        let raw = B64.decode(sig).unwrap();
+        let signature = rsa::pkcs1v15::Signature::try_from(raw.as_slice()).unwrap();
+        assert!(verifier.verify(b"{\"a\":1}", &signature).is_ok());
+        assert!(verifier.verify(b"{\"a\":2}", &signature).is_err());
     }
 
     #[test]

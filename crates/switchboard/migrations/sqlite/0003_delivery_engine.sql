@@ -6,6 +6,7 @@ ALTER TABLE webhooks ADD COLUMN max_in_flight INTEGER;
 ALTER TABLE webhooks ADD COLUMN max_per_second REAL;
 ALTER TABLE webhooks ADD COLUMN retry_schedule TEXT;         -- JSON array of milliseconds
 ALTER TABLE webhooks ADD COLUMN allowed_networks TEXT;       -- JSON array of CIDRs
+ALTER TABLE webhooks ADD COLUMN legacy_signature INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE webhooks ADD COLUMN previous_secret TEXT;
 ALTER TABLE webhooks ADD COLUMN previous_secret_until INTEGER;
 ALTER TABLE webhooks ADD COLUMN disabled_at INTEGER;

@@ -130,8 +130,21 @@ pub async fn put_twilio_channel(
     Ok(Json(body))
 }
 
-pub async fn signing_keys(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "ed25519": state.keys.ed25519_public_pem() }))
+/// The public keys deliveries are signed with: Ed25519 (`x-ghl-signature`) and RSA (the
+/// legacy `x-wh-signature`, for webhooks that ask for it).
+pub async fn signing_keys(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let keys = state.keys.clone();
+    // Generating the RSA key the first time takes a moment: off the async threads.
+    let rsa = tokio::task::spawn_blocking(move || keys.rsa_public_pem().map(str::to_owned))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    Ok(Json(json!({
+        "ed25519": state.keys.ed25519_public_pem(),
+        "rsa": rsa,
+    })))
 }
 
 fn check_message_id(id: &str) -> Result<(), ApiError> {

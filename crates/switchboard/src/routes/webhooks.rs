@@ -53,6 +53,7 @@ pub struct WebhookSettings {
     retry_schedule: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "nullable")]
     allowed_networks: Option<Option<Vec<String>>>,
+    legacy_signature: Option<bool>,
 }
 
 fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -188,6 +189,17 @@ impl WebhookSettings {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(legacy) = self.legacy_signature {
+            if legacy {
+                // Make sure the key exists before a delivery needs it (generating it is slow).
+                let keys = state.keys.clone();
+                tokio::task::spawn_blocking(move || keys.rsa_public_pem().map(|_| ()))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+            }
+            w.legacy_signature = legacy;
+        }
         if let Some(url) = self.url {
             if url.len() > MAX_URL_LEN {
                 return Err(invalid(
@@ -223,6 +235,7 @@ pub struct WebhookView {
     max_per_second: Option<f64>,
     retry_schedule: Option<Vec<String>>,
     allowed_networks: Vec<String>,
+    legacy_signature: bool,
     created_at: String,
     disabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -254,6 +267,7 @@ impl WebhookView {
                     .collect()
             }),
             allowed_networks: w.allowed_networks.iter().map(|n| n.to_string()).collect(),
+            legacy_signature: w.legacy_signature,
             created_at: iso_millis(w.created_at),
             disabled: w.disabled_at.is_some(),
             disabled_at: w.disabled_at.map(iso_millis),

@@ -114,6 +114,8 @@ pub struct Webhook {
     pub retry_schedule: Option<Vec<Duration>>,
     /// Private networks this webhook may reach even when the server refuses private targets.
     pub allowed_networks: Vec<ipnet::IpNet>,
+    /// Also sign with the legacy `x-wh-signature` (RSA), for consumers of HighLevel's older SDKs.
+    pub legacy_signature: bool,
     /// The secret before the last rotation, still signing until `previous_secret_until`.
     pub previous_secret: Option<String>,
     pub previous_secret_until: Option<i64>,
@@ -139,6 +141,7 @@ impl Webhook {
             max_per_second: None,
             retry_schedule: None,
             allowed_networks: vec![],
+            legacy_signature: false,
             previous_secret: None,
             previous_secret_until: None,
             disabled_at: None,
@@ -257,6 +260,9 @@ pub struct AttemptReport {
     pub duration_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<i64>,
+    /// `timeout`, `connect`, `request`, `refused target`, … (the part of `error` before `:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

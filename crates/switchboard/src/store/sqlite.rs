@@ -106,6 +106,7 @@ fn webhook_from_row(row: &sqlx::sqlite::SqliteRow) -> Webhook {
             .iter()
             .filter_map(|n| n.parse().ok())
             .collect(),
+        legacy_signature: row.get::<i64, _>("legacy_signature") != 0,
         previous_secret: row.get("previous_secret"),
         previous_secret_until: row.get("previous_secret_until"),
         disabled_at: row.get("disabled_at"),
@@ -120,12 +121,13 @@ fn webhook_from_row(row: &sqlx::sqlite::SqliteRow) -> Webhook {
 
 const WEBHOOK_COLUMNS: &str = "id, url, events, location_id, secret, created_at, message_types,
     direction, ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks,
-    previous_secret, previous_secret_until, disabled_at, disabled_reason, consecutive_failures,
+    legacy_signature, previous_secret, previous_secret_until, disabled_at, disabled_reason, consecutive_failures,
     failing_since, breaker_open_until";
 
 /// Bind a webhook's settings in the order of `SETTINGS_COLUMNS`.
 const SETTINGS_COLUMNS: &str = "url, events, location_id, secret, message_types, direction,
-    ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks, previous_secret,
+    ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks, legacy_signature,
+    previous_secret,
     previous_secret_until, disabled_at, disabled_reason";
 
 fn bind_settings<'q>(
@@ -156,6 +158,7 @@ fn bind_settings<'q>(
             (!networks.is_empty())
                 .then(|| serde_json::to_string(&networks).expect("strings serialize")),
         )
+        .bind(w.legacy_signature)
         .bind(&w.previous_secret)
         .bind(w.previous_secret_until)
         .bind(w.disabled_at)
@@ -676,7 +679,7 @@ impl Store for SqliteStore {
     async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
         let query = format!(
             "INSERT INTO webhooks (id, created_at, {SETTINGS_COLUMNS})
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
         let query = sqlx::query(&query).bind(&w.id).bind(w.created_at);
         bind_settings(query, w).execute(&self.writer).await?;
@@ -963,6 +966,10 @@ impl Store for SqliteStore {
                 at: a.get("started_at"),
                 duration_ms: a.get("duration_ms"),
                 http_status: a.get("http_status"),
+                error_kind: a
+                    .get::<Option<&str>, _>("error")
+                    .and_then(|e| e.split_once(':'))
+                    .map(|(kind, _)| kind.to_owned()),
                 error: a.get("error"),
                 response: a.get("response_body"),
             })

@@ -727,24 +727,58 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
 async fn highlevels_sdk_verifies_our_deliveries() {
     let app = spawn_app_with(|c| c.app_id = Some("sbapp1".into())).await;
     let receiver = TestReceiver::start().await;
-    app.standard_setup(&receiver).await;
+    let legacy = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": legacy.url, "events": ["InboundMessage"], "legacySignature": true }),
+    )
+    .await;
+    assert_eq!(webhook["legacySignature"], true);
     app.post_twilio(
         &sms_params("SMsdk", "verify me, gr\u{e0}cies / <ok>"),
         AUTH_TOKEN,
     )
     .await;
     let delivery = receiver.wait_for(1, Duration::from_secs(5)).await[0].clone();
+    let legacy_delivery = legacy.wait_for(1, Duration::from_secs(5)).await[0].clone();
     assert_eq!(delivery.json()["appId"], "sbapp1");
-    let pem = get(&app, "/v1/signing-keys").await["ed25519"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    match verify_with_highlevel_sdk(&pem, "sbapp1-client", &delivery) {
+    assert!(delivery.headers.get("x-wh-signature").is_none());
+    let keys = get(&app, "/v1/signing-keys").await;
+    let pem = keys["ed25519"].as_str().unwrap().to_owned();
+    let rsa_pem = keys["rsa"].as_str().unwrap().to_owned();
+    assert!(rsa_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+
+    // Our own check of the legacy signature, with the rsa crate.
+    {
+        use base64::Engine;
+        use rsa::pkcs8::DecodePublicKey;
+        use rsa::signature::Verifier;
+        let public = rsa::RsaPublicKey::from_public_key_pem(&rsa_pem).unwrap();
+        let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(public);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(legacy_delivery.header("x-wh-signature"))
+            .unwrap();
+        let signature = rsa::pkcs1v15::Signature::try_from(raw.as_slice()).unwrap();
+        assert!(verifier.verify(&legacy_delivery.body, &signature).is_ok());
+    }
+
+    match verify_with_highlevel_sdk(&pem, None, "sbapp1-client", &delivery) {
         Some(result) => {
             result.expect("HighLevel's SDK verifies the delivery with our key");
+            verify_with_highlevel_sdk(&pem, Some(&rsa_pem), "sbapp1-client", &legacy_delivery)
+                .unwrap()
+                .expect("HighLevel's SDK verifies the legacy RSA signature with our key");
             let mut forged = delivery.clone();
-            forged.body = bytes::Bytes::from(String::from_utf8(delivery.body.to_vec()).unwrap().replace("verify me", "verify us"));
-            assert!(verify_with_highlevel_sdk(&pem, "sbapp1-client", &forged).unwrap().is_err());
+            forged.body = bytes::Bytes::from(
+                String::from_utf8(delivery.body.to_vec()).unwrap().replace("verify me", "verify us"),
+            );
+            assert!(verify_with_highlevel_sdk(&pem, None, "sbapp1-client", &forged).unwrap().is_err());
         }
         None if required_by_ci() => panic!("CI=true but HighLevel's SDK is not installed in tests/verifiers"),
         None => eprintln!("skipped: HighLevel SDK check (npm install --prefix crates/switchboard/tests/verifiers)"),
@@ -903,4 +937,31 @@ async fn events_feed_pages_in_order_with_a_stable_cursor() {
     assert_eq!(end["next"], page2["next"]);
     assert_eq!(app.admin_get("/v1/events?after=banana").await.status(), 400);
     assert_eq!(app.admin_get("/v1/events?limit=0").await.status(), 400);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_answer_in_time_is_retried_as_a_timeout() {
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_millis(300)).await;
+    let receiver = TestReceiver::start().await;
+    receiver.script(&[Reply::Hang]);
+    app.standard_setup(&receiver).await;
+    app.post_twilio(&sms_params("SMtimeout", "are you there"), AUTH_TOKEN)
+        .await;
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].header("webhook-id"), got[0].header("webhook-id"));
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    let delivery = eventually(
+        Duration::from_secs(5),
+        "delivered after a timeout",
+        || async {
+            let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+            (report["data"][0]["status"] == "delivered").then(|| report["data"][0].clone())
+        },
+    )
+    .await;
+    let first = &delivery["attempts"][0];
+    assert_eq!(first["errorKind"], "timeout", "{delivery}");
+    assert!(first.get("httpStatus").is_none());
+    assert!(first["durationMs"].as_i64().unwrap() >= 290);
+    assert_eq!(delivery["attempts"][1]["httpStatus"], 200);
 }

@@ -447,11 +447,13 @@ pub fn verify_with_reference_library(
     })
 }
 
-/// Verify a delivery's `x-ghl-signature` with HighLevel's official Node SDK
+/// Verify a delivery's `x-ghl-signature` (and `x-wh-signature` when present, with the RSA key)
+/// with HighLevel's official Node SDK
 /// (`tests/verifiers`, installed by `npm install --prefix crates/switchboard/tests/verifiers`).
 /// `None` when node or the SDK is missing.
 pub fn verify_with_highlevel_sdk(
     public_key_pem: &str,
+    rsa_public_key_pem: Option<&str>,
     client_id: &str,
     delivery: &Received,
 ) -> Option<Result<(), String>> {
@@ -467,6 +469,15 @@ pub fn verify_with_highlevel_sdk(
         .env("GHL_PUBLIC_KEY", public_key_pem)
         .env("GHL_SIGNATURE", delivery.header("x-ghl-signature"))
         .env("GHL_CLIENT_ID", client_id)
+        .env("GHL_RSA_PUBLIC_KEY", rsa_public_key_pem.unwrap_or_default())
+        .env(
+            "GHL_WH_SIGNATURE",
+            delivery
+                .headers
+                .get("x-wh-signature")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,7 +1,9 @@
 // Verifies one Switchboard delivery with HighLevel's official Node SDK (@gohighlevel/api-client):
 // its webhook middleware, configured with Switchboard's Ed25519 public key, on the raw body and
 // (as SDK users without a raw-body parser do) on the re-serialized parsed body.
-// Input: the raw body on stdin; env GHL_PUBLIC_KEY (PEM), GHL_SIGNATURE, GHL_CLIENT_ID.
+// Input: the raw body on stdin; env GHL_PUBLIC_KEY (PEM), GHL_SIGNATURE, GHL_CLIENT_ID; and, to
+// also check the legacy RSA x-wh-signature with the SDK's verifySignature, GHL_RSA_PUBLIC_KEY
+// and GHL_WH_SIGNATURE.
 // Prints "verified" and exits 0, or prints why and exits 1.
 const { WebhookManager, Logger, MemorySessionStorage } = require('@gohighlevel/api-client');
 
@@ -22,6 +24,12 @@ async function main() {
     await middleware(req, {}, () => {});
     if (req.isSignatureValid !== true) {
       console.log(`not verified (${name}): isSignatureValid=${req.isSignatureValid} skipped=${req.skippedSignatureVerification}`);
+      process.exit(1);
+    }
+  }
+  if (process.env.GHL_WH_SIGNATURE) {
+    if (!manager.verifySignature(raw.toString('utf8'), process.env.GHL_WH_SIGNATURE, process.env.GHL_RSA_PUBLIC_KEY)) {
+      console.log('not verified (legacy x-wh-signature)');
       process.exit(1);
     }
   }
