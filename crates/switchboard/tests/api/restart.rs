@@ -122,6 +122,23 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
     .await;
     assert_eq!(ack.status(), 200);
     let first = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let feed = |address: String, query: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("{address}/v1/events{query}"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let before = feed(server.address.clone(), "").await;
+    assert_eq!(before["data"].as_array().unwrap().len(), 1);
+    let cursor = before["next"].as_str().unwrap().to_owned();
 
     // SIGKILL: no shutdown code runs.
     server.child.kill().unwrap();
@@ -173,6 +190,35 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
     .await;
     assert_eq!(retry.status(), 200);
     receiver.expect_exactly(2, Duration::from_millis(400)).await;
+
+    // The events feed goes on where it was: the old event, then the new one, no gap, no repeat.
+    let ack = post_twilio_to(
+        &client,
+        &url,
+        &sms_params("SMafter", "after the crash"),
+        AUTH_TOKEN,
+    )
+    .await;
+    assert_eq!(ack.status(), 200);
+    let all = feed(server.address.clone(), "").await;
+    let bodies: Vec<&str> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["survive a crash", "after the crash"]);
+    let cursors: Vec<i64> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(cursors[0] < cursors[1]);
+    let query: &'static str = Box::leak(format!("?after={cursor}").into_boxed_str());
+    let newer = feed(server.address.clone(), query).await;
+    assert_eq!(newer["data"].as_array().unwrap().len(), 1);
+    assert_eq!(newer["data"][0]["event"]["body"], "after the crash");
 }
 
 #[tokio::test]
