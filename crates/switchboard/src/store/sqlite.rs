@@ -194,7 +194,7 @@ async fn contact_id(
     now: i64,
 ) -> StoreResult<String> {
     let existing: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM contacts WHERE location_id = ? AND identity_kind = ? AND identity = ?",
+        "SELECT id FROM contacts WHERE location_id = $1 AND identity_kind = $2 AND identity = $3",
     )
     .bind(location_id)
     .bind(identity.kind)
@@ -207,7 +207,7 @@ async fn contact_id(
     let id = new_id();
     sqlx::query(
         "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&id)
     .bind(location_id)
@@ -227,7 +227,7 @@ async fn conversation_id(
     now: i64,
 ) -> StoreResult<String> {
     let existing: Option<String> = sqlx::query_scalar(
-        "UPDATE conversations SET last_message_at = ? WHERE location_id = ? AND contact_id = ?
+        "UPDATE conversations SET last_message_at = $1 WHERE location_id = $2 AND contact_id = $3
          RETURNING id",
     )
     .bind(now)
@@ -241,7 +241,7 @@ async fn conversation_id(
     let id = new_id();
     sqlx::query(
         "INSERT INTO conversations (id, location_id, contact_id, created_at, last_message_at)
-         VALUES (?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&id)
     .bind(location_id)
@@ -264,7 +264,7 @@ async fn file_message(
 ) -> StoreResult<()> {
     let (now, lease_until) = (ctx.now, ctx.lease_until);
     let known: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM messages WHERE location_id = ? AND provider = ? AND provider_message_id = ?",
+        "SELECT id FROM messages WHERE location_id = $1 AND provider = $2 AND provider_message_id = $3",
     )
     .bind(location_id)
     .bind(m.provider)
@@ -282,7 +282,7 @@ async fn file_message(
     sqlx::query(
         "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
              provider_message_id, direction, message_type, status, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&message_id)
     .bind(location_id)
@@ -355,7 +355,7 @@ async fn insert_event(
 ) -> StoreResult<i64> {
     Ok(sqlx::query_scalar(
         "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
     )
     .bind(event_id)
     .bind(message_id)
@@ -391,7 +391,7 @@ async fn queue_delivery(
         if let Some(conversation) = conversation_id {
             let earlier: Option<i64> = sqlx::query_scalar(
                 "SELECT 1 FROM deliveries
-                 WHERE webhook_id = ? AND conversation_id = ? AND status = 'pending' LIMIT 1",
+                 WHERE webhook_id = $1 AND conversation_id = $2 AND status = 'pending' LIMIT 1",
             )
             .bind(&webhook.id)
             .bind(conversation)
@@ -404,7 +404,7 @@ async fn queue_delivery(
     sqlx::query(
         "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts, next_attempt_at,
              lease_until, created_at, conversation_id, event_seq)
-         VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9)",
     )
     .bind(&delivery_id)
     .bind(event_id)
@@ -440,7 +440,7 @@ async fn location_webhooks(
 ) -> StoreResult<Vec<Webhook>> {
     Ok(sqlx::query(&format!(
         "SELECT {WEBHOOK_COLUMNS} FROM webhooks
-         WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = ?)"
+         WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = $1)"
     ))
     .bind(location_id)
     .fetch_all(&mut **tx)
@@ -461,7 +461,7 @@ async fn merge_call(
     outcome: &mut IngestOutcome,
 ) -> StoreResult<()> {
     let row =
-        sqlx::query("SELECT state, message_id FROM calls WHERE provider = ? AND call_sid = ?")
+        sqlx::query("SELECT state, message_id FROM calls WHERE provider = $1 AND call_sid = $2")
             .bind(provider)
             .bind(&update.call_sid)
             .fetch_optional(&mut **tx)
@@ -497,7 +497,7 @@ async fn merge_call(
     }
     sqlx::query(
         "INSERT INTO calls (location_id, provider, call_sid, state, emit_at, message_id, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (provider, call_sid) DO UPDATE SET state = excluded.state,
              emit_at = excluded.emit_at, message_id = excluded.message_id,
              updated_at = excluded.updated_at",
@@ -537,7 +537,7 @@ impl Store for SqliteStore {
             name: name.to_owned(),
             created_at: now,
         };
-        sqlx::query("INSERT INTO locations (id, name, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO locations (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&location.id)
             .bind(&location.name)
             .bind(now)
@@ -547,7 +547,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_location(&self, id: &str) -> StoreResult<Option<Location>> {
-        let row = sqlx::query("SELECT id, name, created_at FROM locations WHERE id = ?")
+        let row = sqlx::query("SELECT id, name, created_at FROM locations WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
@@ -565,7 +565,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM locations WHERE id = ?")
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM locations WHERE id = $1")
             .bind(location_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -574,7 +574,7 @@ impl Store for SqliteStore {
         }
         for address in &input.addresses {
             let owner: Option<String> = sqlx::query_scalar(
-                "SELECT location_id FROM channel_addresses WHERE provider = ? AND address = ?",
+                "SELECT location_id FROM channel_addresses WHERE provider = $1 AND address = $2",
             )
             .bind(input.provider)
             .bind(address)
@@ -586,14 +586,14 @@ impl Store for SqliteStore {
                 )));
             }
         }
-        sqlx::query("DELETE FROM channel_addresses WHERE provider = ? AND location_id = ?")
+        sqlx::query("DELETE FROM channel_addresses WHERE provider = $1 AND location_id = $2")
             .bind(input.provider)
             .bind(location_id)
             .execute(&mut *tx)
             .await?;
         for address in &input.addresses {
             sqlx::query(
-                "INSERT INTO channel_addresses (provider, address, location_id) VALUES (?, ?, ?)",
+                "INSERT INTO channel_addresses (provider, address, location_id) VALUES ($1, $2, $3)",
             )
             .bind(input.provider)
             .bind(address)
@@ -603,7 +603,7 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO channel_accounts (location_id, provider, account_id, secret, settings, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (location_id, provider) DO UPDATE SET account_id = excluded.account_id,
                  secret = excluded.secret, settings = excluded.settings,
                  updated_at = excluded.updated_at",
@@ -638,7 +638,7 @@ impl Store for SqliteStore {
             let row = sqlx::query(&format!(
                 "{COLUMNS} JOIN channel_addresses n
                    ON n.location_id = a.location_id AND n.provider = a.provider
-                 WHERE n.provider = ? AND n.address = ?"
+                 WHERE n.provider = $1 AND n.address = $2"
             ))
             .bind(provider)
             .bind(address)
@@ -651,7 +651,7 @@ impl Store for SqliteStore {
         if let Some(call_sid) = &key.correlation_id {
             let row = sqlx::query(&format!(
                 "{COLUMNS} JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
-                 WHERE c.provider = ? AND c.call_sid = ?"
+                 WHERE c.provider = $1 AND c.call_sid = $2"
             ))
             .bind(provider)
             .bind(call_sid)
@@ -663,7 +663,7 @@ impl Store for SqliteStore {
         }
         if let Some(account_id) = &key.account_id {
             let mut rows = sqlx::query(&format!(
-                "{COLUMNS} WHERE a.provider = ? AND a.account_id = ? LIMIT 2"
+                "{COLUMNS} WHERE a.provider = $1 AND a.account_id = $2 LIMIT 2"
             ))
             .bind(provider)
             .bind(account_id)
@@ -679,7 +679,7 @@ impl Store for SqliteStore {
     async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
         let query = format!(
             "INSERT INTO webhooks (id, created_at, {SETTINGS_COLUMNS})
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         );
         let query = sqlx::query(&query).bind(&w.id).bind(w.created_at);
         bind_settings(query, w).execute(&self.writer).await?;
@@ -697,7 +697,7 @@ impl Store for SqliteStore {
 
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
         let row = sqlx::query(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ? AND deleted_at IS NULL"
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND deleted_at IS NULL"
         ))
         .bind(id)
         .fetch_optional(&self.reader)
@@ -708,11 +708,13 @@ impl Store for SqliteStore {
     async fn update_webhook(&self, w: &Webhook) -> StoreResult<()> {
         let assignments: Vec<String> = SETTINGS_COLUMNS
             .split(',')
-            .map(|c| format!("{} = ?", c.trim()))
+            .enumerate()
+            .map(|(i, c)| format!("{} = ${}", c.trim(), i + 1))
             .collect();
         let query = format!(
-            "UPDATE webhooks SET {} WHERE id = ? AND deleted_at IS NULL",
-            assignments.join(", ")
+            "UPDATE webhooks SET {} WHERE id = ${} AND deleted_at IS NULL",
+            assignments.join(", "),
+            assignments.len() + 1
         );
         let done = bind_settings(sqlx::query(&query), w)
             .bind(&w.id)
@@ -727,14 +729,14 @@ impl Store for SqliteStore {
     async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool> {
         let mut tx = self.writer.begin().await?;
         let done =
-            sqlx::query("UPDATE webhooks SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
+            sqlx::query("UPDATE webhooks SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         sqlx::query(
-            "UPDATE deliveries SET status = ?, finished_at = ?, lease_until = NULL
-             WHERE webhook_id = ? AND status = 'pending'",
+            "UPDATE deliveries SET status = $1, finished_at = $2, lease_until = NULL
+             WHERE webhook_id = $3 AND status = 'pending'",
         )
         .bind(delivery_status::CANCELLED)
         .bind(now)
@@ -754,8 +756,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<DeliveryJob>> {
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query(&format!(
-            "UPDATE webhooks SET disabled_at = ?, disabled_reason = ?, breaker_open_until = NULL
-             WHERE id = ? AND deleted_at IS NULL AND disabled_at IS NULL
+            "UPDATE webhooks SET disabled_at = $1, disabled_reason = $2, breaker_open_until = NULL
+             WHERE id = $3 AND deleted_at IS NULL AND disabled_at IS NULL
              RETURNING {WEBHOOK_COLUMNS}"
         ))
         .bind(now)
@@ -769,7 +771,7 @@ impl Store for SqliteStore {
         let disabled = webhook_from_row(&row);
         // Nobody holds its deliveries any more: they wait for it to be enabled again.
         sqlx::query(
-            "UPDATE deliveries SET lease_until = NULL WHERE webhook_id = ? AND status = 'pending'",
+            "UPDATE deliveries SET lease_until = NULL WHERE webhook_id = $1 AND status = 'pending'",
         )
         .bind(id)
         .execute(&mut *tx)
@@ -787,7 +789,7 @@ impl Store for SqliteStore {
         )
         .await?;
         let subscribers: Vec<Webhook> = sqlx::query(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE deleted_at IS NULL AND id <> ?"
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE deleted_at IS NULL AND id <> $1"
         ))
         .bind(id)
         .fetch_all(&mut *tx)
@@ -825,7 +827,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL,
                  consecutive_failures = 0, failing_since = NULL, breaker_open_until = NULL
-             WHERE id = ? AND deleted_at IS NULL",
+             WHERE id = $1 AND deleted_at IS NULL",
         )
         .bind(id)
         .execute(&self.writer)
@@ -834,7 +836,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_breaker(&self, id: &str, open_until: Option<i64>) -> StoreResult<()> {
-        sqlx::query("UPDATE webhooks SET breaker_open_until = ? WHERE id = ?")
+        sqlx::query("UPDATE webhooks SET breaker_open_until = $1 WHERE id = $2")
             .bind(open_until)
             .bind(id)
             .execute(&self.writer)
@@ -878,7 +880,7 @@ impl Store for SqliteStore {
         let now = ctx.now;
         // Most polls find nothing: ask a reader before taking the writer.
         let any: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM calls WHERE emit_at IS NOT NULL AND emit_at <= ? LIMIT 1",
+            "SELECT 1 FROM calls WHERE emit_at IS NOT NULL AND emit_at <= $1 LIMIT 1",
         )
         .bind(now)
         .fetch_optional(&self.reader)
@@ -889,7 +891,7 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let due = sqlx::query(
             "SELECT location_id, provider, call_sid, state FROM calls
-             WHERE emit_at IS NOT NULL AND emit_at <= ? ORDER BY emit_at LIMIT 100",
+             WHERE emit_at IS NOT NULL AND emit_at <= $1 ORDER BY emit_at LIMIT 100",
         )
         .bind(now)
         .fetch_all(&mut *tx)
@@ -912,8 +914,8 @@ impl Store for SqliteStore {
             )
             .await?;
             sqlx::query(
-                "UPDATE calls SET emit_at = NULL, message_id = ?, updated_at = ?
-                 WHERE provider = ? AND call_sid = ?",
+                "UPDATE calls SET emit_at = NULL, message_id = $1, updated_at = $2
+                 WHERE provider = $3 AND call_sid = $4",
             )
             .bind(outcome.message_ids.get(before))
             .bind(now)
@@ -928,7 +930,7 @@ impl Store for SqliteStore {
 
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>> {
         let payload: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT payload FROM events WHERE message_id = ? ORDER BY seq LIMIT 1",
+            "SELECT payload FROM events WHERE message_id = $1 ORDER BY seq LIMIT 1",
         )
         .bind(message_id)
         .fetch_optional(&self.reader)
@@ -944,7 +946,7 @@ impl Store for SqliteStore {
              FROM deliveries d
              JOIN events e ON e.id = d.event_id
              JOIN webhooks w ON w.id = d.webhook_id
-             WHERE e.message_id = ?
+             WHERE e.message_id = $1
              ORDER BY d.created_at, d.id",
         )
         .bind(message_id)
@@ -955,7 +957,7 @@ impl Store for SqliteStore {
             let id: String = row.get("id");
             let attempts = sqlx::query(
                 "SELECT attempt, started_at, duration_ms, http_status, error, response_body
-                 FROM attempts WHERE delivery_id = ? ORDER BY attempt",
+                 FROM attempts WHERE delivery_id = $1 ORDER BY attempt",
             )
             .bind(&id)
             .fetch_all(&mut *tx)
@@ -1000,10 +1002,10 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<DeliveryJob>> {
         // Due, free, for an enabled webhook with a closed breaker; for an ordered webhook only
         // the first pending delivery of its conversation.
-        const CLAIMABLE: &str = "d.status = 'pending' AND d.next_attempt_at <= ?1
-               AND (d.lease_until IS NULL OR d.lease_until <= ?1)
+        const CLAIMABLE: &str = "d.status = 'pending' AND d.next_attempt_at <= $1
+               AND (d.lease_until IS NULL OR d.lease_until <= $1)
                AND w.deleted_at IS NULL AND w.disabled_at IS NULL
-               AND (w.breaker_open_until IS NULL OR w.breaker_open_until <= ?1)
+               AND (w.breaker_open_until IS NULL OR w.breaker_open_until <= $1)
                AND (w.ordering <> 'conversation' OR d.conversation_id IS NULL OR NOT EXISTS (
                    SELECT 1 FROM deliveries p
                    WHERE p.webhook_id = d.webhook_id AND p.conversation_id = d.conversation_id
@@ -1026,7 +1028,7 @@ impl Store for SqliteStore {
              JOIN webhooks w ON w.id = d.webhook_id
              WHERE {CLAIMABLE}
              ORDER BY d.next_attempt_at
-             LIMIT ?2"
+             LIMIT $2"
         ))
         .bind(now)
         .bind(limit)
@@ -1035,7 +1037,7 @@ impl Store for SqliteStore {
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
             let job = job_from_row(&row, lease_until);
-            sqlx::query("UPDATE deliveries SET lease_until = ? WHERE id = ?")
+            sqlx::query("UPDATE deliveries SET lease_until = $1 WHERE id = $2")
                 .bind(lease_until)
                 .bind(&job.delivery_id)
                 .execute(&mut *tx)
@@ -1057,7 +1059,7 @@ impl Store for SqliteStore {
         let row = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS}, d.next_attempt_at, d.lease_until AS held FROM deliveries d
              JOIN events e ON e.id = d.event_id
-             WHERE d.webhook_id = ? AND d.conversation_id = ? AND d.status = 'pending'
+             WHERE d.webhook_id = $1 AND d.conversation_id = $2 AND d.status = 'pending'
              ORDER BY d.event_seq LIMIT 1"
         ))
         .bind(webhook_id)
@@ -1073,7 +1075,7 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         let job = job_from_row(&row, lease_until);
-        sqlx::query("UPDATE deliveries SET lease_until = ? WHERE id = ?")
+        sqlx::query("UPDATE deliveries SET lease_until = $1 WHERE id = $2")
             .bind(lease_until)
             .bind(&job.delivery_id)
             .execute(&mut *tx)
@@ -1084,8 +1086,8 @@ impl Store for SqliteStore {
 
     async fn extend_lease(&self, delivery_id: &str, current: i64, until: i64) -> StoreResult<bool> {
         let done = sqlx::query(
-            "UPDATE deliveries SET lease_until = ?
-             WHERE id = ? AND lease_until = ? AND status = 'pending'",
+            "UPDATE deliveries SET lease_until = $1
+             WHERE id = $2 AND lease_until = $3 AND status = 'pending'",
         )
         .bind(until)
         .bind(delivery_id)
@@ -1099,7 +1101,7 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         for id in delivery_ids {
             sqlx::query(
-                "UPDATE deliveries SET lease_until = NULL WHERE id = ? AND status = 'pending'",
+                "UPDATE deliveries SET lease_until = NULL WHERE id = $1 AND status = 'pending'",
             )
             .bind(id)
             .execute(&mut *tx)
@@ -1119,8 +1121,8 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let updated: Option<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
-                 status = ?, next_attempt_at = ?, finished_at = ?
-             WHERE id = ? AND status = 'pending'
+                 status = $1, next_attempt_at = $2, finished_at = $3
+             WHERE id = $4 AND status = 'pending'
              RETURNING attempts",
         )
         .bind(match next {
@@ -1144,7 +1146,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status,
                  error, response_body)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&job.delivery_id)
         .bind(number)
@@ -1158,9 +1160,9 @@ impl Store for SqliteStore {
         let success = next == NextStep::Delivered;
         let row = sqlx::query(
             "UPDATE webhooks SET
-                 consecutive_failures = CASE WHEN ?1 THEN 0 ELSE consecutive_failures + 1 END,
-                 failing_since = CASE WHEN ?1 THEN NULL ELSE COALESCE(failing_since, ?2) END
-             WHERE id = ?3
+                 consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures + 1 END,
+                 failing_since = CASE WHEN $1 THEN NULL ELSE COALESCE(failing_since, $2) END
+             WHERE id = $3
              RETURNING consecutive_failures, failing_since, breaker_open_until",
         )
         .bind(success)
@@ -1186,9 +1188,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<DeliveryJob> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = ?,
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_until = $2,
                  retry_offset = attempts, finished_at = NULL
-             WHERE id = ? AND status <> 'cancelled'",
+             WHERE id = $3 AND status <> 'cancelled'",
         )
         .bind(now)
         .bind(lease_until)
@@ -1201,7 +1203,7 @@ impl Store for SqliteStore {
             )));
         }
         let row = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?"
+            "SELECT {JOB_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = $1"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
@@ -1219,11 +1221,11 @@ impl Store for SqliteStore {
         now: i64,
     ) -> StoreResult<u64> {
         let done = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = NULL,
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_until = NULL,
                  retry_offset = attempts, finished_at = NULL
-             WHERE webhook_id = ? AND status <> 'cancelled'
-               AND (status = 'failed' OR (NOT ? AND status = 'delivered'))
-               AND event_id IN (SELECT id FROM events WHERE created_at BETWEEN ? AND ?)",
+             WHERE webhook_id = $2 AND status <> 'cancelled'
+               AND (status = 'failed' OR (NOT $3 AND status = 'delivered'))
+               AND event_id IN (SELECT id FROM events WHERE created_at BETWEEN $4 AND $5)",
         )
         .bind(now)
         .bind(webhook_id)
@@ -1237,7 +1239,7 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>> {
         let rows =
-            sqlx::query("SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+            sqlx::query("SELECT seq, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
                 .bind(after)
                 .bind(limit)
                 .fetch_all(&self.reader)
@@ -1252,7 +1254,7 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let attempts = sqlx::query(
             "DELETE FROM attempts WHERE id IN
-                 (SELECT id FROM attempts WHERE started_at < ? ORDER BY id LIMIT ?)",
+                 (SELECT id FROM attempts WHERE started_at < $1 ORDER BY id LIMIT $2)",
         )
         .bind(before)
         .bind(batch)
@@ -1261,9 +1263,9 @@ impl Store for SqliteStore {
         .rows_affected();
         // Events whose deliveries are all finished, with those deliveries and their attempts.
         let old_events: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM events e WHERE created_at < ?
+            "SELECT id FROM events e WHERE created_at < $1
                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
-             ORDER BY seq LIMIT ?",
+             ORDER BY seq LIMIT $2",
         )
         .bind(before)
         .bind(batch)
@@ -1272,18 +1274,18 @@ impl Store for SqliteStore {
         let mut rows = attempts;
         for event_id in &old_events {
             rows += sqlx::query(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?)",
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = $1)",
             )
             .bind(event_id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            rows += sqlx::query("DELETE FROM deliveries WHERE event_id = ?")
+            rows += sqlx::query("DELETE FROM deliveries WHERE event_id = $1")
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            rows += sqlx::query("DELETE FROM events WHERE id = ?")
+            rows += sqlx::query("DELETE FROM events WHERE id = $1")
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?
@@ -1296,9 +1298,9 @@ impl Store for SqliteStore {
     async fn queue_depth(&self, now: i64) -> StoreResult<(u64, u64, u64)> {
         let row = sqlx::query(
             "SELECT
-                 COALESCE(SUM(CASE WHEN next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1) THEN 1 ELSE 0 END), 0) AS due,
-                 COALESCE(SUM(CASE WHEN next_attempt_at > ?1 AND (lease_until IS NULL OR lease_until <= ?1) THEN 1 ELSE 0 END), 0) AS scheduled,
-                 COALESCE(SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END), 0) AS leased
+                 COALESCE(SUM(CASE WHEN next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1) THEN 1 ELSE 0 END), 0) AS due,
+                 COALESCE(SUM(CASE WHEN next_attempt_at > $1 AND (lease_until IS NULL OR lease_until <= $1) THEN 1 ELSE 0 END), 0) AS scheduled,
+                 COALESCE(SUM(CASE WHEN lease_until > $1 THEN 1 ELSE 0 END), 0) AS leased
              FROM deliveries WHERE status = 'pending'",
         )
         .bind(now)
