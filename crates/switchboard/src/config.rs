@@ -29,6 +29,8 @@ pub struct Config {
     pub log: String,
     pub max_body_bytes: usize,
     pub sqlite_synchronous: SqliteSynchronous,
+    pub role: Role,
+    pub database_max_connections: u32,
     #[serde(deserialize_with = "de_duration")]
     pub delivery_timeout: Duration,
     #[serde(deserialize_with = "de_durations")]
@@ -67,6 +69,18 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// What this node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Provider routes, the API and the dispatcher (the default).
+    All,
+    /// Provider routes and the API; deliveries are left to dispatcher nodes.
+    Api,
+    /// Only sends deliveries (and answers /healthz, /readyz, /metrics).
+    Dispatcher,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSynchronous {
@@ -75,8 +89,11 @@ pub enum SqliteSynchronous {
 }
 
 impl Config {
-    /// Defaults < `file` < environment.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    /// Defaults < `file` < environment < `flags` (environment-style names; `None` = not given).
+    pub fn load_with<const N: usize>(
+        file: Option<&Path>,
+        flags: [(&str, Option<String>); N],
+    ) -> anyhow::Result<Config> {
         let file_text = match file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -84,7 +101,15 @@ impl Config {
             ),
             None => None,
         };
-        Self::from_layers(file_text.as_deref(), std::env::vars())
+        let flags = flags
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name.to_owned(), v)));
+        Self::from_layers(file_text.as_deref(), std::env::vars().chain(flags))
+    }
+
+    /// Defaults < `file` < environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with(file, [])
     }
 
     /// The built-in defaults alone (tests start from these).
@@ -159,9 +184,17 @@ impl Config {
             }
         }
         if let Some(url) = &self.database_url {
-            if !url.starts_with("sqlite:") {
-                bail!("database_url: only sqlite:// URLs are supported by this build");
+            if !url.starts_with("sqlite:") && !crate::startup::is_postgres(url) {
+                bail!("database_url must be sqlite://PATH or postgres://…");
             }
+            if self.role != Role::All && !crate::startup::is_postgres(url) {
+                bail!("role api or dispatcher needs a shared PostgreSQL database_url");
+            }
+        } else if self.role != Role::All {
+            bail!("role api or dispatcher needs a shared PostgreSQL database_url");
+        }
+        if self.database_max_connections < 2 {
+            bail!("database_max_connections must be at least 2");
         }
         Ok(())
     }

@@ -286,6 +286,11 @@ impl Dispatcher {
                 return;
             }
         };
+        if webhooks.iter().any(|w| w.legacy_signature) {
+            if let Err(e) = self.shared.keys.ensure_rsa().await {
+                warn!(error = format!("{e:#}"), "loading the RSA key failed");
+            }
+        }
         let now = self.shared.clock.now_ms();
         let mut targets = HashMap::with_capacity(webhooks.len());
         for webhook in webhooks {
@@ -335,6 +340,8 @@ impl Dispatcher {
     /// Runs until the process stops.
     pub async fn run(mut self) {
         self.reload().await;
+        // Another node queued work (PostgreSQL NOTIFY): poll now rather than at the next tick.
+        let mut wakeups = self.shared.store.work_notifications();
         let mut next_poll = Instant::now();
         let mut next_refresh = Instant::now() + WEBHOOK_REFRESH;
         let retention_every =
@@ -350,6 +357,12 @@ impl Dispatcher {
                     None => return,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                Some(()) = async {
+                    match wakeups.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => next_poll = Instant::now(),
             }
             let now = Instant::now();
             if now >= next_refresh {
@@ -590,7 +603,7 @@ impl Dispatcher {
         let context = IngestContext {
             app_id: self.shared.app_id.clone(),
             now,
-            lease_until,
+            lease_until: Some(lease_until),
             call_recording_wait_ms: 0,
         };
         match self.shared.store.emit_due_calls(&context).await {

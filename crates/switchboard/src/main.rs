@@ -30,6 +30,9 @@ enum Command {
         /// Database URL; overrides the config file and SWITCHBOARD_DATABASE_URL.
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
+        /// What this node does: all, api or dispatcher; overrides SWITCHBOARD_ROLE.
+        #[arg(long, value_name = "ROLE")]
+        role: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -126,10 +129,16 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             database_url,
+            role,
         } => {
-            let mut config = load()?;
-            config.listen = listen.unwrap_or(config.listen);
-            config.database_url = database_url.or(config.database_url);
+            let config = Config::load_with(
+                cli.config.as_deref(),
+                [
+                    ("SWITCHBOARD_LISTEN", listen),
+                    ("SWITCHBOARD_DATABASE_URL", database_url),
+                    ("SWITCHBOARD_ROLE", role),
+                ],
+            )?;
             switchboard::telemetry::init(&config.log)?;
             Application::build(config).await?.run_until_stopped().await
         }

@@ -12,14 +12,15 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::dispatcher::{DispatchHandle, Dispatcher};
 use crate::domain::time::{Clock, SystemClock};
-use crate::keys::{self, SigningKeys};
+use crate::keys::{self, SecretSource, SigningKeys};
 use crate::media::MediaStore;
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::ssrf::TargetPolicy;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -38,22 +39,37 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where webhooks may point (checked again at every connection).
     pub targets: TargetPolicy,
+    /// This node sends deliveries itself (role `all`); otherwise it leaves them to the
+    /// dispatchers.
+    pub dispatch_here: bool,
     pub dispatch: DispatchHandle,
 }
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    dispatcher: Dispatcher,
+    /// None on an API-only node.
+    dispatcher: Option<Dispatcher>,
     local_addr: SocketAddr,
     // Held for the life of the process: one server per embedded database.
-    _data_lock: File,
+    _data_lock: Option<File>,
 }
 
-/// Open the embedded store, applying migrations, after taking the data directory's lock.
-pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, File)> {
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Open the store named by the configuration, applying migrations. The embedded store first
+/// takes the data directory's lock (one process per SQLite file).
+pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<File>)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    if is_postgres(&url) {
+        let store = PostgresStore::open(&url, config.database_max_connections).await?;
+        return Ok((Arc::new(store), None));
+    }
     let lock_path = config.data_dir.join("switchboard.lock");
     let lock =
         File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
@@ -64,9 +80,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, File
             lock_path.display()
         )
     })?;
-    let url = config.database_url();
     let store = SqliteStore::open(&url, config.sqlite_synchronous).await?;
-    Ok((Arc::new(store), lock))
+    Ok((Arc::new(store), Some(lock)))
 }
 
 impl Application {
@@ -79,17 +94,26 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Application> {
         let (store, data_lock) = open_store(&config).await?;
-        // This process is the embedded database's only user: what a previous run had leased
-        // (and may not have finished) is due again now.
-        let released = store.release_leases().await?;
-        if released > 0 {
-            tracing::info!(
-                released,
-                "resuming deliveries left in flight by the previous run"
-            );
+        if store.embedded() {
+            // This process is the embedded database's only user: what a previous run had
+            // leased (and may not have finished) is due again now.
+            let released = store.release_leases().await?;
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "resuming deliveries left in flight by the previous run"
+                );
+            }
         }
-        let keys = Arc::new(SigningKeys::load_or_create(&config.data_dir)?);
-        let admin_token = keys::admin_token(&config.data_dir, config.admin_token.as_deref())?;
+        // Embedded: files in the data directory. Shared database: rows in it, so every node
+        // signs with the same keys and accepts the same admin token.
+        let secrets = if store.embedded() {
+            SecretSource::Dir(config.data_dir.clone())
+        } else {
+            SecretSource::Database(store.clone())
+        };
+        let keys = Arc::new(SigningKeys::load_or_create(secrets.clone()).await?);
+        let admin_token = keys::admin_token(&secrets, config.admin_token.as_deref()).await?;
         let targets = TargetPolicy {
             allow_private: config.allow_private_targets,
             allowed_networks: vec![],
@@ -104,6 +128,7 @@ impl Application {
             metrics.clone(),
             targets.clone(),
         )?;
+        let sends = config.role != Role::Api;
         let state = Arc::new(AppState {
             store,
             clock,
@@ -116,23 +141,28 @@ impl Application {
             app_id: config.app_id.as_deref().map(Arc::from),
             media: MediaStore::new(
                 &config.data_dir,
-                keys::attachment_url_key(&config.data_dir)?,
+                keys::attachment_url_key(&secrets).await?,
                 config.attachment_url_ttl,
                 config.max_attachment_bytes,
                 targets.clone(),
             )?,
             metrics,
             targets,
+            dispatch_here: sends,
             dispatch,
         });
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let router = match config.role {
+            Role::Dispatcher => routes::health_router(state),
+            Role::Api | Role::All => routes::router(state),
+        };
         Ok(Application {
             listener,
-            router: routes::router(state),
-            dispatcher,
+            router,
+            dispatcher: sends.then_some(dispatcher),
             local_addr,
             _data_lock: data_lock,
         })
@@ -153,13 +183,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr, "switchboard listening");
-        let dispatcher = tokio::spawn(self.dispatcher.run());
+        let dispatcher = self.dispatcher.map(|d| tokio::spawn(d.run()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .context("HTTP server");
         // Deliveries still in flight keep their leases and resume at the next start.
-        dispatcher.abort();
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.abort();
+        }
         served
     }
 }

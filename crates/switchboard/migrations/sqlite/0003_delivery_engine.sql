@@ -24,3 +24,9 @@ CREATE INDEX deliveries_conversation_head ON deliveries (webhook_id, conversatio
 
 CREATE INDEX events_by_time ON events (created_at);
 CREATE INDEX attempts_by_time ON attempts (started_at);
+
+-- Server secrets shared by every node (signing keys, the generated admin token).
+CREATE TABLE secrets (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

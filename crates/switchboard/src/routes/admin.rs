@@ -135,12 +135,7 @@ pub async fn put_twilio_channel(
 pub async fn signing_keys(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let keys = state.keys.clone();
-    // Generating the RSA key the first time takes a moment: off the async threads.
-    let rsa = tokio::task::spawn_blocking(move || keys.rsa_public_pem().map(str::to_owned))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    let rsa = state.keys.ensure_rsa().await?;
     Ok(Json(json!({
         "ed25519": state.keys.ed25519_public_pem(),
         "rsa": rsa,

@@ -52,7 +52,9 @@ pub async fn ingest<C: Channel>(
     let context = IngestContext {
         app_id: state.app_id.clone(),
         now,
-        lease_until: now + state.lease.as_millis() as i64,
+        lease_until: state
+            .dispatch_here
+            .then(|| now + state.lease.as_millis() as i64),
         call_recording_wait_ms: state.call_recording_wait.as_millis() as i64,
     };
     let outcome = state

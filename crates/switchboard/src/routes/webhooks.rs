@@ -191,12 +191,8 @@ impl WebhookSettings {
         }
         if let Some(legacy) = self.legacy_signature {
             if legacy {
-                // Make sure the key exists before a delivery needs it (generating it is slow).
-                let keys = state.keys.clone();
-                tokio::task::spawn_blocking(move || keys.rsa_public_pem().map(|_| ()))
-                    .await
-                    .map_err(|e| ApiError::Internal(e.into()))?
-                    .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+                // Make sure the key exists before a delivery needs it.
+                state.keys.ensure_rsa().await?;
             }
             w.legacy_signature = legacy;
         }

@@ -28,6 +28,12 @@ pub const SQLITE: Embedded = &[
     ),
 ];
 
+pub const POSTGRES: Embedded = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
 #[derive(Debug)]
 struct Source(Embedded);
 

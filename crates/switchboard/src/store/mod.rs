@@ -3,7 +3,8 @@
 //! transaction as its event and one delivery row per matching webhook, so it is never stored
 //! without its deliveries, nor a delivery queued for a message that was rolled back.
 //!
-//! Implementations: [`sqlite::SqliteStore`] (embedded default). SQL lives in the backend module.
+//! Implementations: [`sqlite::SqliteStore`] (embedded default) and [`postgres::PostgresStore`]
+//! (many nodes on one database), from the one body of SQL in `sql`.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,6 +17,8 @@ use crate::channels::{ChannelAccount, RouteKey};
 use crate::domain::Fact;
 
 mod migrations;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]
@@ -218,8 +221,9 @@ pub struct IngestContext {
     /// `appId` put in every event (HighLevel SDK consumers match it against their client id).
     pub app_id: Option<std::sync::Arc<str>>,
     pub now: i64,
-    /// New deliveries are leased to the caller until then.
-    pub lease_until: i64,
+    /// New deliveries are leased to the caller until then, to be sent by it at once; `None`
+    /// (a node without a dispatcher): they wait for a dispatcher to claim them.
+    pub lease_until: Option<i64>,
     /// How long a call waits for a recording Switchboard asked for.
     pub call_recording_wait_ms: i64,
 }
@@ -297,7 +301,18 @@ fn ser_opt_iso<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S:
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The database belongs to this process alone (SQLite).
+    fn embedded(&self) -> bool;
+
+    /// Wake-ups when another node queued work for the dispatchers (PostgreSQL `LISTEN`).
+    fn work_notifications(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>>;
+
     async fn health(&self) -> StoreResult<()>;
+
+    /// A server secret shared by every node (signing keys, the generated admin token).
+    async fn secret(&self, name: &str) -> StoreResult<Option<String>>;
+    /// Keep `value` as the secret unless one is there already; returns the one kept.
+    async fn put_secret_if_absent(&self, name: &str, value: &str) -> StoreResult<String>;
 
     /// Called once at start by the only node of an embedded store: leases held by a previous
     /// run of this process are released so its unfinished deliveries resume at once.

@@ -276,8 +276,12 @@ async fn breaker_opens_waits_probes_and_closes() {
         metrics.contains("switchboard_delivery_attempts_total{outcome=\"retrying\"} 2"),
         "{metrics}"
     );
-    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
-    assert!(view["health"]["breakerOpenUntil"].is_string(), "{view}");
+    // The breaker is saved right after it opens (the metric is set first).
+    let view = eventually(Duration::from_secs(2), "breakerOpenUntil saved", || async {
+        let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+        view["health"]["breakerOpenUntil"].is_string().then_some(view)
+    })
+    .await;
     assert_eq!(view["health"]["consecutiveFailures"], 2);
 
     // The probe, after the cooldown, succeeds and closes it.
