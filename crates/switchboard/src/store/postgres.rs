@@ -64,6 +64,14 @@ mod hooks {
         Ok(())
     }
 
+    /// Make this (read) transaction see one snapshot for all its statements.
+    pub async fn snapshot(conn: &mut PgConnection) -> StoreResult<()> {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     /// Wake the dispatchers (delivered at commit; repeats in one transaction fold into one).
     pub async fn notify_work(conn: &mut PgConnection) -> StoreResult<()> {
         sqlx::query("SELECT pg_notify($1, '')")

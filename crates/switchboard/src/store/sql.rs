@@ -998,6 +998,7 @@ macro_rules! sql_store {
             async fn message_deliveries(&self, message_id: &str) -> StoreResult<Vec<DeliveryReport>> {
                 // One read transaction: the deliveries and their attempts from the same snapshot.
                 let mut tx = self.reader.begin().await?;
+                $hooks::snapshot(&mut *tx).await?;
                 let rows = sqlx::query(
                     "SELECT d.id, d.webhook_id, w.url, d.status, d.next_attempt_at
                      FROM deliveries d

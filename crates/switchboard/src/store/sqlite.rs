@@ -68,6 +68,11 @@ mod hooks {
         Ok(())
     }
 
+    /// A read transaction in WAL mode is a snapshot already.
+    pub async fn snapshot(_conn: &mut SqliteConnection) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// The only dispatcher is in this process and polls.
     pub async fn notify_work(_conn: &mut SqliteConnection) -> StoreResult<()> {
         Ok(())

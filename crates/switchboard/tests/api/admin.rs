@@ -4,7 +4,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn v1_needs_the_admin_token() {
     let app = spawn_app().await;
     for path in ["/v1/webhooks", "/v1/signing-keys", "/v1/locations/x"] {
@@ -37,7 +36,6 @@ async fn v1_needs_the_admin_token() {
     assert_eq!(ready.status(), 200);
 }
 
-#[tokio::test]
 async fn locations_and_twilio_channels() {
     let app = spawn_app().await;
     let r = app
@@ -98,7 +96,6 @@ async fn locations_and_twilio_channels() {
     assert_eq!(bad_sid.status(), 422);
 }
 
-#[tokio::test]
 async fn bad_request_bodies_say_what_is_wrong() {
     let app = spawn_app().await;
     let not_json = app
@@ -167,7 +164,6 @@ async fn bad_request_bodies_say_what_is_wrong() {
     assert_eq!(no_deliveries.status(), 404);
 }
 
-#[tokio::test]
 async fn webhooks_are_validated_and_private_targets_refused_by_default() {
     let app = spawn_app_with(|c| c.allow_private_targets = false).await;
     for (url, needle) in [
@@ -237,3 +233,10 @@ async fn webhooks_are_validated_and_private_targets_refused_by_default() {
         .unwrap();
     assert_eq!(secret["secret"], created["secret"]);
 }
+
+crate::both_stores!(
+    v1_needs_the_admin_token,
+    locations_and_twilio_channels,
+    bad_request_bodies_say_what_is_wrong,
+    webhooks_are_validated_and_private_targets_refused_by_default,
+);

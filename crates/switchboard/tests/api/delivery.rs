@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn failing_subscriber_gets_the_same_delivery_until_it_accepts() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -53,7 +52,6 @@ async fn failing_subscriber_gets_the_same_delivery_until_it_accepts() {
     assert!(delivery.get("nextAttemptAt").is_none());
 }
 
-#[tokio::test]
 async fn delivery_fails_after_the_schedule_and_records_connection_errors() {
     let app = spawn_app().await;
     // A port with nobody listening: every attempt is a connection error.
@@ -117,7 +115,6 @@ async fn delivery_fails_after_the_schedule_and_records_connection_errors() {
     }
 }
 
-#[tokio::test]
 async fn webhooks_receive_only_their_locations_and_events() {
     let app = spawn_app().await;
     let all = TestReceiver::start().await;
@@ -157,7 +154,6 @@ async fn webhooks_receive_only_their_locations_and_events() {
     );
 }
 
-#[tokio::test]
 async fn deleted_webhook_gets_nothing_more() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -185,3 +181,10 @@ async fn deleted_webhook_gets_nothing_more() {
         .await;
     receiver.expect_exactly(0, Duration::from_millis(400)).await;
 }
+
+crate::both_stores!(
+    failing_subscriber_gets_the_same_delivery_until_it_accepts,
+    delivery_fails_after_the_schedule_and_records_connection_errors,
+    webhooks_receive_only_their_locations_and_events,
+    deleted_webhook_gets_nothing_more,
+);

@@ -67,7 +67,6 @@ fn iso_ms(v: &Value) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-#[tokio::test]
 async fn default_schedule_puts_the_first_retry_five_seconds_out_within_jitter() {
     let app = spawn_app_with(|c| {
         c.retry_schedule = switchboard::Config::defaults().retry_schedule;
@@ -101,7 +100,6 @@ async fn default_schedule_puts_the_first_retry_five_seconds_out_within_jitter() 
     );
 }
 
-#[tokio::test]
 async fn a_webhooks_own_schedule_and_retry_after() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -145,7 +143,6 @@ async fn a_webhooks_own_schedule_and_retry_after() {
     );
 }
 
-#[tokio::test]
 async fn redirects_are_not_followed() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -167,7 +164,6 @@ async fn redirects_are_not_followed() {
     assert_eq!(report["data"][0]["attempts"][0]["httpStatus"], 302);
 }
 
-#[tokio::test]
 async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_enable() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -230,7 +226,6 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
     watcher.expect_exactly(1, QUIET).await;
 }
 
-#[tokio::test]
 async fn breaker_opens_waits_probes_and_closes() {
     let app = spawn_app_with(|c| {
         c.breaker_threshold = 2;
@@ -279,7 +274,9 @@ async fn breaker_opens_waits_probes_and_closes() {
     // The breaker is saved right after it opens (the metric is set first).
     let view = eventually(Duration::from_secs(2), "breakerOpenUntil saved", || async {
         let view = get(&app, &format!("/v1/webhooks/{id}")).await;
-        view["health"]["breakerOpenUntil"].is_string().then_some(view)
+        view["health"]["breakerOpenUntil"]
+            .is_string()
+            .then_some(view)
     })
     .await;
     assert_eq!(view["health"]["consecutiveFailures"], 2);
@@ -317,7 +314,6 @@ async fn breaker_opens_waits_probes_and_closes() {
     assert_eq!(report["data"][0]["attempts"].as_array().unwrap().len(), 3);
 }
 
-#[tokio::test]
 async fn failing_for_too_long_disables_and_reenabling_resumes() {
     let app = spawn_app_with(|c| {
         c.auto_disable_after = Duration::from_millis(500);
@@ -369,7 +365,6 @@ async fn failing_for_too_long_disables_and_reenabling_resumes() {
     assert_eq!(got.last().unwrap().status, 200);
 }
 
-#[tokio::test]
 async fn filters_by_message_type_and_direction() {
     let app = spawn_app().await;
     let sms_only = TestReceiver::start().await;
@@ -440,7 +435,6 @@ async fn filters_by_message_type_and_direction() {
     }
 }
 
-#[tokio::test]
 async fn ordered_conversation_waits_for_its_failing_head_while_others_flow() {
     let app = spawn_app_with(|c| c.retry_schedule = vec![Duration::from_millis(300); 5]).await;
     let receiver = TestReceiver::start().await;
@@ -492,7 +486,6 @@ async fn ordered_conversation_waits_for_its_failing_head_while_others_flow() {
     assert_eq!(order.iter().filter(|(b, _)| b == "A-one").count(), 3);
 }
 
-#[tokio::test]
 async fn max_in_flight_holds_under_a_slow_subscriber_and_fresh_traffic_still_flows() {
     let app = spawn_app().await;
     let slow = TestReceiver::start().await;
@@ -530,7 +523,6 @@ async fn max_in_flight_holds_under_a_slow_subscriber_and_fresh_traffic_still_flo
     );
 }
 
-#[tokio::test]
 async fn max_per_second_spreads_deliveries() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -553,7 +545,6 @@ async fn max_per_second_spreads_deliveries() {
     );
 }
 
-#[tokio::test]
 async fn retry_and_replay_keep_the_webhook_id_and_body() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -617,6 +608,14 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     assert_eq!(replayed.header("webhook-id"), failed.header("webhook-id"));
     assert_eq!(replayed.body, failed.body);
     assert_eq!(replayed.status, 200);
+    // Both finished (a delivery still in flight is not replayed).
+    for message in [&message_id, &failed_message] {
+        eventually(Duration::from_secs(5), "delivered", || async {
+            let r = get(&app, &format!("/v1/messages/{message}/deliveries")).await;
+            (r["data"][0]["status"] == "delivered").then_some(())
+        })
+        .await;
+    }
 
     // Replay all: both, again, same ids.
     let r = app
@@ -643,7 +642,6 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     assert_eq!(bad.status(), 400);
 }
 
-#[tokio::test]
 async fn rotation_signs_with_both_secrets_during_the_overlap() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -727,7 +725,6 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
     .is_ok());
 }
 
-#[tokio::test]
 async fn highlevels_sdk_verifies_our_deliveries() {
     let app = spawn_app_with(|c| c.app_id = Some("sbapp1".into())).await;
     let receiver = TestReceiver::start().await;
@@ -789,7 +786,6 @@ async fn highlevels_sdk_verifies_our_deliveries() {
     }
 }
 
-#[tokio::test]
 async fn private_targets_are_refused_at_creation_unless_allowed() {
     let mut overrides = std::collections::HashMap::new();
     overrides.insert(
@@ -841,7 +837,6 @@ async fn private_targets_are_refused_at_creation_unless_allowed() {
     receiver.wait_for(1, Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
 async fn metrics_count_outcomes_and_queue_depth() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -876,7 +871,6 @@ async fn metrics_count_outcomes_and_queue_depth() {
     }
 }
 
-#[tokio::test]
 async fn retention_prunes_old_events_and_attempts() {
     let app = spawn_app_with(|c| c.retention = Duration::from_millis(300)).await;
     let receiver = TestReceiver::start().await;
@@ -907,7 +901,6 @@ async fn retention_prunes_old_events_and_attempts() {
     receiver.expect_exactly(1, QUIET).await;
 }
 
-#[tokio::test]
 async fn events_feed_pages_in_order_with_a_stable_cursor() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -943,7 +936,6 @@ async fn events_feed_pages_in_order_with_a_stable_cursor() {
     assert_eq!(app.admin_get("/v1/events?limit=0").await.status(), 400);
 }
 
-#[tokio::test]
 async fn a_subscriber_that_does_not_answer_in_time_is_retried_as_a_timeout() {
     let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_millis(300)).await;
     let receiver = TestReceiver::start().await;
@@ -969,3 +961,24 @@ async fn a_subscriber_that_does_not_answer_in_time_is_retried_as_a_timeout() {
     assert!(first["durationMs"].as_i64().unwrap() >= 290);
     assert_eq!(delivery["attempts"][1]["httpStatus"], 200);
 }
+
+crate::both_stores!(
+    default_schedule_puts_the_first_retry_five_seconds_out_within_jitter,
+    a_webhooks_own_schedule_and_retry_after,
+    redirects_are_not_followed,
+    gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_enable,
+    breaker_opens_waits_probes_and_closes,
+    failing_for_too_long_disables_and_reenabling_resumes,
+    filters_by_message_type_and_direction,
+    ordered_conversation_waits_for_its_failing_head_while_others_flow,
+    max_in_flight_holds_under_a_slow_subscriber_and_fresh_traffic_still_flows,
+    max_per_second_spreads_deliveries,
+    retry_and_replay_keep_the_webhook_id_and_body,
+    rotation_signs_with_both_secrets_during_the_overlap,
+    highlevels_sdk_verifies_our_deliveries,
+    private_targets_are_refused_at_creation_unless_allowed,
+    metrics_count_outcomes_and_queue_depth,
+    retention_prunes_old_events_and_attempts,
+    events_feed_pages_in_order_with_a_stable_cursor,
+    a_subscriber_that_does_not_answer_in_time_is_retried_as_a_timeout,
+);

@@ -55,6 +55,13 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    if backend() == Backend::Postgres {
+        config.database_url = Some(
+            fresh_postgres_schema()
+                .await
+                .expect("on_store checked that PostgreSQL is reachable"),
+        );
+    }
     adjust(&mut config);
     let app = Application::build(config).await.expect("app builds");
     let address = format!("http://{}", app.local_addr());
@@ -496,4 +503,108 @@ pub fn verify_with_highlevel_sdk(
     } else {
         Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
     })
+}
+
+/// The store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+/// The store of the test running on this task (SQLite outside `on_store`).
+pub fn backend() -> Backend {
+    BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite)
+}
+
+/// The PostgreSQL the tests use: `SWITCHBOARD_TEST_POSTGRES_URL`, by default the local server's
+/// `test` database.
+pub fn postgres_base_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Run a test on one store. PostgreSQL that cannot be reached skips the test with a message,
+/// or fails it when `CI=true`.
+pub async fn on_store(backend: Backend, test: impl std::future::Future<Output = ()>) {
+    if backend == Backend::Postgres {
+        if let Err(why) = postgres_reachable().await {
+            if required_by_ci() {
+                panic!(
+                    "CI=true but PostgreSQL is not reachable at {}: {why}",
+                    postgres_base_url()
+                );
+            }
+            eprintln!("skipped: PostgreSQL not reachable at {} ({why}); set SWITCHBOARD_TEST_POSTGRES_URL", postgres_base_url());
+            return;
+        }
+    }
+    BACKEND.scope(backend, test).await
+}
+
+async fn postgres_reachable() -> Result<(), String> {
+    use sqlx::Connection;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::PgConnection::connect(&postgres_base_url()),
+    )
+    .await
+    .map_err(|_| "connecting timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    // Once per test process: drop the schemas of test runs over an hour old.
+    static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    CLEANED
+        .get_or_init(|| async {
+            let cutoff = unix_now() - 3600;
+            let old: Vec<String> =
+                sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'sbt\\_%'")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap_or_default();
+            for schema in old {
+                let born: i64 = schema
+                    .split('_')
+                    .nth(1)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                if born < cutoff {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A new, empty schema for one test (or one multi-node cluster); returns the URL that uses it.
+pub async fn fresh_postgres_schema() -> Result<String, String> {
+    use sqlx::Connection;
+    let base = postgres_base_url();
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .map_err(|e| e.to_string())?;
+    let schema = format!(
+        "sbt_{}_{}",
+        unix_now(),
+        switchboard::domain::ids::new_id().to_lowercase()
+    );
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Ok(format!("{base}{sep}options[search_path]={schema}"))
 }

@@ -1,9 +1,35 @@
-//! Integration tests: one binary, the real server over real HTTP.
+//! Integration tests: one binary, the real server over real HTTP. The API suites run once per
+//! store (SQLite and PostgreSQL) through `both_stores!`.
+
+/// Run each named `async fn` test once on SQLite and once on PostgreSQL, as
+/// `<module>::sqlite::<name>` and `<module>::postgres::<name>`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    $crate::helpers::on_store($crate::helpers::Backend::Sqlite, super::$test()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    $crate::helpers::on_store($crate::helpers::Backend::Postgres, super::$test()).await
+                }
+            )*
+        }
+    };
+}
 
 mod admin;
 mod delivery;
 mod engine;
 mod helpers;
+mod multinode;
 mod restart;
 mod twilio_sms;
 mod twilio_voice;

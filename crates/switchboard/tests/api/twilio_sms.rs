@@ -26,7 +26,6 @@ fn is_iso_millis(v: &Value) -> bool {
     })
 }
 
-#[tokio::test]
 async fn inbound_sms_is_delivered_once_signed_in_the_source_documents_shape() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -156,7 +155,6 @@ async fn inbound_sms_is_delivered_once_signed_in_the_source_documents_shape() {
     assert_eq!(only["attempts"][0]["httpStatus"], 200);
 }
 
-#[tokio::test]
 async fn legacy_path_is_the_same_handler() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -174,7 +172,6 @@ async fn legacy_path_is_the_same_handler() {
     assert_eq!(got[0].json()["body"], "old path");
 }
 
-#[tokio::test]
 async fn wrong_or_missing_signature_is_403_and_stores_nothing() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -209,7 +206,6 @@ async fn wrong_or_missing_signature_is_403_and_stores_nothing() {
     receiver.expect_exactly(1, QUIET).await;
 }
 
-#[tokio::test]
 async fn signature_over_the_public_url_with_port_variants() {
     let receiver = TestReceiver::start().await;
     let app = spawn_app_with(|c| c.public_url = Some("https://hooks.example.com".into())).await;
@@ -260,7 +256,6 @@ async fn signature_over_the_public_url_with_port_variants() {
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 403);
 }
 
-#[tokio::test]
 async fn unknown_number_is_404_and_stores_nothing() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -281,7 +276,6 @@ async fn unknown_number_is_404_and_stores_nothing() {
     receiver.expect_exactly(0, QUIET).await;
 }
 
-#[tokio::test]
 async fn account_sid_routes_when_the_number_is_not_listed() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -295,7 +289,6 @@ async fn account_sid_routes_when_the_number_is_not_listed() {
     assert_eq!(got[0].json()["to"], "+14155550111");
 }
 
-#[tokio::test]
 async fn same_message_sid_twice_is_one_message_and_one_delivery() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -314,7 +307,6 @@ async fn same_message_sid_twice_is_one_message_and_one_delivery() {
     assert_eq!(report["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn one_contact_and_conversation_per_number() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -343,7 +335,6 @@ async fn one_contact_and_conversation_per_number() {
     assert_ne!(one["conversationId"], three["conversationId"]);
 }
 
-#[tokio::test]
 async fn mms_media_become_attachments_in_order() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -374,7 +365,6 @@ async fn mms_media_become_attachments_in_order() {
     );
 }
 
-#[tokio::test]
 async fn malformed_provider_requests_are_4xx_with_a_json_error() {
     let app = spawn_app_with(|c| c.max_body_bytes = 1024).await;
     let receiver = TestReceiver::start().await;
@@ -431,7 +421,6 @@ async fn malformed_provider_requests_are_4xx_with_a_json_error() {
     receiver.expect_exactly(0, QUIET).await;
 }
 
-#[tokio::test]
 async fn the_simulator_posts_exactly_like_twilio() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -463,3 +452,17 @@ async fn the_simulator_posts_exactly_like_twilio() {
         403
     );
 }
+
+crate::both_stores!(
+    inbound_sms_is_delivered_once_signed_in_the_source_documents_shape,
+    legacy_path_is_the_same_handler,
+    wrong_or_missing_signature_is_403_and_stores_nothing,
+    signature_over_the_public_url_with_port_variants,
+    unknown_number_is_404_and_stores_nothing,
+    account_sid_routes_when_the_number_is_not_listed,
+    same_message_sid_twice_is_one_message_and_one_delivery,
+    one_contact_and_conversation_per_number,
+    mms_media_become_attachments_in_order,
+    malformed_provider_requests_are_4xx_with_a_json_error,
+    the_simulator_posts_exactly_like_twilio,
+);

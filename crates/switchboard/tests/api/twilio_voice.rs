@@ -133,7 +133,6 @@ fn assert_call_shape(event: &Value, location_id: &str) {
     assert!(!text.contains("null"), "{text}");
 }
 
-#[tokio::test]
 async fn incoming_call_twiml_forwards_to_the_configured_number() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -217,7 +216,6 @@ async fn incoming_call_twiml_forwards_to_the_configured_number() {
     receiver.expect_exactly(0, QUIET).await;
 }
 
-#[tokio::test]
 async fn answered_inbound_call_is_one_completed_call_event_on_the_sms_contact() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -320,17 +318,14 @@ async fn voicemail_flow(status_first: bool) {
     assert_eq!(event["from"], CUSTOMER_NUMBER);
 }
 
-#[tokio::test]
 async fn voicemail_with_the_status_callback_before_the_recording() {
     voicemail_flow(true).await;
 }
 
-#[tokio::test]
 async fn voicemail_with_the_status_callback_after_the_recording() {
     voicemail_flow(false).await;
 }
 
-#[tokio::test]
 async fn every_callback_twice_is_still_one_event() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -400,7 +395,6 @@ async fn missed(voice: Value, dial_status: &str, recording: Option<&str>) -> Val
     event
 }
 
-#[tokio::test]
 async fn missed_call_without_voicemail() {
     let mut voice = voice_settings();
     voice["voicemail"] = json!(false);
@@ -411,7 +405,6 @@ async fn missed_call_without_voicemail() {
     );
 }
 
-#[tokio::test]
 async fn busy_call() {
     let mut voice = voice_settings();
     voice["voicemail"] = json!(false);
@@ -422,13 +415,11 @@ async fn busy_call() {
     );
 }
 
-#[tokio::test]
 async fn caller_hung_up_before_the_beep_is_a_missed_call() {
     let event = missed(voice_settings(), "no-answer", Some("absent")).await;
     assert_eq!(event["callStatus"], "no-answer");
 }
 
-#[tokio::test]
 async fn a_recording_that_never_comes_is_waited_for_then_given_up() {
     let app = spawn_app_with(|c| c.call_recording_wait_seconds = 1).await;
     let receiver = TestReceiver::start().await;
@@ -465,7 +456,6 @@ async fn a_recording_that_never_comes_is_waited_for_then_given_up() {
     receiver.expect_exactly(1, QUIET).await;
 }
 
-#[tokio::test]
 async fn answered_calls_are_recorded_when_asked() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -528,7 +518,6 @@ fn outbound_params<'a>(sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a s
     p
 }
 
-#[tokio::test]
 async fn outbound_answered_call() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -562,7 +551,6 @@ async fn outbound_answered_call() {
     assert_eq!(event["to"], CUSTOMER_NUMBER);
 }
 
-#[tokio::test]
 async fn outbound_call_reaching_voicemail() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -593,7 +581,6 @@ async fn outbound_call_reaching_voicemail() {
     assert_eq!(event["contactId"], sms["contactId"]);
 }
 
-#[tokio::test]
 async fn wrong_signature_on_each_voice_endpoint_is_403_and_stores_nothing() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -654,7 +641,6 @@ async fn wrong_signature_on_each_voice_endpoint_is_403_and_stores_nothing() {
     assert!(event.get("callDuration").is_none());
 }
 
-#[tokio::test]
 async fn voice_settings_are_validated() {
     let app = spawn_app().await;
     let location_id = app.create_location("Acme").await;
@@ -730,7 +716,6 @@ async fn fake_twilio_media(
     (format!("http://{addr}"), hits)
 }
 
-#[tokio::test]
 async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
     const AUDIO: &[u8] = b"ID3\x03\x00fake mp3 frames \x00\xff\xfb";
     let (media_base, hits) = fake_twilio_media(AUDIO).await;
@@ -801,7 +786,6 @@ async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
     );
 }
 
-#[tokio::test]
 async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     let (media_base, _) = fake_twilio_media(b"x").await;
     let app = spawn_app().await;
@@ -833,3 +817,22 @@ async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     assert_eq!(event["status"], "voicemail");
     assert_eq!(event["attachments"], json!([recording_url]));
 }
+
+crate::both_stores!(
+    incoming_call_twiml_forwards_to_the_configured_number,
+    answered_inbound_call_is_one_completed_call_event_on_the_sms_contact,
+    voicemail_with_the_status_callback_before_the_recording,
+    voicemail_with_the_status_callback_after_the_recording,
+    every_callback_twice_is_still_one_event,
+    missed_call_without_voicemail,
+    busy_call,
+    caller_hung_up_before_the_beep_is_a_missed_call,
+    a_recording_that_never_comes_is_waited_for_then_given_up,
+    answered_calls_are_recorded_when_asked,
+    outbound_answered_call,
+    outbound_call_reaching_voicemail,
+    wrong_signature_on_each_voice_endpoint_is_403_and_stores_nothing,
+    voice_settings_are_validated,
+    recordings_can_be_kept_and_served_from_signed_expiring_urls,
+    a_recording_that_cannot_be_kept_is_sent_as_the_providers_url,
+);
