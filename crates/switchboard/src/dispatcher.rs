@@ -211,6 +211,8 @@ pub struct Dispatcher {
     rx: mpsc::UnboundedReceiver<Command>,
     targets: HashMap<String, Arc<Target>>,
     lanes: HashMap<String, Lane>,
+    /// Claimed deliveries of webhooks not read yet, until the next reload.
+    parked: Vec<DeliveryJob>,
     in_flight: usize,
     concurrency: usize,
     poll_interval: Duration,
@@ -251,6 +253,7 @@ impl Dispatcher {
                 rx,
                 targets: HashMap::new(),
                 lanes: HashMap::new(),
+                parked: Vec::new(),
                 in_flight: 0,
                 concurrency: config.dispatcher_concurrency,
                 poll_interval: config.poll_interval,
@@ -352,7 +355,12 @@ impl Dispatcher {
             tokio::select! {
                 command = self.rx.recv() => match command {
                     Some(Command::Jobs(jobs)) => self.accept(jobs),
-                    Some(Command::WebhooksChanged) => self.reload().await,
+                    Some(Command::WebhooksChanged) => {
+                        self.reload().await;
+                        // Deliveries for a webhook this node had not read yet waited for this.
+                        let parked = std::mem::take(&mut self.parked);
+                        self.accept_or_release(parked);
+                    }
                     Some(Command::Done(done)) => self.finish(done),
                     None => return,
                 },
@@ -381,11 +389,24 @@ impl Dispatcher {
     }
 
     fn accept(&mut self, jobs: Vec<DeliveryJob>) {
+        let (known, unknown): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .partition(|j| self.targets.contains_key(&j.webhook_id));
+        if !unknown.is_empty() {
+            // A webhook this node has not read yet (created on another node): read the
+            // webhooks, then take these up.
+            self.parked.extend(unknown);
+            self.shared.tx.send(Command::WebhooksChanged).ok();
+        }
+        self.accept_or_release(known);
+    }
+
+    /// Queue jobs in their lanes; give back those whose webhook is gone.
+    fn accept_or_release(&mut self, jobs: Vec<DeliveryJob>) {
         let now = self.shared.clock.now_ms();
         let mut orphans = Vec::new();
         for job in jobs {
             let Some(target) = self.targets.get(&job.webhook_id) else {
-                // A webhook this node has not read yet: give it back for the next poll.
                 orphans.push(job.delivery_id);
                 continue;
             };
@@ -402,10 +423,7 @@ impl Dispatcher {
                 lane.fresh.push_back(job);
             }
         }
-        if !orphans.is_empty() {
-            self.release(orphans);
-            self.shared.tx.send(Command::WebhooksChanged).ok();
-        }
+        self.release(orphans);
     }
 
     /// Start what every lane may start now. Returns when a rate-limited lane can go on.

@@ -608,3 +608,60 @@ pub async fn fresh_postgres_schema() -> Result<String, String> {
     let sep = if base.contains('?') { '&' } else { '?' };
     Ok(format!("{base}{sep}options[search_path]={schema}"))
 }
+
+/// The real `switchboard` binary, serving on a loopback port; killed when dropped.
+pub struct Node {
+    pub child: std::process::Child,
+    pub address: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Node {
+    /// Start `switchboard serve` with the test admin token, loopback targets allowed, fast
+    /// polling and `env` on top; wait until `/healthz` answers.
+    pub async fn start(data_dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Node {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
+            .arg("serve")
+            .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SWITCHBOARD_DATA_DIR", data_dir)
+            .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "true")
+            .env("SWITCHBOARD_POLL_INTERVAL", "50ms")
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        // Killed on drop, also when the wait below panics.
+        let node = Node {
+            child: command.spawn().expect("the switchboard binary starts"),
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Ok(r) = client.get(format!("{}/healthz", node.address)).send().await {
+                if r.status() == 200 {
+                    return node;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("switchboard did not answer /healthz on port {port}");
+    }
+}

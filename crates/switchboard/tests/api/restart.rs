@@ -1,67 +1,23 @@
 //! Durability: the real binary is killed with SIGKILL after it acknowledged a message, while
 //! the delivery is in flight, and restarted; the delivery still arrives.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_binary(data_dir: &std::path::Path, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SWITCHBOARD_DATA_DIR", data_dir)
-        .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "true")
-        .env("SWITCHBOARD_DELIVERY_TIMEOUT", "30s")
-        .env("SWITCHBOARD_DELIVERY_LEASE", "60s")
-        .env("SWITCHBOARD_POLL_INTERVAL", "50ms")
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the switchboard binary starts");
-    // Killed on drop, also when the wait below panics.
-    let server = Server {
-        child,
-        address: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = client
-            .get(format!("{}/healthz", server.address))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return server;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("switchboard did not answer /healthz on port {port}");
+async fn start_binary(data_dir: &std::path::Path, port: u16) -> Node {
+    Node::start(
+        data_dir,
+        port,
+        &[
+            ("SWITCHBOARD_DELIVERY_TIMEOUT", "30s"),
+            ("SWITCHBOARD_DELIVERY_LEASE", "60s"),
+        ],
+    )
+    .await
 }
 
 #[tokio::test]
