@@ -631,9 +631,52 @@ pub fn free_port() -> u16 {
 }
 
 impl Node {
+    /// A location with the business number on Twilio and one webhook to `receiver`.
+    pub async fn configure(&self, receiver: &TestReceiver) {
+        let client = reqwest::Client::new();
+        let admin = |method: reqwest::Method, path: &str, body: Value| {
+            client
+                .request(method, format!("{}{}", self.address, path))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+        };
+        let location: Value = admin(
+            reqwest::Method::POST,
+            "/v1/locations",
+            json!({ "name": "Node" }),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let id = location["id"].as_str().unwrap();
+        let r = admin(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{id}/channels/twilio"),
+            json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = admin(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+
     /// Start `switchboard serve` with the test admin token, loopback targets allowed, fast
     /// polling and `env` on top; wait until `/healthz` answers.
-    pub async fn start(data_dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Node {
+    pub async fn start<V: AsRef<std::ffi::OsStr>>(
+        data_dir: &std::path::Path,
+        port: u16,
+        env: &[(&str, V)],
+    ) -> Node {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
             .arg("serve")

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -17,44 +17,6 @@ async fn cluster_database() -> Option<String> {
     })
     .await;
     url
-}
-
-async fn configure(node: &Node, receiver: &TestReceiver) {
-    let client = reqwest::Client::new();
-    let admin = |method: reqwest::Method, path: &str, body: Value| {
-        client
-            .request(method, format!("{}{}", node.address, path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-    };
-    let location: Value = admin(
-        reqwest::Method::POST,
-        "/v1/locations",
-        json!({ "name": "Cluster" }),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let id = location["id"].as_str().unwrap();
-    let r = admin(
-        reqwest::Method::PUT,
-        &format!("/v1/locations/{id}/channels/twilio"),
-        json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = admin(
-        reqwest::Method::POST,
-        "/v1/webhooks",
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 201);
 }
 
 /// Every event in the feed, following the cursor.
@@ -84,6 +46,16 @@ async fn all_events(node: &Node) -> Vec<Value> {
     }
 }
 
+/// Settings every cluster node gets, with the shared database.
+fn cluster_env(database: &str) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&str, String)> = CLUSTER_ENV
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    env.push(("SWITCHBOARD_DATABASE_URL", database.to_owned()));
+    env
+}
+
 const CLUSTER_ENV: [(&str, &str); 4] = [
     ("SWITCHBOARD_DELIVERY_TIMEOUT", "2s"),
     ("SWITCHBOARD_DELIVERY_LEASE", "4s"),
@@ -101,13 +73,12 @@ async fn three_nodes_2000_messages_one_killed_nothing_lost_nothing_doubled() {
     };
     let receiver = Arc::new(TestReceiver::start().await);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut env: Vec<(&str, &str)> = CLUSTER_ENV.to_vec();
-    env.push(("SWITCHBOARD_DATABASE_URL", &database));
+    let env = cluster_env(&database);
     let mut nodes = Vec::new();
     for dir in &dirs {
         nodes.push(Node::start(dir.path(), free_port(), &env).await);
     }
-    configure(&nodes[0], &receiver).await;
+    nodes[0].configure(&receiver).await;
     let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
 
     const TOTAL: usize = 2000;
@@ -258,11 +229,10 @@ async fn the_same_twilio_request_at_two_nodes_at_once_is_one_message() {
     };
     let receiver = TestReceiver::start().await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut env: Vec<(&str, &str)> = CLUSTER_ENV.to_vec();
-    env.push(("SWITCHBOARD_DATABASE_URL", &database));
+    let env = cluster_env(&database);
     let a = Node::start(dirs[0].path(), free_port(), &env).await;
     let b = Node::start(dirs[1].path(), free_port(), &env).await;
-    configure(&a, &receiver).await;
+    a.configure(&receiver).await;
     let client = reqwest::Client::new();
     for round in 0..20 {
         let sid = format!("SMrace{round}");
@@ -305,17 +275,16 @@ async fn an_api_node_stores_and_a_dispatcher_node_delivers() {
     };
     let receiver = TestReceiver::start().await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut env: Vec<(&str, &str)> = CLUSTER_ENV.to_vec();
-    env.push(("SWITCHBOARD_DATABASE_URL", &database));
+    let mut env = cluster_env(&database);
     // Polling every 30 s: a delivery within that proves the NOTIFY wake-up.
-    env.push(("SWITCHBOARD_POLL_INTERVAL", "30s"));
+    env.push(("SWITCHBOARD_POLL_INTERVAL", "30s".into()));
     let mut api_env = env.clone();
-    api_env.push(("SWITCHBOARD_ROLE", "api"));
+    api_env.push(("SWITCHBOARD_ROLE", "api".into()));
     let mut dispatcher_env = env.clone();
-    dispatcher_env.push(("SWITCHBOARD_ROLE", "dispatcher"));
+    dispatcher_env.push(("SWITCHBOARD_ROLE", "dispatcher".into()));
     let api = Node::start(dirs[0].path(), free_port(), &api_env).await;
     let dispatcher = Node::start(dirs[1].path(), free_port(), &dispatcher_env).await;
-    configure(&api, &receiver).await;
+    api.configure(&receiver).await;
     // Let the dispatcher's first poll pass.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let client = reqwest::Client::new();

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -30,40 +30,7 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
     let client = reqwest::Client::new();
 
     let mut server = start_binary(dir.path(), port).await;
-    let admin = |method: reqwest::Method, path: &str, body: Value| {
-        client
-            .request(method, format!("{}{}", server.address, path))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-    };
-    let location: Value = admin(
-        reqwest::Method::POST,
-        "/v1/locations",
-        json!({ "name": "Durable" }),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let location_id = location["id"].as_str().unwrap().to_owned();
-    let r = admin(
-        reqwest::Method::PUT,
-        &format!("/v1/locations/{location_id}/channels/twilio"),
-        json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = admin(
-        reqwest::Method::POST,
-        "/v1/webhooks",
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 201);
+    server.configure(&receiver).await;
 
     let url = format!(
         "{}/conversations/providers/twilio/inbound_message",
