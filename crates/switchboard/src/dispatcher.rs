@@ -62,6 +62,15 @@ impl DispatchHandle {
     }
 }
 
+/// What one lane did in a round of `pump_all`.
+enum Pump {
+    Started,
+    /// Rate-limited until then.
+    WaitUntil(Instant),
+    /// Nothing it may start now.
+    Idle,
+}
+
 enum Command {
     Jobs(Vec<DeliveryJob>),
     WebhooksChanged,
@@ -196,13 +205,22 @@ impl Lane {
         }
     }
 
-    fn drain(&mut self) -> Vec<String> {
-        self.known.clear();
-        self.fresh
+    /// Take every queued job out; their (id, lease) pairs, to give back.
+    fn drain(&mut self) -> Vec<(String, i64)> {
+        let leases: Vec<(String, i64)> = self
+            .fresh
             .drain(..)
             .chain(self.retries.drain(..))
-            .map(|j| j.delivery_id)
-            .collect()
+            .map(|j| (j.delivery_id, j.lease_until))
+            .collect();
+        for (id, _) in &leases {
+            self.known.remove(id);
+        }
+        leases
+    }
+
+    fn queued(&self) -> usize {
+        self.fresh.len() + self.retries.len()
     }
 }
 
@@ -333,7 +351,8 @@ impl Dispatcher {
             .collect();
         for id in gone {
             if let Some(mut lane) = self.lanes.remove(&id) {
-                self.release(lane.drain());
+                let leases = lane.drain();
+                self.release(leases);
             }
             self.shared.metrics.forget_webhook(&id);
         }
@@ -361,7 +380,7 @@ impl Dispatcher {
                         let parked = std::mem::take(&mut self.parked);
                         self.accept_or_release(parked);
                     }
-                    Some(Command::Done(done)) => self.finish(done),
+                    Some(Command::Done(done)) => self.finish(done).await,
                     None => return,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}
@@ -407,7 +426,7 @@ impl Dispatcher {
         let mut orphans = Vec::new();
         for job in jobs {
             let Some(target) = self.targets.get(&job.webhook_id) else {
-                orphans.push(job.delivery_id);
+                orphans.push((job.delivery_id, job.lease_until));
                 continue;
             };
             let lane = self
@@ -415,6 +434,15 @@ impl Dispatcher {
                 .entry(job.webhook_id.clone())
                 .or_insert_with(|| Lane::new(&target.webhook.health, now));
             if !lane.known.insert(job.delivery_id.clone()) {
+                // Claimed again while queued here (its old lease ran out): keep the newer lease.
+                if let Some(queued) = lane
+                    .fresh
+                    .iter_mut()
+                    .chain(lane.retries.iter_mut())
+                    .find(|q| q.delivery_id == job.delivery_id)
+                {
+                    queued.lease_until = queued.lease_until.max(job.lease_until);
+                }
                 continue;
             }
             if job.is_retry {
@@ -426,37 +454,49 @@ impl Dispatcher {
         self.release(orphans);
     }
 
-    /// Start what every lane may start now. Returns when a rate-limited lane can go on.
+    /// Start what every lane may start now, one delivery per lane per round, so no lane takes
+    /// every free slot. Returns when a rate-limited lane can go on.
     fn pump_all(&mut self) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
-        let ids: Vec<String> = self.lanes.keys().cloned().collect();
-        for id in ids {
-            if let Some(at) = self.pump(&id) {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+        let mut active: Vec<String> = self.lanes.keys().cloned().collect();
+        while !active.is_empty() {
+            let mut started = Vec::with_capacity(active.len());
+            for id in active {
+                match self.pump_one(&id) {
+                    Pump::Started => started.push(id),
+                    Pump::WaitUntil(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+                    Pump::Idle => {}
+                }
             }
+            active = started;
         }
         wake
     }
 
-    fn pump(&mut self, webhook_id: &str) -> Option<Instant> {
-        let target = self.targets.get(webhook_id)?.clone();
+    /// Start at most one delivery of this lane.
+    fn pump_one(&mut self, webhook_id: &str) -> Pump {
+        let Some(target) = self.targets.get(webhook_id).cloned() else {
+            return Pump::Idle;
+        };
         let now = self.shared.clock.now_ms();
-        let lane = self.lanes.get_mut(webhook_id)?;
+        let Some(lane) = self.lanes.get_mut(webhook_id) else {
+            return Pump::Idle;
+        };
         if lane.fresh.is_empty() && lane.retries.is_empty() {
-            return None;
+            return Pump::Idle;
         }
         let webhook = &target.webhook;
         if webhook.disabled_at.is_some() {
-            let ids = lane.drain();
-            self.release(ids);
-            return None;
+            let leases = lane.drain();
+            self.release(leases);
+            return Pump::Idle;
         }
         match lane.breaker {
             Breaker::Open { until } if now < until => {
                 // Deliveries wait in the store, not here: the breaker may stay open a while.
-                let ids = lane.drain();
-                self.release(ids);
-                return None;
+                let leases = lane.drain();
+                self.release(leases);
+                return Pump::Idle;
             }
             Breaker::Open { .. } => {
                 lane.breaker = Breaker::HalfOpen;
@@ -467,16 +507,16 @@ impl Dispatcher {
             _ => {}
         }
         let ordered = webhook.ordering == Ordering::Conversation;
-        loop {
+        {
             if self.in_flight >= self.concurrency {
-                return None;
+                return Pump::Idle;
             }
             if webhook
                 .max_in_flight
                 .is_some_and(|max| lane.in_flight >= max)
                 || (lane.breaker == Breaker::HalfOpen && lane.in_flight >= 1)
             {
-                return None;
+                return Pump::Idle;
             }
             let startable = |job: &DeliveryJob| {
                 !ordered
@@ -489,7 +529,7 @@ impl Dispatcher {
                 Some(i) => (&mut lane.fresh, i),
                 None => match lane.retries.iter().position(startable) {
                     Some(i) => (&mut lane.retries, i),
-                    None => return None,
+                    None => return Pump::Idle,
                 },
             };
             if let Some(rate) = webhook.max_per_second {
@@ -498,8 +538,10 @@ impl Dispatcher {
                 lane.tokens = (lane.tokens + elapsed * rate).min(capacity);
                 lane.refilled = Instant::now();
                 if lane.tokens < 1.0 {
-                    let wait = Duration::from_secs_f64((1.0 - lane.tokens) / rate);
-                    return Some(Instant::now() + wait);
+                    let wait = Duration::try_from_secs_f64((1.0 - lane.tokens) / rate)
+                        .unwrap_or(Duration::MAX)
+                        .min(Duration::from_secs(3600));
+                    return Pump::WaitUntil(Instant::now() + wait);
                 }
                 lane.tokens -= 1.0;
             }
@@ -523,9 +565,10 @@ impl Dispatcher {
                 .instrument(span),
             );
         }
+        Pump::Started
     }
 
-    fn finish(&mut self, done: Completion) {
+    async fn finish(&mut self, done: Completion) {
         self.in_flight -= 1;
         self.shared.metrics.in_flight(-1);
         let now = self.shared.clock.now_ms();
@@ -560,17 +603,22 @@ impl Dispatcher {
             .metrics
             .breaker(&done.webhook_id, lane.breaker.state());
         if let Some(open_until) = breaker_change {
-            let shared = self.shared.clone();
-            let id = done.webhook_id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = shared.store.set_breaker(&id, open_until).await {
-                    warn!(error = %e, "saving the breaker state failed");
-                }
-            });
-            if open_until.is_some() {
-                let ids = lane.drain();
-                self.release(ids);
+            let queued = if open_until.is_some() {
+                lane.drain()
+            } else {
+                vec![]
+            };
+            // Saved in order, before the queued deliveries are given back: no other node may
+            // claim them while the breaker is open.
+            if let Err(e) = self
+                .shared
+                .store
+                .set_breaker(&done.webhook_id, open_until)
+                .await
+            {
+                warn!(error = %e, "saving the breaker state failed");
             }
+            self.release(queued);
         }
         // Ordered: the conversation's next delivery may go now, unless this one will be retried.
         let ordered = self
@@ -601,13 +649,13 @@ impl Dispatcher {
         }
     }
 
-    fn release(&self, ids: Vec<String>) {
-        if ids.is_empty() {
+    fn release(&self, leases: Vec<(String, i64)>) {
+        if leases.is_empty() {
             return;
         }
         let store = self.shared.store.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.release_leases_of(&ids).await {
+            if let Err(e) = store.release_leases_of(&leases).await {
                 warn!(error = %e, "releasing leases failed (they expire on their own)");
             }
         });
@@ -637,10 +685,22 @@ impl Dispatcher {
         if room == 0 {
             return;
         }
+        // A lane that already holds plenty waits: a slow subscriber's backlog must not fill
+        // every claim while the others' retries wait.
+        let full: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|(id, lane)| {
+                self.targets
+                    .get(*id)
+                    .is_some_and(|t| lane.queued() >= lane_capacity(&t.webhook))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
         match self
             .shared
             .store
-            .claim_due(now, lease_until, room.min(500) as u32)
+            .claim_due(now, lease_until, room.min(500) as u32, &full)
             .await
         {
             Ok(jobs) => self.accept(jobs),
@@ -669,6 +729,17 @@ impl Dispatcher {
             }
         });
     }
+}
+
+/// How many deliveries a lane holds before polls stop claiming more for it.
+fn lane_capacity(webhook: &Webhook) -> usize {
+    let by_flight = webhook
+        .max_in_flight
+        .map_or(128, |m| (m as usize * 4).max(8));
+    let by_rate = webhook
+        .max_per_second
+        .map_or(usize::MAX, |r| ((r * 2.0).ceil() as usize).max(2));
+    by_flight.min(by_rate)
 }
 
 /// Send one delivery, record the attempt, decide what comes next.

@@ -41,9 +41,12 @@ impl Clock for ManualClock {
     }
 }
 
-/// `2021-04-21T11:31:45.750Z`.
+/// The latest time [`iso_millis`] writes: 9999-12-31T23:59:59.999Z.
+const MAX_ISO_MS: i64 = 253_402_300_799_999;
+
+/// `2021-04-21T11:31:45.750Z` (times outside years 1970 to 9999 are clamped).
 pub fn iso_millis(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX_ISO_MS) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -55,6 +58,8 @@ mod tests {
     fn formats_like_the_source_document() {
         assert_eq!(iso_millis(1_619_004_705_750), "2021-04-21T11:31:45.750Z");
         assert_eq!(iso_millis(1_715_169_462_000), "2024-05-08T11:57:42.000Z");
+        assert_eq!(iso_millis(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(iso_millis(-5), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

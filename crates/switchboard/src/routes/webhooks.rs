@@ -24,6 +24,10 @@ use crate::store::{Ordering, Webhook};
 
 const MAX_URL_LEN: usize = 2048;
 const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+const MAX_OVERLAP_SECONDS: u64 = 30 * 24 * 3600;
+const MIN_PER_SECOND: f64 = 0.01;
+const MAX_PER_SECOND: f64 = 100_000.0;
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `null` and absent differ in a PATCH: `Some(None)` clears, `None` leaves as is.
 fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
@@ -146,10 +150,10 @@ impl WebhookSettings {
             w.max_in_flight = max;
         }
         if let Some(rate) = self.max_per_second {
-            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            if rate.is_some_and(|r| !(MIN_PER_SECOND..=MAX_PER_SECOND).contains(&r)) {
                 return Err(invalid(
                     "invalid_max_per_second",
-                    "maxPerSecond must be above 0",
+                    format!("maxPerSecond must be from {MIN_PER_SECOND} to {MAX_PER_SECOND}"),
                 ));
             }
             w.max_per_second = rate;
@@ -169,6 +173,12 @@ impl WebhookSettings {
                         return Err(invalid(
                             "invalid_retry_schedule",
                             "retrySchedule has at most 50 delays",
+                        ));
+                    }
+                    if parsed.iter().any(|d| *d > MAX_RETRY_DELAY) {
+                        return Err(invalid(
+                            "invalid_retry_schedule",
+                            "retrySchedule delays are at most 7 days each",
                         ));
                     }
                     Some(parsed)
@@ -433,18 +443,30 @@ pub async fn rotate_secret(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::unprocessable("invalid_body", e.to_string()))?
     };
+    if rotate
+        .overlap_seconds
+        .is_some_and(|s| s > MAX_OVERLAP_SECONDS)
+    {
+        return Err(invalid(
+            "invalid_overlap",
+            format!("overlapSeconds is at most {MAX_OVERLAP_SECONDS} (30 days)"),
+        ));
+    }
     let overlap = rotate
         .overlap_seconds
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_OVERLAP);
-    let mut webhook = find_webhook(&state, &webhook_id).await?;
+    find_webhook(&state, &webhook_id).await?;
     let until = state.clock.now_ms() + overlap.as_millis() as i64;
-    webhook.previous_secret = Some(std::mem::replace(&mut webhook.secret, new_secret()));
-    webhook.previous_secret_until = Some(until);
-    state.store.update_webhook(&webhook).await?;
+    let secret = new_secret();
+    // One statement: the old secret becomes the previous one, whatever else changes meanwhile.
+    state
+        .store
+        .rotate_secret(&webhook_id, &secret, until)
+        .await?;
     state.dispatch.webhooks_changed();
     Ok(Json(json!({
-        "secret": webhook.secret,
+        "secret": secret,
         "previousSecretValidUntil": iso_millis(until),
     })))
 }
@@ -513,7 +535,7 @@ pub async fn retry_delivery(
         .store
         .retry_delivery(&delivery_id, now, now + state.lease.as_millis() as i64)
         .await?;
-    state.dispatch.hand_off(vec![job]);
+    state.dispatch.hand_off(job.into_iter().collect());
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": delivery_id, "status": "pending" })),

@@ -342,8 +342,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every webhook that is not deleted, disabled ones included.
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>>;
-    /// Save a webhook's settings (everything but its id, creation time and health).
+    /// Save a webhook's settings (not its secret, disabled state or health, which have their
+    /// own calls).
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    /// A new secret; the current one signs too until `previous_until`.
+    async fn rotate_secret(&self, id: &str, secret: &str, previous_until: i64) -> StoreResult<()>;
     /// Soft-deletes; its unfinished deliveries are cancelled. `false` when there was none.
     async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool>;
     /// Disable a webhook and emit `WebhookDisabled` to the webhooks that subscribe to it, in
@@ -380,13 +383,15 @@ pub trait Store: Send + Sync + 'static {
     async fn message_deliveries(&self, message_id: &str) -> StoreResult<Vec<DeliveryReport>>;
 
     /// Lease up to `limit` pending deliveries that are due and not leased by anyone alive, of
-    /// webhooks that are enabled and whose breaker is closed; for ordered webhooks, only the
-    /// first pending delivery of each conversation.
+    /// webhooks that are enabled and whose breaker is closed and that are not in
+    /// `skip_webhooks` (lanes already full here); for ordered webhooks, only the first pending
+    /// delivery of each conversation, and none while another of it is in flight.
     async fn claim_due(
         &self,
         now: i64,
         lease_until: i64,
         limit: u32,
+        skip_webhooks: &[String],
     ) -> StoreResult<Vec<DeliveryJob>>;
 
     /// Lease the first pending delivery of one conversation for an ordered webhook, when it is
@@ -402,8 +407,8 @@ pub trait Store: Send + Sync + 'static {
     /// Extend a lease this node holds (`current`); `false` when another node took it over.
     async fn extend_lease(&self, delivery_id: &str, current: i64, until: i64) -> StoreResult<bool>;
 
-    /// Give back leases on deliveries this node will not send now.
-    async fn release_leases_of(&self, delivery_ids: &[String]) -> StoreResult<()>;
+    /// Give back leases (delivery id, lease) this node holds on deliveries it will not send now.
+    async fn release_leases_of(&self, leases: &[(String, i64)]) -> StoreResult<()>;
 
     /// Record an attempt and move the delivery on, releasing its lease; update the webhook's
     /// health in the same transaction and return it.
@@ -414,14 +419,16 @@ pub trait Store: Send + Sync + 'static {
         next: NextStep,
     ) -> StoreResult<WebhookHealth>;
 
-    /// Resend one delivery now (a new retry cycle), leased to the caller. `NotFound` when
-    /// there is no such delivery.
+    /// Resend one delivery now (a finished one in a new retry cycle): leased to the caller and
+    /// returned, or — for an ordered or disabled webhook — left for a claim in turn (`None`).
+    /// `NotFound` when there is none (or its webhook was deleted), `Conflict` while it is
+    /// being sent.
     async fn retry_delivery(
         &self,
         id: &str,
         now: i64,
         lease_until: i64,
-    ) -> StoreResult<DeliveryJob>;
+    ) -> StoreResult<Option<DeliveryJob>>;
 
     /// Make a webhook's deliveries of events created in `[since, until]` pending again, due
     /// now, in a new retry cycle: only failed ones, or all. Returns how many.

@@ -81,6 +81,11 @@ mod hooks {
         Ok(())
     }
 
+    /// A subquery of the text values of the JSON array bound at `param`.
+    pub fn json_text_list(param: &str) -> String {
+        format!("SELECT jsonb_array_elements_text({param}::jsonb)")
+    }
+
     /// A wake-up per notification; reconnects on its own when the connection drops.
     pub fn listen(pool: &sqlx::PgPool) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

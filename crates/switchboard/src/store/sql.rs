@@ -85,11 +85,11 @@ macro_rules! sql_store {
             legacy_signature, previous_secret, previous_secret_until, disabled_at, disabled_reason, consecutive_failures,
             failing_since, breaker_open_until";
 
-        /// Bind a webhook's settings in the order of `SETTINGS_COLUMNS`.
-        const SETTINGS_COLUMNS: &str = "url, events, location_id, secret, message_types, direction,
-            ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks, legacy_signature,
-            previous_secret,
-            previous_secret_until, disabled_at, disabled_reason";
+        /// The settings a PATCH may change, in the order `bind_settings` binds them. The secret
+        /// and the disabled state have statements of their own, so a concurrent rotation or
+        /// disable is never written back over.
+        const SETTINGS_COLUMNS: &str = "url, events, location_id, message_types, direction,
+            ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks, legacy_signature";
 
         fn bind_settings<'q>(
             query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
@@ -101,7 +101,6 @@ macro_rules! sql_store {
                 .bind(&w.url)
                 .bind(serde_json::to_string(&events).expect("strings serialize"))
                 .bind(&w.location_id)
-                .bind(&w.secret)
                 .bind(
                     w.message_types
                         .as_ref()
@@ -120,10 +119,6 @@ macro_rules! sql_store {
                         .then(|| serde_json::to_string(&networks).expect("strings serialize")),
                 )
                 .bind(w.legacy_signature)
-                .bind(&w.previous_secret)
-                .bind(w.previous_secret_until)
-                .bind(w.disabled_at)
-                .bind(&w.disabled_reason)
         }
 
         /// The columns a [`DeliveryJob`] is read from (`d` deliveries, `e` events).
@@ -456,23 +451,33 @@ macro_rules! sql_store {
             ctx: &IngestContext,
             outcome: &mut IngestOutcome,
         ) -> StoreResult<()> {
-            let row =
-                sqlx::query(&format!(
-                    "SELECT state, message_id FROM calls WHERE provider = $1 AND call_sid = $2{}",
-                    $hooks::ROW_LOCK
-                ))
-                    .bind(provider)
-                    .bind(&update.call_sid)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            let (mut state, emitted) = match row {
-                Some(row) => (
-                    serde_json::from_str::<CallState>(row.get::<&str, _>("state"))
-                        .context("stored call state")?,
-                    row.get::<Option<String>, _>("message_id"),
-                ),
-                None => (CallState::new(&update.call_sid, ctx.now), None),
-            };
+            // The row exists before it is locked, so the first two callbacks of a call arriving
+            // at once (at two nodes) merge one after the other instead of overwriting.
+            sqlx::query(
+                "INSERT INTO calls (location_id, provider, call_sid, state, updated_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, call_sid) DO NOTHING",
+            )
+            .bind(location_id)
+            .bind(provider)
+            .bind(&update.call_sid)
+            .bind(
+                serde_json::to_string(&CallState::new(&update.call_sid, ctx.now))
+                    .expect("call state serializes"),
+            )
+            .bind(ctx.now)
+            .execute(&mut **tx)
+            .await?;
+            let row = sqlx::query(&format!(
+                "SELECT state, message_id FROM calls WHERE provider = $1 AND call_sid = $2{}",
+                $hooks::ROW_LOCK
+            ))
+            .bind(provider)
+            .bind(&update.call_sid)
+            .fetch_one(&mut **tx)
+            .await?;
+            let mut state = serde_json::from_str::<CallState>(row.get::<&str, _>("state"))
+                .context("stored call state")?;
+            let emitted = row.get::<Option<String>, _>("message_id");
             state.apply(update, ctx.now);
             let mut message_id = emitted.clone();
             let mut emit_at = None;
@@ -747,10 +752,13 @@ macro_rules! sql_store {
 
             async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
                 let query = format!(
-                    "INSERT INTO webhooks (id, created_at, {SETTINGS_COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                    "INSERT INTO webhooks (id, created_at, secret, {SETTINGS_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 );
-                let query = sqlx::query(&query).bind(&w.id).bind(w.created_at);
+                let query = sqlx::query(&query)
+                    .bind(&w.id)
+                    .bind(w.created_at)
+                    .bind(&w.secret);
                 bind_settings(query, w).execute(&self.writer).await?;
                 Ok(())
             }
@@ -791,6 +799,22 @@ macro_rules! sql_store {
                     .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::NotFound(format!("no webhook {}", w.id)));
+                }
+                Ok(())
+            }
+
+            async fn rotate_secret(&self, id: &str, secret: &str, previous_until: i64) -> StoreResult<()> {
+                let done = sqlx::query(
+                    "UPDATE webhooks SET previous_secret = secret, secret = $1, previous_secret_until = $2
+                     WHERE id = $3 AND deleted_at IS NULL",
+                )
+                .bind(secret)
+                .bind(previous_until)
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("no webhook {id}")));
                 }
                 Ok(())
             }
@@ -837,14 +861,9 @@ macro_rules! sql_store {
                 let Some(row) = row else {
                     return Ok(vec![]);
                 };
+                // Its pending deliveries wait: claims skip disabled webhooks. Leases are left
+                // alone, so one being sent right now is never taken over while in flight.
                 let disabled = webhook_from_row(&row);
-                // Nobody holds its deliveries any more: they wait for it to be enabled again.
-                sqlx::query(
-                    "UPDATE deliveries SET lease_until = NULL WHERE webhook_id = $1 AND status = 'pending'",
-                )
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
                 let event_id = new_id();
                 let payload = Bytes::from(event::render_webhook_disabled(&disabled, &event_id, now));
                 let seq = insert_event(
@@ -1057,7 +1076,9 @@ macro_rules! sql_store {
                 now: i64,
                 lease_until: i64,
                 limit: u32,
+                skip_webhooks: &[String],
             ) -> StoreResult<Vec<DeliveryJob>> {
+                let skip = serde_json::to_string(skip_webhooks).expect("strings serialize");
                 // Due, free, for an enabled webhook with a closed breaker; for an ordered webhook only
                 // the first pending delivery of its conversation.
                 const CLAIMABLE: &str = "d.status = 'pending' AND d.next_attempt_at <= $1
@@ -1067,13 +1088,16 @@ macro_rules! sql_store {
                        AND (w.ordering <> 'conversation' OR d.conversation_id IS NULL OR NOT EXISTS (
                            SELECT 1 FROM deliveries p
                            WHERE p.webhook_id = d.webhook_id AND p.conversation_id = d.conversation_id
-                             AND p.status = 'pending' AND p.event_seq < d.event_seq))";
+                             AND p.status = 'pending' AND p.id <> d.id
+                             AND (p.event_seq < d.event_seq OR p.lease_until > $1)))";
                 // Most polls find nothing: ask a reader before taking the writer.
                 let any: Option<i32> = sqlx::query_scalar(&format!(
                     "SELECT 1 FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-                     WHERE {CLAIMABLE} LIMIT 1"
+                     WHERE {CLAIMABLE} AND d.webhook_id NOT IN ({}) LIMIT 1",
+                    $hooks::json_text_list("$2")
                 ))
                 .bind(now)
+                .bind(&skip)
                 .fetch_optional(&self.reader)
                 .await?;
                 if any.is_none() {
@@ -1084,13 +1108,15 @@ macro_rules! sql_store {
                     "SELECT {JOB_COLUMNS} FROM deliveries d
                      JOIN events e ON e.id = d.event_id
                      JOIN webhooks w ON w.id = d.webhook_id
-                     WHERE {CLAIMABLE}
+                     WHERE {CLAIMABLE} AND d.webhook_id NOT IN ({})
                      ORDER BY d.next_attempt_at
                      LIMIT $2{}",
+                    $hooks::json_text_list("$3"),
                     $hooks::CLAIM_LOCK
                 ))
                 .bind(now)
                 .bind(i64::from(limit))
+                .bind(&skip)
                 .fetch_all(&mut *tx)
                 .await?;
                 let mut jobs = Vec::with_capacity(rows.len());
@@ -1157,13 +1183,16 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn release_leases_of(&self, delivery_ids: &[String]) -> StoreResult<()> {
+            async fn release_leases_of(&self, leases: &[(String, i64)]) -> StoreResult<()> {
                 let mut tx = self.writer.begin().await?;
-                for id in delivery_ids {
+                for (id, lease_until) in leases {
+                    // Only a lease this node still holds: another node may have taken it over.
                     sqlx::query(
-                        "UPDATE deliveries SET lease_until = NULL WHERE id = $1 AND status = 'pending'",
+                        "UPDATE deliveries SET lease_until = NULL
+                         WHERE id = $1 AND lease_until = $2 AND status = 'pending'",
                     )
                     .bind(id)
+                    .bind(lease_until)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -1183,6 +1212,7 @@ macro_rules! sql_store {
                     "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
                          status = $1, next_attempt_at = $2, finished_at = $3
                      WHERE id = $4 AND status = 'pending'
+                       AND (lease_until IS NULL OR lease_until = $5)
                      RETURNING attempts",
                 )
                 .bind(match next {
@@ -1199,6 +1229,7 @@ macro_rules! sql_store {
                     _ => Some(finished_at),
                 })
                 .bind(&job.delivery_id)
+                .bind(job.lease_until)
                 .fetch_optional(&mut *tx)
                 .await?;
                 // A delivery cancelled meanwhile keeps its state; the attempt is still recorded.
@@ -1245,22 +1276,49 @@ macro_rules! sql_store {
                 id: &str,
                 now: i64,
                 lease_until: i64,
-            ) -> StoreResult<DeliveryJob> {
+            ) -> StoreResult<Option<DeliveryJob>> {
                 let mut tx = self.writer.begin().await?;
-                let done = sqlx::query(
+                let row = sqlx::query(&format!(
+                    "SELECT d.status, d.lease_until AS held, w.ordering, w.disabled_at
+                     FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                     WHERE d.id = $1 AND w.deleted_at IS NULL{}",
+                    $hooks::HEAD_LOCK
+                ))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("no delivery {id} (or its webhook was deleted)"))
+                })?;
+                let status: String = row.get("status");
+                if status == delivery_status::CANCELLED {
+                    return Err(StoreError::NotFound(format!("delivery {id} was cancelled")));
+                }
+                if status == delivery_status::PENDING
+                    && row.get::<Option<i64>, _>("held").is_some_and(|h| h > now)
+                {
+                    return Err(StoreError::Conflict(format!("delivery {id} is being sent right now")));
+                }
+                // An ordered webhook's delivery waits its turn in the conversation, and a disabled
+                // webhook's waits for it to be enabled: those are left for a claim.
+                let claim_later = row.get::<&str, _>("ordering") == "conversation"
+                    || row.get::<Option<i64>, _>("disabled_at").is_some();
+                let lease = (!claim_later).then_some(lease_until);
+                sqlx::query(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_until = $2,
-                         retry_offset = attempts, finished_at = NULL
-                     WHERE id = $3 AND status <> 'cancelled'",
+                         retry_offset = CASE WHEN status = 'pending' THEN retry_offset ELSE attempts END,
+                         finished_at = NULL
+                     WHERE id = $3",
                 )
                 .bind(now)
-                .bind(lease_until)
+                .bind(lease)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!(
-                        "no delivery {id} (or its webhook was deleted)"
-                    )));
+                if claim_later {
+                    $hooks::notify_work(&mut *tx).await?;
+                    tx.commit().await?;
+                    return Ok(None);
                 }
                 let row = sqlx::query(&format!(
                     "SELECT {JOB_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = $1"
@@ -1269,7 +1327,7 @@ macro_rules! sql_store {
                 .fetch_one(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok(job_from_row(&row, lease_until))
+                Ok(Some(job_from_row(&row, lease_until)))
             }
 
             async fn replay(

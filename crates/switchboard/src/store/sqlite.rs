@@ -78,6 +78,11 @@ mod hooks {
         Ok(())
     }
 
+    /// A subquery of the text values of the JSON array bound at `param`.
+    pub fn json_text_list(param: &str) -> String {
+        format!("SELECT value FROM json_each({param})")
+    }
+
     pub fn listen(_pool: &sqlx::SqlitePool) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>> {
         None
     }

@@ -962,7 +962,114 @@ async fn a_subscriber_that_does_not_answer_in_time_is_retried_as_a_timeout() {
     assert_eq!(delivery["attempts"][1]["httpStatus"], 200);
 }
 
+async fn limits_that_would_break_the_dispatcher_are_refused() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    for (body, code) in [
+        (json!({ "maxPerSecond": 1e-20 }), "invalid_max_per_second"),
+        (json!({ "maxPerSecond": 1e9 }), "invalid_max_per_second"),
+        (
+            json!({ "retrySchedule": ["30d"] }),
+            "invalid_retry_schedule",
+        ),
+    ] {
+        let r = app
+            .admin_send(
+                reqwest::Method::PATCH,
+                &format!("/v1/webhooks/{id}"),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code);
+    }
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            json!({ "overlapSeconds": 300_000_000_000u64 }),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    // Nothing was changed, and the webhook still reads back.
+    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+    assert!(view["maxPerSecond"].is_null() && view["retrySchedule"].is_null());
+    app.post_twilio(&sms_params("SMstill", "still flowing"), AUTH_TOKEN)
+        .await;
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+}
+
+async fn a_patch_keeps_a_rotated_secret_and_a_deleted_webhooks_delivery_is_not_retried() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let rotated: Value = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = app
+        .admin_send(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            json!({ "maxInFlight": 3 }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let secret = get(&app, &format!("/v1/webhooks/{id}/secret")).await;
+    assert_eq!(secret["secret"], rotated["secret"]);
+    assert_eq!(secret["previousSecret"], webhook["secret"]);
+
+    app.post_twilio(&sms_params("SMgoneaway", "then deleted"), AUTH_TOKEN)
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
+    let delivery_id = eventually(Duration::from_secs(5), "delivered", || async {
+        let r = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+        (r["data"][0]["status"] == "delivered")
+            .then(|| r["data"][0]["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let r = app
+        .admin_send(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{id}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/deliveries/{delivery_id}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    receiver.expect_exactly(1, QUIET).await;
+}
+
 crate::both_stores!(
+    limits_that_would_break_the_dispatcher_are_refused,
+    a_patch_keeps_a_rotated_secret_and_a_deleted_webhooks_delivery_is_not_retried,
     default_schedule_puts_the_first_retry_five_seconds_out_within_jitter,
     a_webhooks_own_schedule_and_retry_after,
     redirects_are_not_followed,
