@@ -3,6 +3,7 @@
 //! with their deliveries, and sent signed to every subscriber until accepted.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod channels;
 pub mod config;
 pub mod dispatcher;

@@ -41,6 +41,22 @@ enum Command {
     },
     /// Print the built-in configuration with a comment on every key.
     ConfigDefaults,
+    /// Benchmark: a server and a subscriber sink on loopback, N signed Twilio webhooks at
+    /// concurrency C, every event awaited; prints a table and a JSON line.
+    Bench {
+        /// How many messages.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// PostgreSQL to benchmark instead of the embedded SQLite (an empty database).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// Extra server setting, KEY=VALUE with the SWITCHBOARD_ name (repeatable).
+        #[arg(long = "server-env", value_name = "KEY=VALUE")]
+        server_env: Vec<String>,
+    },
     /// Send a provider request to a running Switchboard, signed as the provider signs it.
     #[command(subcommand)]
     Simulate(Simulate),
@@ -86,6 +102,31 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let load = || Config::load(cli.config.as_deref());
     match cli.command {
+        Command::Bench {
+            messages,
+            concurrency,
+            database_url,
+            server_env,
+        } => {
+            let server_env = server_env
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("--server-env wants KEY=VALUE, got `{kv}`"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let report = switchboard::bench::run(switchboard::bench::BenchOptions {
+                messages,
+                concurrency,
+                database_url,
+                server_env,
+            })
+            .await?;
+            println!("{}", switchboard::bench::table(&report));
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::ConfigDefaults => {
             print!("{}", switchboard::config::DEFAULTS_TOML);
             Ok(())

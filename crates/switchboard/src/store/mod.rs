@@ -228,6 +228,74 @@ pub struct IngestContext {
     pub call_recording_wait_ms: i64,
 }
 
+/// One provider request waiting for the next group commit.
+#[derive(Debug)]
+pub struct IngestItem {
+    pub location_id: String,
+    pub facts: Vec<Fact>,
+    pub context: IngestContext,
+}
+
+/// Group commit: concurrent ingests are queued and written by one task, as many per
+/// transaction as arrived while the previous one was committing. Each caller still gets its
+/// answer only after its own transaction committed.
+pub struct GroupCommit {
+    tx: tokio::sync::mpsc::Sender<(
+        IngestItem,
+        tokio::sync::oneshot::Sender<StoreResult<IngestOutcome>>,
+    )>,
+}
+
+/// The most requests one group commit writes.
+const GROUP_COMMIT_MAX: usize = 256;
+
+impl GroupCommit {
+    /// Start the writer task; `write` files a batch and answers for each request in order.
+    pub fn start<F, Fut>(write: F) -> GroupCommit
+    where
+        F: Fn(Vec<IngestItem>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<StoreResult<IngestOutcome>>> + Send,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(
+            IngestItem,
+            tokio::sync::oneshot::Sender<StoreResult<IngestOutcome>>,
+        )>(4 * GROUP_COMMIT_MAX);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+            while rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
+                let (items, replies): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut batch).into_iter().unzip();
+                let results = write(items).await;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+        });
+        GroupCommit { tx }
+    }
+
+    pub async fn submit(
+        &self,
+        location_id: &str,
+        facts: Vec<Fact>,
+        context: &IngestContext,
+    ) -> StoreResult<IngestOutcome> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let item = IngestItem {
+            location_id: location_id.to_owned(),
+            facts,
+            context: context.clone(),
+        };
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| StoreError::Internal(anyhow::anyhow!("the store's writer stopped")))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Internal(anyhow::anyhow!("the store's writer stopped")))?
+    }
+}
+
 /// The result of storing one provider request's facts.
 #[derive(Debug, Clone, Default)]
 pub struct IngestOutcome {

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
+    batch: super::GroupCommit,
 }
 
 impl PostgresStore {
@@ -25,9 +26,15 @@ impl PostgresStore {
             .run(&pool)
             .await
             .context("migrating the PostgreSQL database")?;
+        let writer = pool.clone();
+        let batch = super::GroupCommit::start(move |items| {
+            let pool = writer.clone();
+            async move { ingest_batch(&pool, items).await }
+        });
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,
+            batch,
         })
     }
 }

@@ -519,17 +519,57 @@ macro_rules! sql_store {
         }
 
 
-        impl $store {
-            async fn ingest_once(
-                &self,
-                location_id: &str,
-                facts: &[Fact],
-                ctx: &IngestContext,
-            ) -> StoreResult<IngestOutcome> {
-                let mut tx = self.writer.begin().await?;
+        /// File several provider requests in one transaction (group commit): one commit, one
+        /// fsync, for everything that arrived while the previous batch was being written. When
+        /// the batch fails as a whole, each request is tried alone, so one bad request never
+        /// fails the others.
+        async fn ingest_batch(
+            pool: &sqlx::Pool<$db>,
+            items: Vec<$crate::store::IngestItem>,
+        ) -> Vec<StoreResult<IngestOutcome>> {
+            if items.len() > 1 {
+                if let Ok(outcomes) = ingest_with_retries(pool, &items).await {
+                    return outcomes.into_iter().map(Ok).collect();
+                }
+            }
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(
+                    ingest_with_retries(pool, std::slice::from_ref(&item))
+                        .await
+                        .map(|mut o| o.remove(0)),
+                );
+            }
+            results
+        }
+
+        /// Two nodes filing the same provider message (or creating the same contact) at once:
+        /// one commits; the other hits a unique constraint and, tried again, finds what the
+        /// first stored.
+        async fn ingest_with_retries(
+            pool: &sqlx::Pool<$db>,
+            items: &[$crate::store::IngestItem],
+        ) -> StoreResult<Vec<IngestOutcome>> {
+            let mut tries = 0;
+            loop {
+                match ingest_once(pool, items).await {
+                    Err(StoreError::Internal(e)) if tries < 3 && is_unique_violation(&e) => tries += 1,
+                    other => return other,
+                }
+            }
+        }
+
+        async fn ingest_once(
+            pool: &sqlx::Pool<$db>,
+            items: &[$crate::store::IngestItem],
+        ) -> StoreResult<Vec<IngestOutcome>> {
+            let mut tx = pool.begin().await?;
+            let mut outcomes = Vec::with_capacity(items.len());
+            for item in items {
+                let (location_id, ctx) = (item.location_id.as_str(), &item.context);
                 let webhooks = location_webhooks(&mut tx, location_id).await?;
                 let mut outcome = IngestOutcome::default();
-                for fact in facts {
+                for fact in &item.facts {
                     match fact {
                         Fact::Message(m) => {
                             file_message(&mut tx, location_id, m, &webhooks, ctx, &mut outcome).await?
@@ -548,9 +588,10 @@ macro_rules! sql_store {
                         }
                     }
                 }
-                tx.commit().await?;
-                Ok(outcome)
+                outcomes.push(outcome);
             }
+            tx.commit().await?;
+            Ok(outcomes)
         }
 
         fn is_unique_violation(e: &anyhow::Error) -> bool {
@@ -939,16 +980,7 @@ macro_rules! sql_store {
                 facts: Vec<Fact>,
                 ctx: &IngestContext,
             ) -> StoreResult<IngestOutcome> {
-                // Two nodes filing the same provider message (or creating the same contact) at once:
-                // one commits; the other hits a unique constraint and, tried again, finds what the
-                // first stored.
-                let mut tries = 0;
-                loop {
-                    match self.ingest_once(location_id, &facts, ctx).await {
-                        Err(StoreError::Internal(e)) if tries < 3 && is_unique_violation(&e) => tries += 1,
-                        other => return other,
-                    }
-                }
+                self.batch.submit(location_id, facts, ctx).await
             }
 
             async fn emit_due_calls(&self, ctx: &IngestContext) -> StoreResult<Vec<DeliveryJob>> {

@@ -13,6 +13,7 @@ use crate::config::SqliteSynchronous as SyncSetting;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    batch: super::GroupCommit,
 }
 
 impl SqliteStore {
@@ -46,7 +47,16 @@ impl SqliteStore {
             .connect_with(options.create_if_missing(false))
             .await
             .context("opening SQLite read connections")?;
-        Ok(SqliteStore { writer, reader })
+        let pool = writer.clone();
+        let batch = super::GroupCommit::start(move |items| {
+            let pool = pool.clone();
+            async move { ingest_batch(&pool, items).await }
+        });
+        Ok(SqliteStore {
+            writer,
+            reader,
+            batch,
+        })
     }
 }
 

@@ -180,3 +180,22 @@ async fn serve_with_no_configuration_starts_and_answers_healthz() {
     // The generated token is printed once.
     assert!(String::from_utf8_lossy(&out.stdout).contains(token.trim()));
 }
+
+/// The benchmark from the README, small: it fails unless every event arrives.
+#[test]
+fn the_benchmark_runs_and_every_event_arrives() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["bench", "--messages", "300", "--concurrency", "8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["messages"], 300);
+    assert!(json["delivered_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(stdout.contains("delivered/s"));
+}

@@ -1,0 +1,434 @@
+//! `switchboard bench`: the end-to-end benchmark. It starts a Switchboard server (this same
+//! binary, as a child process, so its memory and CPU are its own) on SQLite or PostgreSQL and
+//! a subscriber sink on loopback, posts N signed Twilio webhooks at concurrency C (many
+//! contacts, 100–600-byte bodies), waits until every one is delivered, and reports
+//! throughput, latencies, the server's peak RSS and CPU time — and, as the ceiling, the same
+//! load posted straight to the sink (what HTTP alone costs on this machine).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use rand::Rng;
+use serde_json::json;
+
+use crate::channels::twilio::signature::{self, Algorithm};
+use crate::routes::TWILIO_INBOUND_PATH;
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+const AUTH_TOKEN: &str = "bench_auth_token_0123456789abcdef";
+const BUSINESS_NUMBER: &str = "+14155550100";
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub messages: usize,
+    pub concurrency: usize,
+    /// None: embedded SQLite in a temporary directory.
+    pub database_url: Option<String>,
+    /// Extra `SWITCHBOARD_*` settings for the server.
+    pub server_env: Vec<(String, String)>,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub store: String,
+    pub messages: usize,
+    pub concurrency: usize,
+    pub accepted_per_sec: f64,
+    pub delivered_per_sec: f64,
+    pub ingest_p50_ms: f64,
+    pub ingest_p99_ms: f64,
+    pub end_to_end_p50_ms: f64,
+    pub end_to_end_p95_ms: f64,
+    pub end_to_end_p99_ms: f64,
+    pub server_peak_rss_mb: f64,
+    pub server_cpu_seconds: f64,
+    pub ceiling_per_sec: f64,
+    pub delivered_share_of_ceiling: f64,
+    pub repeated_deliveries: usize,
+}
+
+/// The sink: records when each message (by the number in its body) arrived.
+#[derive(Default)]
+struct Sink {
+    arrivals: Mutex<HashMap<usize, Instant>>,
+    total: AtomicUsize,
+}
+
+async fn sink(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
+    let now = Instant::now();
+    sink.total.fetch_add(1, Ordering::Relaxed);
+    // The number follows "bench " in the message body.
+    if let Some(i) = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|t| t.split("\"body\":\"bench ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        sink.arrivals
+            .lock()
+            .expect("sink lock")
+            .entry(i)
+            .or_insert(now);
+    }
+    StatusCode::OK
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// `(peak RSS in MiB, user+system CPU seconds)` of a process, from /proc.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let cpu = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 12)
+        .map(|f| {
+            let ticks: f64 =
+                f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+            ticks / 100.0
+        })
+        .unwrap_or(0.0);
+    (peak_kb / 1024.0, cpu)
+}
+
+struct Server {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server(options: &BenchOptions, port: u16) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("serve")
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD_DATA_DIR", dir.path())
+        .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "true")
+        .env("SWITCHBOARD_LOG", "error")
+        .stdout(std::process::Stdio::null());
+    if let Some(url) = &options.database_url {
+        command.env("SWITCHBOARD_DATABASE_URL", url);
+    }
+    for (k, v) in &options.server_env {
+        command.env(k, v);
+    }
+    let server = Server {
+        child: command.spawn().context("starting the server")?,
+        _dir: dir,
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return Ok(server);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server did not become ready");
+}
+
+async fn configure(client: &reqwest::Client, base: &str, sink_url: &str) -> anyhow::Result<()> {
+    let location: serde_json::Value = client
+        .post(format!("{base}/v1/locations"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "Bench" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = location["id"].as_str().context("location id")?;
+    client
+        .put(format!("{base}/v1/locations/{id}/channels/twilio"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }))
+        .send()
+        .await?
+        .error_for_status()?;
+    client
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "url": sink_url, "events": ["InboundMessage"] }))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// Requests as Twilio sends them, built before the clock starts: (form body, signature).
+fn twilio_requests(n: usize, url: &str) -> Vec<(String, String)> {
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|i| {
+            let sid = format!("SM{i:032}");
+            let from = format!("+1212{:07}", i % 5000);
+            let filler_len = rng.gen_range(100..=600usize);
+            let text: String = format!("bench {i} ")
+                .chars()
+                .chain((0..filler_len).map(|k| if k % 7 == 6 { ' ' } else { 'x' }))
+                .take(filler_len)
+                .collect();
+            let params: Vec<(String, String)> = [
+                ("MessageSid", sid.as_str()),
+                ("SmsMessageSid", sid.as_str()),
+                ("AccountSid", ACCOUNT_SID),
+                ("From", from.as_str()),
+                ("To", BUSINESS_NUMBER),
+                ("Body", text.as_str()),
+                ("NumMedia", "0"),
+                ("NumSegments", "1"),
+                ("SmsStatus", "received"),
+                ("ApiVersion", "2010-04-01"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let sig = signature::sign(Algorithm::HmacSha1, AUTH_TOKEN.as_bytes(), url, &params);
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&params)
+                .finish();
+            (body, sig)
+        })
+        .collect()
+}
+
+/// Post `requests` at `concurrency`; returns each request's latency (ms), when each request
+/// (by index) was sent, and the failures.
+async fn post_all(
+    client: &reqwest::Client,
+    url: &str,
+    requests: Vec<(String, Vec<(&'static str, String)>)>,
+    concurrency: usize,
+) -> (Vec<f64>, HashMap<usize, Instant>, usize) {
+    let sent = Arc::new(Mutex::new(HashMap::with_capacity(requests.len())));
+    let queue = Arc::new(Mutex::new(
+        requests.into_iter().enumerate().collect::<Vec<_>>(),
+    ));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_owned());
+            let (queue, latencies, failures) = (queue.clone(), latencies.clone(), failures.clone());
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Some((i, (body, headers))) = queue.lock().expect("queue").pop() else {
+                        return;
+                    };
+                    let started = Instant::now();
+                    sent.lock().expect("sent").insert(i, started);
+                    let mut request = client.post(&url).body(body);
+                    for (name, value) in headers {
+                        request = request.header(name, value);
+                    }
+                    match request.send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            latencies
+                                .lock()
+                                .expect("latencies")
+                                .push(started.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+    let latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    let sent = std::mem::take(&mut *sent.lock().expect("sent"));
+    (latencies, sent, failures.load(Ordering::Relaxed))
+}
+
+pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    let n = options.messages;
+    anyhow::ensure!(
+        n > 0 && options.concurrency > 0,
+        "messages and concurrency must be above 0"
+    );
+    let state = Arc::new(Sink::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_url = format!("http://{}/hook", listener.local_addr()?);
+    let app = axum::Router::new()
+        .route("/hook", post(sink))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .tcp_nodelay(true)
+        .build()?;
+
+    // The ceiling: the same number of ~500-byte JSON posts straight to the sink.
+    let payload = format!(
+        "{{\"type\":\"InboundMessage\",\"body\":\"{}\"}}",
+        "y".repeat(460)
+    );
+    let direct: Vec<_> = (0..n)
+        .map(|_| {
+            (
+                payload.clone(),
+                vec![("content-type", "application/json".to_owned())],
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let (_, _, failed) = post_all(&client, &sink_url, direct, options.concurrency).await;
+    let ceiling = n as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(failed == 0, "{failed} posts to the sink failed");
+    state.arrivals.lock().expect("sink lock").clear();
+    state.total.store(0, Ordering::Relaxed);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let server = start_server(&options, port).await?;
+    let base = format!("http://127.0.0.1:{port}");
+    configure(&client, &base, &sink_url).await?;
+    let url = format!("{base}{TWILIO_INBOUND_PATH}");
+    let requests: Vec<_> = twilio_requests(n, &url)
+        .into_iter()
+        .map(|(body, sig)| {
+            (
+                body,
+                vec![
+                    (
+                        "content-type",
+                        "application/x-www-form-urlencoded".to_owned(),
+                    ),
+                    ("x-twilio-signature", sig),
+                ],
+            )
+        })
+        .collect();
+
+    let started = Instant::now();
+    let (mut ingest, sent, failed) = post_all(&client, &url, requests, options.concurrency).await;
+    let accepted_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(failed == 0, "{failed} provider requests were refused");
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let arrived = state.arrivals.lock().expect("sink lock").len();
+        if arrived >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {arrived} of {n} events arrived within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let arrivals = state.arrivals.lock().expect("sink lock").clone();
+    let delivered_secs = arrivals
+        .values()
+        .map(|t| t.duration_since(started).as_secs_f64())
+        .fold(0.0, f64::max);
+    let (peak_rss, cpu) = process_usage(server.child.id());
+    drop(server);
+
+    // Ingest → delivery: from when a message's request was sent to when its event arrived.
+    let mut end_to_end: Vec<f64> = arrivals
+        .iter()
+        .filter_map(|(i, t)| {
+            sent.get(i)
+                .map(|s| t.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    end_to_end.sort_by(f64::total_cmp);
+    ingest.sort_by(f64::total_cmp);
+    let delivered_per_sec = n as f64 / delivered_secs;
+    Ok(BenchReport {
+        store: if options.database_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+        .to_owned(),
+        messages: n,
+        concurrency: options.concurrency,
+        accepted_per_sec: n as f64 / accepted_secs,
+        delivered_per_sec,
+        ingest_p50_ms: percentile(&ingest, 50.0),
+        ingest_p99_ms: percentile(&ingest, 99.0),
+        end_to_end_p50_ms: percentile(&end_to_end, 50.0),
+        end_to_end_p95_ms: percentile(&end_to_end, 95.0),
+        end_to_end_p99_ms: percentile(&end_to_end, 99.0),
+        server_peak_rss_mb: peak_rss,
+        server_cpu_seconds: cpu,
+        ceiling_per_sec: ceiling,
+        delivered_share_of_ceiling: delivered_per_sec / ceiling,
+        repeated_deliveries: state.total.load(Ordering::Relaxed).saturating_sub(n),
+    })
+}
+
+/// The table for people.
+pub fn table(r: &BenchReport) -> String {
+    format!(
+        "store                    {}\n\
+         messages × concurrency   {} × {}\n\
+         accepted/s               {:.0}\n\
+         delivered/s              {:.0}  ({:.0} % of the ceiling)\n\
+         ingest latency p50/p99   {:.2} / {:.2} ms\n\
+         ingest→delivery p50/p95/p99  {:.1} / {:.1} / {:.1} ms\n\
+         server peak RSS          {:.1} MiB\n\
+         server CPU               {:.2} s\n\
+         ceiling (HTTP alone)/s   {:.0}\n\
+         repeated deliveries      {}",
+        r.store,
+        r.messages,
+        r.concurrency,
+        r.accepted_per_sec,
+        r.delivered_per_sec,
+        r.delivered_share_of_ceiling * 100.0,
+        r.ingest_p50_ms,
+        r.ingest_p99_ms,
+        r.end_to_end_p50_ms,
+        r.end_to_end_p95_ms,
+        r.end_to_end_p99_ms,
+        r.server_peak_rss_mb,
+        r.server_cpu_seconds,
+        r.ceiling_per_sec,
+        r.repeated_deliveries,
+    )
+}
