@@ -236,29 +236,34 @@ pub struct IngestItem {
     pub context: IngestContext,
 }
 
-/// Group commit: concurrent ingests are queued and written by one task, as many per
-/// transaction as arrived while the previous one was committing. Each caller still gets its
-/// answer only after its own transaction committed.
-pub struct GroupCommit {
-    tx: tokio::sync::mpsc::Sender<(
-        IngestItem,
-        tokio::sync::oneshot::Sender<StoreResult<IngestOutcome>>,
-    )>,
+/// One attempt waiting for the next group commit.
+#[derive(Debug)]
+pub struct AttemptItem {
+    pub job: DeliveryJob,
+    pub attempt: AttemptRecord,
+    pub next: NextStep,
 }
 
-/// The most requests one group commit writes.
+/// Group commit: concurrent writes of one kind are queued and written by one task, as many
+/// per transaction as arrived while the previous one was committing. Each caller still gets
+/// its answer only after its own transaction committed.
+pub struct Batcher<I, O> {
+    tx: tokio::sync::mpsc::Sender<(I, tokio::sync::oneshot::Sender<StoreResult<O>>)>,
+}
+
+/// The most writes one group commit holds.
 const GROUP_COMMIT_MAX: usize = 256;
 
-impl GroupCommit {
-    /// Start the writer task; `write` files a batch and answers for each request in order.
-    pub fn start<F, Fut>(write: F) -> GroupCommit
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Start the writer task; `write` writes a batch and answers for each item, in order.
+    pub fn start<F, Fut>(write: F) -> Self
     where
-        F: Fn(Vec<IngestItem>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Vec<StoreResult<IngestOutcome>>> + Send,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<StoreResult<O>>> + Send,
     {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(
-            IngestItem,
-            tokio::sync::oneshot::Sender<StoreResult<IngestOutcome>>,
+            I,
+            tokio::sync::oneshot::Sender<StoreResult<O>>,
         )>(4 * GROUP_COMMIT_MAX);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
@@ -271,29 +276,21 @@ impl GroupCommit {
                 }
             }
         });
-        GroupCommit { tx }
+        Batcher { tx }
     }
 
-    pub async fn submit(
-        &self,
-        location_id: &str,
-        facts: Vec<Fact>,
-        context: &IngestContext,
-    ) -> StoreResult<IngestOutcome> {
+    pub async fn submit(&self, item: I) -> StoreResult<O> {
+        let stopped = || StoreError::Internal(anyhow::anyhow!("the store's writer stopped"));
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let item = IngestItem {
-            location_id: location_id.to_owned(),
-            facts,
-            context: context.clone(),
-        };
-        self.tx
-            .send((item, reply))
-            .await
-            .map_err(|_| StoreError::Internal(anyhow::anyhow!("the store's writer stopped")))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Internal(anyhow::anyhow!("the store's writer stopped")))?
+        self.tx.send((item, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
+}
+
+/// The two kinds of write that are group-committed.
+pub struct GroupCommit {
+    pub ingest: Batcher<IngestItem, IngestOutcome>,
+    pub attempts: Batcher<AttemptItem, WebhookHealth>,
 }
 
 /// The result of storing one provider request's facts.

@@ -26,11 +26,7 @@ impl PostgresStore {
             .run(&pool)
             .await
             .context("migrating the PostgreSQL database")?;
-        let writer = pool.clone();
-        let batch = super::GroupCommit::start(move |items| {
-            let pool = writer.clone();
-            async move { ingest_batch(&pool, items).await }
-        });
+        let batch = group_commit(&pool);
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,

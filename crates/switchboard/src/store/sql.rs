@@ -519,6 +519,120 @@ macro_rules! sql_store {
         }
 
 
+        /// The writer tasks for the group-committed writes of this store.
+        fn group_commit(pool: &sqlx::Pool<$db>) -> $crate::store::GroupCommit {
+            let (ingest_pool, attempts_pool) = (pool.clone(), pool.clone());
+            $crate::store::GroupCommit {
+                ingest: $crate::store::Batcher::start(move |items| {
+                    let pool = ingest_pool.clone();
+                    async move { ingest_batch(&pool, items).await }
+                }),
+                attempts: $crate::store::Batcher::start(move |items| {
+                    let pool = attempts_pool.clone();
+                    async move { record_attempts(&pool, items).await }
+                }),
+            }
+        }
+
+        /// Record several attempts in one transaction (group commit); when the batch fails,
+        /// each is tried alone.
+        async fn record_attempts(
+            pool: &sqlx::Pool<$db>,
+            items: Vec<$crate::store::AttemptItem>,
+        ) -> Vec<StoreResult<WebhookHealth>> {
+            async fn all(
+                pool: &sqlx::Pool<$db>,
+                items: &[$crate::store::AttemptItem],
+            ) -> StoreResult<Vec<WebhookHealth>> {
+                let mut tx = pool.begin().await?;
+                let mut health = Vec::with_capacity(items.len());
+                for item in items {
+                    health.push(write_attempt(&mut tx, &item.job, &item.attempt, item.next).await?);
+                }
+                tx.commit().await?;
+                Ok(health)
+            }
+            if items.len() > 1 {
+                if let Ok(health) = all(pool, &items).await {
+                    return health.into_iter().map(Ok).collect();
+                }
+            }
+            let mut results = Vec::with_capacity(items.len());
+            for item in &items {
+                results.push(all(pool, std::slice::from_ref(item)).await.map(|mut h| h.remove(0)));
+            }
+            results
+        }
+
+        async fn write_attempt(
+            tx: &mut Transaction<'_, $db>,
+            job: &DeliveryJob,
+            attempt: &AttemptRecord,
+            next: NextStep,
+        ) -> StoreResult<WebhookHealth> {
+            let finished_at = attempt.started_at + attempt.duration_ms;
+            let updated: Option<i64> = sqlx::query_scalar(
+                "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
+                     status = $1, next_attempt_at = $2, finished_at = $3
+                 WHERE id = $4 AND status = 'pending'
+                   AND (lease_until IS NULL OR lease_until = $5)
+                 RETURNING attempts",
+            )
+            .bind(match next {
+                NextStep::Delivered => delivery_status::DELIVERED,
+                NextStep::RetryAt(_) => delivery_status::PENDING,
+                NextStep::Failed => delivery_status::FAILED,
+            })
+            .bind(match next {
+                NextStep::RetryAt(at) => Some(at),
+                _ => None,
+            })
+            .bind(match next {
+                NextStep::RetryAt(_) => None,
+                _ => Some(finished_at),
+            })
+            .bind(&job.delivery_id)
+            .bind(job.lease_until)
+            .fetch_optional(&mut **tx)
+            .await?;
+            // A delivery cancelled meanwhile keeps its state; the attempt is still recorded.
+            let number = updated.unwrap_or(i64::from(job.attempts) + 1);
+            sqlx::query(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status,
+                     error, response_body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&job.delivery_id)
+            .bind(number)
+            .bind(attempt.started_at)
+            .bind(attempt.duration_ms)
+            .bind(attempt.http_status.map(i64::from))
+            .bind(&attempt.error)
+            .bind(&attempt.response_excerpt)
+            .execute(&mut **tx)
+            .await?;
+            let success = next == NextStep::Delivered;
+            let row = sqlx::query(
+                "UPDATE webhooks SET
+                     consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures + 1 END,
+                     failing_since = CASE WHEN $1 THEN NULL ELSE COALESCE(failing_since, $2) END
+                 WHERE id = $3
+                 RETURNING consecutive_failures, failing_since, breaker_open_until",
+            )
+            .bind(success)
+            .bind(attempt.started_at)
+            .bind(&job.webhook_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            Ok(row
+                .map(|r| WebhookHealth {
+                    consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
+                    failing_since: r.get("failing_since"),
+                    breaker_open_until: r.get("breaker_open_until"),
+                })
+                .unwrap_or_default())
+        }
+
         /// File several provider requests in one transaction (group commit): one commit, one
         /// fsync, for everything that arrived while the previous batch was being written. When
         /// the batch fails as a whole, each request is tried alone, so one bad request never
@@ -565,14 +679,21 @@ macro_rules! sql_store {
         ) -> StoreResult<Vec<IngestOutcome>> {
             let mut tx = pool.begin().await?;
             let mut outcomes = Vec::with_capacity(items.len());
+            // A batch is mostly one location's messages: its webhooks are read once.
+            let mut webhooks_of: std::collections::HashMap<&str, Vec<Webhook>> =
+                std::collections::HashMap::new();
             for item in items {
                 let (location_id, ctx) = (item.location_id.as_str(), &item.context);
-                let webhooks = location_webhooks(&mut tx, location_id).await?;
+                if !webhooks_of.contains_key(location_id) {
+                    let found = location_webhooks(&mut tx, location_id).await?;
+                    webhooks_of.insert(location_id, found);
+                }
+                let webhooks = &webhooks_of[location_id];
                 let mut outcome = IngestOutcome::default();
                 for fact in &item.facts {
                     match fact {
                         Fact::Message(m) => {
-                            file_message(&mut tx, location_id, m, &webhooks, ctx, &mut outcome).await?
+                            file_message(&mut tx, location_id, m, webhooks, ctx, &mut outcome).await?
                         }
                         Fact::Call(update) => {
                             merge_call(
@@ -580,7 +701,7 @@ macro_rules! sql_store {
                                 location_id,
                                 channels::twilio::PROVIDER,
                                 update,
-                                &webhooks,
+                                webhooks,
                                 ctx,
                                 &mut outcome,
                             )
@@ -980,7 +1101,14 @@ macro_rules! sql_store {
                 facts: Vec<Fact>,
                 ctx: &IngestContext,
             ) -> StoreResult<IngestOutcome> {
-                self.batch.submit(location_id, facts, ctx).await
+                self.batch
+                    .ingest
+                    .submit($crate::store::IngestItem {
+                        location_id: location_id.to_owned(),
+                        facts,
+                        context: ctx.clone(),
+                    })
+                    .await
             }
 
             async fn emit_due_calls(&self, ctx: &IngestContext) -> StoreResult<Vec<DeliveryJob>> {
@@ -1238,69 +1366,14 @@ macro_rules! sql_store {
                 attempt: &AttemptRecord,
                 next: NextStep,
             ) -> StoreResult<WebhookHealth> {
-                let finished_at = attempt.started_at + attempt.duration_ms;
-                let mut tx = self.writer.begin().await?;
-                let updated: Option<i64> = sqlx::query_scalar(
-                    "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
-                         status = $1, next_attempt_at = $2, finished_at = $3
-                     WHERE id = $4 AND status = 'pending'
-                       AND (lease_until IS NULL OR lease_until = $5)
-                     RETURNING attempts",
-                )
-                .bind(match next {
-                    NextStep::Delivered => delivery_status::DELIVERED,
-                    NextStep::RetryAt(_) => delivery_status::PENDING,
-                    NextStep::Failed => delivery_status::FAILED,
-                })
-                .bind(match next {
-                    NextStep::RetryAt(at) => Some(at),
-                    _ => None,
-                })
-                .bind(match next {
-                    NextStep::RetryAt(_) => None,
-                    _ => Some(finished_at),
-                })
-                .bind(&job.delivery_id)
-                .bind(job.lease_until)
-                .fetch_optional(&mut *tx)
-                .await?;
-                // A delivery cancelled meanwhile keeps its state; the attempt is still recorded.
-                let number = updated.unwrap_or(i64::from(job.attempts) + 1);
-                sqlx::query(
-                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status,
-                         error, response_body)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&job.delivery_id)
-                .bind(number)
-                .bind(attempt.started_at)
-                .bind(attempt.duration_ms)
-                .bind(attempt.http_status.map(i64::from))
-                .bind(&attempt.error)
-                .bind(&attempt.response_excerpt)
-                .execute(&mut *tx)
-                .await?;
-                let success = next == NextStep::Delivered;
-                let row = sqlx::query(
-                    "UPDATE webhooks SET
-                         consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures + 1 END,
-                         failing_since = CASE WHEN $1 THEN NULL ELSE COALESCE(failing_since, $2) END
-                     WHERE id = $3
-                     RETURNING consecutive_failures, failing_since, breaker_open_until",
-                )
-                .bind(success)
-                .bind(attempt.started_at)
-                .bind(&job.webhook_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(row
-                    .map(|r| WebhookHealth {
-                        consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
-                        failing_since: r.get("failing_since"),
-                        breaker_open_until: r.get("breaker_open_until"),
+                self.batch
+                    .attempts
+                    .submit($crate::store::AttemptItem {
+                        job: job.clone(),
+                        attempt: attempt.clone(),
+                        next,
                     })
-                    .unwrap_or_default())
+                    .await
             }
 
             async fn retry_delivery(

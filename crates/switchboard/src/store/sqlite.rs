@@ -47,11 +47,7 @@ impl SqliteStore {
             .connect_with(options.create_if_missing(false))
             .await
             .context("opening SQLite read connections")?;
-        let pool = writer.clone();
-        let batch = super::GroupCommit::start(move |items| {
-            let pool = pool.clone();
-            async move { ingest_batch(&pool, items).await }
-        });
+        let batch = group_commit(&writer);
         Ok(SqliteStore {
             writer,
             reader,
