@@ -2,6 +2,8 @@
 //! verified and normalized into `InboundMessage` / `OutboundMessage` events, stored durably
 //! with their deliveries, and sent signed to every subscriber until accepted.
 #![forbid(unsafe_code)]
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
 
 pub mod bench;
 pub mod channels;

@@ -24,6 +24,7 @@ use crate::startup::AppState;
 
 mod admin;
 mod ingress;
+pub mod openapi;
 mod webhooks;
 
 /// The Twilio Messaging webhook path the source document gives, and its legacy path.
@@ -115,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -190,6 +192,13 @@ async fn attachment(
         .await
         .ok_or_else(|| ApiError::not_found(format!("no attachment {file}")))?;
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+/// The OpenAPI document, rendered once.
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| openapi::document().to_string());
+    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }
 
 /// Prometheus text format.

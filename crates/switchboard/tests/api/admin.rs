@@ -234,7 +234,50 @@ async fn webhooks_are_validated_and_private_targets_refused_by_default() {
     assert_eq!(secret["secret"], created["secret"]);
 }
 
+/// Every operation the OpenAPI document lists is served (not the fallback 404 or a 405).
+async fn the_openapi_document_describes_served_routes() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 25, "{} paths", paths.len());
+    for (path, operations) in paths {
+        let concrete = path
+            .replace("{locationId}", "AAAAAAAAAAAAAAAAAAAA")
+            .replace("{webhookId}", "AAAAAAAAAAAAAAAAAAAA")
+            .replace("{deliveryId}", "AAAAAAAAAAAAAAAAAAAA")
+            .replace("{messageId}", "AAAAAAAAAAAAAAAAAAAA")
+            .replace("{file}", "AAAAAAAAAAAAAAAAAAAA.mp3");
+        for method in operations.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = app
+                .client
+                .request(method.clone(), app.url(&concrete))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert_ne!(status, 405, "{method} {path}: {body}");
+            assert!(
+                !(status == 404 && body.contains("no such route")),
+                "{method} {path} is not served"
+            );
+        }
+    }
+}
+
 crate::both_stores!(
+    the_openapi_document_describes_served_routes,
     v1_needs_the_admin_token,
     locations_and_twilio_channels,
     bad_request_bodies_say_what_is_wrong,
