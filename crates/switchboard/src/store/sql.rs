@@ -545,9 +545,51 @@ macro_rules! sql_store {
                 items: &[$crate::store::AttemptItem],
             ) -> StoreResult<Vec<WebhookHealth>> {
                 let mut tx = pool.begin().await?;
+                // Each webhook's health is read once (locked, with other nodes), moved on
+                // attempt by attempt, and written once.
+                let mut health_of: std::collections::HashMap<&str, WebhookHealth> =
+                    std::collections::HashMap::new();
                 let mut health = Vec::with_capacity(items.len());
                 for item in items {
-                    health.push(write_attempt(&mut tx, &item.job, &item.attempt, item.next).await?);
+                    write_attempt(&mut tx, &item.job, &item.attempt, item.next).await?;
+                    let webhook_id = item.job.webhook_id.as_str();
+                    if !health_of.contains_key(webhook_id) {
+                        let row = sqlx::query(&format!(
+                            "SELECT consecutive_failures, failing_since, breaker_open_until
+                             FROM webhooks WHERE id = $1{}",
+                            $hooks::ROW_LOCK
+                        ))
+                        .bind(webhook_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let current = row
+                            .map(|r| WebhookHealth {
+                                consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
+                                failing_since: r.get("failing_since"),
+                                breaker_open_until: r.get("breaker_open_until"),
+                            })
+                            .unwrap_or_default();
+                        health_of.insert(webhook_id, current);
+                    }
+                    let h = health_of.get_mut(webhook_id).expect("inserted above");
+                    if item.next == NextStep::Delivered {
+                        h.consecutive_failures = 0;
+                        h.failing_since = None;
+                    } else {
+                        h.consecutive_failures += 1;
+                        h.failing_since.get_or_insert(item.attempt.started_at);
+                    }
+                    health.push(*h);
+                }
+                for (webhook_id, h) in &health_of {
+                    sqlx::query(
+                        "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2 WHERE id = $3",
+                    )
+                    .bind(i64::from(h.consecutive_failures))
+                    .bind(h.failing_since)
+                    .bind(*webhook_id)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(health)
@@ -564,12 +606,14 @@ macro_rules! sql_store {
             results
         }
 
+        /// The delivery's new state and the attempt's row (the webhook's health is written once
+        /// per batch by `record_attempts`).
         async fn write_attempt(
             tx: &mut Transaction<'_, $db>,
             job: &DeliveryJob,
             attempt: &AttemptRecord,
             next: NextStep,
-        ) -> StoreResult<WebhookHealth> {
+        ) -> StoreResult<()> {
             let finished_at = attempt.started_at + attempt.duration_ms;
             let updated: Option<i64> = sqlx::query_scalar(
                 "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
@@ -611,26 +655,7 @@ macro_rules! sql_store {
             .bind(&attempt.response_excerpt)
             .execute(&mut **tx)
             .await?;
-            let success = next == NextStep::Delivered;
-            let row = sqlx::query(
-                "UPDATE webhooks SET
-                     consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures + 1 END,
-                     failing_since = CASE WHEN $1 THEN NULL ELSE COALESCE(failing_since, $2) END
-                 WHERE id = $3
-                 RETURNING consecutive_failures, failing_since, breaker_open_until",
-            )
-            .bind(success)
-            .bind(attempt.started_at)
-            .bind(&job.webhook_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            Ok(row
-                .map(|r| WebhookHealth {
-                    consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
-                    failing_since: r.get("failing_since"),
-                    breaker_open_until: r.get("breaker_open_until"),
-                })
-                .unwrap_or_default())
+            Ok(())
         }
 
         /// File several provider requests in one transaction (group commit): one commit, one
