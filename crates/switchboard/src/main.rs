@@ -65,29 +65,7 @@ enum Command {
 #[derive(Subcommand)]
 enum Simulate {
     /// An inbound SMS (or MMS with --media) from Twilio's "A message comes in" webhook.
-    TwilioSms {
-        /// The Switchboard to post to.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
-        /// The public URL Twilio calls, when Switchboard checks signatures against one.
-        #[arg(long)]
-        public_url: Option<String>,
-        #[arg(long)]
-        account_sid: String,
-        #[arg(long)]
-        auth_token: String,
-        /// The sender (the customer), E.164.
-        #[arg(long)]
-        from: String,
-        /// Your Twilio number, E.164.
-        #[arg(long)]
-        to: String,
-        #[arg(long, default_value = "Hello from the simulator")]
-        body: String,
-        /// A media URL (repeat for several).
-        #[arg(long)]
-        media: Vec<String>,
-    },
+    TwilioSms(switchboard::simulate::SimulatedSms),
 }
 
 #[tokio::main]
@@ -131,26 +109,7 @@ async fn run() -> anyhow::Result<()> {
             print!("{}", switchboard::config::DEFAULTS_TOML);
             Ok(())
         }
-        Command::Simulate(Simulate::TwilioSms {
-            server,
-            public_url,
-            account_sid,
-            auth_token,
-            from,
-            to,
-            body,
-            media,
-        }) => {
-            let sms = switchboard::simulate::SimulatedSms {
-                server,
-                public_url,
-                account_sid,
-                auth_token,
-                from,
-                to,
-                body,
-                media,
-            };
+        Command::Simulate(Simulate::TwilioSms(sms)) => {
             let (status, text) = switchboard::simulate::twilio_sms(&sms).await?;
             println!("{status} {text}");
             anyhow::ensure!(

@@ -7,16 +7,29 @@ use crate::channels::twilio::signature::{self, Algorithm};
 use crate::domain::ids::new_id;
 use crate::routes::TWILIO_INBOUND_PATH;
 
+/// What to send (also the command's arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SimulatedSms {
-    /// Base URL of the Switchboard to post to.
+    /// The Switchboard to post to.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// The public URL Twilio would call, when it differs from `server` (behind a proxy).
+    /// The public URL Twilio calls, when Switchboard checks signatures against one.
+    #[arg(long)]
     pub public_url: Option<String>,
+    #[arg(long)]
     pub account_sid: String,
+    #[arg(long)]
     pub auth_token: String,
+    /// The sender (the customer), E.164.
+    #[arg(long)]
     pub from: String,
+    /// Your Twilio number, E.164.
+    #[arg(long)]
     pub to: String,
+    #[arg(long, default_value = "Hello from the simulator")]
     pub body: String,
+    /// A media URL (repeat for several).
+    #[arg(long)]
     pub media: Vec<String>,
 }
 
