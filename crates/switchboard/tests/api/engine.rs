@@ -32,28 +32,6 @@ async fn location_with_twilio(app: &TestApp) -> String {
     location_id
 }
 
-async fn get(app: &TestApp, path: &str) -> Value {
-    let r = app.admin_get(path).await;
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
-}
-
-/// Poll `check` every 50 ms until it returns Some, or fail after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn sms_from<'a>(sid: &'a str, body: &'a str, from: &'a str) -> Vec<(&'a str, &'a str)> {
     let mut p = sms_params(sid, body);
     for x in p.iter_mut().filter(|x| x.0 == "From") {
@@ -84,7 +62,9 @@ async fn default_schedule_puts_the_first_retry_five_seconds_out_within_jitter() 
         Duration::from_secs(5),
         "the first attempt recorded",
         || async {
-            let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+            let report = app
+                .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+                .await;
             let d = report["data"][0].clone();
             (d["attempts"].as_array().unwrap().len() == 1).then_some(d)
         },
@@ -127,7 +107,9 @@ async fn a_webhooks_own_schedule_and_retry_after() {
         Duration::from_secs(5),
         "the second attempt recorded",
         || async {
-            let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+            let report = app
+                .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+                .await;
             let d = report["data"][0].clone();
             (d["attempts"].as_array().unwrap().len() == 2).then_some(d)
         },
@@ -157,7 +139,9 @@ async fn redirects_are_not_followed() {
     elsewhere.expect_exactly(0, Duration::ZERO).await;
     let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
     let report = eventually(Duration::from_secs(5), "delivered", || async {
-        let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+        let report = app
+            .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+            .await;
         (report["data"][0]["status"] == "delivered").then_some(report)
     })
     .await;
@@ -189,7 +173,7 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
     assert_eq!(disabled["endpointId"], id.as_str());
     assert_eq!(disabled["reason"], "gone");
     assert_eq!(disabled["url"], receiver.url.as_str());
-    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+    let view = app.get_json(&format!("/v1/webhooks/{id}")).await;
     assert_eq!(view["disabled"], true);
     assert_eq!(view["disabledReason"], "gone");
 
@@ -273,7 +257,7 @@ async fn breaker_opens_waits_probes_and_closes() {
     );
     // The breaker is saved right after it opens (the metric is set first).
     let view = eventually(Duration::from_secs(2), "breakerOpenUntil saved", || async {
-        let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+        let view = app.get_json(&format!("/v1/webhooks/{id}")).await;
         view["health"]["breakerOpenUntil"]
             .is_string()
             .then_some(view)
@@ -305,12 +289,14 @@ async fn breaker_opens_waits_probes_and_closes() {
         .then_some(())
     })
     .await;
-    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+    let view = app.get_json(&format!("/v1/webhooks/{id}")).await;
     assert_eq!(view["health"]["consecutiveFailures"], 0);
     assert!(view["health"]["breakerOpenUntil"].is_null());
     // Waiting burned no retries: three attempts in all.
     let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
-    let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+    let report = app
+        .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+        .await;
     assert_eq!(report["data"][0]["attempts"].as_array().unwrap().len(), 3);
 }
 
@@ -564,7 +550,9 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     let ok = first.iter().find(|r| r.status == 200).unwrap().clone();
     let failed = first.iter().find(|r| r.status == 500).unwrap().clone();
     let message_id = ok.json()["messageId"].as_str().unwrap().to_owned();
-    let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+    let report = app
+        .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+        .await;
     let delivery_id = report["data"][0]["id"].as_str().unwrap().to_owned();
 
     // Resend one delivery now.
@@ -591,7 +579,9 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     // Replay the failed ones (schedule empty: it failed for good after one attempt).
     let failed_message = failed.json()["messageId"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(5), "failed", || async {
-        let r = get(&app, &format!("/v1/messages/{failed_message}/deliveries")).await;
+        let r = app
+            .get_json(&format!("/v1/messages/{failed_message}/deliveries"))
+            .await;
         (r["data"][0]["status"] == "failed").then_some(())
     })
     .await;
@@ -611,7 +601,9 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     // Both finished (a delivery still in flight is not replayed).
     for message in [&message_id, &failed_message] {
         eventually(Duration::from_secs(5), "delivered", || async {
-            let r = get(&app, &format!("/v1/messages/{message}/deliveries")).await;
+            let r = app
+                .get_json(&format!("/v1/messages/{message}/deliveries"))
+                .await;
             (r["data"][0]["status"] == "delivered").then_some(())
         })
         .await;
@@ -750,7 +742,7 @@ async fn highlevels_sdk_verifies_our_deliveries() {
     let legacy_delivery = legacy.wait_for(1, Duration::from_secs(5)).await[0].clone();
     assert_eq!(delivery.json()["appId"], "sbapp1");
     assert!(delivery.headers.get("x-wh-signature").is_none());
-    let keys = get(&app, "/v1/signing-keys").await;
+    let keys = app.get_json("/v1/signing-keys").await;
     let pem = keys["ed25519"].as_str().unwrap().to_owned();
     let rsa_pem = keys["rsa"].as_str().unwrap().to_owned();
     assert!(rsa_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
@@ -893,7 +885,7 @@ async fn retention_prunes_old_events_and_attempts() {
             .then_some(())
     })
     .await;
-    let feed = get(&app, "/v1/events").await;
+    let feed = app.get_json("/v1/events").await;
     assert_eq!(feed["data"], json!([]));
     // The provider id is still known: a late Twilio retry is not a new message.
     app.post_twilio(&sms_params("SMold", "forget me"), AUTH_TOKEN)
@@ -910,10 +902,12 @@ async fn events_feed_pages_in_order_with_a_stable_cursor() {
         let body = format!("feed {i}");
         app.post_twilio(&sms_params(&sid, &body), AUTH_TOKEN).await;
     }
-    let page1 = get(&app, "/v1/events?limit=3").await;
+    let page1 = app.get_json("/v1/events?limit=3").await;
     assert_eq!(page1["data"].as_array().unwrap().len(), 3);
     let next = page1["next"].as_str().unwrap().to_owned();
-    let page2 = get(&app, &format!("/v1/events?after={next}&limit=3")).await;
+    let page2 = app
+        .get_json(&format!("/v1/events?after={next}&limit=3"))
+        .await;
     let bodies: Vec<String> = page1["data"]
         .as_array()
         .unwrap()
@@ -925,11 +919,12 @@ async fn events_feed_pages_in_order_with_a_stable_cursor() {
         bodies,
         (0..5).map(|i| format!("feed {i}")).collect::<Vec<_>>()
     );
-    let end = get(
-        &app,
-        &format!("/v1/events?after={}", page2["next"].as_str().unwrap()),
-    )
-    .await;
+    let end = app
+        .get_json(&format!(
+            "/v1/events?after={}",
+            page2["next"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(end["data"], json!([]));
     assert_eq!(end["next"], page2["next"]);
     assert_eq!(app.admin_get("/v1/events?after=banana").await.status(), 400);
@@ -950,7 +945,9 @@ async fn a_subscriber_that_does_not_answer_in_time_is_retried_as_a_timeout() {
         Duration::from_secs(5),
         "delivered after a timeout",
         || async {
-            let report = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+            let report = app
+                .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+                .await;
             (report["data"][0]["status"] == "delivered").then(|| report["data"][0].clone())
         },
     )
@@ -999,7 +996,7 @@ async fn limits_that_would_break_the_dispatcher_are_refused() {
         .await;
     assert_eq!(r.status(), 422);
     // Nothing was changed, and the webhook still reads back.
-    let view = get(&app, &format!("/v1/webhooks/{id}")).await;
+    let view = app.get_json(&format!("/v1/webhooks/{id}")).await;
     assert!(view["maxPerSecond"].is_null() && view["retrySchedule"].is_null());
     app.post_twilio(&sms_params("SMstill", "still flowing"), AUTH_TOKEN)
         .await;
@@ -1034,7 +1031,7 @@ async fn a_patch_keeps_a_rotated_secret_and_a_deleted_webhooks_delivery_is_not_r
         )
         .await;
     assert_eq!(r.status(), 200);
-    let secret = get(&app, &format!("/v1/webhooks/{id}/secret")).await;
+    let secret = app.get_json(&format!("/v1/webhooks/{id}/secret")).await;
     assert_eq!(secret["secret"], rotated["secret"]);
     assert_eq!(secret["previousSecret"], webhook["secret"]);
 
@@ -1043,7 +1040,9 @@ async fn a_patch_keeps_a_rotated_secret_and_a_deleted_webhooks_delivery_is_not_r
     let got = receiver.wait_for(1, Duration::from_secs(5)).await;
     let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
     let delivery_id = eventually(Duration::from_secs(5), "delivered", || async {
-        let r = get(&app, &format!("/v1/messages/{message_id}/deliveries")).await;
+        let r = app
+            .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+            .await;
         (r["data"][0]["status"] == "delivered")
             .then(|| r["data"][0]["id"].as_str().unwrap().to_owned())
     })

@@ -78,6 +78,11 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// GET an admin route that must succeed, as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        get_json(&self.client, &self.address, path).await
+    }
+
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
@@ -416,8 +421,7 @@ pub fn verify_with_reference_library(
     secret: &str,
     delivery: &Received,
 ) -> Option<Result<(), String>> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     const SCRIPT: &str = "import sys\nfrom standardwebhooks.webhooks import Webhook\nsecret, msg_id, ts, sig = sys.argv[1:5]\nWebhook(secret).verify(sys.stdin.buffer.read(), {'webhook-id': msg_id, 'webhook-timestamp': ts, 'webhook-signature': sig})\nprint('verified')\n";
     let probe = Command::new("python3")
         .args(["-c", "import standardwebhooks"])
@@ -426,27 +430,17 @@ pub fn verify_with_reference_library(
     if !probe.status.success() {
         return None;
     }
-    let mut child = Command::new("python3")
-        .args([
+    let out = run_with_stdin(
+        Command::new("python3").args([
             "-c",
             SCRIPT,
             secret,
             delivery.header("webhook-id"),
             delivery.header("webhook-timestamp"),
             delivery.header("webhook-signature"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&delivery.body)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ]),
+        &delivery.body,
+    )?;
     Some(if out.status.success() {
         Ok(())
     } else {
@@ -464,39 +458,29 @@ pub fn verify_with_highlevel_sdk(
     client_id: &str,
     delivery: &Received,
 ) -> Option<Result<(), String>> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verifiers");
     if !dir.join("node_modules/@gohighlevel/api-client").exists() {
         return None;
     }
-    let mut child = Command::new("node")
-        .arg(dir.join("ghl-verify.js"))
-        .current_dir(&dir)
-        .env("GHL_PUBLIC_KEY", public_key_pem)
-        .env("GHL_SIGNATURE", delivery.header("x-ghl-signature"))
-        .env("GHL_CLIENT_ID", client_id)
-        .env("GHL_RSA_PUBLIC_KEY", rsa_public_key_pem.unwrap_or_default())
-        .env(
-            "GHL_WH_SIGNATURE",
-            delivery
-                .headers
-                .get("x-wh-signature")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default(),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&delivery.body)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new("node")
+            .arg(dir.join("ghl-verify.js"))
+            .current_dir(&dir)
+            .env("GHL_PUBLIC_KEY", public_key_pem)
+            .env("GHL_SIGNATURE", delivery.header("x-ghl-signature"))
+            .env("GHL_CLIENT_ID", client_id)
+            .env("GHL_RSA_PUBLIC_KEY", rsa_public_key_pem.unwrap_or_default())
+            .env(
+                "GHL_WH_SIGNATURE",
+                delivery
+                    .headers
+                    .get("x-wh-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default(),
+            ),
+        &delivery.body,
+    )?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     Some(if out.status.success() && text.contains("verified") {
         Ok(())
@@ -631,6 +615,11 @@ pub fn free_port() -> u16 {
 }
 
 impl Node {
+    /// GET an admin route that must succeed, as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        get_json(&reqwest::Client::new(), &self.address, path).await
+    }
+
     /// A location with the business number on Twilio and one webhook to `receiver`.
     pub async fn configure(&self, receiver: &TestReceiver) {
         let client = reqwest::Client::new();
@@ -707,4 +696,52 @@ impl Node {
         }
         panic!("switchboard did not answer /healthz on port {port}");
     }
+}
+
+/// GET an admin route of the server at `address` that must succeed, as JSON.
+pub async fn get_json(client: &reqwest::Client, address: &str, path: &str) -> Value {
+    let r = client
+        .get(format!("{address}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Poll `check` every 50 ms until it returns Some, or fail after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run `command` with `input` on its standard input; `None` when it cannot be started.
+fn run_with_stdin(
+    command: &mut std::process::Command,
+    input: &[u8],
+) -> Option<std::process::Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    Some(child.wait_with_output().unwrap())
 }

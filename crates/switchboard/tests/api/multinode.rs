@@ -21,22 +21,12 @@ async fn cluster_database() -> Option<String> {
 
 /// Every event in the feed, following the cursor.
 async fn all_events(node: &Node) -> Vec<Value> {
-    let client = reqwest::Client::new();
     let mut after = "0".to_owned();
     let mut events = Vec::new();
     loop {
-        let page: Value = client
-            .get(format!(
-                "{}/v1/events?after={after}&limit=1000",
-                node.address
-            ))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = node
+            .get_json(&format!("/v1/events?after={after}&limit=1000"))
+            .await;
         let data = page["data"].as_array().unwrap();
         if data.is_empty() {
             return events;
@@ -333,15 +323,7 @@ async fn an_api_node_stores_and_a_dispatcher_node_delivers() {
         .unwrap();
     assert_eq!(api_route.status(), 404);
     // Both nodes share the keys: the signing key the API serves signed the delivery.
-    let keys: Value = client
-        .get(format!("{}/v1/signing-keys", api.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = api.get_json("/v1/signing-keys").await;
     let key = switchboard_events::ed25519::public_key_from_pem(keys["ed25519"].as_str().unwrap())
         .unwrap();
     assert!(switchboard_events::ed25519::verify(

@@ -45,21 +45,7 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
     .await;
     assert_eq!(ack.status(), 200);
     let first = receiver.wait_for(1, Duration::from_secs(10)).await;
-    let feed = |address: String, query: &'static str| {
-        let client = client.clone();
-        async move {
-            client
-                .get(format!("{address}/v1/events{query}"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let before = feed(server.address.clone(), "").await;
+    let before = server.get_json("/v1/events").await;
     assert_eq!(before["data"].as_array().unwrap().len(), 1);
     let cursor = before["next"].as_str().unwrap().to_owned();
 
@@ -77,29 +63,17 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
 
     // The restarted server knows it was delivered, and still treats a Twilio retry as known.
     let message_id = event["messageId"].as_str().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let report: Value = client
-            .get(format!(
-                "{}/v1/messages/{message_id}/deliveries",
-                server.address
-            ))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if report["data"][0]["status"] == "delivered" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not marked delivered: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the delivery marked delivered",
+        || async {
+            let report = server
+                .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+                .await;
+            (report["data"][0]["status"] == "delivered").then_some(())
+        },
+    )
+    .await;
     let url = format!(
         "{}/conversations/providers/twilio/inbound_message",
         server.address
@@ -123,7 +97,7 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
     )
     .await;
     assert_eq!(ack.status(), 200);
-    let all = feed(server.address.clone(), "").await;
+    let all = server.get_json("/v1/events").await;
     let bodies: Vec<&str> = all["data"]
         .as_array()
         .unwrap()
@@ -138,8 +112,7 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
         .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
         .collect();
     assert!(cursors[0] < cursors[1]);
-    let query: &'static str = Box::leak(format!("?after={cursor}").into_boxed_str());
-    let newer = feed(server.address.clone(), query).await;
+    let newer = server.get_json(&format!("/v1/events?after={cursor}")).await;
     assert_eq!(newer["data"].as_array().unwrap().len(), 1);
     assert_eq!(newer["data"][0]["event"]["body"], "after the crash");
 }
