@@ -152,6 +152,40 @@ struct Target {
     webhook: Webhook,
     client: reqwest::Client,
     policy: TargetPolicy,
+    /// The current secret and, during a rotation's overlap, the previous one with its end;
+    /// decoded once per reload, not per attempt.
+    secrets: Result<(WebhookSecret, Option<(WebhookSecret, i64)>), String>,
+}
+
+impl Target {
+    fn new(webhook: Webhook, client: reqwest::Client, policy: TargetPolicy) -> Target {
+        let parse = |s: &str| WebhookSecret::parse(s).map_err(|e| e.to_string());
+        let secrets = parse(&webhook.secret).and_then(|current| {
+            let previous = match (&webhook.previous_secret, webhook.previous_secret_until) {
+                (Some(p), Some(until)) => Some((parse(p)?, until)),
+                _ => None,
+            };
+            Ok((current, previous))
+        });
+        Target {
+            webhook,
+            client,
+            policy,
+            secrets,
+        }
+    }
+
+    /// The secrets that sign at `now`.
+    fn signing_secrets(&self, now: i64) -> Result<Vec<WebhookSecret>, String> {
+        let (current, previous) = self.secrets.as_ref().map_err(Clone::clone)?;
+        let mut secrets = vec![current.clone()];
+        if let Some((previous, until)) = previous {
+            if *until > now {
+                secrets.push(previous.clone());
+            }
+        }
+        Ok(secrets)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -336,11 +370,7 @@ impl Dispatcher {
                 .breaker(&webhook.id, lane.breaker.state());
             targets.insert(
                 webhook.id.clone(),
-                Arc::new(Target {
-                    webhook,
-                    client,
-                    policy,
-                }),
+                Arc::new(Target::new(webhook, client, policy)),
             );
         }
         let gone: Vec<String> = self
@@ -886,11 +916,8 @@ async fn send(
         .policy
         .check_literal(&webhook.url)
         .map_err(|e| format!("refused target: {e}"))?;
-    let secrets = webhook
+    let secrets = target
         .signing_secrets(now_ms)
-        .into_iter()
-        .map(WebhookSecret::parse)
-        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("webhook secret unusable: {e}"))?;
     let timestamp = now_ms / 1000;
     let signature = standard::signature_header(&secrets, &job.event_id, timestamp, &job.payload);

@@ -180,18 +180,6 @@ impl Webhook {
         }
         true
     }
-
-    /// The secrets that sign a delivery at `now`: the current one, and the previous one
-    /// during a rotation's overlap.
-    pub fn signing_secrets(&self, now: i64) -> Vec<&str> {
-        let mut secrets = vec![self.secret.as_str()];
-        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_until) {
-            if until > now {
-                secrets.push(previous);
-            }
-        }
-        secrets
-    }
 }
 
 /// One delivery to send; the webhook's settings come from the dispatcher's copy of it.
