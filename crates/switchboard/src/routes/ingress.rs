@@ -47,8 +47,9 @@ pub async fn ingest<C: Channel>(
 
     let now = state.clock.now_ms();
     let mut handled = C::handle(&request, parsed, &account, now)?;
-    let base = public_url(state.public_url.as_deref(), &request.headers, "")?;
-    keep_media(&state, &mut handled.facts, &base, now).await;
+    // The public base is the URL the provider called, without its path and query.
+    let base = &request.url[..request.url.len() - path_and_query.len()];
+    keep_media(&state, &mut handled.facts, base, now).await;
     let context = IngestContext {
         app_id: state.app_id.clone(),
         now,
