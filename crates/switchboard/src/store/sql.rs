@@ -7,6 +7,8 @@
 
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty, $hooks:ident) => {
+        use std::collections::{HashMap, HashSet};
+        use std::fmt::Write as _;
         use std::time::Duration;
 
         use anyhow::Context;
@@ -23,7 +25,7 @@ macro_rules! sql_store {
         use $crate::channels::{self, ChannelAccount, RouteKey};
         use $crate::domain::call::{CallState, CallUpdate};
         use $crate::domain::ids::new_id;
-        use $crate::domain::{ContactIdentity, Fact, NewMessage};
+        use $crate::domain::{Fact, NewMessage};
         use $crate::event::{self, Filed};
 
         fn parse_events(json: &str) -> Vec<EventType> {
@@ -142,282 +144,507 @@ macro_rules! sql_store {
             }
         }
 
-        async fn contact_id(
-            tx: &mut Transaction<'_, $db>,
-            location_id: &str,
-            identity: &ContactIdentity,
-            name: Option<&str>,
-            now: i64,
-        ) -> StoreResult<String> {
-            let existing: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM contacts WHERE location_id = $1 AND identity_kind = $2 AND identity = $3",
-            )
-            .bind(location_id)
-            .bind(identity.kind)
-            .bind(&identity.value)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some(id) = existing {
-                return Ok(id);
-            }
-            let id = new_id();
-            sqlx::query(
-                "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&id)
-            .bind(location_id)
-            .bind(identity.kind)
-            .bind(&identity.value)
-            .bind(name)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-            Ok(id)
+        /// The most parameters one statement binds (SQLite allows 32,766, PostgreSQL 65,535).
+        const MAX_PARAMS: usize = 30_000;
+
+        /// How many rows of `cols` parameters fit in one statement beside `fixed` others.
+        fn rows_per_statement(cols: usize, fixed: usize) -> usize {
+            ((MAX_PARAMS - fixed) / cols).max(1)
         }
 
-        async fn conversation_id(
-            tx: &mut Transaction<'_, $db>,
-            location_id: &str,
-            contact_id: &str,
-            now: i64,
-        ) -> StoreResult<String> {
-            let existing: Option<String> = sqlx::query_scalar(
-                "UPDATE conversations SET last_message_at = $1 WHERE location_id = $2 AND contact_id = $3
-                 RETURNING id",
-            )
-            .bind(now)
-            .bind(location_id)
-            .bind(contact_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some(id) = existing {
-                return Ok(id);
+        /// `n` numbered placeholders from `$first`: `$3, $4, $5`.
+        fn placeholders(n: usize, first: usize) -> String {
+            let mut s = String::with_capacity(n * 5);
+            for i in 0..n {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                let _ = write!(s, "${}", first + i);
             }
-            let id = new_id();
-            sqlx::query(
-                "INSERT INTO conversations (id, location_id, contact_id, created_at, last_message_at)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&id)
-            .bind(location_id)
-            .bind(contact_id)
-            .bind(now)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-            Ok(id)
+            s
         }
 
-        /// Store one new message with its event and deliveries; `None` when the provider id is known.
+        /// `rows` tuples of `cols` numbered placeholders from `$first`: `($1, $2), ($3, $4)`.
+        fn tuples(rows: usize, cols: usize, first: usize) -> String {
+            let mut s = String::with_capacity(rows * (cols * 5 + 4));
+            for r in 0..rows {
+                if r > 0 {
+                    s.push_str(", ");
+                }
+                let _ = write!(s, "({})", placeholders(cols, first + r * cols));
+            }
+            s
+        }
+
+        /// One message of a group commit, with the request it came in.
+        struct ToFile<'a> {
+            message: &'a NewMessage,
+            ctx: &'a IngestContext,
+            /// The request's outcome (index into the batch's outcomes).
+            item: usize,
+        }
+
+        /// File the messages of one location with a few statements for all of them: provider
+        /// ids already stored (or repeated in the batch) are not filed again; contacts and
+        /// conversations are found or created; messages, their events and their deliveries
+        /// are inserted many rows to a statement.
+        async fn file_messages(
+            tx: &mut Transaction<'_, $db>,
+            location_id: &str,
+            batch: &[ToFile<'_>],
+            webhooks: &[Webhook],
+            outcomes: &mut [IngestOutcome],
+        ) -> StoreResult<()> {
+            let mut ids = known_messages(tx, location_id, batch).await?;
+            let mut fresh: Vec<(&ToFile<'_>, String)> = Vec::with_capacity(batch.len());
+            for f in batch {
+                let key = (f.message.provider.to_owned(), f.message.provider_message_id.clone());
+                let id = ids
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let id = new_id();
+                        fresh.push((f, id.clone()));
+                        id
+                    })
+                    .clone();
+                outcomes[f.item].message_ids.push(id);
+            }
+            let Some(now) = fresh.iter().map(|(f, _)| f.ctx.now).max() else {
+                return Ok(());
+            };
+
+            let mut identities: Vec<(&str, &str, Option<&str>)> = Vec::new();
+            let mut seen = HashSet::new();
+            for (f, _) in &fresh {
+                let c = &f.message.contact;
+                if seen.insert((c.kind, c.value.as_str())) {
+                    identities.push((c.kind, c.value.as_str(), f.message.contact_name.as_deref()));
+                }
+            }
+            let contacts = contacts_of(tx, location_id, &identities, now).await?;
+            let contact_of = |m: &NewMessage| -> &str {
+                contacts
+                    .get(&(m.contact.kind.to_owned(), m.contact.value.clone()))
+                    .map(String::as_str)
+                    .unwrap_or_default()
+            };
+            let mut contact_ids: Vec<&str> = fresh.iter().map(|(f, _)| contact_of(f.message)).collect();
+            contact_ids.sort_unstable();
+            contact_ids.dedup();
+            let conversations = conversations_of(tx, location_id, &contact_ids, now).await?;
+            let conversation_of = |m: &NewMessage| -> &str {
+                conversations
+                    .get(contact_of(m))
+                    .map(String::as_str)
+                    .unwrap_or_default()
+            };
+
+            for chunk in fresh.chunks(rows_per_statement(10, 0)) {
+                let sql = format!(
+                    "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
+                         provider_message_id, direction, message_type, status, created_at)
+                     VALUES {}",
+                    tuples(chunk.len(), 10, 1)
+                );
+                let mut query = sqlx::query(&sql);
+                for (f, id) in chunk {
+                    let m = f.message;
+                    query = query
+                        .bind(id.as_str())
+                        .bind(location_id)
+                        .bind(conversation_of(m))
+                        .bind(contact_of(m))
+                        .bind(m.provider)
+                        .bind(m.provider_message_id.as_str())
+                        .bind(m.direction.as_str())
+                        .bind(m.message_type.as_str())
+                        .bind(m.status.as_str())
+                        .bind(f.ctx.now);
+                }
+                query.execute(&mut **tx).await?;
+            }
+
+            let events: Vec<NewEvent<'_>> = fresh
+                .iter()
+                .map(|(f, message_id)| {
+                    let m = f.message;
+                    let id = new_id();
+                    let payload = Bytes::from(event::render(&Filed {
+                        message: m,
+                        location_id,
+                        contact_id: contact_of(m),
+                        conversation_id: conversation_of(m),
+                        message_id,
+                        event_id: &id,
+                        emitted_at: f.ctx.now,
+                        app_id: f.ctx.app_id.as_deref(),
+                    }));
+                    NewEvent {
+                        id,
+                        message_id: Some(message_id),
+                        location_id: Some(location_id),
+                        event_type: m.direction.event_type(),
+                        payload,
+                        now: f.ctx.now,
+                    }
+                })
+                .collect();
+            let seqs = insert_events(tx, &events).await?;
+
+            let mut deliveries = Vec::new();
+            for (((f, _), e), seq) in fresh.iter().zip(&events).zip(seqs) {
+                let m = f.message;
+                let targets = webhooks.iter().filter(|w| {
+                    w.matches(e.event_type, Some(location_id), Some((&m.message_type, m.direction)))
+                });
+                for webhook in targets {
+                    deliveries.push(NewDelivery {
+                        webhook,
+                        event_id: &e.id,
+                        event_seq: seq,
+                        conversation_id: Some(conversation_of(m)),
+                        payload: &e.payload,
+                        now: f.ctx.now,
+                        lease_until: f.ctx.lease_until,
+                        item: f.item,
+                    });
+                }
+            }
+            queue_deliveries(tx, &deliveries, outcomes).await
+        }
+
+        /// One message alone (a call's, when its outcome is final).
         async fn file_message(
             tx: &mut Transaction<'_, $db>,
             location_id: &str,
-            m: &NewMessage,
+            message: &NewMessage,
             webhooks: &[Webhook],
             ctx: &IngestContext,
             outcome: &mut IngestOutcome,
         ) -> StoreResult<()> {
-            let (now, lease_until) = (ctx.now, ctx.lease_until);
-            let known: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM messages WHERE location_id = $1 AND provider = $2 AND provider_message_id = $3",
-            )
-            .bind(location_id)
-            .bind(m.provider)
-            .bind(&m.provider_message_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some(id) = known {
-                outcome.message_ids.push(id);
-                return Ok(());
-            }
-            let contact_id =
-                contact_id(tx, location_id, &m.contact, m.contact_name.as_deref(), now).await?;
-            let conversation_id = conversation_id(tx, location_id, &contact_id, now).await?;
-            let message_id = new_id();
-            sqlx::query(
-                "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
-                     provider_message_id, direction, message_type, status, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&message_id)
-            .bind(location_id)
-            .bind(&conversation_id)
-            .bind(&contact_id)
-            .bind(m.provider)
-            .bind(&m.provider_message_id)
-            .bind(m.direction.as_str())
-            .bind(m.message_type.as_str())
-            .bind(&m.status)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-
-            let event_id = new_id();
-            let event_type = m.direction.event_type();
-            let payload = Bytes::from(event::render(&Filed {
-                message: m,
-                location_id,
-                contact_id: &contact_id,
-                conversation_id: &conversation_id,
-                message_id: &message_id,
-                event_id: &event_id,
-                emitted_at: now,
-                app_id: ctx.app_id.as_deref(),
-            }));
-            let seq = insert_event(
-                tx,
-                &event_id,
-                Some(&message_id),
-                Some(location_id),
-                event_type,
-                &payload,
-                now,
-            )
-            .await?;
-            let targets = webhooks.iter().filter(|w| {
-                w.matches(
-                    event_type,
-                    Some(location_id),
-                    Some((&m.message_type, m.direction)),
-                )
-            });
-            for webhook in targets {
-                queue_delivery(
-                    tx,
-                    webhook,
-                    &event_id,
-                    seq,
-                    Some(&conversation_id),
-                    &payload,
-                    now,
-                    lease_until,
-                    outcome,
-                )
-                .await?;
-            }
-            outcome.message_ids.push(message_id);
-            Ok(())
+            let one = [ToFile { message, ctx, item: 0 }];
+            file_messages(tx, location_id, &one, webhooks, std::slice::from_mut(outcome)).await
         }
 
-        async fn insert_event(
+        /// The ids of the batch's messages already stored, by (provider, provider id).
+        async fn known_messages(
             tx: &mut Transaction<'_, $db>,
-            event_id: &str,
-            message_id: Option<&str>,
-            location_id: Option<&str>,
-            event_type: EventType,
-            payload: &[u8],
-            now: i64,
-        ) -> StoreResult<i64> {
-            $hooks::lock_event_stream(&mut **tx).await?;
-            Ok(sqlx::query_scalar(
-                "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
-            )
-            .bind(event_id)
-            .bind(message_id)
-            .bind(location_id)
-            .bind(event_type.as_str())
-            .bind(payload)
-            .bind(now)
-            .fetch_one(&mut **tx)
-            .await?)
-        }
-
-        /// One delivery row. It is leased to the caller and returned as a job to send at once, unless
-        /// the webhook cannot take it now (disabled, breaker open) or, for an ordered webhook, an
-        /// earlier event of the conversation is still pending: then the dispatcher claims it in turn.
-        /// A delivery row nobody holds yet: a dispatcher claims it.
-        async fn queue_unleased(
-            tx: &mut Transaction<'_, $db>,
-            webhook: &Webhook,
-            event_id: &str,
-            event_seq: i64,
-            conversation_id: Option<&str>,
-            now: i64,
-        ) -> StoreResult<()> {
-            sqlx::query(
-                "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts, next_attempt_at,
-                     created_at, conversation_id, event_seq)
-                 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8)",
-            )
-            .bind(new_id())
-            .bind(event_id)
-            .bind(&webhook.id)
-            .bind(delivery_status::PENDING)
-            .bind(now)
-            .bind(now)
-            .bind(conversation_id)
-            .bind(event_seq)
-            .execute(&mut **tx)
-            .await?;
-            $hooks::notify_work(&mut **tx).await
-        }
-
-        #[allow(clippy::too_many_arguments)]
-        async fn queue_delivery(
-            tx: &mut Transaction<'_, $db>,
-            webhook: &Webhook,
-            event_id: &str,
-            event_seq: i64,
-            conversation_id: Option<&str>,
-            payload: &Bytes,
-            now: i64,
-            lease_until: Option<i64>,
-            outcome: &mut IngestOutcome,
-        ) -> StoreResult<()> {
-            // Without a lease (an API-only node) the dispatchers are woken to claim it.
-            let Some(lease_until) = lease_until.filter(|_| webhook.disabled_at.is_none()) else {
-                return queue_unleased(tx, webhook, event_id, event_seq, conversation_id, now).await;
-            };
-            let mut send_now = webhook.disabled_at.is_none()
-                && webhook
-                    .health
-                    .breaker_open_until
-                    .is_none_or(|until| until <= now);
-            if send_now && webhook.ordering == Ordering::Conversation {
-                if let Some(conversation) = conversation_id {
-                    let earlier: Option<i32> = sqlx::query_scalar(
-                        "SELECT 1 FROM deliveries
-                         WHERE webhook_id = $1 AND conversation_id = $2 AND status = 'pending' LIMIT 1",
-                    )
-                    .bind(&webhook.id)
-                    .bind(conversation)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    send_now = earlier.is_none();
+            location_id: &str,
+            batch: &[ToFile<'_>],
+        ) -> StoreResult<HashMap<(String, String), String>> {
+            let mut known = HashMap::new();
+            let mut providers: Vec<&str> = batch.iter().map(|f| f.message.provider).collect();
+            providers.sort_unstable();
+            providers.dedup();
+            for provider in providers {
+                let of_provider: Vec<&str> = batch
+                    .iter()
+                    .filter(|f| f.message.provider == provider)
+                    .map(|f| f.message.provider_message_id.as_str())
+                    .collect();
+                for chunk in of_provider.chunks(rows_per_statement(1, 2)) {
+                    let sql = format!(
+                        "SELECT provider_message_id, id FROM messages
+                         WHERE location_id = $1 AND provider = $2 AND provider_message_id IN ({})",
+                        placeholders(chunk.len(), 3)
+                    );
+                    let mut query = sqlx::query(&sql).bind(location_id).bind(provider);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    for row in query.fetch_all(&mut **tx).await? {
+                        known.insert((provider.to_owned(), row.get(0)), row.get(1));
+                    }
                 }
             }
-            let delivery_id = new_id();
-            sqlx::query(
-                "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts, next_attempt_at,
-                     lease_until, created_at, conversation_id, event_seq)
-                 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9)",
-            )
-            .bind(&delivery_id)
-            .bind(event_id)
-            .bind(&webhook.id)
-            .bind(delivery_status::PENDING)
-            .bind(now)
-            .bind(send_now.then_some(lease_until))
-            .bind(now)
-            .bind(conversation_id)
-            .bind(event_seq)
-            .execute(&mut **tx)
-            .await?;
-            if !send_now {
+            Ok(known)
+        }
+
+        /// Contact ids by (identity kind, identity): found, or created with the name given.
+        async fn contacts_of(
+            tx: &mut Transaction<'_, $db>,
+            location_id: &str,
+            identities: &[(&str, &str, Option<&str>)],
+            now: i64,
+        ) -> StoreResult<HashMap<(String, String), String>> {
+            async fn find(
+                tx: &mut Transaction<'_, $db>,
+                location_id: &str,
+                identities: &[(&str, &str, Option<&str>)],
+                found: &mut HashMap<(String, String), String>,
+            ) -> StoreResult<()> {
+                let mut kinds: Vec<&str> = identities.iter().map(|i| i.0).collect();
+                kinds.sort_unstable();
+                kinds.dedup();
+                for kind in kinds {
+                    let values: Vec<&str> =
+                        identities.iter().filter(|i| i.0 == kind).map(|i| i.1).collect();
+                    for chunk in values.chunks(rows_per_statement(1, 2)) {
+                        let sql = format!(
+                            "SELECT identity, id FROM contacts
+                             WHERE location_id = $1 AND identity_kind = $2 AND identity IN ({})",
+                            placeholders(chunk.len(), 3)
+                        );
+                        let mut query = sqlx::query(&sql).bind(location_id).bind(kind);
+                        for value in chunk {
+                            query = query.bind(*value);
+                        }
+                        for row in query.fetch_all(&mut **tx).await? {
+                            found.insert((kind.to_owned(), row.get(0)), row.get(1));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            let missing = |found: &HashMap<(String, String), String>| -> Vec<(&str, &str, Option<&str>)> {
+                identities
+                    .iter()
+                    .filter(|i| !found.contains_key(&(i.0.to_owned(), i.1.to_owned())))
+                    .copied()
+                    .collect()
+            };
+            let mut found = HashMap::with_capacity(identities.len());
+            find(tx, location_id, identities, &mut found).await?;
+            let new = missing(&found);
+            for chunk in new.chunks(rows_per_statement(6, 0)) {
+                let sql = format!(
+                    "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
+                     VALUES {}
+                     ON CONFLICT (location_id, identity_kind, identity) DO NOTHING
+                     RETURNING identity_kind, identity, id",
+                    tuples(chunk.len(), 6, 1)
+                );
+                let mut query = sqlx::query(&sql);
+                for (kind, value, name) in chunk {
+                    query = query
+                        .bind(new_id())
+                        .bind(location_id)
+                        .bind(*kind)
+                        .bind(*value)
+                        .bind(*name)
+                        .bind(now);
+                }
+                for row in query.fetch_all(&mut **tx).await? {
+                    found.insert((row.get(0), row.get(1)), row.get(2));
+                }
+            }
+            // Created meanwhile by another node's transaction, committed since.
+            let raced = missing(&found);
+            if !raced.is_empty() {
+                find(tx, location_id, &raced, &mut found).await?;
+            }
+            Ok(found)
+        }
+
+        /// Conversation ids by contact id, their last message time moved to `now`; one
+        /// conversation per contact, created when there is none.
+        async fn conversations_of(
+            tx: &mut Transaction<'_, $db>,
+            location_id: &str,
+            contact_ids: &[&str],
+            now: i64,
+        ) -> StoreResult<HashMap<String, String>> {
+            async fn touch(
+                tx: &mut Transaction<'_, $db>,
+                location_id: &str,
+                contact_ids: &[&str],
+                now: i64,
+                found: &mut HashMap<String, String>,
+            ) -> StoreResult<()> {
+                for chunk in contact_ids.chunks(rows_per_statement(1, 2)) {
+                    let sql = format!(
+                        "UPDATE conversations SET last_message_at = $1
+                         WHERE location_id = $2 AND contact_id IN ({})
+                         RETURNING contact_id, id",
+                        placeholders(chunk.len(), 3)
+                    );
+                    let mut query = sqlx::query(&sql).bind(now).bind(location_id);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    for row in query.fetch_all(&mut **tx).await? {
+                        found.insert(row.get(0), row.get(1));
+                    }
+                }
+                Ok(())
+            }
+            let mut found = HashMap::with_capacity(contact_ids.len());
+            touch(tx, location_id, contact_ids, now, &mut found).await?;
+            let new: Vec<&str> = contact_ids.iter().copied().filter(|c| !found.contains_key(*c)).collect();
+            for chunk in new.chunks(rows_per_statement(5, 0)) {
+                let sql = format!(
+                    "INSERT INTO conversations (id, location_id, contact_id, created_at, last_message_at)
+                     VALUES {}
+                     ON CONFLICT (location_id, contact_id) DO NOTHING
+                     RETURNING contact_id, id",
+                    tuples(chunk.len(), 5, 1)
+                );
+                let mut query = sqlx::query(&sql);
+                for contact_id in chunk {
+                    query = query.bind(new_id()).bind(location_id).bind(*contact_id).bind(now).bind(now);
+                }
+                for row in query.fetch_all(&mut **tx).await? {
+                    found.insert(row.get(0), row.get(1));
+                }
+            }
+            let raced: Vec<&str> = new.iter().copied().filter(|c| !found.contains_key(*c)).collect();
+            if !raced.is_empty() {
+                touch(tx, location_id, &raced, now, &mut found).await?;
+            }
+            Ok(found)
+        }
+
+        /// An event to store; its body is frozen as sent.
+        struct NewEvent<'a> {
+            id: String,
+            message_id: Option<&'a str>,
+            location_id: Option<&'a str>,
+            event_type: EventType,
+            payload: Bytes,
+            now: i64,
+        }
+
+        /// Store events; returns their places in the event stream, in the order given.
+        async fn insert_events(
+            tx: &mut Transaction<'_, $db>,
+            events: &[NewEvent<'_>],
+        ) -> StoreResult<Vec<i64>> {
+            $hooks::lock_event_stream(&mut **tx).await?;
+            let mut seq_of: HashMap<String, i64> = HashMap::with_capacity(events.len());
+            for chunk in events.chunks(rows_per_statement(6, 0)) {
+                let sql = format!(
+                    "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
+                     VALUES {} RETURNING id, seq",
+                    tuples(chunk.len(), 6, 1)
+                );
+                let mut query = sqlx::query(&sql);
+                for e in chunk {
+                    query = query
+                        .bind(e.id.as_str())
+                        .bind(e.message_id)
+                        .bind(e.location_id)
+                        .bind(e.event_type.as_str())
+                        .bind(&e.payload[..])
+                        .bind(e.now);
+                }
+                for row in query.fetch_all(&mut **tx).await? {
+                    seq_of.insert(row.get(0), row.get(1));
+                }
+            }
+            events
+                .iter()
+                .map(|e| {
+                    seq_of.get(&e.id).copied().ok_or_else(|| {
+                        StoreError::Internal(anyhow::anyhow!("event {} was not numbered", e.id))
+                    })
+                })
+                .collect()
+        }
+
+        /// A delivery row to insert. It is leased to the caller and returned as a job to send at
+        /// once, unless the webhook cannot take it now (disabled, breaker open), no lease is
+        /// asked (an API-only node), or, for an ordered webhook, an earlier event of the
+        /// conversation is still pending: then a dispatcher claims it in turn.
+        struct NewDelivery<'a> {
+            webhook: &'a Webhook,
+            event_id: &'a str,
+            event_seq: i64,
+            conversation_id: Option<&'a str>,
+            payload: &'a Bytes,
+            now: i64,
+            lease_until: Option<i64>,
+            /// The outcome that receives the job (index into the batch's outcomes).
+            item: usize,
+        }
+
+        async fn queue_deliveries(
+            tx: &mut Transaction<'_, $db>,
+            rows: &[NewDelivery<'_>],
+            outcomes: &mut [IngestOutcome],
+        ) -> StoreResult<()> {
+            let mut send_now: Vec<bool> = rows
+                .iter()
+                .map(|r| {
+                    r.lease_until.is_some()
+                        && r.webhook.disabled_at.is_none()
+                        && r.webhook.health.breaker_open_until.is_none_or(|until| until <= r.now)
+                })
+                .collect();
+            // An ordered webhook sends only the first pending delivery of a conversation.
+            let mut ordered: HashMap<&str, Vec<&str>> = HashMap::new();
+            for r in rows {
+                if let (Ordering::Conversation, Some(c)) = (r.webhook.ordering, r.conversation_id) {
+                    ordered.entry(r.webhook.id.as_str()).or_default().push(c);
+                }
+            }
+            let mut waiting: HashSet<(&str, String)> = HashSet::new();
+            for (webhook_id, mut conversations) in ordered {
+                conversations.sort_unstable();
+                conversations.dedup();
+                for chunk in conversations.chunks(rows_per_statement(1, 1)) {
+                    let sql = format!(
+                        "SELECT DISTINCT conversation_id FROM deliveries
+                         WHERE webhook_id = $1 AND status = 'pending' AND conversation_id IN ({})",
+                        placeholders(chunk.len(), 2)
+                    );
+                    let mut query = sqlx::query(&sql).bind(webhook_id);
+                    for c in chunk {
+                        query = query.bind(*c);
+                    }
+                    for row in query.fetch_all(&mut **tx).await? {
+                        waiting.insert((webhook_id, row.get(0)));
+                    }
+                }
+            }
+            for (r, now) in rows.iter().zip(send_now.iter_mut()) {
+                if let (Ordering::Conversation, Some(c)) = (r.webhook.ordering, r.conversation_id) {
+                    // The first of the conversation here, and none pending before it.
+                    *now &= waiting.insert((r.webhook.id.as_str(), c.to_owned()));
+                }
+            }
+
+            let ids: Vec<String> = rows.iter().map(|_| new_id()).collect();
+            let all = rows.iter().zip(&ids).zip(&send_now).collect::<Vec<_>>();
+            for chunk in all.chunks(rows_per_statement(10, 0)) {
+                let sql = format!(
+                    "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts,
+                         next_attempt_at, lease_until, created_at, conversation_id, event_seq)
+                     VALUES {}",
+                    tuples(chunk.len(), 10, 1)
+                );
+                let mut query = sqlx::query(&sql);
+                for ((r, id), now) in chunk {
+                    query = query
+                        .bind(id.as_str())
+                        .bind(r.event_id)
+                        .bind(r.webhook.id.as_str())
+                        .bind(delivery_status::PENDING)
+                        .bind(0_i64)
+                        .bind(r.now)
+                        .bind(r.lease_until.filter(|_| **now))
+                        .bind(r.now)
+                        .bind(r.conversation_id)
+                        .bind(r.event_seq);
+                }
+                query.execute(&mut **tx).await?;
+            }
+            // Deliveries nobody holds: a dispatcher claims them.
+            if send_now.iter().any(|now| !now) {
                 $hooks::notify_work(&mut **tx).await?;
             }
-            if send_now {
-                outcome.jobs.push(DeliveryJob {
-                    delivery_id,
-                    event_id: event_id.to_owned(),
-                    webhook_id: webhook.id.clone(),
-                    payload: payload.clone(),
+            for ((r, id), now) in all {
+                let (true, Some(lease_until)) = (*now, r.lease_until) else {
+                    continue;
+                };
+                outcomes[r.item].jobs.push(DeliveryJob {
+                    delivery_id: id.clone(),
+                    event_id: r.event_id.to_owned(),
+                    webhook_id: r.webhook.id.clone(),
+                    payload: r.payload.clone(),
                     attempts: 0,
                     retry_offset: 0,
-                    conversation_id: conversation_id.map(str::to_owned),
-                    event_seq,
+                    conversation_id: r.conversation_id.map(str::to_owned),
+                    event_seq: r.event_seq,
                     lease_until,
                     is_retry: false,
                 });
@@ -545,33 +772,38 @@ macro_rules! sql_store {
                 items: &[$crate::store::AttemptItem],
             ) -> StoreResult<Vec<WebhookHealth>> {
                 let mut tx = pool.begin().await?;
+                write_attempts(&mut tx, items).await?;
                 // Each webhook's health is read once (locked, with other nodes), moved on
                 // attempt by attempt, and written once.
-                let mut health_of: std::collections::HashMap<&str, WebhookHealth> =
-                    std::collections::HashMap::new();
-                let mut health = Vec::with_capacity(items.len());
-                for item in items {
-                    write_attempt(&mut tx, &item.job, &item.attempt, item.next).await?;
-                    let webhook_id = item.job.webhook_id.as_str();
-                    if !health_of.contains_key(webhook_id) {
-                        let row = sqlx::query(&format!(
-                            "SELECT consecutive_failures, failing_since, breaker_open_until
-                             FROM webhooks WHERE id = $1{}",
-                            $hooks::ROW_LOCK
-                        ))
-                        .bind(webhook_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        let current = row
-                            .map(|r| WebhookHealth {
+                let mut webhook_ids: Vec<&str> = items.iter().map(|i| i.job.webhook_id.as_str()).collect();
+                webhook_ids.sort_unstable();
+                webhook_ids.dedup();
+                let mut health_of: HashMap<String, WebhookHealth> = HashMap::new();
+                for chunk in webhook_ids.chunks(rows_per_statement(1, 0)) {
+                    let sql = format!(
+                        "SELECT id, consecutive_failures, failing_since, breaker_open_until
+                         FROM webhooks WHERE id IN ({}){}",
+                        placeholders(chunk.len(), 1),
+                        $hooks::ROW_LOCK
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    for r in query.fetch_all(&mut *tx).await? {
+                        health_of.insert(
+                            r.get("id"),
+                            WebhookHealth {
                                 consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
                                 failing_since: r.get("failing_since"),
                                 breaker_open_until: r.get("breaker_open_until"),
-                            })
-                            .unwrap_or_default();
-                        health_of.insert(webhook_id, current);
+                            },
+                        );
                     }
-                    let h = health_of.get_mut(webhook_id).expect("inserted above");
+                }
+                let mut health = Vec::with_capacity(items.len());
+                for item in items {
+                    let h = health_of.entry(item.job.webhook_id.clone()).or_default();
                     if item.next == NextStep::Delivered {
                         h.consecutive_failures = 0;
                         h.failing_since = None;
@@ -587,7 +819,7 @@ macro_rules! sql_store {
                     )
                     .bind(i64::from(h.consecutive_failures))
                     .bind(h.failing_since)
-                    .bind(*webhook_id)
+                    .bind(webhook_id.as_str())
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -606,55 +838,113 @@ macro_rules! sql_store {
             results
         }
 
-        /// The delivery's new state and the attempt's row (the webhook's health is written once
-        /// per batch by `record_attempts`).
-        async fn write_attempt(
+        /// The deliveries' new states and the attempts' rows, many to a statement (the
+        /// webhooks' health is written once per batch by `record_attempts`). A delivery appears
+        /// once per statement, so a second attempt of it in the batch sees the first's update.
+        async fn write_attempts(
             tx: &mut Transaction<'_, $db>,
-            job: &DeliveryJob,
-            attempt: &AttemptRecord,
-            next: NextStep,
+            items: &[$crate::store::AttemptItem],
         ) -> StoreResult<()> {
-            let finished_at = attempt.started_at + attempt.duration_ms;
-            let updated: Option<i64> = sqlx::query_scalar(
+            let mut start = 0;
+            while start < items.len() {
+                let mut distinct = HashSet::new();
+                let end = start
+                    + items[start..]
+                        .iter()
+                        .take(rows_per_statement(7, 0))
+                        .take_while(|i| distinct.insert(i.job.delivery_id.as_str()))
+                        .count();
+                write_attempt_rows(tx, &items[start..end]).await?;
+                start = end;
+            }
+            Ok(())
+        }
+
+        /// Attempts of distinct deliveries: each delivery moves on if this node still holds its
+        /// lease (a delivery cancelled meanwhile keeps its state); every attempt is recorded.
+        async fn write_attempt_rows(
+            tx: &mut Transaction<'_, $db>,
+            items: &[$crate::store::AttemptItem],
+        ) -> StoreResult<()> {
+            let mut rows = String::with_capacity(items.len() * 160);
+            for i in 0..items.len() {
+                let p = 1 + i * 5;
+                if i == 0 {
+                    let _ = write!(
+                        rows,
+                        "SELECT CAST(${} AS TEXT) AS delivery_id, CAST(${} AS TEXT) AS new_status,
+                             CAST(${} AS BIGINT) AS retry_at, CAST(${} AS BIGINT) AS done_at,
+                             CAST(${} AS BIGINT) AS held_until",
+                        p, p + 1, p + 2, p + 3, p + 4
+                    );
+                } else {
+                    let _ = write!(
+                        rows,
+                        " UNION ALL SELECT CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT),
+                             CAST(${} AS BIGINT), CAST(${} AS BIGINT)",
+                        p, p + 1, p + 2, p + 3, p + 4
+                    );
+                }
+            }
+            let sql = format!(
                 "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
-                     status = $1, next_attempt_at = $2, finished_at = $3
-                 WHERE id = $4 AND status = 'pending'
-                   AND (lease_until IS NULL OR lease_until = $5)
-                 RETURNING attempts",
-            )
-            .bind(match next {
-                NextStep::Delivered => delivery_status::DELIVERED,
-                NextStep::RetryAt(_) => delivery_status::PENDING,
-                NextStep::Failed => delivery_status::FAILED,
-            })
-            .bind(match next {
-                NextStep::RetryAt(at) => Some(at),
-                _ => None,
-            })
-            .bind(match next {
-                NextStep::RetryAt(_) => None,
-                _ => Some(finished_at),
-            })
-            .bind(&job.delivery_id)
-            .bind(job.lease_until)
-            .fetch_optional(&mut **tx)
-            .await?;
-            // A delivery cancelled meanwhile keeps its state; the attempt is still recorded.
-            let number = updated.unwrap_or(i64::from(job.attempts) + 1);
-            sqlx::query(
+                     status = v.new_status, next_attempt_at = v.retry_at, finished_at = v.done_at
+                 FROM ({rows}) AS v
+                 WHERE deliveries.id = v.delivery_id AND deliveries.status = 'pending'
+                   AND (deliveries.lease_until IS NULL OR deliveries.lease_until = v.held_until)
+                 RETURNING id, attempts"
+            );
+            let mut query = sqlx::query(&sql);
+            for item in items {
+                let next = item.next;
+                query = query
+                    .bind(item.job.delivery_id.as_str())
+                    .bind(match next {
+                        NextStep::Delivered => delivery_status::DELIVERED,
+                        NextStep::RetryAt(_) => delivery_status::PENDING,
+                        NextStep::Failed => delivery_status::FAILED,
+                    })
+                    .bind(match next {
+                        NextStep::RetryAt(at) => Some(at),
+                        _ => None,
+                    })
+                    .bind(match next {
+                        NextStep::RetryAt(_) => None,
+                        _ => Some(item.attempt.started_at + item.attempt.duration_ms),
+                    })
+                    .bind(item.job.lease_until);
+            }
+            let numbers: HashMap<String, i64> = query
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+
+            let sql = format!(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status,
                      error, response_body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&job.delivery_id)
-            .bind(number)
-            .bind(attempt.started_at)
-            .bind(attempt.duration_ms)
-            .bind(attempt.http_status.map(i64::from))
-            .bind(&attempt.error)
-            .bind(&attempt.response_excerpt)
-            .execute(&mut **tx)
-            .await?;
+                 VALUES {}",
+                tuples(items.len(), 7, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for item in items {
+                let (job, attempt) = (&item.job, &item.attempt);
+                query = query
+                    .bind(job.delivery_id.as_str())
+                    .bind(
+                        numbers
+                            .get(&job.delivery_id)
+                            .copied()
+                            .unwrap_or(i64::from(job.attempts) + 1),
+                    )
+                    .bind(attempt.started_at)
+                    .bind(attempt.duration_ms)
+                    .bind(attempt.http_status.map(i64::from))
+                    .bind(attempt.error.as_deref())
+                    .bind(attempt.response_excerpt.as_deref());
+            }
+            query.execute(&mut **tx).await?;
             Ok(())
         }
 
@@ -682,9 +972,9 @@ macro_rules! sql_store {
             results
         }
 
-        /// Two nodes filing the same provider message (or creating the same contact) at once:
-        /// one commits; the other hits a unique constraint and, tried again, finds what the
-        /// first stored.
+        /// Two nodes filing the same provider message at once: one commits; the other hits a
+        /// unique constraint and, tried again, finds what the first stored. Two batches that
+        /// touch the same conversations in another order may deadlock: one is tried again.
         async fn ingest_with_retries(
             pool: &sqlx::Pool<$db>,
             items: &[$crate::store::IngestItem],
@@ -692,7 +982,7 @@ macro_rules! sql_store {
             let mut tries = 0;
             loop {
                 match ingest_once(pool, items).await {
-                    Err(StoreError::Internal(e)) if tries < 3 && is_unique_violation(&e) => tries += 1,
+                    Err(StoreError::Internal(e)) if tries < 3 && is_conflict(&e) => tries += 1,
                     other => return other,
                 }
             }
@@ -703,47 +993,59 @@ macro_rules! sql_store {
             items: &[$crate::store::IngestItem],
         ) -> StoreResult<Vec<IngestOutcome>> {
             let mut tx = pool.begin().await?;
-            let mut outcomes = Vec::with_capacity(items.len());
-            // A batch is mostly one location's messages: its webhooks are read once.
-            let mut webhooks_of: std::collections::HashMap<&str, Vec<Webhook>> =
-                std::collections::HashMap::new();
-            for item in items {
-                let (location_id, ctx) = (item.location_id.as_str(), &item.context);
-                if !webhooks_of.contains_key(location_id) {
-                    let found = location_webhooks(&mut tx, location_id).await?;
-                    webhooks_of.insert(location_id, found);
+            let mut outcomes = vec![IngestOutcome::default(); items.len()];
+            // A batch is mostly one location's messages: its webhooks are read once, and its
+            // messages are filed together.
+            let mut locations: Vec<&str> = Vec::new();
+            let mut messages_of: HashMap<&str, Vec<ToFile<'_>>> = HashMap::new();
+            for (i, item) in items.iter().enumerate() {
+                let location_id = item.location_id.as_str();
+                if !messages_of.contains_key(location_id) {
+                    locations.push(location_id);
                 }
-                let webhooks = &webhooks_of[location_id];
-                let mut outcome = IngestOutcome::default();
+                let messages = messages_of.entry(location_id).or_default();
                 for fact in &item.facts {
-                    match fact {
-                        Fact::Message(m) => {
-                            file_message(&mut tx, location_id, m, webhooks, ctx, &mut outcome).await?
-                        }
-                        Fact::Call(update) => {
-                            merge_call(
-                                &mut tx,
-                                location_id,
-                                channels::twilio::PROVIDER,
-                                update,
-                                webhooks,
-                                ctx,
-                                &mut outcome,
-                            )
-                            .await?
-                        }
+                    if let Fact::Message(message) = fact {
+                        messages.push(ToFile { message, ctx: &item.context, item: i });
                     }
                 }
-                outcomes.push(outcome);
+            }
+            let mut webhooks_of: HashMap<&str, Vec<Webhook>> = HashMap::new();
+            for location_id in locations {
+                let webhooks = location_webhooks(&mut tx, location_id).await?;
+                file_messages(&mut tx, location_id, &messages_of[location_id], &webhooks, &mut outcomes)
+                    .await?;
+                webhooks_of.insert(location_id, webhooks);
+            }
+            // Call callbacks merge one at a time, each under its call's row lock.
+            for (item, outcome) in items.iter().zip(&mut outcomes) {
+                let location_id = item.location_id.as_str();
+                for fact in &item.facts {
+                    if let Fact::Call(update) = fact {
+                        merge_call(
+                            &mut tx,
+                            location_id,
+                            channels::twilio::PROVIDER,
+                            update,
+                            &webhooks_of[location_id],
+                            &item.context,
+                            outcome,
+                        )
+                        .await?;
+                    }
+                }
             }
             tx.commit().await?;
             Ok(outcomes)
         }
 
-        fn is_unique_violation(e: &anyhow::Error) -> bool {
+        /// A unique violation, a deadlock or a serialization failure: worth trying again.
+        fn is_conflict(e: &anyhow::Error) -> bool {
             e.downcast_ref::<sqlx::Error>()
                 .and_then(|e| e.as_database_error())
-                .is_some_and(|e| e.is_unique_violation())
+                .is_some_and(|e| {
+                    e.is_unique_violation() || matches!(e.code().as_deref(), Some("40P01" | "40001"))
+                })
         }
 
         #[async_trait]
@@ -1053,16 +1355,15 @@ macro_rules! sql_store {
                 let disabled = webhook_from_row(&row);
                 let event_id = new_id();
                 let payload = Bytes::from(event::render_webhook_disabled(&disabled, &event_id, now));
-                let seq = insert_event(
-                    &mut tx,
-                    &event_id,
-                    None,
-                    disabled.location_id.as_deref(),
-                    EventType::WebhookDisabled,
-                    &payload,
+                let disabled_event = NewEvent {
+                    id: event_id,
+                    message_id: None,
+                    location_id: disabled.location_id.as_deref(),
+                    event_type: EventType::WebhookDisabled,
+                    payload,
                     now,
-                )
-                .await?;
+                };
+                let seq = insert_events(&mut tx, std::slice::from_ref(&disabled_event)).await?[0];
                 let subscribers: Vec<Webhook> = sqlx::query(&format!(
                     "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE deleted_at IS NULL AND id <> $1"
                 ))
@@ -1079,21 +1380,21 @@ macro_rules! sql_store {
                     )
                 })
                 .collect();
-                let mut outcome = IngestOutcome::default();
-                for webhook in &subscribers {
-                    queue_delivery(
-                        &mut tx,
+                let deliveries: Vec<NewDelivery<'_>> = subscribers
+                    .iter()
+                    .map(|webhook| NewDelivery {
                         webhook,
-                        &event_id,
-                        seq,
-                        None,
-                        &payload,
+                        event_id: &disabled_event.id,
+                        event_seq: seq,
+                        conversation_id: None,
+                        payload: &disabled_event.payload,
                         now,
-                        Some(lease_until),
-                        &mut outcome,
-                    )
-                    .await?;
-                }
+                        lease_until: Some(lease_until),
+                        item: 0,
+                    })
+                    .collect();
+                let mut outcome = IngestOutcome::default();
+                queue_deliveries(&mut tx, &deliveries, std::slice::from_mut(&mut outcome)).await?;
                 tx.commit().await?;
                 Ok(outcome.jobs)
             }

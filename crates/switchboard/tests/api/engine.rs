@@ -1066,6 +1066,63 @@ async fn a_patch_keeps_a_rotated_secret_and_a_deleted_webhooks_delivery_is_not_r
     receiver.expect_exactly(1, QUIET).await;
 }
 
+/// Messages of a conversation that arrive together (one group commit) still go out one at a
+/// time in the order of the event stream: each is sent only after the one before it was
+/// answered.
+async fn ordered_conversation_posted_all_at_once_goes_out_one_at_a_time_in_stream_order() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"], "ordering": "conversation" }),
+    )
+    .await;
+    let answer_after = Duration::from_millis(30);
+    receiver.slow(answer_after);
+    let senders = ["+12125550301", "+12125550302", "+12125550303"];
+    let requests: Vec<Vec<(String, String)>> = (0..24)
+        .map(|i| {
+            let (sid, body) = (format!("SMordered{i}"), format!("ordered {i}"));
+            sms_from(&sid, &body, senders[i % 3])
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect();
+    for status in app.post_twilio_concurrently(requests, AUTH_TOKEN).await {
+        assert_eq!(status, 200);
+    }
+    let got = receiver.wait_for(24, Duration::from_secs(20)).await;
+    receiver.expect_exactly(24, QUIET).await;
+    let feed = app.get_json("/v1/events?limit=100").await;
+    for sender in senders {
+        let in_stream: Vec<String> = feed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"]["from"] == sender)
+            .map(|e| e["event"]["messageId"].as_str().unwrap().to_owned())
+            .collect();
+        let arrived: Vec<&Received> = got.iter().filter(|r| r.json()["from"] == sender).collect();
+        let arrived_ids: Vec<String> = arrived
+            .iter()
+            .map(|r| r.json()["messageId"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            arrived_ids, in_stream,
+            "{sender}: delivered in stream order"
+        );
+        for pair in arrived.windows(2) {
+            let gap = pair[1].at.duration_since(pair[0].at);
+            assert!(
+                gap >= answer_after - Duration::from_millis(5),
+                "{sender}: the next delivery came {gap:?} after the one before, before it was answered"
+            );
+        }
+    }
+}
+
 crate::both_stores!(
     limits_that_would_break_the_dispatcher_are_refused,
     a_patch_keeps_a_rotated_secret_and_a_deleted_webhooks_delivery_is_not_retried,
@@ -1077,6 +1134,7 @@ crate::both_stores!(
     failing_for_too_long_disables_and_reenabling_resumes,
     filters_by_message_type_and_direction,
     ordered_conversation_waits_for_its_failing_head_while_others_flow,
+    ordered_conversation_posted_all_at_once_goes_out_one_at_a_time_in_stream_order,
     max_in_flight_holds_under_a_slow_subscriber_and_fresh_traffic_still_flows,
     max_per_second_spreads_deliveries,
     retry_and_replay_keep_the_webhook_id_and_body,

@@ -162,6 +162,36 @@ impl TestApp {
             .await
     }
 
+    /// POST Twilio Messaging webhooks all at once (each signed with `token`); their statuses.
+    pub async fn post_twilio_concurrently(
+        &self,
+        requests: Vec<Vec<(String, String)>>,
+        token: &str,
+    ) -> Vec<u16> {
+        let url = self.url(TWILIO_INBOUND_PATH);
+        let tasks: Vec<_> = requests
+            .into_iter()
+            .map(|params| {
+                let (client, url, token) = (self.client.clone(), url.clone(), token.to_owned());
+                tokio::spawn(async move {
+                    let params: Vec<(&str, &str)> = params
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    post_twilio_to(&client, &url, &params, &token)
+                        .await
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            statuses.push(task.await.expect("the request task"));
+        }
+        statuses
+    }
+
     /// POST a Twilio webhook to `path`, signed with `token`.
     pub async fn post_twilio_path(
         &self,

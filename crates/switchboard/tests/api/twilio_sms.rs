@@ -453,6 +453,78 @@ async fn the_simulator_posts_exactly_like_twilio() {
     );
 }
 
+/// Requests that arrive together are filed in one group commit: repeats of a MessageSid within
+/// it and across it are one message, and each message lands under its own sender's contact.
+async fn concurrent_requests_file_each_message_once_under_its_own_contact() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let senders: Vec<String> = (0..5).map(|k| format!("+1212555020{k}")).collect();
+    let requests: Vec<(String, String, String)> = (0..60)
+        .map(|i| {
+            let n = i % 20;
+            (
+                format!("SMconcurrent{n}"),
+                format!("concurrent {n}"),
+                senders[n % 5].clone(),
+            )
+        })
+        .collect();
+    let posts = requests
+        .iter()
+        .map(|(sid, body, from)| {
+            sms_params(sid, body)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), if k == "From" { from } else { v }.to_owned()))
+                .collect()
+        })
+        .collect();
+    for status in app.post_twilio_concurrently(posts, AUTH_TOKEN).await {
+        assert_eq!(status, 200);
+    }
+    let got = receiver.expect_exactly(20, QUIET).await;
+    let events: Vec<Value> = got.iter().map(|r| r.json()).collect();
+    let mut bodies: Vec<&str> = events.iter().map(|e| e["body"].as_str().unwrap()).collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 20, "each message delivered once: {bodies:?}");
+    let mut contact_of_sender = std::collections::HashMap::new();
+    let mut conversation_of_contact = std::collections::HashMap::new();
+    for e in &events {
+        let n: usize = e["body"].as_str().unwrap()["concurrent ".len()..]
+            .parse()
+            .unwrap();
+        assert_eq!(e["from"].as_str(), Some(senders[n % 5].as_str()), "{e}");
+        let contact = e["contactId"].as_str().unwrap().to_owned();
+        let conversation = e["conversationId"].as_str().unwrap().to_owned();
+        assert_eq!(
+            contact_of_sender
+                .entry(n % 5)
+                .or_insert_with(|| contact.clone()),
+            &contact,
+            "one contact per sender"
+        );
+        assert_eq!(
+            conversation_of_contact
+                .entry(contact)
+                .or_insert_with(|| conversation.clone()),
+            &conversation,
+            "one conversation per contact"
+        );
+        let report = app
+            .get_json(&format!(
+                "/v1/messages/{}/deliveries",
+                e["messageId"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(report["data"].as_array().unwrap().len(), 1, "{report}");
+    }
+    let distinct_contacts: std::collections::HashSet<_> = contact_of_sender.values().collect();
+    assert_eq!(distinct_contacts.len(), 5);
+    let feed = app.get_json("/v1/events?limit=100").await;
+    assert_eq!(feed["data"].as_array().unwrap().len(), 20, "{feed}");
+}
+
 crate::both_stores!(
     inbound_sms_is_delivered_once_signed_in_the_source_documents_shape,
     legacy_path_is_the_same_handler,
@@ -465,4 +537,5 @@ crate::both_stores!(
     mms_media_become_attachments_in_order,
     malformed_provider_requests_are_4xx_with_a_json_error,
     the_simulator_posts_exactly_like_twilio,
+    concurrent_requests_file_each_message_once_under_its_own_contact,
 );
