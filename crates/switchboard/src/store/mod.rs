@@ -275,10 +275,100 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
-/// The two kinds of write that are group-committed.
+/// Channel accounts by route, for a store only this process writes (SQLite): every change
+/// goes through `put_channel_account`, which empties it. Routes by a call's id are not kept
+/// (they follow the calls table), nor are misses.
+#[derive(Default)]
+pub struct AccountCache {
+    inner: std::sync::RwLock<AccountCacheInner>,
+}
+
+#[derive(Default)]
+struct AccountCacheInner {
+    /// Bumped by every change: a lookup that started before one does not fill the cache.
+    generation: u64,
+    accounts: std::collections::HashMap<(String, Option<String>, Option<String>), ChannelAccount>,
+}
+
+impl AccountCache {
+    /// Routes kept at most; the cache starts over when full.
+    const MAX: usize = 10_000;
+
+    fn key(provider: &str, key: &RouteKey) -> Option<(String, Option<String>, Option<String>)> {
+        key.correlation_id.is_none().then(|| {
+            (
+                provider.to_owned(),
+                key.address.clone(),
+                key.account_id.clone(),
+            )
+        })
+    }
+
+    /// The cached account, and the generation to fill the cache with on a miss.
+    pub fn get(&self, provider: &str, key: &RouteKey) -> (Option<ChannelAccount>, u64) {
+        let inner = self.inner.read().expect("account cache lock");
+        let hit = Self::key(provider, key).and_then(|k| inner.accounts.get(&k).cloned());
+        (hit, inner.generation)
+    }
+
+    /// Keep what a lookup found, unless the accounts changed since it started.
+    pub fn put(&self, provider: &str, key: &RouteKey, generation: u64, account: &ChannelAccount) {
+        let Some(k) = Self::key(provider, key) else {
+            return;
+        };
+        let mut inner = self.inner.write().expect("account cache lock");
+        if inner.generation != generation {
+            return;
+        }
+        if inner.accounts.len() >= Self::MAX {
+            inner.accounts.clear();
+        }
+        inner.accounts.insert(k, account.clone());
+    }
+
+    pub fn clear(&self) {
+        let mut inner = self.inner.write().expect("account cache lock");
+        inner.generation += 1;
+        inner.accounts.clear();
+    }
+}
+
+/// A write that is group-committed: attempts and provider requests share each commit.
+#[derive(Debug)]
+pub enum Write {
+    Ingest(IngestItem),
+    Attempt(AttemptItem),
+}
+
+/// The answer to a [`Write`], of the same kind.
+#[derive(Debug)]
+pub enum Written {
+    Ingest(IngestOutcome),
+    Attempt(WebhookHealth),
+}
+
 pub struct GroupCommit {
-    pub ingest: Batcher<IngestItem, IngestOutcome>,
-    pub attempts: Batcher<AttemptItem, WebhookHealth>,
+    pub writes: Batcher<Write, Written>,
+}
+
+impl GroupCommit {
+    pub async fn ingest(&self, item: IngestItem) -> StoreResult<IngestOutcome> {
+        match self.writes.submit(Write::Ingest(item)).await? {
+            Written::Ingest(outcome) => Ok(outcome),
+            Written::Attempt(_) => Err(StoreError::Internal(anyhow::anyhow!(
+                "an ingest was answered as an attempt"
+            ))),
+        }
+    }
+
+    pub async fn attempt(&self, item: AttemptItem) -> StoreResult<WebhookHealth> {
+        match self.writes.submit(Write::Attempt(item)).await? {
+            Written::Attempt(health) => Ok(health),
+            Written::Ingest(_) => Err(StoreError::Internal(anyhow::anyhow!(
+                "an attempt was answered as an ingest"
+            ))),
+        }
+    }
 }
 
 /// The result of storing one provider request's facts.

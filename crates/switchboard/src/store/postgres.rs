@@ -10,6 +10,7 @@ pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
     batch: super::GroupCommit,
+    accounts: super::AccountCache,
 }
 
 impl PostgresStore {
@@ -31,6 +32,7 @@ impl PostgresStore {
             writer: pool.clone(),
             reader: pool,
             batch,
+            accounts: super::AccountCache::default(),
         })
     }
 }

@@ -746,19 +746,65 @@ macro_rules! sql_store {
         }
 
 
-        /// The writer tasks for the group-committed writes of this store.
+        /// The writer for the group-committed writes of this store.
         fn group_commit(pool: &sqlx::Pool<$db>) -> $crate::store::GroupCommit {
-            let (ingest_pool, attempts_pool) = (pool.clone(), pool.clone());
+            let pool = pool.clone();
             $crate::store::GroupCommit {
-                ingest: $crate::store::Batcher::start(move |items| {
-                    let pool = ingest_pool.clone();
-                    async move { ingest_batch(&pool, items).await }
-                }),
-                attempts: $crate::store::Batcher::start(move |items| {
-                    let pool = attempts_pool.clone();
-                    async move { record_attempts(&pool, items).await }
+                writes: $crate::store::Batcher::start(move |items| {
+                    let pool = pool.clone();
+                    async move { write_batch(&pool, items).await }
                 }),
             }
+        }
+
+        /// One group commit: the attempts and the provider requests that arrived while the
+        /// previous one was being written, in one transaction. When it fails, attempts and
+        /// requests are written apart (and each alone if need be), so one bad write never
+        /// fails the others.
+        async fn write_batch(
+            pool: &sqlx::Pool<$db>,
+            items: Vec<$crate::store::Write>,
+        ) -> Vec<StoreResult<$crate::store::Written>> {
+            use $crate::store::{Write, Written};
+            let (mut ingests, mut attempts, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+            for item in items {
+                kinds.push(matches!(item, Write::Ingest(_)));
+                match item {
+                    Write::Ingest(i) => ingests.push(i),
+                    Write::Attempt(a) => attempts.push(a),
+                }
+            }
+            let together = async {
+                let mut tx = pool.begin().await?;
+                let health = attempts_in(&mut tx, &attempts).await?;
+                let outcomes = ingest_in(&mut tx, &ingests).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>((outcomes, health))
+            };
+            let (outcomes, health) = match together.await {
+                Ok((outcomes, health)) => (
+                    outcomes.into_iter().map(Ok).collect(),
+                    health.into_iter().map(Ok).collect(),
+                ),
+                Err(_) => (
+                    ingest_batch(pool, ingests).await,
+                    record_attempts(pool, attempts).await,
+                ),
+            };
+            let (mut outcomes, mut health): (Vec<_>, Vec<_>) = (outcomes, health);
+            outcomes.reverse();
+            health.reverse();
+            kinds
+                .into_iter()
+                .map(|ingest| {
+                    let missing = || StoreError::Internal(anyhow::anyhow!("a write went unanswered"));
+                    if ingest {
+                        outcomes.pop().ok_or_else(missing)?.map(Written::Ingest)
+                    } else {
+                        health.pop().ok_or_else(missing)?.map(Written::Attempt)
+                    }
+                })
+                .collect()
         }
 
         /// Record several attempts in one transaction (group commit); when the batch fails,
@@ -772,57 +818,7 @@ macro_rules! sql_store {
                 items: &[$crate::store::AttemptItem],
             ) -> StoreResult<Vec<WebhookHealth>> {
                 let mut tx = pool.begin().await?;
-                write_attempts(&mut tx, items).await?;
-                // Each webhook's health is read once (locked, with other nodes), moved on
-                // attempt by attempt, and written once.
-                let mut webhook_ids: Vec<&str> = items.iter().map(|i| i.job.webhook_id.as_str()).collect();
-                webhook_ids.sort_unstable();
-                webhook_ids.dedup();
-                let mut health_of: HashMap<String, WebhookHealth> = HashMap::new();
-                for chunk in webhook_ids.chunks(rows_per_statement(1, 0)) {
-                    let sql = format!(
-                        "SELECT id, consecutive_failures, failing_since, breaker_open_until
-                         FROM webhooks WHERE id IN ({}){}",
-                        placeholders(chunk.len(), 1),
-                        $hooks::ROW_LOCK
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    for r in query.fetch_all(&mut *tx).await? {
-                        health_of.insert(
-                            r.get("id"),
-                            WebhookHealth {
-                                consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
-                                failing_since: r.get("failing_since"),
-                                breaker_open_until: r.get("breaker_open_until"),
-                            },
-                        );
-                    }
-                }
-                let mut health = Vec::with_capacity(items.len());
-                for item in items {
-                    let h = health_of.entry(item.job.webhook_id.clone()).or_default();
-                    if item.next == NextStep::Delivered {
-                        h.consecutive_failures = 0;
-                        h.failing_since = None;
-                    } else {
-                        h.consecutive_failures += 1;
-                        h.failing_since.get_or_insert(item.attempt.started_at);
-                    }
-                    health.push(*h);
-                }
-                for (webhook_id, h) in &health_of {
-                    sqlx::query(
-                        "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2 WHERE id = $3",
-                    )
-                    .bind(i64::from(h.consecutive_failures))
-                    .bind(h.failing_since)
-                    .bind(webhook_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                let health = attempts_in(&mut tx, items).await?;
                 tx.commit().await?;
                 Ok(health)
             }
@@ -836,6 +832,68 @@ macro_rules! sql_store {
                 results.push(all(pool, std::slice::from_ref(item)).await.map(|mut h| h.remove(0)));
             }
             results
+        }
+
+        /// Record attempts and move each webhook's health on, in the caller's transaction.
+        async fn attempts_in(
+            tx: &mut Transaction<'_, $db>,
+            items: &[$crate::store::AttemptItem],
+        ) -> StoreResult<Vec<WebhookHealth>> {
+            if items.is_empty() {
+                return Ok(vec![]);
+            }
+            write_attempts(tx, items).await?;
+            // Each webhook's health is read once (locked, with other nodes), moved on
+            // attempt by attempt, and written once.
+            let mut webhook_ids: Vec<&str> = items.iter().map(|i| i.job.webhook_id.as_str()).collect();
+            webhook_ids.sort_unstable();
+            webhook_ids.dedup();
+            let mut health_of: HashMap<String, WebhookHealth> = HashMap::new();
+            for chunk in webhook_ids.chunks(rows_per_statement(1, 0)) {
+                let sql = format!(
+                    "SELECT id, consecutive_failures, failing_since, breaker_open_until
+                     FROM webhooks WHERE id IN ({}){}",
+                    placeholders(chunk.len(), 1),
+                    $hooks::ROW_LOCK
+                );
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for r in query.fetch_all(&mut **tx).await? {
+                    health_of.insert(
+                        r.get("id"),
+                        WebhookHealth {
+                            consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
+                            failing_since: r.get("failing_since"),
+                            breaker_open_until: r.get("breaker_open_until"),
+                        },
+                    );
+                }
+            }
+            let mut health = Vec::with_capacity(items.len());
+            for item in items {
+                let h = health_of.entry(item.job.webhook_id.clone()).or_default();
+                if item.next == NextStep::Delivered {
+                    h.consecutive_failures = 0;
+                    h.failing_since = None;
+                } else {
+                    h.consecutive_failures += 1;
+                    h.failing_since.get_or_insert(item.attempt.started_at);
+                }
+                health.push(*h);
+            }
+            for (webhook_id, h) in &health_of {
+                sqlx::query(
+                    "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2 WHERE id = $3",
+                )
+                .bind(i64::from(h.consecutive_failures))
+                .bind(h.failing_since)
+                .bind(webhook_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(health)
         }
 
         /// The deliveries' new states and the attempts' rows, many to a statement (the
@@ -993,6 +1051,16 @@ macro_rules! sql_store {
             items: &[$crate::store::IngestItem],
         ) -> StoreResult<Vec<IngestOutcome>> {
             let mut tx = pool.begin().await?;
+            let outcomes = ingest_in(&mut tx, items).await?;
+            tx.commit().await?;
+            Ok(outcomes)
+        }
+
+        /// File provider requests in the caller's transaction.
+        async fn ingest_in(
+            tx: &mut Transaction<'_, $db>,
+            items: &[$crate::store::IngestItem],
+        ) -> StoreResult<Vec<IngestOutcome>> {
             let mut outcomes = vec![IngestOutcome::default(); items.len()];
             // A batch is mostly one location's messages: its webhooks are read once, and its
             // messages are filed together.
@@ -1012,8 +1080,8 @@ macro_rules! sql_store {
             }
             let mut webhooks_of: HashMap<&str, Vec<Webhook>> = HashMap::new();
             for location_id in locations {
-                let webhooks = location_webhooks(&mut tx, location_id).await?;
-                file_messages(&mut tx, location_id, &messages_of[location_id], &webhooks, &mut outcomes)
+                let webhooks = location_webhooks(tx, location_id).await?;
+                file_messages(tx, location_id, &messages_of[location_id], &webhooks, &mut outcomes)
                     .await?;
                 webhooks_of.insert(location_id, webhooks);
             }
@@ -1023,7 +1091,7 @@ macro_rules! sql_store {
                 for fact in &item.facts {
                     if let Fact::Call(update) = fact {
                         merge_call(
-                            &mut tx,
+                            tx,
                             location_id,
                             channels::twilio::PROVIDER,
                             update,
@@ -1035,7 +1103,6 @@ macro_rules! sql_store {
                     }
                 }
             }
-            tx.commit().await?;
             Ok(outcomes)
         }
 
@@ -1046,6 +1113,64 @@ macro_rules! sql_store {
                 .is_some_and(|e| {
                     e.is_unique_violation() || matches!(e.code().as_deref(), Some("40P01" | "40001"))
                 })
+        }
+
+    /// The account a provider request claims: by address, by the call it belongs to, else
+    /// by account id when exactly one location uses it.
+    async fn lookup_channel_account(
+        reader: &sqlx::Pool<$db>,
+        provider: &str,
+        key: &RouteKey,
+    ) -> StoreResult<Option<ChannelAccount>> {
+            const COLUMNS: &str = "SELECT a.location_id, a.account_id, a.secret, a.settings
+                                   FROM channel_accounts a";
+            let to_account = |r: $row| ChannelAccount {
+                location_id: r.get("location_id"),
+                account_id: r.get("account_id"),
+                secret: r.get("secret"),
+                settings: serde_json::from_str(r.get::<&str, _>("settings"))
+                    .unwrap_or(serde_json::Value::Null),
+            };
+            if let Some(address) = &key.address {
+                let row = sqlx::query(&format!(
+                    "{COLUMNS} JOIN channel_addresses n
+                       ON n.location_id = a.location_id AND n.provider = a.provider
+                     WHERE n.provider = $1 AND n.address = $2"
+                ))
+                .bind(provider)
+                .bind(address)
+                .fetch_optional(reader)
+                .await?;
+                if let Some(row) = row {
+                    return Ok(Some(to_account(row)));
+                }
+            }
+            if let Some(call_sid) = &key.correlation_id {
+                let row = sqlx::query(&format!(
+                    "{COLUMNS} JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
+                     WHERE c.provider = $1 AND c.call_sid = $2"
+                ))
+                .bind(provider)
+                .bind(call_sid)
+                .fetch_optional(reader)
+                .await?;
+                if let Some(row) = row {
+                    return Ok(Some(to_account(row)));
+                }
+            }
+            if let Some(account_id) = &key.account_id {
+                let mut rows = sqlx::query(&format!(
+                    "{COLUMNS} WHERE a.provider = $1 AND a.account_id = $2 LIMIT 2"
+                ))
+                .bind(provider)
+                .bind(account_id)
+                .fetch_all(reader)
+                .await?;
+                if rows.len() == 1 {
+                    return Ok(rows.pop().map(to_account));
+                }
+            }
+            Ok(None)
         }
 
         #[async_trait]
@@ -1180,6 +1305,7 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+                self.accounts.clear();
                 Ok(())
             }
 
@@ -1188,55 +1314,18 @@ macro_rules! sql_store {
                 provider: &str,
                 key: &RouteKey,
             ) -> StoreResult<Option<ChannelAccount>> {
-                const COLUMNS: &str = "SELECT a.location_id, a.account_id, a.secret, a.settings
-                                       FROM channel_accounts a";
-                let to_account = |r: $row| ChannelAccount {
-                    location_id: r.get("location_id"),
-                    account_id: r.get("account_id"),
-                    secret: r.get("secret"),
-                    settings: serde_json::from_str(r.get::<&str, _>("settings"))
-                        .unwrap_or(serde_json::Value::Null),
-                };
-                if let Some(address) = &key.address {
-                    let row = sqlx::query(&format!(
-                        "{COLUMNS} JOIN channel_addresses n
-                           ON n.location_id = a.location_id AND n.provider = a.provider
-                         WHERE n.provider = $1 AND n.address = $2"
-                    ))
-                    .bind(provider)
-                    .bind(address)
-                    .fetch_optional(&self.reader)
-                    .await?;
-                    if let Some(row) = row {
-                        return Ok(Some(to_account(row)));
-                    }
+                if !$hooks::EMBEDDED {
+                    return lookup_channel_account(&self.reader, provider, key).await;
                 }
-                if let Some(call_sid) = &key.correlation_id {
-                    let row = sqlx::query(&format!(
-                        "{COLUMNS} JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
-                         WHERE c.provider = $1 AND c.call_sid = $2"
-                    ))
-                    .bind(provider)
-                    .bind(call_sid)
-                    .fetch_optional(&self.reader)
-                    .await?;
-                    if let Some(row) = row {
-                        return Ok(Some(to_account(row)));
-                    }
+                let (hit, generation) = self.accounts.get(provider, key);
+                if hit.is_some() {
+                    return Ok(hit);
                 }
-                if let Some(account_id) = &key.account_id {
-                    let mut rows = sqlx::query(&format!(
-                        "{COLUMNS} WHERE a.provider = $1 AND a.account_id = $2 LIMIT 2"
-                    ))
-                    .bind(provider)
-                    .bind(account_id)
-                    .fetch_all(&self.reader)
-                    .await?;
-                    if rows.len() == 1 {
-                        return Ok(rows.pop().map(to_account));
-                    }
+                let found = lookup_channel_account(&self.reader, provider, key).await?;
+                if let Some(account) = &found {
+                    self.accounts.put(provider, key, generation, account);
                 }
-                Ok(None)
+                Ok(found)
             }
 
             async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
@@ -1428,8 +1517,7 @@ macro_rules! sql_store {
                 ctx: &IngestContext,
             ) -> StoreResult<IngestOutcome> {
                 self.batch
-                    .ingest
-                    .submit($crate::store::IngestItem {
+                    .ingest($crate::store::IngestItem {
                         location_id: location_id.to_owned(),
                         facts,
                         context: ctx.clone(),
@@ -1693,8 +1781,7 @@ macro_rules! sql_store {
                 next: NextStep,
             ) -> StoreResult<WebhookHealth> {
                 self.batch
-                    .attempts
-                    .submit($crate::store::AttemptItem {
+                    .attempt($crate::store::AttemptItem {
                         job: job.clone(),
                         attempt: attempt.clone(),
                         next,

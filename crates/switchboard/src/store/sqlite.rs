@@ -14,6 +14,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     batch: super::GroupCommit,
+    accounts: super::AccountCache,
 }
 
 impl SqliteStore {
@@ -28,7 +29,10 @@ impl SqliteStore {
                 SyncSetting::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (a multi-row insert that may have to undo itself) in memory,
+            // not in temporary files.
+            .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -52,6 +56,7 @@ impl SqliteStore {
             writer,
             reader,
             batch,
+            accounts: super::AccountCache::default(),
         })
     }
 }

@@ -525,6 +525,75 @@ async fn concurrent_requests_file_each_message_once_under_its_own_contact() {
     assert_eq!(feed["data"].as_array().unwrap().len(), 20, "{feed}");
 }
 
+/// A new auth token (or a number moved to another location) applies to the very next request,
+/// whatever the server remembered of the account.
+async fn a_changed_auth_token_applies_to_the_next_request() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (location_id, _) = app.standard_setup(&receiver).await;
+    let new_token = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+    let first = sms_params("SMtokenA", "with the first token");
+    assert_eq!(app.post_twilio(&first, AUTH_TOKEN).await.status(), 200);
+    let r = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{location_id}/channels/twilio"),
+            serde_json::json!({
+                "accountSid": ACCOUNT_SID,
+                "authToken": new_token,
+                "phoneNumbers": [BUSINESS_NUMBER],
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let old = sms_params("SMtokenB", "signed with the old token");
+    assert_eq!(app.post_twilio(&old, AUTH_TOKEN).await.status(), 403);
+    let new = sms_params("SMtokenC", "signed with the new token");
+    assert_eq!(app.post_twilio(&new, new_token).await.status(), 200);
+
+    // The number moves to another location: its next message is filed there.
+    let other = app.create_location("Other Dental").await;
+    let r = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{location_id}/channels/twilio"),
+            serde_json::json!({ "accountSid": ACCOUNT_SID, "authToken": new_token, "phoneNumbers": [] }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.connect_twilio(&other, &[BUSINESS_NUMBER])
+            .await
+            .status(),
+        200
+    );
+    let moved = sms_params("SMtokenD", "after the move");
+    assert_eq!(app.post_twilio(&moved, AUTH_TOKEN).await.status(), 200);
+    let got = receiver.expect_exactly(3, QUIET).await;
+    let locations: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let e = r.json();
+            (
+                e["body"].as_str().unwrap().to_owned(),
+                e["locationId"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        locations.contains(&("with the first token".into(), location_id.clone())),
+        "{locations:?}"
+    );
+    assert!(
+        locations.contains(&("signed with the new token".into(), location_id.clone())),
+        "{locations:?}"
+    );
+    assert!(
+        locations.contains(&("after the move".into(), other.clone())),
+        "{locations:?}"
+    );
+}
+
 crate::both_stores!(
     inbound_sms_is_delivered_once_signed_in_the_source_documents_shape,
     legacy_path_is_the_same_handler,
@@ -538,4 +607,5 @@ crate::both_stores!(
     malformed_provider_requests_are_4xx_with_a_json_error,
     the_simulator_posts_exactly_like_twilio,
     concurrent_requests_file_each_message_once_under_its_own_contact,
+    a_changed_auth_token_applies_to_the_next_request,
 );
