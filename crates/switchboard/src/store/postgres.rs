@@ -86,6 +86,11 @@ mod hooks {
         Ok(())
     }
 
+    /// PostgreSQL binds `$N` by number already.
+    pub fn positional(sql: String) -> String {
+        sql
+    }
+
     /// A subquery of the text values of the JSON array bound at `param`.
     pub fn json_text_list(param: &str) -> String {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")

@@ -240,12 +240,12 @@ macro_rules! sql_store {
             };
 
             for chunk in fresh.chunks(rows_per_statement(10, 0)) {
-                let sql = format!(
+                let sql = $hooks::positional(format!(
                     "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
                          provider_message_id, direction, message_type, status, created_at)
                      VALUES {}",
                     tuples(chunk.len(), 10, 1)
-                );
+                ));
                 let mut query = sqlx::query(&sql);
                 for (f, id) in chunk {
                     let m = f.message;
@@ -343,11 +343,11 @@ macro_rules! sql_store {
                     .map(|f| f.message.provider_message_id.as_str())
                     .collect();
                 for chunk in of_provider.chunks(rows_per_statement(1, 2)) {
-                    let sql = format!(
+                    let sql = $hooks::positional(format!(
                         "SELECT provider_message_id, id FROM messages
                          WHERE location_id = $1 AND provider = $2 AND provider_message_id IN ({})",
                         placeholders(chunk.len(), 3)
-                    );
+                    ));
                     let mut query = sqlx::query(&sql).bind(location_id).bind(provider);
                     for id in chunk {
                         query = query.bind(*id);
@@ -380,11 +380,11 @@ macro_rules! sql_store {
                     let values: Vec<&str> =
                         identities.iter().filter(|i| i.0 == kind).map(|i| i.1).collect();
                     for chunk in values.chunks(rows_per_statement(1, 2)) {
-                        let sql = format!(
+                        let sql = $hooks::positional(format!(
                             "SELECT identity, id FROM contacts
                              WHERE location_id = $1 AND identity_kind = $2 AND identity IN ({})",
                             placeholders(chunk.len(), 3)
-                        );
+                        ));
                         let mut query = sqlx::query(&sql).bind(location_id).bind(kind);
                         for value in chunk {
                             query = query.bind(*value);
@@ -407,13 +407,13 @@ macro_rules! sql_store {
             find(tx, location_id, identities, &mut found).await?;
             let new = missing(&found);
             for chunk in new.chunks(rows_per_statement(6, 0)) {
-                let sql = format!(
+                let sql = $hooks::positional(format!(
                     "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
                      VALUES {}
                      ON CONFLICT (location_id, identity_kind, identity) DO NOTHING
                      RETURNING identity_kind, identity, id",
                     tuples(chunk.len(), 6, 1)
-                );
+                ));
                 let mut query = sqlx::query(&sql);
                 for (kind, value, name) in chunk {
                     query = query
@@ -452,12 +452,12 @@ macro_rules! sql_store {
                 found: &mut HashMap<String, String>,
             ) -> StoreResult<()> {
                 for chunk in contact_ids.chunks(rows_per_statement(1, 2)) {
-                    let sql = format!(
+                    let sql = $hooks::positional(format!(
                         "UPDATE conversations SET last_message_at = $1
                          WHERE location_id = $2 AND contact_id IN ({})
                          RETURNING contact_id, id",
                         placeholders(chunk.len(), 3)
-                    );
+                    ));
                     let mut query = sqlx::query(&sql).bind(now).bind(location_id);
                     for id in chunk {
                         query = query.bind(*id);
@@ -472,13 +472,13 @@ macro_rules! sql_store {
             touch(tx, location_id, contact_ids, now, &mut found).await?;
             let new: Vec<&str> = contact_ids.iter().copied().filter(|c| !found.contains_key(*c)).collect();
             for chunk in new.chunks(rows_per_statement(5, 0)) {
-                let sql = format!(
+                let sql = $hooks::positional(format!(
                     "INSERT INTO conversations (id, location_id, contact_id, created_at, last_message_at)
                      VALUES {}
                      ON CONFLICT (location_id, contact_id) DO NOTHING
                      RETURNING contact_id, id",
                     tuples(chunk.len(), 5, 1)
-                );
+                ));
                 let mut query = sqlx::query(&sql);
                 for contact_id in chunk {
                     query = query.bind(new_id()).bind(location_id).bind(*contact_id).bind(now).bind(now);
@@ -512,11 +512,11 @@ macro_rules! sql_store {
             $hooks::lock_event_stream(&mut **tx).await?;
             let mut seq_of: HashMap<String, i64> = HashMap::with_capacity(events.len());
             for chunk in events.chunks(rows_per_statement(6, 0)) {
-                let sql = format!(
+                let sql = $hooks::positional(format!(
                     "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
                      VALUES {} RETURNING id, seq",
                     tuples(chunk.len(), 6, 1)
-                );
+                ));
                 let mut query = sqlx::query(&sql);
                 for e in chunk {
                     query = query
@@ -582,11 +582,11 @@ macro_rules! sql_store {
                 conversations.sort_unstable();
                 conversations.dedup();
                 for chunk in conversations.chunks(rows_per_statement(1, 1)) {
-                    let sql = format!(
+                    let sql = $hooks::positional(format!(
                         "SELECT DISTINCT conversation_id FROM deliveries
                          WHERE webhook_id = $1 AND status = 'pending' AND conversation_id IN ({})",
                         placeholders(chunk.len(), 2)
-                    );
+                    ));
                     let mut query = sqlx::query(&sql).bind(webhook_id);
                     for c in chunk {
                         query = query.bind(*c);
@@ -606,12 +606,12 @@ macro_rules! sql_store {
             let ids: Vec<String> = rows.iter().map(|_| new_id()).collect();
             let all = rows.iter().zip(&ids).zip(&send_now).collect::<Vec<_>>();
             for chunk in all.chunks(rows_per_statement(10, 0)) {
-                let sql = format!(
+                let sql = $hooks::positional(format!(
                     "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts,
                          next_attempt_at, lease_until, created_at, conversation_id, event_seq)
                      VALUES {}",
                     tuples(chunk.len(), 10, 1)
-                );
+                ));
                 let mut query = sqlx::query(&sql);
                 for ((r, id), now) in chunk {
                     query = query
@@ -850,12 +850,12 @@ macro_rules! sql_store {
             webhook_ids.dedup();
             let mut health_of: HashMap<String, WebhookHealth> = HashMap::new();
             for chunk in webhook_ids.chunks(rows_per_statement(1, 0)) {
-                let sql = format!(
+                let sql = $hooks::positional(format!(
                     "SELECT id, consecutive_failures, failing_since, breaker_open_until
                      FROM webhooks WHERE id IN ({}){}",
                     placeholders(chunk.len(), 1),
                     $hooks::ROW_LOCK
-                );
+                ));
                 let mut query = sqlx::query(&sql);
                 for id in chunk {
                     query = query.bind(*id);
@@ -944,14 +944,14 @@ macro_rules! sql_store {
                     );
                 }
             }
-            let sql = format!(
+            let sql = $hooks::positional(format!(
                 "UPDATE deliveries SET attempts = attempts + 1, lease_until = NULL,
                      status = v.new_status, next_attempt_at = v.retry_at, finished_at = v.done_at
                  FROM ({rows}) AS v
                  WHERE deliveries.id = v.delivery_id AND deliveries.status = 'pending'
                    AND (deliveries.lease_until IS NULL OR deliveries.lease_until = v.held_until)
                  RETURNING id, attempts"
-            );
+            ));
             let mut query = sqlx::query(&sql);
             for item in items {
                 let next = item.next;
@@ -979,12 +979,12 @@ macro_rules! sql_store {
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
 
-            let sql = format!(
+            let sql = $hooks::positional(format!(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status,
                      error, response_body)
                  VALUES {}",
                 tuples(items.len(), 7, 1)
-            );
+            ));
             let mut query = sqlx::query(&sql);
             for item in items {
                 let (job, attempt) = (&item.job, &item.attempt);

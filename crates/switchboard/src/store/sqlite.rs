@@ -89,6 +89,33 @@ mod hooks {
         Ok(())
     }
 
+    /// `$N` placeholders become `?`. sqlx binds a numbered parameter by looking its name up,
+    /// which costs SQLite a scan of every name: quadratic in a statement of many rows. Only
+    /// when the numbers appear in order (`$1`, `$2`, …, as in the statements built for many
+    /// rows); otherwise the statement is kept as it is.
+    pub fn positional(sql: String) -> String {
+        let mut out = String::with_capacity(sql.len());
+        let mut expected = 1;
+        let mut rest = sql.as_str();
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let digits = rest[at + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            match rest[at + 1..at + 1 + digits].parse::<usize>() {
+                Ok(n) if n == expected => {
+                    out.push('?');
+                    expected += 1;
+                }
+                _ => return sql,
+            }
+            rest = &rest[at + 1 + digits..];
+        }
+        out.push_str(rest);
+        out
+    }
+
     /// A subquery of the text values of the JSON array bound at `param`.
     pub fn json_text_list(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
@@ -100,3 +127,28 @@ mod hooks {
 }
 
 super::sql::sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, hooks);
+
+#[cfg(test)]
+mod tests {
+    use super::hooks::positional;
+
+    #[test]
+    fn numbered_placeholders_in_order_become_positional() {
+        assert_eq!(
+            positional("SELECT a FROM t WHERE b = $1 AND c IN ($2, $3)".into()),
+            "SELECT a FROM t WHERE b = ? AND c IN (?, ?)"
+        );
+        assert_eq!(
+            positional("INSERT INTO t VALUES ($1, $2), ($3, $4), ($5, $6), ($7, $8), ($9, $10), ($11, $12)".into()),
+            "INSERT INTO t VALUES (?, ?), (?, ?), (?, ?), (?, ?), (?, ?), (?, ?)"
+        );
+        // Out of order, repeated, or not a number: kept as written (sqlx binds it by name).
+        for kept in [
+            "UPDATE t SET a = $2 WHERE b = $1",
+            "SELECT $1, $1",
+            "SELECT '$' || $1",
+        ] {
+            assert_eq!(positional(kept.into()), kept);
+        }
+    }
+}
