@@ -26,13 +26,25 @@ pub const SQLITE: Embedded = &[
         "delivery engine",
         include_str!("../../migrations/sqlite/0003_delivery_engine.sql"),
     ),
+    (
+        4,
+        "conversation writes",
+        include_str!("../../migrations/sqlite/0004_conversation_writes.sql"),
+    ),
 ];
 
-pub const POSTGRES: Embedded = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+pub const POSTGRES: Embedded = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "conversation writes",
+        include_str!("../../migrations/postgres/0002_conversation_writes.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Source(Embedded);

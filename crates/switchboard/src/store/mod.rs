@@ -243,27 +243,43 @@ pub struct Batcher<I, O> {
 const GROUP_COMMIT_MAX: usize = 256;
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Start the writer task; `write` writes a batch and answers for each item, in order.
-    pub fn start<F, Fut>(write: F) -> Self
+    /// Start `writers` writer tasks; `write` writes a batch and answers for each item, in
+    /// order. Each writer takes what is queued when it is free, so while one commits the
+    /// next batch gathers for another.
+    pub fn start<F, Fut>(writers: usize, write: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<StoreResult<O>>> + Send,
     {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(
+        let (tx, rx) = tokio::sync::mpsc::channel::<(
             I,
             tokio::sync::oneshot::Sender<StoreResult<O>>,
         )>(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
-            while rx.recv_many(&mut batch, GROUP_COMMIT_MAX).await > 0 {
-                let (items, replies): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut batch).into_iter().unzip();
-                let results = write(items).await;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        let write = std::sync::Arc::new(write);
+        for _ in 0..writers.max(1) {
+            let (rx, write) = (rx.clone(), write.clone());
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+                loop {
+                    if rx
+                        .lock()
+                        .await
+                        .recv_many(&mut batch, GROUP_COMMIT_MAX)
+                        .await
+                        == 0
+                    {
+                        return;
+                    }
+                    let (items, replies): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut batch).into_iter().unzip();
+                    let results = write(items).await;
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
                 }
-            }
-        });
+            });
+        }
         Batcher { tx }
     }
 
@@ -554,7 +570,8 @@ pub trait Store: Send + Sync + 'static {
     async fn release_leases_of(&self, leases: &[(String, i64)]) -> StoreResult<()>;
 
     /// Record an attempt and move the delivery on, releasing its lease; update the webhook's
-    /// health in the same transaction and return it.
+    /// failure counters in the same transaction and return them (`breaker_open_until` is the
+    /// dispatcher's own and not read here).
     async fn record_attempt(
         &self,
         job: &DeliveryJob,

@@ -52,6 +52,9 @@ mod hooks {
 
     /// Other nodes share the database: leases are never released wholesale.
     pub const EMBEDDED: bool = false;
+    /// Group commits written at once: while one waits for the database, the next gathers
+    /// and is written on another connection.
+    pub const WRITERS: usize = 4;
     /// Claims skip rows another node is claiming.
     pub const CLAIM_LOCK: &str = " FOR UPDATE OF d SKIP LOCKED";
     /// A conversation's head is waited for, never skipped (that would break its order).

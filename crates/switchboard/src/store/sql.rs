@@ -176,6 +176,11 @@ macro_rules! sql_store {
             s
         }
 
+        // Lookups of many keys are written `SELECT v.column1, (SELECT … = v.column1) FROM
+        // (VALUES …) AS v`: one unique-index probe per key whatever the planner believes of the
+        // table. (PostgreSQL's generic plan for `… AND key IN (…)` scanned the whole location's
+        // rows while its statistics still said the table was empty.)
+
         /// One message of a group commit, with the request it came in.
         struct ToFile<'a> {
             message: &'a NewMessage,
@@ -344,16 +349,20 @@ macro_rules! sql_store {
                     .collect();
                 for chunk in of_provider.chunks(rows_per_statement(1, 2)) {
                     let sql = $hooks::positional(format!(
-                        "SELECT provider_message_id, id FROM messages
-                         WHERE location_id = $1 AND provider = $2 AND provider_message_id IN ({})",
-                        placeholders(chunk.len(), 3)
+                        "SELECT v.column1, (SELECT m.id FROM messages m
+                             WHERE m.location_id = $1 AND m.provider = $2
+                               AND m.provider_message_id = v.column1)
+                         FROM (VALUES {}) AS v",
+                        tuples(chunk.len(), 1, 3)
                     ));
                     let mut query = sqlx::query(&sql).bind(location_id).bind(provider);
                     for id in chunk {
                         query = query.bind(*id);
                     }
                     for row in query.fetch_all(&mut **tx).await? {
-                        known.insert((provider.to_owned(), row.get(0)), row.get(1));
+                        if let Some(id) = row.get::<Option<String>, _>(1) {
+                            known.insert((provider.to_owned(), row.get(0)), id);
+                        }
                     }
                 }
             }
@@ -381,16 +390,20 @@ macro_rules! sql_store {
                         identities.iter().filter(|i| i.0 == kind).map(|i| i.1).collect();
                     for chunk in values.chunks(rows_per_statement(1, 2)) {
                         let sql = $hooks::positional(format!(
-                            "SELECT identity, id FROM contacts
-                             WHERE location_id = $1 AND identity_kind = $2 AND identity IN ({})",
-                            placeholders(chunk.len(), 3)
+                            "SELECT v.column1, (SELECT c.id FROM contacts c
+                                 WHERE c.location_id = $1 AND c.identity_kind = $2
+                                   AND c.identity = v.column1)
+                             FROM (VALUES {}) AS v",
+                            tuples(chunk.len(), 1, 3)
                         ));
                         let mut query = sqlx::query(&sql).bind(location_id).bind(kind);
                         for value in chunk {
                             query = query.bind(*value);
                         }
                         for row in query.fetch_all(&mut **tx).await? {
-                            found.insert((kind.to_owned(), row.get(0)), row.get(1));
+                            if let Some(id) = row.get::<Option<String>, _>(1) {
+                                found.insert((kind.to_owned(), row.get(0)), id);
+                            }
                         }
                     }
                 }
@@ -405,7 +418,10 @@ macro_rules! sql_store {
             };
             let mut found = HashMap::with_capacity(identities.len());
             find(tx, location_id, identities, &mut found).await?;
-            let new = missing(&found);
+            // Created in identity order, so two writers never wait on each other in opposite
+            // orders.
+            let mut new = missing(&found);
+            new.sort_unstable_by_key(|i| (i.0, i.1));
             for chunk in new.chunks(rows_per_statement(6, 0)) {
                 let sql = $hooks::positional(format!(
                     "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
@@ -436,60 +452,64 @@ macro_rules! sql_store {
             Ok(found)
         }
 
-        /// Conversation ids by contact id, their last message time moved to `now`; one
-        /// conversation per contact, created when there is none.
+        /// Conversation ids by contact id: one conversation per contact, created when there is
+        /// none. Rows are created in contact order, so two writers never wait on each other
+        /// in opposite orders.
         async fn conversations_of(
             tx: &mut Transaction<'_, $db>,
             location_id: &str,
             contact_ids: &[&str],
             now: i64,
         ) -> StoreResult<HashMap<String, String>> {
-            async fn touch(
+            async fn find(
                 tx: &mut Transaction<'_, $db>,
                 location_id: &str,
                 contact_ids: &[&str],
-                now: i64,
                 found: &mut HashMap<String, String>,
             ) -> StoreResult<()> {
-                for chunk in contact_ids.chunks(rows_per_statement(1, 2)) {
+                for chunk in contact_ids.chunks(rows_per_statement(1, 1)) {
                     let sql = $hooks::positional(format!(
-                        "UPDATE conversations SET last_message_at = $1
-                         WHERE location_id = $2 AND contact_id IN ({})
-                         RETURNING contact_id, id",
-                        placeholders(chunk.len(), 3)
+                        "SELECT v.column1, (SELECT c.id FROM conversations c
+                             WHERE c.location_id = $1 AND c.contact_id = v.column1)
+                         FROM (VALUES {}) AS v",
+                        tuples(chunk.len(), 1, 2)
                     ));
-                    let mut query = sqlx::query(&sql).bind(now).bind(location_id);
+                    let mut query = sqlx::query(&sql).bind(location_id);
                     for id in chunk {
                         query = query.bind(*id);
                     }
                     for row in query.fetch_all(&mut **tx).await? {
-                        found.insert(row.get(0), row.get(1));
+                        if let Some(id) = row.get::<Option<String>, _>(1) {
+                            found.insert(row.get(0), id);
+                        }
                     }
                 }
                 Ok(())
             }
             let mut found = HashMap::with_capacity(contact_ids.len());
-            touch(tx, location_id, contact_ids, now, &mut found).await?;
-            let new: Vec<&str> = contact_ids.iter().copied().filter(|c| !found.contains_key(*c)).collect();
-            for chunk in new.chunks(rows_per_statement(5, 0)) {
+            find(tx, location_id, contact_ids, &mut found).await?;
+            let mut new: Vec<&str> = contact_ids.iter().copied().filter(|c| !found.contains_key(*c)).collect();
+            new.sort_unstable();
+            for chunk in new.chunks(rows_per_statement(4, 0)) {
                 let sql = $hooks::positional(format!(
-                    "INSERT INTO conversations (id, location_id, contact_id, created_at, last_message_at)
+                    "INSERT INTO conversations (id, location_id, contact_id, created_at)
                      VALUES {}
                      ON CONFLICT (location_id, contact_id) DO NOTHING
                      RETURNING contact_id, id",
-                    tuples(chunk.len(), 5, 1)
+                    tuples(chunk.len(), 4, 1)
                 ));
                 let mut query = sqlx::query(&sql);
                 for contact_id in chunk {
-                    query = query.bind(new_id()).bind(location_id).bind(*contact_id).bind(now).bind(now);
+                    query = query.bind(new_id()).bind(location_id).bind(*contact_id).bind(now);
                 }
                 for row in query.fetch_all(&mut **tx).await? {
                     found.insert(row.get(0), row.get(1));
                 }
             }
+            // Created meanwhile by another node's transaction, committed since.
             let raced: Vec<&str> = new.iter().copied().filter(|c| !found.contains_key(*c)).collect();
             if !raced.is_empty() {
-                touch(tx, location_id, &raced, now, &mut found).await?;
+                find(tx, location_id, &raced, &mut found).await?;
             }
             Ok(found)
         }
@@ -583,14 +603,18 @@ macro_rules! sql_store {
                 conversations.dedup();
                 for chunk in conversations.chunks(rows_per_statement(1, 1)) {
                     let sql = $hooks::positional(format!(
-                        "SELECT DISTINCT conversation_id FROM deliveries
-                         WHERE webhook_id = $1 AND status = 'pending' AND conversation_id IN ({})",
-                        placeholders(chunk.len(), 2)
+                        "SELECT v.column1 FROM (VALUES {}) AS v
+                         WHERE EXISTS (SELECT 1 FROM deliveries d
+                             WHERE d.conversation_id = v.column1 AND d.webhook_id = ${}
+                               AND d.status = 'pending')",
+                        tuples(chunk.len(), 1, 1),
+                        chunk.len() + 1
                     ));
-                    let mut query = sqlx::query(&sql).bind(webhook_id);
+                    let mut query = sqlx::query(&sql);
                     for c in chunk {
                         query = query.bind(*c);
                     }
+                    query = query.bind(webhook_id);
                     for row in query.fetch_all(&mut **tx).await? {
                         waiting.insert((webhook_id, row.get(0)));
                     }
@@ -750,7 +774,7 @@ macro_rules! sql_store {
         fn group_commit(pool: &sqlx::Pool<$db>) -> $crate::store::GroupCommit {
             let pool = pool.clone();
             $crate::store::GroupCommit {
-                writes: $crate::store::Batcher::start(move |items| {
+                writes: $crate::store::Batcher::start($hooks::WRITERS, move |items| {
                     let pool = pool.clone();
                     async move { write_batch(&pool, items).await }
                 }),
@@ -843,11 +867,36 @@ macro_rules! sql_store {
                 return Ok(vec![]);
             }
             write_attempts(tx, items).await?;
-            // Each webhook's health is read once (locked, with other nodes), moved on
-            // attempt by attempt, and written once.
-            let mut webhook_ids: Vec<&str> = items.iter().map(|i| i.job.webhook_id.as_str()).collect();
+            // A webhook whose attempts here all succeeded ends healthy whatever it was: its row
+            // is written only when it was not healthy already, so writers on other connections
+            // do not queue on it. Each other webhook's health is read once (locked, with other
+            // nodes), moved on attempt by attempt, and written once.
+            let mut webhook_ids: Vec<&str> = items
+                .iter()
+                .filter(|i| i.next != NextStep::Delivered)
+                .map(|i| i.job.webhook_id.as_str())
+                .collect();
             webhook_ids.sort_unstable();
             webhook_ids.dedup();
+            let mut healthy: Vec<&str> = items
+                .iter()
+                .map(|i| i.job.webhook_id.as_str())
+                .filter(|id| webhook_ids.binary_search(id).is_err())
+                .collect();
+            healthy.sort_unstable();
+            healthy.dedup();
+            for chunk in healthy.chunks(rows_per_statement(1, 0)) {
+                let sql = $hooks::positional(format!(
+                    "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL
+                     WHERE id IN ({}) AND (consecutive_failures <> 0 OR failing_since IS NOT NULL)",
+                    placeholders(chunk.len(), 1)
+                ));
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut **tx).await?;
+            }
             let mut health_of: HashMap<String, WebhookHealth> = HashMap::new();
             for chunk in webhook_ids.chunks(rows_per_statement(1, 0)) {
                 let sql = $hooks::positional(format!(
@@ -873,6 +922,10 @@ macro_rules! sql_store {
             }
             let mut health = Vec::with_capacity(items.len());
             for item in items {
+                if healthy.binary_search(&item.job.webhook_id.as_str()).is_ok() {
+                    health.push(WebhookHealth::default());
+                    continue;
+                }
                 let h = health_of.entry(item.job.webhook_id.clone()).or_default();
                 if item.next == NextStep::Delivered {
                     h.consecutive_failures = 0;

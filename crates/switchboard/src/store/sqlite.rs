@@ -68,6 +68,8 @@ mod hooks {
 
     /// One process owns the file: leases of a previous run may be released at start.
     pub const EMBEDDED: bool = true;
+    /// Group commits written at once: SQLite has one writer.
+    pub const WRITERS: usize = 1;
     /// One writer: no row locks.
     pub const CLAIM_LOCK: &str = "";
     pub const HEAD_LOCK: &str = "";
