@@ -30,6 +30,9 @@ const BUSINESS_NUMBER: &str = "+14155550100";
 pub struct BenchOptions {
     pub messages: usize,
     pub concurrency: usize,
+    /// Post at this many requests a second (open loop: a request's latency counts from when
+    /// it was due, so falling behind shows); None: as fast as `concurrency` allows.
+    pub rate: Option<f64>,
     /// None: embedded SQLite in a temporary directory.
     pub database_url: Option<String>,
     /// Extra `SWITCHBOARD_*` settings for the server.
@@ -42,6 +45,9 @@ pub struct BenchReport {
     pub store: String,
     pub messages: usize,
     pub concurrency: usize,
+    /// The offered rate (`--rate`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
     pub accepted_per_sec: f64,
     pub delivered_per_sec: f64,
     pub ingest_p50_ms: f64,
@@ -227,14 +233,18 @@ fn twilio_requests(n: usize, url: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Post `requests` at `concurrency`; returns each request's latency (ms), when each request
-/// (by index) was sent, and the failures.
+/// Post `requests` at `concurrency` (paced at `rate` a second if given); returns each
+/// request's latency (ms), when each request (by index) was sent — or due, when paced — and
+/// the failures.
 async fn post_all(
     client: &reqwest::Client,
     url: &str,
     requests: Vec<(String, Vec<(&'static str, String)>)>,
     concurrency: usize,
+    rate: Option<f64>,
 ) -> (Vec<f64>, HashMap<usize, Instant>, usize) {
+    let begin = Instant::now();
+    let tickets = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(Mutex::new(HashMap::with_capacity(requests.len())));
     let queue = Arc::new(Mutex::new(
         requests.into_iter().enumerate().collect::<Vec<_>>(),
@@ -245,13 +255,21 @@ async fn post_all(
         .map(|_| {
             let (client, url) = (client.clone(), url.to_owned());
             let (queue, latencies, failures) = (queue.clone(), latencies.clone(), failures.clone());
-            let sent = sent.clone();
+            let (sent, tickets) = (sent.clone(), tickets.clone());
             tokio::spawn(async move {
                 loop {
                     let Some((i, (body, headers))) = queue.lock().expect("queue").pop() else {
                         return;
                     };
-                    let started = Instant::now();
+                    let started = match rate {
+                        Some(rate) => {
+                            let ticket = tickets.fetch_add(1, Ordering::Relaxed);
+                            let due = begin + Duration::from_secs_f64(ticket as f64 / rate);
+                            tokio::time::sleep_until(due.into()).await;
+                            due
+                        }
+                        None => Instant::now(),
+                    };
                     sent.lock().expect("sent").insert(i, started);
                     let mut request = client.post(&url).body(body);
                     for (name, value) in headers {
@@ -287,6 +305,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         n > 0 && options.concurrency > 0,
         "messages and concurrency must be above 0"
     );
+    anyhow::ensure!(
+        options.rate.is_none_or(|r| r.is_finite() && r > 0.0),
+        "rate must be above 0"
+    );
     let state = Arc::new(Sink::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sink_url = format!("http://{}/hook", listener.local_addr()?);
@@ -314,7 +336,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         })
         .collect();
     let started = Instant::now();
-    let (_, _, failed) = post_all(&client, &sink_url, direct, options.concurrency).await;
+    let (_, _, failed) = post_all(&client, &sink_url, direct, options.concurrency, None).await;
     let ceiling = n as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(failed == 0, "{failed} posts to the sink failed");
     state.arrivals.lock().expect("sink lock").clear();
@@ -344,7 +366,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .collect();
 
     let started = Instant::now();
-    let (mut ingest, sent, failed) = post_all(&client, &url, requests, options.concurrency).await;
+    let (mut ingest, sent, failed) =
+        post_all(&client, &url, requests, options.concurrency, options.rate).await;
     let accepted_secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(failed == 0, "{failed} provider requests were refused");
 
@@ -387,6 +410,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .to_owned(),
         messages: n,
         concurrency: options.concurrency,
+        rate: options.rate,
         accepted_per_sec: n as f64 / accepted_secs,
         delivered_per_sec,
         ingest_p50_ms: percentile(&ingest, 50.0),
@@ -406,7 +430,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
 pub fn table(r: &BenchReport) -> String {
     format!(
         "store                    {}\n\
-         messages × concurrency   {} × {}\n\
+         messages × concurrency   {} × {}{}\n\
          accepted/s               {:.0}\n\
          delivered/s              {:.0}  ({:.0} % of the ceiling)\n\
          ingest latency p50/p99   {:.2} / {:.2} ms\n\
@@ -418,6 +442,9 @@ pub fn table(r: &BenchReport) -> String {
         r.store,
         r.messages,
         r.concurrency,
+        r.rate
+            .map(|rate| format!(", offered at {rate:.0}/s"))
+            .unwrap_or_default(),
         r.accepted_per_sec,
         r.delivered_per_sec,
         r.delivered_share_of_ceiling * 100.0,

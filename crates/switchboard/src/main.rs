@@ -47,9 +47,13 @@ enum Command {
         /// How many messages.
         #[arg(long, default_value_t = 20_000)]
         messages: usize,
-        /// Requests in flight at once.
+        /// Requests in flight at once (at most, with --rate).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Post at this many requests a second instead of as fast as possible; latencies then
+        /// count from when each request was due.
+        #[arg(long, value_name = "PER_SECOND")]
+        rate: Option<f64>,
         /// PostgreSQL to benchmark instead of the embedded SQLite (an empty database).
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
@@ -83,6 +87,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Bench {
             messages,
             concurrency,
+            rate,
             database_url,
             server_env,
         } => {
@@ -97,6 +102,7 @@ async fn run() -> anyhow::Result<()> {
             let report = switchboard::bench::run(switchboard::bench::BenchOptions {
                 messages,
                 concurrency,
+                rate,
                 database_url,
                 server_env,
             })

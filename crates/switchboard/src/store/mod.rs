@@ -20,6 +20,7 @@ mod migrations;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+mod statements;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -27,6 +27,7 @@ macro_rules! sql_store {
         use $crate::domain::ids::new_id;
         use $crate::domain::{Fact, NewMessage};
         use $crate::event::{self, Filed};
+        use $crate::store::statements::{chunks, placeholders, rows_per_statement, tuples};
 
         fn parse_events(json: &str) -> Vec<EventType> {
             serde_json::from_str::<Vec<String>>(json)
@@ -144,38 +145,6 @@ macro_rules! sql_store {
             }
         }
 
-        /// The most parameters one statement binds (SQLite allows 32,766, PostgreSQL 65,535).
-        const MAX_PARAMS: usize = 30_000;
-
-        /// How many rows of `cols` parameters fit in one statement beside `fixed` others.
-        fn rows_per_statement(cols: usize, fixed: usize) -> usize {
-            ((MAX_PARAMS - fixed) / cols).max(1)
-        }
-
-        /// `n` numbered placeholders from `$first`: `$3, $4, $5`.
-        fn placeholders(n: usize, first: usize) -> String {
-            let mut s = String::with_capacity(n * 5);
-            for i in 0..n {
-                if i > 0 {
-                    s.push_str(", ");
-                }
-                let _ = write!(s, "${}", first + i);
-            }
-            s
-        }
-
-        /// `rows` tuples of `cols` numbered placeholders from `$first`: `($1, $2), ($3, $4)`.
-        fn tuples(rows: usize, cols: usize, first: usize) -> String {
-            let mut s = String::with_capacity(rows * (cols * 5 + 4));
-            for r in 0..rows {
-                if r > 0 {
-                    s.push_str(", ");
-                }
-                let _ = write!(s, "({})", placeholders(cols, first + r * cols));
-            }
-            s
-        }
-
         // Lookups of many keys are written `SELECT v.column1, (SELECT … = v.column1) FROM
         // (VALUES …) AS v`: one unique-index probe per key whatever the planner believes of the
         // table. (PostgreSQL's generic plan for `… AND key IN (…)` scanned the whole location's
@@ -244,7 +213,7 @@ macro_rules! sql_store {
                     .unwrap_or_default()
             };
 
-            for chunk in fresh.chunks(rows_per_statement(10, 0)) {
+            for chunk in chunks(&fresh, rows_per_statement(10, 0)) {
                 let sql = $hooks::positional(format!(
                     "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
                          provider_message_id, direction, message_type, status, created_at)
@@ -347,7 +316,7 @@ macro_rules! sql_store {
                     .filter(|f| f.message.provider == provider)
                     .map(|f| f.message.provider_message_id.as_str())
                     .collect();
-                for chunk in of_provider.chunks(rows_per_statement(1, 2)) {
+                for chunk in chunks(&of_provider, rows_per_statement(1, 2)) {
                     let sql = $hooks::positional(format!(
                         "SELECT v.column1, (SELECT m.id FROM messages m
                              WHERE m.location_id = $1 AND m.provider = $2
@@ -388,7 +357,7 @@ macro_rules! sql_store {
                 for kind in kinds {
                     let values: Vec<&str> =
                         identities.iter().filter(|i| i.0 == kind).map(|i| i.1).collect();
-                    for chunk in values.chunks(rows_per_statement(1, 2)) {
+                    for chunk in chunks(&values, rows_per_statement(1, 2)) {
                         let sql = $hooks::positional(format!(
                             "SELECT v.column1, (SELECT c.id FROM contacts c
                                  WHERE c.location_id = $1 AND c.identity_kind = $2
@@ -422,7 +391,7 @@ macro_rules! sql_store {
             // orders.
             let mut new = missing(&found);
             new.sort_unstable_by_key(|i| (i.0, i.1));
-            for chunk in new.chunks(rows_per_statement(6, 0)) {
+            for chunk in chunks(&new, rows_per_statement(6, 0)) {
                 let sql = $hooks::positional(format!(
                     "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
                      VALUES {}
@@ -467,7 +436,7 @@ macro_rules! sql_store {
                 contact_ids: &[&str],
                 found: &mut HashMap<String, String>,
             ) -> StoreResult<()> {
-                for chunk in contact_ids.chunks(rows_per_statement(1, 1)) {
+                for chunk in chunks(&contact_ids, rows_per_statement(1, 1)) {
                     let sql = $hooks::positional(format!(
                         "SELECT v.column1, (SELECT c.id FROM conversations c
                              WHERE c.location_id = $1 AND c.contact_id = v.column1)
@@ -490,7 +459,7 @@ macro_rules! sql_store {
             find(tx, location_id, contact_ids, &mut found).await?;
             let mut new: Vec<&str> = contact_ids.iter().copied().filter(|c| !found.contains_key(*c)).collect();
             new.sort_unstable();
-            for chunk in new.chunks(rows_per_statement(4, 0)) {
+            for chunk in chunks(&new, rows_per_statement(4, 0)) {
                 let sql = $hooks::positional(format!(
                     "INSERT INTO conversations (id, location_id, contact_id, created_at)
                      VALUES {}
@@ -531,7 +500,7 @@ macro_rules! sql_store {
         ) -> StoreResult<Vec<i64>> {
             $hooks::lock_event_stream(&mut **tx).await?;
             let mut seq_of: HashMap<String, i64> = HashMap::with_capacity(events.len());
-            for chunk in events.chunks(rows_per_statement(6, 0)) {
+            for chunk in chunks(&events, rows_per_statement(6, 0)) {
                 let sql = $hooks::positional(format!(
                     "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
                      VALUES {} RETURNING id, seq",
@@ -601,7 +570,7 @@ macro_rules! sql_store {
             for (webhook_id, mut conversations) in ordered {
                 conversations.sort_unstable();
                 conversations.dedup();
-                for chunk in conversations.chunks(rows_per_statement(1, 1)) {
+                for chunk in chunks(&conversations, rows_per_statement(1, 1)) {
                     let sql = $hooks::positional(format!(
                         "SELECT v.column1 FROM (VALUES {}) AS v
                          WHERE EXISTS (SELECT 1 FROM deliveries d
@@ -629,7 +598,7 @@ macro_rules! sql_store {
 
             let ids: Vec<String> = rows.iter().map(|_| new_id()).collect();
             let all = rows.iter().zip(&ids).zip(&send_now).collect::<Vec<_>>();
-            for chunk in all.chunks(rows_per_statement(10, 0)) {
+            for chunk in chunks(&all, rows_per_statement(10, 0)) {
                 let sql = $hooks::positional(format!(
                     "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts,
                          next_attempt_at, lease_until, created_at, conversation_id, event_seq)
@@ -885,7 +854,7 @@ macro_rules! sql_store {
                 .collect();
             healthy.sort_unstable();
             healthy.dedup();
-            for chunk in healthy.chunks(rows_per_statement(1, 0)) {
+            for chunk in chunks(&healthy, rows_per_statement(1, 0)) {
                 let sql = $hooks::positional(format!(
                     "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL
                      WHERE id IN ({}) AND (consecutive_failures <> 0 OR failing_since IS NOT NULL)",
@@ -898,7 +867,7 @@ macro_rules! sql_store {
                 query.execute(&mut **tx).await?;
             }
             let mut health_of: HashMap<String, WebhookHealth> = HashMap::new();
-            for chunk in webhook_ids.chunks(rows_per_statement(1, 0)) {
+            for chunk in chunks(&webhook_ids, rows_per_statement(1, 0)) {
                 let sql = $hooks::positional(format!(
                     "SELECT id, consecutive_failures, failing_since, breaker_open_until
                      FROM webhooks WHERE id IN ({}){}",
@@ -959,12 +928,12 @@ macro_rules! sql_store {
             let mut start = 0;
             while start < items.len() {
                 let mut distinct = HashSet::new();
-                let end = start
-                    + items[start..]
-                        .iter()
-                        .take(rows_per_statement(7, 0))
-                        .take_while(|i| distinct.insert(i.job.delivery_id.as_str()))
-                        .count();
+                let run = items[start..]
+                    .iter()
+                    .take(rows_per_statement(7, 0))
+                    .take_while(|i| distinct.insert(i.job.delivery_id.as_str()))
+                    .count();
+                let end = start + chunks(&items[start..start + run], run).next().map_or(run, <[_]>::len);
                 write_attempt_rows(tx, &items[start..end]).await?;
                 start = end;
             }
