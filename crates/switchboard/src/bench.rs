@@ -25,6 +25,8 @@ const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
 const AUTH_TOKEN: &str = "bench_auth_token_0123456789abcdef";
 const BUSINESS_NUMBER: &str = "+14155550100";
+/// The fewest posts the ceiling is measured with.
+const CEILING_POSTS: usize = 50_000;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -322,12 +324,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .tcp_nodelay(true)
         .build()?;
 
-    // The ceiling: the same number of ~500-byte JSON posts straight to the sink.
+    // The ceiling: ~500-byte JSON posts straight to the sink at the same concurrency; at
+    // least CEILING_POSTS of them, so a short run still measures it steadily.
     let payload = format!(
         "{{\"type\":\"InboundMessage\",\"body\":\"{}\"}}",
         "y".repeat(460)
     );
-    let direct: Vec<_> = (0..n)
+    let ceiling_posts = n.max(CEILING_POSTS);
+    let direct: Vec<_> = (0..ceiling_posts)
         .map(|_| {
             (
                 payload.clone(),
@@ -337,7 +341,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .collect();
     let started = Instant::now();
     let (_, _, failed) = post_all(&client, &sink_url, direct, options.concurrency, None).await;
-    let ceiling = n as f64 / started.elapsed().as_secs_f64();
+    let ceiling = ceiling_posts as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(failed == 0, "{failed} posts to the sink failed");
     state.arrivals.lock().expect("sink lock").clear();
     state.total.store(0, Ordering::Relaxed);

@@ -172,3 +172,32 @@ fn the_benchmark_runs_and_every_event_arrives() {
     assert!(json["delivered_per_sec"].as_f64().unwrap() > 0.0);
     assert!(stdout.contains("delivered/s"));
 }
+
+/// `--rate` paces the requests (open loop): never faster than offered, and every event arrives.
+#[test]
+fn the_benchmark_paces_requests_at_the_offered_rate() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "bench",
+            "--messages",
+            "200",
+            "--concurrency",
+            "8",
+            "--rate",
+            "400",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["rate"], 400.0);
+    // The 200th request is due 199/400 s after the first: no faster than that.
+    let accepted = json["accepted_per_sec"].as_f64().unwrap();
+    assert!(accepted <= 200.0 / (199.0 / 400.0) * 1.001, "{accepted}/s");
+    assert!(stdout.contains("offered at 400/s"), "{stdout}");
+}
