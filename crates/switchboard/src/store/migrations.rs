@@ -31,6 +31,11 @@ pub const SQLITE: Embedded = &[
         "conversation writes",
         include_str!("../../migrations/sqlite/0004_conversation_writes.sql"),
     ),
+    (
+        5,
+        "fewer delivery indexes",
+        include_str!("../../migrations/sqlite/0005_fewer_delivery_indexes.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -43,6 +48,11 @@ pub const POSTGRES: Embedded = &[
         2,
         "conversation writes",
         include_str!("../../migrations/postgres/0002_conversation_writes.sql"),
+    ),
+    (
+        3,
+        "fewer delivery indexes",
+        include_str!("../../migrations/postgres/0003_fewer_delivery_indexes.sql"),
     ),
 ];
 
