@@ -629,9 +629,7 @@ impl Dispatcher {
             breaker_change = Some(Some(until));
             warn!(webhook_id = %done.webhook_id, failures = health.consecutive_failures, "circuit breaker open");
         }
-        self.shared
-            .metrics
-            .breaker(&done.webhook_id, lane.breaker.state());
+        let state = lane.breaker.state();
         if let Some(open_until) = breaker_change {
             let queued = if open_until.is_some() {
                 lane.drain()
@@ -650,6 +648,8 @@ impl Dispatcher {
             }
             self.release(queued);
         }
+        // Shown once saved: what the metric says, the API says too.
+        self.shared.metrics.breaker(&done.webhook_id, state);
         // Ordered: the conversation's next delivery may go now, unless this one will be retried.
         let ordered = self
             .targets

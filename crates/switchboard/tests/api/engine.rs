@@ -255,7 +255,7 @@ async fn breaker_opens_waits_probes_and_closes() {
         metrics.contains("switchboard_delivery_attempts_total{outcome=\"retrying\"} 2"),
         "{metrics}"
     );
-    // The breaker is saved right after it opens (the metric is set first).
+    // The breaker is saved before the metric shows it.
     let view = eventually(Duration::from_secs(2), "breakerOpenUntil saved", || async {
         let view = app.get_json(&format!("/v1/webhooks/{id}")).await;
         view["health"]["breakerOpenUntil"]
