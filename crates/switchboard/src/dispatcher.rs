@@ -648,7 +648,8 @@ impl Dispatcher {
             }
             self.release(queued);
         }
-        // Shown once saved: what the metric says, the API says too.
+        // Set after the save: once the metric shows a state, the API shows it too (unless
+        // the save failed, which is logged above).
         self.shared.metrics.breaker(&done.webhook_id, state);
         // Ordered: the conversation's next delivery may go now, unless this one will be retried.
         let ordered = self

@@ -27,7 +27,10 @@ impl PostgresStore {
             .run(&pool)
             .await
             .context("migrating the PostgreSQL database")?;
-        let batch = group_commit(&pool);
+        // Group commits are written on up to four connections at once (while one waits for
+        // the database the next gathers), leaving at least two for reads, claims and the API.
+        let writers = (max_connections as usize).saturating_sub(2).clamp(1, 4);
+        let batch = group_commit(&pool, writers);
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,
@@ -52,9 +55,6 @@ mod hooks {
 
     /// Other nodes share the database: leases are never released wholesale.
     pub const EMBEDDED: bool = false;
-    /// Group commits written at once: while one waits for the database, the next gathers
-    /// and is written on another connection.
-    pub const WRITERS: usize = 4;
     /// Claims skip rows another node is claiming.
     pub const CLAIM_LOCK: &str = " FOR UPDATE OF d SKIP LOCKED";
     /// A conversation's head is waited for, never skipped (that would break its order).

@@ -196,24 +196,36 @@ macro_rules! sql_store {
                 }
             }
             let contacts = contacts_of(tx, location_id, &identities, now).await?;
-            let contact_of = |m: &NewMessage| -> &str {
-                contacts
-                    .get(&(m.contact.kind.to_owned(), m.contact.value.clone()))
-                    .map(String::as_str)
-                    .unwrap_or_default()
+            let not_filed = |what: &str, m: &NewMessage| {
+                StoreError::Internal(anyhow::anyhow!(
+                    "no {what} was found or created for {} message {}",
+                    m.provider,
+                    m.provider_message_id
+                ))
             };
-            let mut contact_ids: Vec<&str> = fresh.iter().map(|(f, _)| contact_of(f.message)).collect();
-            contact_ids.sort_unstable();
-            contact_ids.dedup();
-            let conversations = conversations_of(tx, location_id, &contact_ids, now).await?;
-            let conversation_of = |m: &NewMessage| -> &str {
-                conversations
-                    .get(contact_of(m))
+            let mut contact_ids = Vec::with_capacity(fresh.len());
+            for (f, _) in &fresh {
+                let m = f.message;
+                let key = (m.contact.kind.to_owned(), m.contact.value.clone());
+                contact_ids.push(
+                    contacts.get(&key).map(String::as_str).ok_or_else(|| not_filed("contact", m))?,
+                );
+            }
+            let mut distinct = contact_ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let conversations = conversations_of(tx, location_id, &distinct, now).await?;
+            // Each new message with the ids it is filed under.
+            let mut filed = Vec::with_capacity(fresh.len());
+            for ((f, message_id), contact_id) in fresh.iter().zip(contact_ids) {
+                let conversation_id = conversations
+                    .get(contact_id)
                     .map(String::as_str)
-                    .unwrap_or_default()
-            };
+                    .ok_or_else(|| not_filed("conversation", f.message))?;
+                filed.push((*f, message_id.as_str(), contact_id, conversation_id));
+            }
 
-            for chunk in chunks(&fresh, rows_per_statement(10, 0)) {
+            for chunk in chunks(&filed, rows_per_statement(10, 0)) {
                 let sql = $hooks::positional(format!(
                     "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
                          provider_message_id, direction, message_type, status, created_at)
@@ -221,13 +233,13 @@ macro_rules! sql_store {
                     tuples(chunk.len(), 10, 1)
                 ));
                 let mut query = sqlx::query(&sql);
-                for (f, id) in chunk {
+                for (f, id, contact_id, conversation_id) in chunk {
                     let m = f.message;
                     query = query
-                        .bind(id.as_str())
+                        .bind(*id)
                         .bind(location_id)
-                        .bind(conversation_of(m))
-                        .bind(contact_of(m))
+                        .bind(*conversation_id)
+                        .bind(*contact_id)
                         .bind(m.provider)
                         .bind(m.provider_message_id.as_str())
                         .bind(m.direction.as_str())
@@ -238,16 +250,16 @@ macro_rules! sql_store {
                 query.execute(&mut **tx).await?;
             }
 
-            let events: Vec<NewEvent<'_>> = fresh
+            let events: Vec<NewEvent<'_>> = filed
                 .iter()
-                .map(|(f, message_id)| {
+                .map(|(f, message_id, contact_id, conversation_id)| {
                     let m = f.message;
                     let id = new_id();
                     let payload = Bytes::from(event::render(&Filed {
                         message: m,
                         location_id,
-                        contact_id: contact_of(m),
-                        conversation_id: conversation_of(m),
+                        contact_id,
+                        conversation_id,
                         message_id,
                         event_id: &id,
                         emitted_at: f.ctx.now,
@@ -266,7 +278,7 @@ macro_rules! sql_store {
             let seqs = insert_events(tx, &events).await?;
 
             let mut deliveries = Vec::new();
-            for (((f, _), e), seq) in fresh.iter().zip(&events).zip(seqs) {
+            for (((f, _, _, conversation_id), e), seq) in filed.iter().zip(&events).zip(seqs) {
                 let m = f.message;
                 let targets = webhooks.iter().filter(|w| {
                     w.matches(e.event_type, Some(location_id), Some((&m.message_type, m.direction)))
@@ -276,7 +288,7 @@ macro_rules! sql_store {
                         webhook,
                         event_id: &e.id,
                         event_seq: seq,
-                        conversation_id: Some(conversation_of(m)),
+                        conversation_id: Some(conversation_id),
                         payload: &e.payload,
                         now: f.ctx.now,
                         lease_until: f.ctx.lease_until,
@@ -739,11 +751,11 @@ macro_rules! sql_store {
         }
 
 
-        /// The writer for the group-committed writes of this store.
-        fn group_commit(pool: &sqlx::Pool<$db>) -> $crate::store::GroupCommit {
+        /// `writers` writers for the group-committed writes of this store.
+        fn group_commit(pool: &sqlx::Pool<$db>, writers: usize) -> $crate::store::GroupCommit {
             let pool = pool.clone();
             $crate::store::GroupCommit {
-                writes: $crate::store::Batcher::start($hooks::WRITERS, move |items| {
+                writes: $crate::store::Batcher::start(writers, move |items| {
                     let pool = pool.clone();
                     async move { write_batch(&pool, items).await }
                 }),
@@ -767,14 +779,21 @@ macro_rules! sql_store {
                     Write::Attempt(a) => attempts.push(a),
                 }
             }
-            let together = async {
+            let together = || async {
                 let mut tx = pool.begin().await?;
                 let health = attempts_in(&mut tx, &attempts).await?;
                 let outcomes = ingest_in(&mut tx, &ingests).await?;
                 tx.commit().await?;
                 Ok::<_, StoreError>((outcomes, health))
             };
-            let (outcomes, health) = match together.await {
+            let mut tries = 0;
+            let written = loop {
+                match together().await {
+                    Err(StoreError::Internal(e)) if tries < 3 && is_conflict(&e) => tries += 1,
+                    other => break other,
+                }
+            };
+            let (outcomes, health) = match written {
                 Ok((outcomes, health)) => (
                     outcomes.into_iter().map(Ok).collect(),
                     health.into_iter().map(Ok).collect(),
@@ -836,46 +855,45 @@ macro_rules! sql_store {
                 return Ok(vec![]);
             }
             write_attempts(tx, items).await?;
-            // A webhook whose attempts here all succeeded ends healthy whatever it was: its row
-            // is written only when it was not healthy already, so writers on other connections
-            // do not queue on it. Each other webhook's health is read once (locked, with other
-            // nodes), moved on attempt by attempt, and written once.
-            let mut webhook_ids: Vec<&str> = items
+            // Every row this batch will write is locked (with other nodes) in one pass, in id
+            // order, so two writers never wait on each other in opposite orders: webhooks with a
+            // failure here, and webhooks whose successes here clear earlier failures. A webhook
+            // already healthy with only successes here stays as it is and is not touched, so
+            // writers do not queue on it. Each locked webhook's health is moved on attempt by
+            // attempt and written once.
+            let mut all: Vec<&str> = items.iter().map(|i| i.job.webhook_id.as_str()).collect();
+            all.sort_unstable();
+            all.dedup();
+            let mut failing: Vec<&str> = items
                 .iter()
                 .filter(|i| i.next != NextStep::Delivered)
                 .map(|i| i.job.webhook_id.as_str())
                 .collect();
-            webhook_ids.sort_unstable();
-            webhook_ids.dedup();
-            let mut healthy: Vec<&str> = items
-                .iter()
-                .map(|i| i.job.webhook_id.as_str())
-                .filter(|id| webhook_ids.binary_search(id).is_err())
-                .collect();
-            healthy.sort_unstable();
-            healthy.dedup();
-            for chunk in chunks(&healthy, rows_per_statement(1, 0)) {
-                let sql = $hooks::positional(format!(
-                    "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL
-                     WHERE id IN ({}) AND (consecutive_failures <> 0 OR failing_since IS NOT NULL)",
-                    placeholders(chunk.len(), 1)
-                ));
-                let mut query = sqlx::query(&sql);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                query.execute(&mut **tx).await?;
-            }
+            failing.sort_unstable();
+            failing.dedup();
             let mut health_of: HashMap<String, WebhookHealth> = HashMap::new();
-            for chunk in chunks(&webhook_ids, rows_per_statement(1, 0)) {
+            for chunk in chunks(&all, rows_per_statement(1, 0) / 2) {
+                let failing_here: Vec<&str> = chunk
+                    .iter()
+                    .copied()
+                    .filter(|id| failing.binary_search(id).is_ok())
+                    .collect();
                 let sql = $hooks::positional(format!(
                     "SELECT id, consecutive_failures, failing_since, breaker_open_until
-                     FROM webhooks WHERE id IN ({}){}",
+                     FROM webhooks
+                     WHERE id IN ({}) AND (consecutive_failures <> 0 OR failing_since IS NOT NULL
+                         OR id IN ({}))
+                     ORDER BY id{}",
                     placeholders(chunk.len(), 1),
+                    if failing_here.is_empty() {
+                        "NULL".to_owned()
+                    } else {
+                        placeholders(failing_here.len(), chunk.len() + 1)
+                    },
                     $hooks::ROW_LOCK
                 ));
                 let mut query = sqlx::query(&sql);
-                for id in chunk {
+                for id in chunk.iter().chain(&failing_here) {
                     query = query.bind(*id);
                 }
                 for r in query.fetch_all(&mut **tx).await? {
@@ -891,11 +909,11 @@ macro_rules! sql_store {
             }
             let mut health = Vec::with_capacity(items.len());
             for item in items {
-                if healthy.binary_search(&item.job.webhook_id.as_str()).is_ok() {
+                let Some(h) = health_of.get_mut(&item.job.webhook_id) else {
+                    // Healthy, and only successes here (or the webhook is gone).
                     health.push(WebhookHealth::default());
                     continue;
-                }
-                let h = health_of.entry(item.job.webhook_id.clone()).or_default();
+                };
                 if item.next == NextStep::Delivered {
                     h.consecutive_failures = 0;
                     h.failing_since = None;
@@ -928,9 +946,10 @@ macro_rules! sql_store {
             let mut start = 0;
             while start < items.len() {
                 let mut distinct = HashSet::new();
+                // The UPDATE's rows are a UNION ALL, and SQLite allows 500 terms in one.
                 let run = items[start..]
                     .iter()
-                    .take(rows_per_statement(7, 0))
+                    .take(rows_per_statement(7, 0).min(256))
                     .take_while(|i| distinct.insert(i.job.delivery_id.as_str()))
                     .count();
                 let end = start + chunks(&items[start..start + run], run).next().map_or(run, <[_]>::len);

@@ -51,7 +51,8 @@ impl SqliteStore {
             .connect_with(options.create_if_missing(false))
             .await
             .context("opening SQLite read connections")?;
-        let batch = group_commit(&writer);
+        // SQLite has one writer.
+        let batch = group_commit(&writer, 1);
         Ok(SqliteStore {
             writer,
             reader,
@@ -68,8 +69,6 @@ mod hooks {
 
     /// One process owns the file: leases of a previous run may be released at start.
     pub const EMBEDDED: bool = true;
-    /// Group commits written at once: SQLite has one writer.
-    pub const WRITERS: usize = 1;
     /// One writer: no row locks.
     pub const CLAIM_LOCK: &str = "";
     pub const HEAD_LOCK: &str = "";
