@@ -152,6 +152,9 @@ struct Target {
     webhook: Webhook,
     client: reqwest::Client,
     policy: TargetPolicy,
+    /// The webhook's URL, parsed and checked against the target policy once per reload (a
+    /// host name is checked again at every connection, by the client's resolver).
+    url: Result<reqwest::Url, String>,
     /// The current secret and, during a rotation's overlap, the previous one with its end;
     /// decoded once per reload, not per attempt.
     secrets: Result<(WebhookSecret, Option<(WebhookSecret, i64)>), String>,
@@ -167,10 +170,12 @@ impl Target {
             };
             Ok((current, previous))
         });
+        let url = policy.check_literal(&webhook.url);
         Target {
             webhook,
             client,
             policy,
+            url,
             secrets,
         }
     }
@@ -913,16 +918,16 @@ async fn send(
     now_ms: i64,
 ) -> Result<Response, String> {
     let webhook = &target.webhook;
-    target
-        .policy
-        .check_literal(&webhook.url)
+    let url = target
+        .url
+        .as_ref()
         .map_err(|e| format!("refused target: {e}"))?;
     let secrets = target
         .signing_secrets(now_ms)
         .map_err(|e| format!("webhook secret unusable: {e}"))?;
     let timestamp = now_ms / 1000;
     let signature = standard::signature_header(&secrets, &job.event_id, timestamp, &job.payload);
-    let mut request = target.client.post(&webhook.url);
+    let mut request = target.client.post(url.clone());
     if webhook.legacy_signature {
         let legacy = shared
             .keys

@@ -114,11 +114,11 @@ impl TargetPolicy {
     }
 
     /// The check made at delivery time for IP literals (host names go through [`Resolve`]).
-    pub fn check_literal(&self, url: &str) -> Result<(), String> {
-        let (_, literal) = check_url_shape(url)?;
+    pub fn check_literal(&self, url: &str) -> Result<reqwest::Url, String> {
+        let (parsed, literal) = check_url_shape(url)?;
         match literal {
             Some(ip) if !self.permits(ip) => Err(Self::refusal(ip)),
-            _ => Ok(()),
+            _ => Ok(parsed),
         }
     }
 
