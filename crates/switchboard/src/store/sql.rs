@@ -145,11 +145,6 @@ macro_rules! sql_store {
             }
         }
 
-        // Lookups of many keys are written `SELECT v.column1, (SELECT … = v.column1) FROM
-        // (VALUES …) AS v`: one unique-index probe per key whatever the planner believes of the
-        // table. (PostgreSQL's generic plan for `… AND key IN (…)` scanned the whole location's
-        // rows while its statistics still said the table was empty.)
-
         /// One message of a group commit, with the request it came in.
         struct ToFile<'a> {
             message: &'a NewMessage,
@@ -312,6 +307,46 @@ macro_rules! sql_store {
             file_messages(tx, location_id, &one, webhooks, std::slice::from_mut(outcome)).await
         }
 
+        /// For each of `keys`, the id of the row of `table` whose `key` column holds it and whose
+        /// `fixed` columns hold the values given, where there is one: (key, id) pairs.
+        /// Written `SELECT v.column1, (SELECT … = v.column1) FROM (VALUES …) AS v`: one
+        /// unique-index probe per key whatever the planner believes of the table
+        /// (PostgreSQL's generic plan for `… AND key IN (…)` scanned the whole location's rows
+        /// while its statistics still said the table was empty).
+        async fn probe_ids(
+            tx: &mut Transaction<'_, $db>,
+            table: &str,
+            fixed: &[(&str, &str)],
+            key: &str,
+            keys: &[&str],
+        ) -> StoreResult<Vec<(String, String)>> {
+            let mut conditions = String::new();
+            for (i, (column, _)) in fixed.iter().enumerate() {
+                let _ = write!(conditions, "t.{column} = ${} AND ", i + 1);
+            }
+            let mut ids = Vec::with_capacity(keys.len());
+            for chunk in chunks(keys, rows_per_statement(1, fixed.len())) {
+                let sql = $hooks::positional(format!(
+                    "SELECT v.column1, (SELECT t.id FROM {table} t WHERE {conditions}t.{key} = v.column1)
+                     FROM (VALUES {}) AS v",
+                    tuples(chunk.len(), 1, fixed.len() + 1)
+                ));
+                let mut query = sqlx::query(&sql);
+                for (_, value) in fixed {
+                    query = query.bind(*value);
+                }
+                for k in chunk {
+                    query = query.bind(*k);
+                }
+                for row in query.fetch_all(&mut **tx).await? {
+                    if let Some(id) = row.get::<Option<String>, _>(1) {
+                        ids.push((row.get(0), id));
+                    }
+                }
+            }
+            Ok(ids)
+        }
+
         /// The ids of the batch's messages already stored, by (provider, provider id).
         async fn known_messages(
             tx: &mut Transaction<'_, $db>,
@@ -328,23 +363,11 @@ macro_rules! sql_store {
                     .filter(|f| f.message.provider == provider)
                     .map(|f| f.message.provider_message_id.as_str())
                     .collect();
-                for chunk in chunks(&of_provider, rows_per_statement(1, 2)) {
-                    let sql = $hooks::positional(format!(
-                        "SELECT v.column1, (SELECT m.id FROM messages m
-                             WHERE m.location_id = $1 AND m.provider = $2
-                               AND m.provider_message_id = v.column1)
-                         FROM (VALUES {}) AS v",
-                        tuples(chunk.len(), 1, 3)
-                    ));
-                    let mut query = sqlx::query(&sql).bind(location_id).bind(provider);
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    for row in query.fetch_all(&mut **tx).await? {
-                        if let Some(id) = row.get::<Option<String>, _>(1) {
-                            known.insert((provider.to_owned(), row.get(0)), id);
-                        }
-                    }
+                let fixed = [("location_id", location_id), ("provider", provider)];
+                let found =
+                    probe_ids(tx, "messages", &fixed, "provider_message_id", &of_provider).await?;
+                for (provider_message_id, id) in found {
+                    known.insert((provider.to_owned(), provider_message_id), id);
                 }
             }
             Ok(known)
@@ -369,23 +392,9 @@ macro_rules! sql_store {
                 for kind in kinds {
                     let values: Vec<&str> =
                         identities.iter().filter(|i| i.0 == kind).map(|i| i.1).collect();
-                    for chunk in chunks(&values, rows_per_statement(1, 2)) {
-                        let sql = $hooks::positional(format!(
-                            "SELECT v.column1, (SELECT c.id FROM contacts c
-                                 WHERE c.location_id = $1 AND c.identity_kind = $2
-                                   AND c.identity = v.column1)
-                             FROM (VALUES {}) AS v",
-                            tuples(chunk.len(), 1, 3)
-                        ));
-                        let mut query = sqlx::query(&sql).bind(location_id).bind(kind);
-                        for value in chunk {
-                            query = query.bind(*value);
-                        }
-                        for row in query.fetch_all(&mut **tx).await? {
-                            if let Some(id) = row.get::<Option<String>, _>(1) {
-                                found.insert((kind.to_owned(), row.get(0)), id);
-                            }
-                        }
+                    let fixed = [("location_id", location_id), ("identity_kind", kind)];
+                    for (value, id) in probe_ids(tx, "contacts", &fixed, "identity", &values).await? {
+                        found.insert((kind.to_owned(), value), id);
                     }
                 }
                 Ok(())
@@ -448,23 +457,8 @@ macro_rules! sql_store {
                 contact_ids: &[&str],
                 found: &mut HashMap<String, String>,
             ) -> StoreResult<()> {
-                for chunk in chunks(&contact_ids, rows_per_statement(1, 1)) {
-                    let sql = $hooks::positional(format!(
-                        "SELECT v.column1, (SELECT c.id FROM conversations c
-                             WHERE c.location_id = $1 AND c.contact_id = v.column1)
-                         FROM (VALUES {}) AS v",
-                        tuples(chunk.len(), 1, 2)
-                    ));
-                    let mut query = sqlx::query(&sql).bind(location_id);
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    for row in query.fetch_all(&mut **tx).await? {
-                        if let Some(id) = row.get::<Option<String>, _>(1) {
-                            found.insert(row.get(0), id);
-                        }
-                    }
-                }
+                let fixed = [("location_id", location_id)];
+                found.extend(probe_ids(tx, "conversations", &fixed, "contact_id", contact_ids).await?);
                 Ok(())
             }
             let mut found = HashMap::with_capacity(contact_ids.len());
