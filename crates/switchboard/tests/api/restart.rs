@@ -154,20 +154,27 @@ async fn serve_with_no_configuration_starts_and_answers_healthz() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(token.trim()));
 }
 
-/// The benchmark from the README, small: it fails unless every event arrives.
-#[test]
-fn the_benchmark_runs_and_every_event_arrives() {
+/// `switchboard bench` with `args`, which must succeed: its output and its JSON line.
+fn run_bench(args: &[&str]) -> (String, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["bench", "--messages", "300", "--concurrency", "8"])
+        .arg("bench")
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    (stdout, json)
+}
+
+/// The benchmark from the README, small: it fails unless every event arrives.
+#[test]
+fn the_benchmark_runs_and_every_event_arrives() {
+    let (stdout, json) = run_bench(&["--messages", "300", "--concurrency", "8"]);
     assert_eq!(json["messages"], 300);
     assert!(json["delivered_per_sec"].as_f64().unwrap() > 0.0);
     assert!(stdout.contains("delivered/s"));
@@ -176,25 +183,7 @@ fn the_benchmark_runs_and_every_event_arrives() {
 /// `--rate` paces the requests (open loop): never faster than offered, and every event arrives.
 #[test]
 fn the_benchmark_paces_requests_at_the_offered_rate() {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "bench",
-            "--messages",
-            "200",
-            "--concurrency",
-            "8",
-            "--rate",
-            "400",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (stdout, json) = run_bench(&["--messages", "200", "--concurrency", "8", "--rate", "400"]);
     assert_eq!(json["rate"], 400.0);
     // The 200th request is due 199/400 s after the first: no faster than that.
     let accepted = json["accepted_per_sec"].as_f64().unwrap();
