@@ -3,7 +3,9 @@
 //! a subscriber sink on loopback, posts N signed Twilio webhooks at concurrency C (many
 //! contacts, 100–600-byte bodies), waits until every one is delivered, and reports
 //! throughput, latencies, the server's peak RSS and CPU time — and, as the ceiling, the same
-//! load posted straight to the sink (what HTTP alone costs on this machine).
+//! load posted straight to the sink (what HTTP alone costs on this machine). It also measures
+//! a relay that only receives each webhook and posts its body on to the sink: the same four
+//! HTTP handlings as Switchboard's path, with no storage, parsing or signing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,19 +63,48 @@ pub struct BenchReport {
     pub server_cpu_seconds: f64,
     pub ceiling_per_sec: f64,
     pub delivered_share_of_ceiling: f64,
+    /// The relay's delivered/s: HTTP in and HTTP out, nothing else.
+    pub relay_per_sec: f64,
+    pub relay_share_of_ceiling: f64,
     pub repeated_deliveries: usize,
 }
 
-/// The sink: records when each message (by the number in its body) arrived.
+/// The sink: records when each message (by the number in its body) arrived, and when the
+/// last post of any kind did.
 #[derive(Default)]
 struct Sink {
     arrivals: Mutex<HashMap<usize, Instant>>,
+    last: Mutex<Option<Instant>>,
     total: AtomicUsize,
+}
+
+impl Sink {
+    fn reset(&self) {
+        self.arrivals.lock().expect("sink lock").clear();
+        *self.last.lock().expect("sink lock") = None;
+        self.total.store(0, Ordering::Relaxed);
+    }
+
+    /// Wait until `n` posts have arrived (at most 300 s).
+    async fn wait_for(&self, n: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let arrived = self.total.load(Ordering::Relaxed);
+            if arrived >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {arrived} of {n} posts arrived within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 async fn sink(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
     let now = Instant::now();
     sink.total.fetch_add(1, Ordering::Relaxed);
+    *sink.last.lock().expect("sink lock") = Some(now);
     // The number follows "bench " in the message body.
     if let Some(i) = std::str::from_utf8(&body)
         .ok()
@@ -122,9 +153,10 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (peak_kb / 1024.0, cpu)
 }
 
+/// A child process of the benchmark (the server or the relay), killed when dropped.
 struct Server {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -153,8 +185,27 @@ async fn start_server(options: &BenchOptions, port: u16) -> anyhow::Result<Serve
     }
     let server = Server {
         child: command.spawn().context("starting the server")?,
-        _dir: dir,
+        _dir: Some(dir),
     };
+    wait_ready(server, port).await
+}
+
+/// Start the relay (`switchboard bench-relay`) on `port`, posting on to `target`.
+async fn start_relay(port: u16, target: &str) -> anyhow::Result<Server> {
+    let relay = Server {
+        child: std::process::Command::new(std::env::current_exe()?)
+            .args(["bench-relay", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--target", target])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting the relay")?,
+        _dir: None,
+    };
+    wait_ready(relay, port).await
+}
+
+/// The child once it answers `GET /readyz` on `port`.
+async fn wait_ready(server: Server, port: u16) -> anyhow::Result<Server> {
     let client = reqwest::Client::new();
     for _ in 0..600 {
         if let Ok(r) = client
@@ -169,6 +220,43 @@ async fn start_server(options: &BenchOptions, port: u16) -> anyhow::Result<Serve
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the server did not become ready");
+}
+
+/// `switchboard bench-relay`: answers every POST at once with an empty TwiML document and
+/// posts its body on to `target` over a pooled keep-alive client — the four HTTP handlings of
+/// Switchboard's path and nothing else, the most any gateway on this HTTP stack could do.
+pub async fn relay(listen: &str, target: String) -> anyhow::Result<()> {
+    async fn forward(
+        State(relay): State<Arc<(reqwest::Client, String)>>,
+        body: Bytes,
+    ) -> impl axum::response::IntoResponse {
+        tokio::spawn(async move {
+            let sent = relay
+                .0
+                .post(&relay.1)
+                .header(axum::http::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await;
+            if let Ok(response) = sent {
+                let _ = response.bytes().await;
+            }
+        });
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/xml")],
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>",
+        )
+    }
+    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let app = axum::Router::new()
+        .route("/readyz", axum::routing::get(|| async { "ready" }))
+        .fallback(post(forward))
+        .with_state(Arc::new((client, target)));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
 async fn configure(client: &reqwest::Client, base: &str, sink_url: &str) -> anyhow::Result<()> {
@@ -343,15 +431,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let (_, _, failed) = post_all(&client, &sink_url, direct, options.concurrency, None).await;
     let ceiling = ceiling_posts as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(failed == 0, "{failed} posts to the sink failed");
-    state.arrivals.lock().expect("sink lock").clear();
-    state.total.store(0, Ordering::Relaxed);
+    state.reset();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let server = start_server(&options, port).await?;
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
-    configure(&client, &base, &sink_url).await?;
     let url = format!("{base}{TWILIO_INBOUND_PATH}");
     let requests: Vec<_> = twilio_requests(n, &url)
         .into_iter()
@@ -368,6 +456,29 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             )
         })
         .collect();
+
+    // The relay: the same requests, received and posted on, nothing else.
+    let relay_port = free_port()?;
+    let relay = start_relay(relay_port, &sink_url).await?;
+    let started = Instant::now();
+    let relay_url = format!("http://127.0.0.1:{relay_port}{TWILIO_INBOUND_PATH}");
+    let (_, _, failed) = post_all(
+        &client,
+        &relay_url,
+        requests.clone(),
+        options.concurrency,
+        options.rate,
+    )
+    .await;
+    anyhow::ensure!(failed == 0, "{failed} posts to the relay failed");
+    state.wait_for(n).await?;
+    let relay_last = state.last.lock().expect("sink lock").unwrap_or(started);
+    let relay_per_sec = n as f64 / relay_last.duration_since(started).as_secs_f64();
+    drop(relay);
+    state.reset();
+
+    let server = start_server(&options, port).await?;
+    configure(&client, &base, &sink_url).await?;
 
     let started = Instant::now();
     let (mut ingest, sent, failed) =
@@ -426,6 +537,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         server_cpu_seconds: cpu,
         ceiling_per_sec: ceiling,
         delivered_share_of_ceiling: delivered_per_sec / ceiling,
+        relay_per_sec,
+        relay_share_of_ceiling: relay_per_sec / ceiling,
         repeated_deliveries: state.total.load(Ordering::Relaxed).saturating_sub(n),
     })
 }
@@ -442,6 +555,7 @@ pub fn table(r: &BenchReport) -> String {
          server peak RSS          {:.1} MiB\n\
          server CPU               {:.2} s\n\
          ceiling (HTTP alone)/s   {:.0}\n\
+         relay (HTTP in, out)/s   {:.0}  ({:.0} % of the ceiling)\n\
          repeated deliveries      {}",
         r.store,
         r.messages,
@@ -460,6 +574,8 @@ pub fn table(r: &BenchReport) -> String {
         r.server_peak_rss_mb,
         r.server_cpu_seconds,
         r.ceiling_per_sec,
+        r.relay_per_sec,
+        r.relay_share_of_ceiling * 100.0,
         r.repeated_deliveries,
     )
 }

@@ -64,6 +64,14 @@ enum Command {
         #[arg(long = "server-env", value_name = "KEY=VALUE")]
         server_env: Vec<String>,
     },
+    /// The benchmark's relay: answers every POST and posts its body on to --target.
+    #[command(hide = true)]
+    BenchRelay {
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        #[arg(long, value_name = "URL")]
+        target: String,
+    },
     /// Send a provider request to a running Switchboard, signed as the provider signs it.
     #[command(subcommand)]
     Simulate(Simulate),
@@ -114,6 +122,7 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::BenchRelay { listen, target } => switchboard::bench::relay(&listen, target).await,
         Command::ConfigDefaults => {
             print!("{}", switchboard::config::DEFAULTS_TOML);
             Ok(())

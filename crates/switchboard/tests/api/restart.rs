@@ -177,7 +177,10 @@ fn the_benchmark_runs_and_every_event_arrives() {
     let (stdout, json) = run_bench(&["--messages", "300", "--concurrency", "8"]);
     assert_eq!(json["messages"], 300);
     assert!(json["delivered_per_sec"].as_f64().unwrap() > 0.0);
+    // The relay's posts all arrived too (it fails otherwise) at a measured rate.
+    assert!(json["relay_per_sec"].as_f64().unwrap() > 0.0);
     assert!(stdout.contains("delivered/s"));
+    assert!(stdout.contains("relay (HTTP in, out)/s"), "{stdout}");
 }
 
 /// `--rate` paces the requests (open loop): never faster than offered, and every event arrives.
