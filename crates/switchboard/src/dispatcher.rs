@@ -943,7 +943,9 @@ async fn send(
         .header(headers::WEBHOOK_SIGNATURE, signature)
         .header(
             headers::GHL_SIGNATURE,
-            shared.keys.ed25519_signature(&job.payload),
+            job.ghl_signature
+                .get_or_init(|| shared.keys.ed25519_signature(&job.payload))
+                .as_str(),
         )
         .body(job.payload.clone())
         .send()

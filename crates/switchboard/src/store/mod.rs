@@ -202,6 +202,10 @@ pub struct DeliveryJob {
     pub lease_until: i64,
     /// A retry (not the first attempt): fresh deliveries go first.
     pub is_retry: bool,
+    /// The event's `x-ghl-signature` once one of its deliveries has computed it. The
+    /// deliveries of one event queued together share it, so a fan-out to N subscribers signs
+    /// once instead of N times (an Ed25519 signature is most of a delivery's CPU).
+    pub ghl_signature: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 /// The moment and the limits an ingest works with.

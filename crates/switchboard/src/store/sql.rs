@@ -142,6 +142,7 @@ macro_rules! sql_store {
                 event_seq: row.get::<Option<i64>, _>("event_seq").unwrap_or(0),
                 lease_until,
                 is_retry: attempts > retry_offset,
+                ghl_signature: Default::default(),
             }
         }
 
@@ -631,6 +632,9 @@ macro_rules! sql_store {
             if send_now.iter().any(|now| !now) {
                 $hooks::notify_work(&mut **tx).await?;
             }
+            // One signature cell per event, shared by its deliveries.
+            let mut signatures: HashMap<&str, std::sync::Arc<std::sync::OnceLock<String>>> =
+                HashMap::new();
             for ((r, id), now) in all {
                 let (true, Some(lease_until)) = (*now, r.lease_until) else {
                     continue;
@@ -646,6 +650,7 @@ macro_rules! sql_store {
                     event_seq: r.event_seq,
                     lease_until,
                     is_retry: false,
+                    ghl_signature: signatures.entry(r.event_id).or_default().clone(),
                 });
             }
             Ok(())

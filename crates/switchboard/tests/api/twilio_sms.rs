@@ -594,6 +594,63 @@ async fn a_changed_auth_token_applies_to_the_next_request() {
     );
 }
 
+/// A fan-out: messages posted at once (filed in one group commit) reach two subscribers, and
+/// every delivery's `x-ghl-signature` verifies over its own body. The deliveries of an event
+/// share one signature; sharing it across events or subscribers wrongly fails here.
+async fn every_subscriber_of_every_event_gets_a_valid_ghl_signature() {
+    let app = spawn_app().await;
+    let first = TestReceiver::start().await;
+    let second = TestReceiver::start().await;
+    app.standard_setup(&first).await;
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            serde_json::json!({ "url": second.url, "events": ["InboundMessage"] }),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let posts = (0..8)
+        .map(|i| {
+            let (sid, body) = (format!("SMfanout{i}"), format!("fan-out {i}"));
+            sms_params(&sid, &body)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect();
+    for status in app.post_twilio_concurrently(posts, AUTH_TOKEN).await {
+        assert_eq!(status, 200);
+    }
+    let keys: Value = app
+        .admin_get("/v1/signing-keys")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key = ed25519::public_key_from_pem(keys["ed25519"].as_str().unwrap()).unwrap();
+    let (a, b) = (
+        first.expect_exactly(8, QUIET).await,
+        second.expect_exactly(8, QUIET).await,
+    );
+    let mut signatures = std::collections::HashMap::new();
+    for delivery in a.iter().chain(&b) {
+        let signature = delivery.header("x-ghl-signature");
+        assert_eq!(ed25519::verify(&key, &delivery.body, signature), Ok(()));
+        let event = delivery.json()["webhookId"].as_str().unwrap().to_owned();
+        signatures
+            .entry(event)
+            .or_insert_with(Vec::new)
+            .push(signature.to_owned());
+    }
+    // Eight events, each delivered to both subscribers with the same signature.
+    assert_eq!(signatures.len(), 8);
+    for pair in signatures.values() {
+        assert_eq!(pair.len(), 2);
+        assert_eq!(pair[0], pair[1]);
+    }
+}
+
 crate::both_stores!(
     inbound_sms_is_delivered_once_signed_in_the_source_documents_shape,
     legacy_path_is_the_same_handler,
@@ -607,5 +664,6 @@ crate::both_stores!(
     malformed_provider_requests_are_4xx_with_a_json_error,
     the_simulator_posts_exactly_like_twilio,
     concurrent_requests_file_each_message_once_under_its_own_contact,
+    every_subscriber_of_every_event_gets_a_valid_ghl_signature,
     a_changed_auth_token_applies_to_the_next_request,
 );
