@@ -1084,10 +1084,7 @@ async fn ordered_conversation_posted_all_at_once_goes_out_one_at_a_time_in_strea
     let requests: Vec<Vec<(String, String)>> = (0..24)
         .map(|i| {
             let (sid, body) = (format!("SMordered{i}"), format!("ordered {i}"));
-            sms_from(&sid, &body, senders[i % 3])
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
+            owned_params(sms_from(&sid, &body, senders[i % 3]))
         })
         .collect();
     for status in app.post_twilio_concurrently(requests, AUTH_TOKEN).await {

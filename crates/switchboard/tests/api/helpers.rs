@@ -228,6 +228,14 @@ pub async fn post_twilio_to(
 }
 
 /// The fields of a real inbound SMS, as Twilio posts them.
+/// Form parameters as owned pairs, as `post_twilio_concurrently` takes them.
+pub fn owned_params(params: Vec<(&str, &str)>) -> Vec<(String, String)> {
+    params
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 pub fn sms_params<'a>(message_sid: &'a str, body: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("ToCountry", "US"),

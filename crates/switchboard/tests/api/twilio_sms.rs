@@ -613,21 +613,13 @@ async fn every_subscriber_of_every_event_gets_a_valid_ghl_signature() {
     let posts = (0..8)
         .map(|i| {
             let (sid, body) = (format!("SMfanout{i}"), format!("fan-out {i}"));
-            sms_params(&sid, &body)
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
+            owned_params(sms_params(&sid, &body))
         })
         .collect();
     for status in app.post_twilio_concurrently(posts, AUTH_TOKEN).await {
         assert_eq!(status, 200);
     }
-    let keys: Value = app
-        .admin_get("/v1/signing-keys")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let keys = app.get_json("/v1/signing-keys").await;
     let key = ed25519::public_key_from_pem(keys["ed25519"].as_str().unwrap()).unwrap();
     let (a, b) = (
         first.expect_exactly(8, QUIET).await,
