@@ -103,8 +103,13 @@ impl Sink {
 
 async fn sink(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
     let now = Instant::now();
+    // The latest arrival is kept before the post is counted, so whoever sees the count sees
+    // its time.
+    {
+        let mut last = sink.last.lock().expect("sink lock");
+        *last = (*last).max(Some(now));
+    }
     sink.total.fetch_add(1, Ordering::Relaxed);
-    *sink.last.lock().expect("sink lock") = Some(now);
     // The number follows "bench " in the message body.
     if let Some(i) = std::str::from_utf8(&body)
         .ok()
@@ -222,24 +227,52 @@ async fn wait_ready(server: Server, port: u16) -> anyhow::Result<Server> {
     bail!("the server did not become ready");
 }
 
+/// Forwards the relay has in flight at most: Switchboard's default `dispatcher_concurrency`.
+const RELAY_IN_FLIGHT: usize = 256;
+
+struct Relay {
+    client: reqwest::Client,
+    target: String,
+    in_flight: tokio::sync::Semaphore,
+}
+
 /// `switchboard bench-relay`: answers every POST at once with an empty TwiML document and
-/// posts its body on to `target` over a pooled keep-alive client — the four HTTP handlings of
-/// Switchboard's path and nothing else, the most any gateway on this HTTP stack could do.
+/// posts its body on to `target` over a pooled keep-alive client, at most `RELAY_IN_FLIGHT`
+/// at a time — the four HTTP handlings of Switchboard's path and nothing else, the most any
+/// gateway on this HTTP stack could do. A failed forward is tried again (three times in all)
+/// and reported on stderr.
 pub async fn relay(listen: &str, target: String) -> anyhow::Result<()> {
     async fn forward(
-        State(relay): State<Arc<(reqwest::Client, String)>>,
+        State(relay): State<Arc<Relay>>,
         body: Bytes,
     ) -> impl axum::response::IntoResponse {
         tokio::spawn(async move {
-            let sent = relay
-                .0
-                .post(&relay.1)
-                .header(axum::http::header::CONTENT_TYPE, "application/json")
-                .body(body)
-                .send()
-                .await;
-            if let Ok(response) = sent {
-                let _ = response.bytes().await;
+            let Ok(_permit) = relay.in_flight.acquire().await else {
+                return;
+            };
+            let mut error = None;
+            for _ in 0..3 {
+                let sent = relay
+                    .client
+                    .post(&relay.target)
+                    .header(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status);
+                match sent {
+                    Ok(response) => {
+                        let _ = response.bytes().await;
+                        return;
+                    }
+                    Err(e) => error = Some(e),
+                }
+            }
+            if let Some(e) = error {
+                eprintln!("bench-relay: forwarding failed: {e}");
             }
         });
         (
@@ -251,7 +284,11 @@ pub async fn relay(listen: &str, target: String) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(|| async { "ready" }))
         .fallback(post(forward))
-        .with_state(Arc::new((client, target)));
+        .with_state(Arc::new(Relay {
+            client,
+            target,
+            in_flight: tokio::sync::Semaphore::new(RELAY_IN_FLIGHT),
+        }));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -433,12 +470,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(failed == 0, "{failed} posts to the sink failed");
     state.reset();
 
-    let free_port = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
+    // Ports are held until their child starts: the relay phase opens many loopback
+    // connections, and one of them could otherwise take the server's port.
+    let reserve = || -> anyhow::Result<(std::net::TcpListener, u16)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        Ok((listener, port))
     };
-    let port = free_port()?;
+    let (server_listener, port) = reserve()?;
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}{TWILIO_INBOUND_PATH}");
     let requests: Vec<_> = twilio_requests(n, &url)
@@ -458,7 +497,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .collect();
 
     // The relay: the same requests, received and posted on, nothing else.
-    let relay_port = free_port()?;
+    let (relay_listener, relay_port) = reserve()?;
+    drop(relay_listener);
     let relay = start_relay(relay_port, &sink_url).await?;
     let started = Instant::now();
     let relay_url = format!("http://127.0.0.1:{relay_port}{TWILIO_INBOUND_PATH}");
@@ -477,6 +517,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     drop(relay);
     state.reset();
 
+    drop(server_listener);
     let server = start_server(&options, port).await?;
     configure(&client, &base, &sink_url).await?;
 

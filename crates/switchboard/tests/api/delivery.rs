@@ -171,6 +171,78 @@ async fn deleted_webhook_gets_nothing_more() {
     receiver.expect_exactly(0, Duration::from_millis(400)).await;
 }
 
+/// The deliveries of one event, to two webhooks, share one signature cell, so the event is
+/// signed once however many subscribers it has; another event has its own.
+#[tokio::test]
+async fn the_deliveries_of_one_event_share_its_signature() {
+    use std::sync::Arc;
+    use switchboard::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
+    use switchboard::store::{sqlite::SqliteStore, IngestContext, Store, Webhook};
+    use switchboard_events::{Direction, EventType, MessageType};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let store = SqliteStore::open(&url, switchboard::config::SqliteSynchronous::Full)
+        .await
+        .unwrap();
+    let location = store.create_location("Fan-out", 1).await.unwrap();
+    for id in ["wh_a", "wh_b"] {
+        let webhook = Webhook::new(
+            id.into(),
+            format!("http://127.0.0.1:9/{id}"),
+            vec![EventType::InboundMessage],
+            "whsec_c2VjcmV0".into(),
+            1,
+        );
+        store.create_webhook(&webhook).await.unwrap();
+    }
+    let message = |sid: &str| {
+        Fact::Message(NewMessage {
+            provider: "twilio",
+            provider_message_id: sid.into(),
+            direction: Direction::Inbound,
+            message_type: MessageType::Sms,
+            status: "delivered".into(),
+            body: Some("hello".into()),
+            content_type: Some("text/plain".into()),
+            attachments: vec![],
+            contact: ContactIdentity::phone(&PhoneNumber::parse(CUSTOMER_NUMBER).unwrap()),
+            contact_name: None,
+            from: Some(CUSTOMER_NUMBER.into()),
+            to: Some(BUSINESS_NUMBER.into()),
+            user_id: None,
+            call: None,
+            received_at_ms: 2,
+        })
+    };
+    let context = IngestContext {
+        app_id: None,
+        now: 2,
+        lease_until: Some(60_000),
+        call_recording_wait_ms: 0,
+    };
+    let outcome = store
+        .ingest(
+            &location.id,
+            vec![message("SMshare1"), message("SMshare2")],
+            &context,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.jobs.len(), 4);
+    for a in &outcome.jobs {
+        for b in &outcome.jobs {
+            assert_eq!(
+                Arc::ptr_eq(&a.ghl_signature, &b.ghl_signature),
+                a.event_id == b.event_id,
+                "{} / {}",
+                a.webhook_id,
+                b.webhook_id
+            );
+        }
+    }
+}
+
 crate::both_stores!(
     failing_subscriber_gets_the_same_delivery_until_it_accepts,
     delivery_fails_after_the_schedule_and_records_connection_errors,

@@ -227,7 +227,6 @@ pub async fn post_twilio_to(
         .unwrap()
 }
 
-/// The fields of a real inbound SMS, as Twilio posts them.
 /// Form parameters as owned pairs, as `post_twilio_concurrently` takes them.
 pub fn owned_params(params: Vec<(&str, &str)>) -> Vec<(String, String)> {
     params
@@ -236,6 +235,7 @@ pub fn owned_params(params: Vec<(&str, &str)>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The fields of a real inbound SMS, as Twilio posts them.
 pub fn sms_params<'a>(message_sid: &'a str, body: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("ToCountry", "US"),
