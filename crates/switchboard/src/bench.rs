@@ -65,6 +65,8 @@ pub struct BenchReport {
     pub delivered_share_of_ceiling: f64,
     /// The relay's delivered/s: HTTP in and HTTP out, nothing else.
     pub relay_per_sec: f64,
+    /// The relay's user+system CPU seconds for the same N: what HTTP alone costs a gateway.
+    pub relay_cpu_seconds: f64,
     pub relay_share_of_ceiling: f64,
     pub repeated_deliveries: usize,
 }
@@ -514,6 +516,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     state.wait_for(n).await?;
     let relay_last = state.last.lock().expect("sink lock").unwrap_or(started);
     let relay_per_sec = n as f64 / relay_last.duration_since(started).as_secs_f64();
+    let (_, relay_cpu) = process_usage(relay.child.id());
     drop(relay);
     state.reset();
 
@@ -579,6 +582,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         ceiling_per_sec: ceiling,
         delivered_share_of_ceiling: delivered_per_sec / ceiling,
         relay_per_sec,
+        relay_cpu_seconds: relay_cpu,
         relay_share_of_ceiling: relay_per_sec / ceiling,
         repeated_deliveries: state.total.load(Ordering::Relaxed).saturating_sub(n),
     })
@@ -596,7 +600,7 @@ pub fn table(r: &BenchReport) -> String {
          server peak RSS          {:.1} MiB\n\
          server CPU               {:.2} s\n\
          ceiling (HTTP alone)/s   {:.0}\n\
-         relay (HTTP in, out)/s   {:.0}  ({:.0} % of the ceiling)\n\
+         relay (HTTP in, out)/s   {:.0}  ({:.0} % of the ceiling), CPU {:.2} s\n\
          repeated deliveries      {}",
         r.store,
         r.messages,
@@ -617,6 +621,7 @@ pub fn table(r: &BenchReport) -> String {
         r.ceiling_per_sec,
         r.relay_per_sec,
         r.relay_share_of_ceiling * 100.0,
+        r.relay_cpu_seconds,
         r.repeated_deliveries,
     )
 }

@@ -179,6 +179,7 @@ fn the_benchmark_runs_and_every_event_arrives() {
     assert!(json["delivered_per_sec"].as_f64().unwrap() > 0.0);
     // The relay's posts all arrived too (it fails otherwise) at a measured rate.
     assert!(json["relay_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(json["relay_cpu_seconds"].as_f64().is_some(), "{json}");
     assert!(stdout.contains("delivered/s"));
     assert!(stdout.contains("relay (HTTP in, out)/s"), "{stdout}");
 }
