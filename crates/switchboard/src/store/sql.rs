@@ -1171,29 +1171,27 @@ macro_rules! sql_store {
                 settings: serde_json::from_str(r.get::<&str, _>("settings"))
                     .unwrap_or(serde_json::Value::Null),
             };
-            if let Some(address) = &key.address {
-                let row = sqlx::query(&format!(
-                    "{COLUMNS} JOIN channel_addresses n
+            // By the number called, then by the call the request belongs to.
+            let joined = [
+                (
+                    "JOIN channel_addresses n
                        ON n.location_id = a.location_id AND n.provider = a.provider
-                     WHERE n.provider = $1 AND n.address = $2"
-                ))
-                .bind(provider)
-                .bind(address)
-                .fetch_optional(reader)
-                .await?;
-                if let Some(row) = row {
-                    return Ok(Some(to_account(row)));
-                }
-            }
-            if let Some(call_sid) = &key.correlation_id {
-                let row = sqlx::query(&format!(
-                    "{COLUMNS} JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
-                     WHERE c.provider = $1 AND c.call_sid = $2"
-                ))
-                .bind(provider)
-                .bind(call_sid)
-                .fetch_optional(reader)
-                .await?;
+                     WHERE n.provider = $1 AND n.address = $2",
+                    &key.address,
+                ),
+                (
+                    "JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
+                     WHERE c.provider = $1 AND c.call_sid = $2",
+                    &key.correlation_id,
+                ),
+            ];
+            for (join, value) in joined {
+                let Some(value) = value else { continue };
+                let row = sqlx::query(&format!("{COLUMNS} {join}"))
+                    .bind(provider)
+                    .bind(value)
+                    .fetch_optional(reader)
+                    .await?;
                 if let Some(row) = row {
                     return Ok(Some(to_account(row)));
                 }
