@@ -421,15 +421,20 @@ async fn filters_by_message_type_and_direction() {
     }
 }
 
-async fn ordered_conversation_waits_for_its_failing_head_while_others_flow() {
-    let app = spawn_app_with(|c| c.retry_schedule = vec![Duration::from_millis(300); 5]).await;
-    let receiver = TestReceiver::start().await;
-    location_with_twilio(&app).await;
+/// The standard location and Twilio number, and a webhook ordered by conversation.
+async fn subscribe_ordered(app: &TestApp, receiver: &TestReceiver) {
+    location_with_twilio(app).await;
     create_webhook(
-        &app,
+        app,
         json!({ "url": receiver.url, "events": ["InboundMessage"], "ordering": "conversation" }),
     )
     .await;
+}
+
+async fn ordered_conversation_waits_for_its_failing_head_while_others_flow() {
+    let app = spawn_app_with(|c| c.retry_schedule = vec![Duration::from_millis(300); 5]).await;
+    let receiver = TestReceiver::start().await;
+    subscribe_ordered(&app, &receiver).await;
     receiver.fail_when("A-one", 500, 2);
     let (a, b) = ("+12125550101", "+12125550102");
     for (sid, body, from) in [
@@ -1072,12 +1077,7 @@ async fn a_patch_keeps_a_rotated_secret_and_a_deleted_webhooks_delivery_is_not_r
 async fn ordered_conversation_posted_all_at_once_goes_out_one_at_a_time_in_stream_order() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
-    location_with_twilio(&app).await;
-    create_webhook(
-        &app,
-        json!({ "url": receiver.url, "events": ["InboundMessage"], "ordering": "conversation" }),
-    )
-    .await;
+    subscribe_ordered(&app, &receiver).await;
     let answer_after = Duration::from_millis(30);
     receiver.slow(answer_after);
     let senders = ["+12125550301", "+12125550302", "+12125550303"];
