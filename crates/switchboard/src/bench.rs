@@ -87,16 +87,21 @@ impl Sink {
         self.total.store(0, Ordering::Relaxed);
     }
 
-    /// Wait until `n` posts have arrived (at most 300 s).
-    async fn wait_for(&self, n: usize) -> anyhow::Result<()> {
+    /// Wait until `count` reaches `n` (at most 300 s); `what` names what is counted.
+    async fn wait_for(
+        &self,
+        n: usize,
+        what: &str,
+        count: impl Fn(&Sink) -> usize,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let arrived = self.total.load(Ordering::Relaxed);
+            let arrived = count(self);
             if arrived >= n {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("only {arrived} of {n} posts arrived within 300 s");
+                bail!("only {arrived} of {n} {what} arrived within 300 s");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -513,7 +518,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     )
     .await;
     anyhow::ensure!(failed == 0, "{failed} posts to the relay failed");
-    state.wait_for(n).await?;
+    state
+        .wait_for(n, "posts", |s| s.total.load(Ordering::Relaxed))
+        .await?;
     let relay_last = state.last.lock().expect("sink lock").unwrap_or(started);
     let relay_per_sec = n as f64 / relay_last.duration_since(started).as_secs_f64();
     let (_, relay_cpu) = process_usage(relay.child.id());
@@ -530,17 +537,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let accepted_secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(failed == 0, "{failed} provider requests were refused");
 
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let arrived = state.arrivals.lock().expect("sink lock").len();
-        if arrived >= n {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {arrived} of {n} events arrived within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    state
+        .wait_for(n, "events", |s| s.arrivals.lock().expect("sink lock").len())
+        .await?;
     let arrivals = state.arrivals.lock().expect("sink lock").clone();
     let delivered_secs = arrivals
         .values()
