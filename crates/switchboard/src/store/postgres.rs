@@ -30,7 +30,7 @@ impl PostgresStore {
         // Group commits are written on up to four connections at once (while one waits for
         // the database the next gathers), leaving at least two for reads, claims and the API.
         let writers = (max_connections as usize).saturating_sub(2).clamp(1, 4);
-        let batch = group_commit(&pool, writers);
+        let batch = group_commit(&pool, writers, None);
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,

@@ -751,12 +751,23 @@ macro_rules! sql_store {
 
 
         /// `writers` writers for the group-committed writes of this store.
-        fn group_commit(pool: &sqlx::Pool<$db>, writers: usize) -> $crate::store::GroupCommit {
+        /// `committed`, if given, is notified after every group commit.
+        fn group_commit(
+            pool: &sqlx::Pool<$db>,
+            writers: usize,
+            committed: Option<std::sync::Arc<tokio::sync::Notify>>,
+        ) -> $crate::store::GroupCommit {
             let pool = pool.clone();
             $crate::store::GroupCommit {
                 writes: $crate::store::Batcher::start(writers, move |items| {
-                    let pool = pool.clone();
-                    async move { write_batch(&pool, items).await }
+                    let (pool, committed) = (pool.clone(), committed.clone());
+                    async move {
+                        let written = write_batch(&pool, items).await;
+                        if let Some(committed) = committed {
+                            committed.notify_one();
+                        }
+                        written
+                    }
                 }),
             }
         }

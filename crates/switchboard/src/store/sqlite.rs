@@ -1,12 +1,19 @@
 //! The embedded store: SQLite in WAL mode. All writes go through one connection (SQLite has
 //! one writer anyway; this avoids lock upgrades failing under load); reads use a small pool.
 //! One process owns the database, so nothing needs row locks or wake-ups.
+//!
+//! Checkpoints (copying the write-ahead log into the database file and syncing it) run on a
+//! connection of their own after group commits, so the writer seldom waits for one.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use sqlx::Connection;
+use tokio::sync::Notify;
 
 use crate::config::SqliteSynchronous as SyncSetting;
 
@@ -15,6 +22,62 @@ pub struct SqliteStore {
     reader: SqlitePool,
     batch: super::GroupCommit,
     accounts: super::AccountCache,
+    _checkpointer: Checkpointer,
+}
+
+/// The writer checkpoints itself only once the log holds this many pages (16 MiB of 4 KiB
+/// pages, SQLite's default is 1,000). Until then the checkpointer does it; the writer's own
+/// checkpoint then has little left to copy and lets the next transaction start the log over.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4_000;
+/// How long the checkpointer lets commits gather before it checkpoints.
+const CHECKPOINT_GATHER: Duration = Duration::from_millis(20);
+
+/// Passive checkpoints on a connection of their own, after commits: they copy what the log
+/// holds into the database file while the writer goes on writing, so that neither its
+/// commits nor the providers waiting on them pay for writing and syncing the database file.
+/// Stops when dropped.
+struct Checkpointer {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    async fn start(options: &SqliteConnectOptions) -> anyhow::Result<(Checkpointer, Arc<Notify>)> {
+        let mut conn = SqliteConnection::connect_with(options)
+            .await
+            .context("opening the SQLite checkpoint connection")?;
+        let committed = Arc::new(Notify::new());
+        let wake = committed.clone();
+        let task = tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                wake.notified().await;
+                tokio::time::sleep(CHECKPOINT_GATHER).await;
+                // PASSIVE never waits for the writer or for readers: it copies what it can.
+                match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&mut conn)
+                    .await
+                {
+                    Ok((_, log, copied)) => {
+                        tracing::trace!(log, copied, "checkpoint");
+                        failing = false;
+                    }
+                    // Once per run of failures: the writer's own checkpoints still bound the log.
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "SQLite checkpoint failed");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok((Checkpointer { task }, committed))
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl SqliteStore {
@@ -38,7 +101,10 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma(
+                "wal_autocheckpoint",
+                WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+            ))
             .await
             .with_context(|| format!("opening SQLite database {url}"))?;
         let migrator = super::migrations::migrator(super::migrations::SQLITE).await?;
@@ -48,16 +114,18 @@ impl SqliteStore {
             .context("migrating the SQLite database")?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.create_if_missing(false))
+            .connect_with(options.clone().create_if_missing(false))
             .await
             .context("opening SQLite read connections")?;
+        let (checkpointer, committed) = Checkpointer::start(&options).await?;
         // SQLite has one writer.
-        let batch = group_commit(&writer, 1);
+        let batch = group_commit(&writer, 1, Some(committed));
         Ok(SqliteStore {
             writer,
             reader,
             batch,
             accounts: super::AccountCache::default(),
+            _checkpointer: checkpointer,
         })
     }
 }

@@ -78,6 +78,11 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// The server's data directory (its SQLite file, when on SQLite).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// GET an admin route that must succeed, as JSON.
     pub async fn get_json(&self, path: &str) -> Value {
         get_json(&self.client, &self.address, path).await

@@ -194,3 +194,46 @@ fn the_benchmark_paces_requests_at_the_offered_rate() {
     assert!(accepted <= 200.0 / (199.0 / 400.0) * 1.001, "{accepted}/s");
     assert!(stdout.contains("offered at 400/s"), "{stdout}");
 }
+
+/// What the server commits reaches the SQLite database file itself within moments, not only
+/// its write-ahead log: checkpoints run beside the writer after commits. Without them, these
+/// few writes would stay in the log until the writer's own threshold of 4,000 pages.
+#[tokio::test]
+async fn committed_messages_reach_the_database_file_while_the_server_runs() {
+    use sqlx::{Connection, SqliteConnection};
+
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    for i in 0..5 {
+        let sid = format!("SMcheckpoint{i}");
+        let params = sms_params(&sid, "into the file");
+        assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
+    }
+    receiver.wait_for(5, Duration::from_secs(10)).await;
+
+    // A copy of the database file alone, without the log, read as it is.
+    let copy = tempfile::tempdir().unwrap();
+    let copied = copy.path().join("copy.db");
+    let stored = eventually(
+        Duration::from_secs(10),
+        "the five messages in the database file",
+        || async {
+            std::fs::copy(app.data_dir().join("switchboard.db"), &copied).ok()?;
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&copied)
+                .immutable(true);
+            let mut conn = SqliteConnection::connect_with(&options).await.ok()?;
+            // Until the schema itself is checkpointed, there is no table to count.
+            let count: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM messages WHERE provider_message_id LIKE 'SMcheckpoint%'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .ok()?;
+            (count == 5).then_some(count)
+        },
+    )
+    .await;
+    assert_eq!(stored, 5);
+}
