@@ -31,6 +31,8 @@ pub struct SqliteStore {
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4_000;
 /// How long the checkpointer lets commits gather before it checkpoints.
 const CHECKPOINT_GATHER: Duration = Duration::from_millis(20);
+/// The longest the checkpointer waits without a group commit to wake it.
+const CHECKPOINT_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Passive checkpoints on a connection of their own, after commits: they copy what the log
 /// holds into the database file while the writer goes on writing, so that neither its
@@ -42,36 +44,54 @@ struct Checkpointer {
 
 impl Checkpointer {
     async fn start(options: &SqliteConnectOptions) -> anyhow::Result<(Checkpointer, Arc<Notify>)> {
-        let mut conn = SqliteConnection::connect_with(options)
+        let first = SqliteConnection::connect_with(options)
             .await
             .context("opening the SQLite checkpoint connection")?;
         let committed = Arc::new(Notify::new());
         let wake = committed.clone();
+        let options = options.clone();
         let task = tokio::spawn(async move {
+            let mut conn = Some(first);
             let mut failing = false;
             loop {
-                wake.notified().await;
+                // After group commits; and now and then anyway, for the writes that are not
+                // group-committed (claims, retention, the management API).
+                let _ = tokio::time::timeout(CHECKPOINT_FALLBACK, wake.notified()).await;
                 tokio::time::sleep(CHECKPOINT_GATHER).await;
-                // PASSIVE never waits for the writer or for readers: it copies what it can.
-                match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-                    .fetch_one(&mut conn)
-                    .await
-                {
-                    Ok((_, log, copied)) => {
-                        tracing::trace!(log, copied, "checkpoint");
+                let result = match conn.as_mut() {
+                    Some(conn) => checkpoint(conn).await,
+                    None => match SqliteConnection::connect_with(&options).await {
+                        Ok(new) => checkpoint(conn.insert(new)).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Ok((busy, log, copied)) => {
+                        tracing::trace!(busy, log, copied, "checkpoint");
                         failing = false;
                     }
-                    // Once per run of failures: the writer's own checkpoints still bound the log.
-                    Err(e) if !failing => {
-                        tracing::warn!(error = %e, "SQLite checkpoint failed");
+                    Err(e) => {
+                        // Once per run of failures: the writer's own checkpoints still bound
+                        // the log. The connection is opened again for the next try.
+                        if !failing {
+                            tracing::warn!(error = %e, "SQLite checkpoint failed");
+                        }
                         failing = true;
+                        conn = None;
                     }
-                    Err(_) => {}
                 }
             }
         });
         Ok((Checkpointer { task }, committed))
     }
+}
+
+/// One PASSIVE checkpoint: it never waits for the writer or for readers, it copies what it can.
+/// (busy, pages in the log, pages copied); busy = 1 when another checkpoint was running.
+async fn checkpoint(conn: &mut SqliteConnection) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(conn)
+        .await
 }
 
 impl Drop for Checkpointer {
