@@ -29,6 +29,10 @@ macro_rules! sql_store {
         use $crate::event::{self, Filed};
         use $crate::store::statements::{chunks, placeholders, rows_per_statement, tuples};
 
+        /// This backend's statement texts over many rows, each built once.
+        static TEXTS: std::sync::LazyLock<$crate::store::statements::Texts> =
+            std::sync::LazyLock::new(Default::default);
+
         fn parse_events(json: &str) -> Vec<EventType> {
             serde_json::from_str::<Vec<String>>(json)
                 .unwrap_or_default()
@@ -222,12 +226,14 @@ macro_rules! sql_store {
             }
 
             for chunk in chunks(&filed, rows_per_statement(10, 0)) {
-                let sql = $hooks::positional(format!(
-                    "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
-                         provider_message_id, direction, message_type, status, created_at)
-                     VALUES {}",
-                    tuples(chunk.len(), 10, 1)
-                ));
+                let sql = TEXTS.get("insert", "messages", chunk.len(), || {
+                    $hooks::positional(format!(
+                        "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
+                             provider_message_id, direction, message_type, status, created_at)
+                         VALUES {}",
+                        tuples(chunk.len(), 10, 1)
+                    ))
+                });
                 let mut query = sqlx::query(&sql);
                 for (f, id, contact_id, conversation_id) in chunk {
                     let m = f.message;
@@ -316,22 +322,25 @@ macro_rules! sql_store {
         /// while its statistics still said the table was empty).
         async fn probe_ids(
             tx: &mut Transaction<'_, $db>,
-            table: &str,
+            table: &'static str,
             fixed: &[(&str, &str)],
-            key: &str,
+            key: &'static str,
             keys: &[&str],
         ) -> StoreResult<Vec<(String, String)>> {
-            let mut conditions = String::new();
-            for (i, (column, _)) in fixed.iter().enumerate() {
-                let _ = write!(conditions, "t.{column} = ${} AND ", i + 1);
-            }
             let mut ids = Vec::with_capacity(keys.len());
             for chunk in chunks(keys, rows_per_statement(1, fixed.len())) {
-                let sql = $hooks::positional(format!(
-                    "SELECT v.column1, (SELECT t.id FROM {table} t WHERE {conditions}t.{key} = v.column1)
-                     FROM (VALUES {}) AS v",
-                    tuples(chunk.len(), 1, fixed.len() + 1)
-                ));
+                // Each (table, key) is probed with the same `fixed` columns.
+                let sql = TEXTS.get(key, table, chunk.len(), || {
+                    let mut conditions = String::new();
+                    for (i, (column, _)) in fixed.iter().enumerate() {
+                        let _ = write!(conditions, "t.{column} = ${} AND ", i + 1);
+                    }
+                    $hooks::positional(format!(
+                        "SELECT v.column1, (SELECT t.id FROM {table} t WHERE {conditions}t.{key} = v.column1)
+                         FROM (VALUES {}) AS v",
+                        tuples(chunk.len(), 1, fixed.len() + 1)
+                    ))
+                });
                 let mut query = sqlx::query(&sql);
                 for (_, value) in fixed {
                     query = query.bind(*value);
@@ -414,13 +423,15 @@ macro_rules! sql_store {
             let mut new = missing(&found);
             new.sort_unstable_by_key(|i| (i.0, i.1));
             for chunk in chunks(&new, rows_per_statement(6, 0)) {
-                let sql = $hooks::positional(format!(
-                    "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
-                     VALUES {}
-                     ON CONFLICT (location_id, identity_kind, identity) DO NOTHING
-                     RETURNING identity_kind, identity, id",
-                    tuples(chunk.len(), 6, 1)
-                ));
+                let sql = TEXTS.get("insert", "contacts", chunk.len(), || {
+                    $hooks::positional(format!(
+                        "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
+                         VALUES {}
+                         ON CONFLICT (location_id, identity_kind, identity) DO NOTHING
+                         RETURNING identity_kind, identity, id",
+                        tuples(chunk.len(), 6, 1)
+                    ))
+                });
                 let mut query = sqlx::query(&sql);
                 for (kind, value, name) in chunk {
                     query = query
@@ -467,13 +478,15 @@ macro_rules! sql_store {
             let mut new: Vec<&str> = contact_ids.iter().copied().filter(|c| !found.contains_key(*c)).collect();
             new.sort_unstable();
             for chunk in chunks(&new, rows_per_statement(4, 0)) {
-                let sql = $hooks::positional(format!(
-                    "INSERT INTO conversations (id, location_id, contact_id, created_at)
-                     VALUES {}
-                     ON CONFLICT (location_id, contact_id) DO NOTHING
-                     RETURNING contact_id, id",
-                    tuples(chunk.len(), 4, 1)
-                ));
+                let sql = TEXTS.get("insert", "conversations", chunk.len(), || {
+                    $hooks::positional(format!(
+                        "INSERT INTO conversations (id, location_id, contact_id, created_at)
+                         VALUES {}
+                         ON CONFLICT (location_id, contact_id) DO NOTHING
+                         RETURNING contact_id, id",
+                        tuples(chunk.len(), 4, 1)
+                    ))
+                });
                 let mut query = sqlx::query(&sql);
                 for contact_id in chunk {
                     query = query.bind(new_id()).bind(location_id).bind(*contact_id).bind(now);
@@ -508,11 +521,13 @@ macro_rules! sql_store {
             $hooks::lock_event_stream(&mut **tx).await?;
             let mut seq_of: HashMap<String, i64> = HashMap::with_capacity(events.len());
             for chunk in chunks(&events, rows_per_statement(6, 0)) {
-                let sql = $hooks::positional(format!(
-                    "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
-                     VALUES {} RETURNING id, seq",
-                    tuples(chunk.len(), 6, 1)
-                ));
+                let sql = TEXTS.get("insert", "events", chunk.len(), || {
+                    $hooks::positional(format!(
+                        "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
+                         VALUES {} RETURNING id, seq",
+                        tuples(chunk.len(), 6, 1)
+                    ))
+                });
                 let mut query = sqlx::query(&sql);
                 for e in chunk {
                     query = query
@@ -578,14 +593,16 @@ macro_rules! sql_store {
                 conversations.sort_unstable();
                 conversations.dedup();
                 for chunk in chunks(&conversations, rows_per_statement(1, 1)) {
-                    let sql = $hooks::positional(format!(
-                        "SELECT v.column1 FROM (VALUES {}) AS v
-                         WHERE EXISTS (SELECT 1 FROM deliveries d
-                             WHERE d.conversation_id = v.column1 AND d.webhook_id = ${}
-                               AND d.status = 'pending')",
-                        tuples(chunk.len(), 1, 1),
-                        chunk.len() + 1
-                    ));
+                    let sql = TEXTS.get("pending in conversations", "deliveries", chunk.len(), || {
+                        $hooks::positional(format!(
+                            "SELECT v.column1 FROM (VALUES {}) AS v
+                             WHERE EXISTS (SELECT 1 FROM deliveries d
+                                 WHERE d.conversation_id = v.column1 AND d.webhook_id = ${}
+                                   AND d.status = 'pending')",
+                            tuples(chunk.len(), 1, 1),
+                            chunk.len() + 1
+                        ))
+                    });
                     let mut query = sqlx::query(&sql);
                     for c in chunk {
                         query = query.bind(*c);
@@ -606,12 +623,14 @@ macro_rules! sql_store {
             let ids: Vec<String> = rows.iter().map(|_| new_id()).collect();
             let all = rows.iter().zip(&ids).zip(&send_now).collect::<Vec<_>>();
             for chunk in chunks(&all, rows_per_statement(10, 0)) {
-                let sql = $hooks::positional(format!(
-                    "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts,
-                         next_attempt_at, lease_until, created_at, conversation_id, event_seq)
-                     VALUES {}",
-                    tuples(chunk.len(), 10, 1)
-                ));
+                let sql = TEXTS.get("insert", "deliveries", chunk.len(), || {
+                    $hooks::positional(format!(
+                        "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts,
+                             next_attempt_at, lease_until, created_at, conversation_id, event_seq)
+                         VALUES {}",
+                        tuples(chunk.len(), 10, 1)
+                    ))
+                });
                 let mut query = sqlx::query(&sql);
                 for ((r, id), now) in chunk {
                     query = query

@@ -1,7 +1,9 @@
 //! Text of statements that write or look up many rows at once, shared by both backends.
 //! Placeholders are numbered `$N` (SQLite's `positional` hook turns them into `?`).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 /// The most parameters one statement binds (SQLite allows 32,766, PostgreSQL 65,535).
 pub const MAX_PARAMS: usize = 30_000;
@@ -51,6 +53,39 @@ pub fn tuples(rows: usize, cols: usize, first: usize) -> String {
     s
 }
 
+/// Statement texts, each built once. The text of a statement over many rows depends only on
+/// which statement it is and how many rows it has (a power of two, see `chunks`), so numbering
+/// its placeholders again for every batch is work thrown away.
+#[derive(Default)]
+pub struct Texts(Mutex<HashMap<TextKey, Arc<str>>>);
+
+/// (statement, table, rows).
+type TextKey = (&'static str, &'static str, usize);
+
+impl Texts {
+    /// The text of statement `what` on `table` over `rows` rows, from `build` the first time.
+    /// Only for statements whose text depends on nothing else.
+    pub fn get(
+        &self,
+        what: &'static str,
+        table: &'static str,
+        rows: usize,
+        build: impl FnOnce() -> String,
+    ) -> Arc<str> {
+        let key = (what, table, rows);
+        if let Some(text) = self.0.lock().expect("statement texts").get(&key) {
+            return text.clone();
+        }
+        let text: Arc<str> = build().into();
+        self.0
+            .lock()
+            .expect("statement texts")
+            .entry(key)
+            .or_insert(text)
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +101,26 @@ mod tests {
         assert_eq!(joined, items);
         assert_eq!(chunks::<u8>(&[], 10).count(), 0);
         assert!(rows_per_statement(10, 2) * 10 + 2 <= MAX_PARAMS);
+    }
+
+    #[test]
+    fn each_text_is_built_once_per_statement_table_and_rows() {
+        let texts = Texts::default();
+        let mut built = 0;
+        let mut get = |what, table, rows| {
+            texts
+                .get(what, table, rows, || {
+                    built += 1;
+                    format!("{what} {table} {}", tuples(rows, 1, 1))
+                })
+                .to_string()
+        };
+        assert_eq!(get("insert", "t", 2), "insert t ($1), ($2)");
+        assert_eq!(get("insert", "t", 2), "insert t ($1), ($2)");
+        assert_eq!(get("insert", "t", 1), "insert t ($1)");
+        assert_eq!(get("insert", "u", 1), "insert u ($1)");
+        assert_eq!(get("probe", "u", 1), "probe u ($1)");
+        assert_eq!(built, 4);
     }
 
     #[test]
