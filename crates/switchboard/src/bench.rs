@@ -41,6 +41,9 @@ pub struct BenchOptions {
     pub database_url: Option<String>,
     /// Extra `SWITCHBOARD_*` settings for the server.
     pub server_env: Vec<(String, String)>,
+    /// A command (and its arguments) to run the server under, such as a profiler; empty: none.
+    /// The server is then stopped with SIGTERM instead of SIGKILL, so the command can finish.
+    pub server_wrapper: Vec<String>,
 }
 
 /// What one run measured.
@@ -165,14 +168,33 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (peak_kb / 1024.0, cpu)
 }
 
-/// A child process of the benchmark (the server or the relay), killed when dropped.
+/// A child process of the benchmark (the server or the relay), stopped when dropped.
 struct Server {
     child: std::process::Child,
     _dir: Option<tempfile::TempDir>,
+    /// Stop it with SIGTERM and wait (up to `GRACEFUL_STOP`) instead of killing it at once.
+    graceful: bool,
 }
+
+/// How long a server run under a wrapper may take to stop after SIGTERM.
+const GRACEFUL_STOP: Duration = Duration::from_secs(120);
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.graceful {
+            let terminated = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            let deadline = Instant::now() + GRACEFUL_STOP;
+            while terminated && Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("the server did not stop after SIGTERM; killing it");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -180,7 +202,15 @@ impl Drop for Server {
 
 async fn start_server(options: &BenchOptions, port: u16) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let mut command = std::process::Command::new(std::env::current_exe()?);
+    let exe = std::env::current_exe()?;
+    let mut command = match options.server_wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = std::process::Command::new(program);
+            command.args(args).arg(&exe);
+            command
+        }
+        None => std::process::Command::new(&exe),
+    };
     command
         .arg("serve")
         .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
@@ -196,8 +226,14 @@ async fn start_server(options: &BenchOptions, port: u16) -> anyhow::Result<Serve
         command.env(k, v);
     }
     let server = Server {
-        child: command.spawn().context("starting the server")?,
+        child: command
+            .spawn()
+            .with_context(|| match options.server_wrapper.first() {
+                Some(wrapper) => format!("starting the server under `{wrapper}`"),
+                None => "starting the server".to_owned(),
+            })?,
         _dir: Some(dir),
+        graceful: !options.server_wrapper.is_empty(),
     };
     wait_ready(server, port).await
 }
@@ -212,6 +248,7 @@ async fn start_relay(port: u16, target: &str) -> anyhow::Result<Server> {
             .spawn()
             .context("starting the relay")?,
         _dir: None,
+        graceful: false,
     };
     wait_ready(relay, port).await
 }

@@ -63,6 +63,12 @@ enum Command {
         /// Extra server setting, KEY=VALUE with the SWITCHBOARD_ name (repeatable).
         #[arg(long = "server-env", value_name = "KEY=VALUE")]
         server_env: Vec<String>,
+        /// Run the server under this command (split on spaces), e.g. `valgrind
+        /// --tool=callgrind --callgrind-out-file=server.callgrind`; the server is then stopped
+        /// with SIGTERM, so that the command can write what it recorded. Peak RSS and CPU are
+        /// then the command's process's.
+        #[arg(long, value_name = "COMMAND")]
+        server_wrapper: Option<String>,
     },
     /// The benchmark's relay: answers every POST and posts its body on to --target.
     #[command(hide = true)]
@@ -101,6 +107,7 @@ async fn run() -> anyhow::Result<()> {
             rate,
             database_url,
             server_env,
+            server_wrapper,
         } => {
             let server_env = server_env
                 .iter()
@@ -116,6 +123,9 @@ async fn run() -> anyhow::Result<()> {
                 rate,
                 database_url,
                 server_env,
+                server_wrapper: server_wrapper
+                    .map(|w| w.split_whitespace().map(str::to_owned).collect())
+                    .unwrap_or_default(),
             })
             .await?;
             println!("{}", switchboard::bench::table(&report));

@@ -185,9 +185,38 @@ fn the_benchmark_runs_and_every_event_arrives() {
 }
 
 /// `--rate` paces the requests (open loop): never faster than offered, and every event arrives.
+/// This run also puts the server under a wrapper (as one would a profiler), which must run it
+/// and see it stop on SIGTERM.
 #[test]
 fn the_benchmark_paces_requests_at_the_offered_rate() {
-    let (stdout, json) = run_bench(&["--messages", "200", "--concurrency", "8", "--rate", "400"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (script, marker) = (dir.path().join("wrap.sh"), dir.path().join("wrapped"));
+    std::fs::write(
+        &script,
+        format!(
+            // The server's output goes elsewhere, so that a server left running cannot keep
+            // the benchmark's output open.
+            "echo \"$@\" > '{}'\n\"$@\" 2>/dev/null & trap 'kill -TERM $!; wait $!; echo stopped:$? >> {}' TERM\nwait $!\n",
+            marker.display(),
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let wrapper = format!("sh {}", script.display());
+    let (stdout, json) = run_bench(&[
+        "--messages",
+        "200",
+        "--concurrency",
+        "8",
+        "--rate",
+        "400",
+        "--server-wrapper",
+        &wrapper,
+    ]);
+    let wrapped = std::fs::read_to_string(&marker).unwrap();
+    assert!(wrapped.contains(" serve"), "{wrapped}");
+    // SIGTERM reached the wrapper, which passed it on; the server then exited cleanly.
+    assert!(wrapped.contains("stopped:0"), "{wrapped}");
     assert_eq!(json["rate"], 400.0);
     // The 200th request is due 199/400 s after the first: no faster than that.
     let accepted = json["accepted_per_sec"].as_f64().unwrap();
