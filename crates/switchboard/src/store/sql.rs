@@ -33,6 +33,23 @@ macro_rules! sql_store {
         static TEXTS: std::sync::LazyLock<$crate::store::statements::Texts> =
             std::sync::LazyLock::new(Default::default);
 
+        /// The text of an insert of `rows` rows of `columns` (comma-separated) into `table`,
+        /// followed by `rest` (a conflict clause, `RETURNING`); built once per row count.
+        fn insert_text(
+            table: &'static str,
+            columns: &'static str,
+            rows: usize,
+            rest: &'static str,
+        ) -> std::sync::Arc<str> {
+            TEXTS.get("insert", table, rows, || {
+                let per_row = columns.split(',').count();
+                $hooks::positional(format!(
+                    "INSERT INTO {table} ({columns}) VALUES {} {rest}",
+                    tuples(rows, per_row, 1)
+                ))
+            })
+        }
+
         fn parse_events(json: &str) -> Vec<EventType> {
             serde_json::from_str::<Vec<String>>(json)
                 .unwrap_or_default()
@@ -226,14 +243,13 @@ macro_rules! sql_store {
             }
 
             for chunk in chunks(&filed, rows_per_statement(10, 0)) {
-                let sql = TEXTS.get("insert", "messages", chunk.len(), || {
-                    $hooks::positional(format!(
-                        "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
-                             provider_message_id, direction, message_type, status, created_at)
-                         VALUES {}",
-                        tuples(chunk.len(), 10, 1)
-                    ))
-                });
+                let sql = insert_text(
+                    "messages",
+                    "id, location_id, conversation_id, contact_id, provider, provider_message_id, \
+                     direction, message_type, status, created_at",
+                    chunk.len(),
+                    "",
+                );
                 let mut query = sqlx::query(&sql);
                 for (f, id, contact_id, conversation_id) in chunk {
                     let m = f.message;
@@ -423,15 +439,13 @@ macro_rules! sql_store {
             let mut new = missing(&found);
             new.sort_unstable_by_key(|i| (i.0, i.1));
             for chunk in chunks(&new, rows_per_statement(6, 0)) {
-                let sql = TEXTS.get("insert", "contacts", chunk.len(), || {
-                    $hooks::positional(format!(
-                        "INSERT INTO contacts (id, location_id, identity_kind, identity, name, created_at)
-                         VALUES {}
-                         ON CONFLICT (location_id, identity_kind, identity) DO NOTHING
-                         RETURNING identity_kind, identity, id",
-                        tuples(chunk.len(), 6, 1)
-                    ))
-                });
+                let sql = insert_text(
+                    "contacts",
+                    "id, location_id, identity_kind, identity, name, created_at",
+                    chunk.len(),
+                    "ON CONFLICT (location_id, identity_kind, identity) DO NOTHING \
+                     RETURNING identity_kind, identity, id",
+                );
                 let mut query = sqlx::query(&sql);
                 for (kind, value, name) in chunk {
                     query = query
@@ -478,15 +492,12 @@ macro_rules! sql_store {
             let mut new: Vec<&str> = contact_ids.iter().copied().filter(|c| !found.contains_key(*c)).collect();
             new.sort_unstable();
             for chunk in chunks(&new, rows_per_statement(4, 0)) {
-                let sql = TEXTS.get("insert", "conversations", chunk.len(), || {
-                    $hooks::positional(format!(
-                        "INSERT INTO conversations (id, location_id, contact_id, created_at)
-                         VALUES {}
-                         ON CONFLICT (location_id, contact_id) DO NOTHING
-                         RETURNING contact_id, id",
-                        tuples(chunk.len(), 4, 1)
-                    ))
-                });
+                let sql = insert_text(
+                    "conversations",
+                    "id, location_id, contact_id, created_at",
+                    chunk.len(),
+                    "ON CONFLICT (location_id, contact_id) DO NOTHING RETURNING contact_id, id",
+                );
                 let mut query = sqlx::query(&sql);
                 for contact_id in chunk {
                     query = query.bind(new_id()).bind(location_id).bind(*contact_id).bind(now);
@@ -521,13 +532,12 @@ macro_rules! sql_store {
             $hooks::lock_event_stream(&mut **tx).await?;
             let mut seq_of: HashMap<String, i64> = HashMap::with_capacity(events.len());
             for chunk in chunks(&events, rows_per_statement(6, 0)) {
-                let sql = TEXTS.get("insert", "events", chunk.len(), || {
-                    $hooks::positional(format!(
-                        "INSERT INTO events (id, message_id, location_id, event_type, payload, created_at)
-                         VALUES {} RETURNING id, seq",
-                        tuples(chunk.len(), 6, 1)
-                    ))
-                });
+                let sql = insert_text(
+                    "events",
+                    "id, message_id, location_id, event_type, payload, created_at",
+                    chunk.len(),
+                    "RETURNING id, seq",
+                );
                 let mut query = sqlx::query(&sql);
                 for e in chunk {
                     query = query
@@ -623,14 +633,13 @@ macro_rules! sql_store {
             let ids: Vec<String> = rows.iter().map(|_| new_id()).collect();
             let all = rows.iter().zip(&ids).zip(&send_now).collect::<Vec<_>>();
             for chunk in chunks(&all, rows_per_statement(10, 0)) {
-                let sql = TEXTS.get("insert", "deliveries", chunk.len(), || {
-                    $hooks::positional(format!(
-                        "INSERT INTO deliveries (id, event_id, webhook_id, status, attempts,
-                             next_attempt_at, lease_until, created_at, conversation_id, event_seq)
-                         VALUES {}",
-                        tuples(chunk.len(), 10, 1)
-                    ))
-                });
+                let sql = insert_text(
+                    "deliveries",
+                    "id, event_id, webhook_id, status, attempts, next_attempt_at, lease_until, \
+                     created_at, conversation_id, event_seq",
+                    chunk.len(),
+                    "",
+                );
                 let mut query = sqlx::query(&sql);
                 for ((r, id), now) in chunk {
                     query = query
