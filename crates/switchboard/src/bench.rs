@@ -172,28 +172,51 @@ fn process_usage(pid: u32) -> (f64, f64) {
 struct Server {
     child: std::process::Child,
     _dir: Option<tempfile::TempDir>,
-    /// Stop it with SIGTERM and wait (up to `GRACEFUL_STOP`) instead of killing it at once.
+    /// Run under a wrapper, in a process group of its own: stop the whole group with SIGTERM
+    /// and wait (up to `GRACEFUL_STOP`) instead of killing the child at once.
     graceful: bool,
 }
 
 /// How long a server run under a wrapper may take to stop after SIGTERM.
 const GRACEFUL_STOP: Duration = Duration::from_secs(120);
 
+/// Send `signal` to the process group `group`; whether `kill` could do it.
+fn signal_group(signal: &str, group: u32) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{group}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.graceful {
-            let terminated = std::process::Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
+        if !self.graceful {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return;
+        }
+        // The wrapper's process group: the wrapper, the server and anything they started.
+        let group = self.child.id();
+        if signal_group("-TERM", group) {
             let deadline = Instant::now() + GRACEFUL_STOP;
-            while terminated && Instant::now() < deadline {
+            while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            eprintln!("the server did not stop after SIGTERM; killing it");
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "the server did not stop within {GRACEFUL_STOP:?} of SIGTERM; killing it"
+                );
+            }
+        } else {
+            eprintln!("could not send SIGTERM to the server (is `kill` installed?); killing it");
+        }
+        // Whatever of the group is left (a wrapper that did not pass the signal on).
+        if signal_group("-0", group) {
+            signal_group("-KILL", group);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -207,6 +230,8 @@ async fn start_server(options: &BenchOptions, port: u16) -> anyhow::Result<Serve
         Some((program, args)) => {
             let mut command = std::process::Command::new(program);
             command.args(args).arg(&exe);
+            // A group of its own, so that stopping it reaches the server under the wrapper.
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
             command
         }
         None => std::process::Command::new(&exe),

@@ -56,7 +56,12 @@ impl Checkpointer {
             loop {
                 // After group commits; and now and then anyway, for the writes that are not
                 // group-committed (claims, retention, the management API).
-                let _ = tokio::time::timeout(CHECKPOINT_FALLBACK, wake.notified()).await;
+                if failing {
+                    // Not after every commit while the database refuses: once a second.
+                    tokio::time::sleep(CHECKPOINT_FALLBACK).await;
+                } else {
+                    let _ = tokio::time::timeout(CHECKPOINT_FALLBACK, wake.notified()).await;
+                }
                 tokio::time::sleep(CHECKPOINT_GATHER).await;
                 let result = match conn.as_mut() {
                     Some(conn) => checkpoint(conn).await,

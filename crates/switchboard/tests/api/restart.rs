@@ -191,15 +191,16 @@ fn the_benchmark_runs_and_every_event_arrives() {
 fn the_benchmark_paces_requests_at_the_offered_rate() {
     let dir = tempfile::tempdir().unwrap();
     let (script, marker) = (dir.path().join("wrap.sh"), dir.path().join("wrapped"));
+    // Records its arguments beside itself, runs them, and on SIGTERM waits for the server and
+    // records how it ended. The server's output goes elsewhere, so that a server left running
+    // cannot keep the benchmark's output open.
     std::fs::write(
         &script,
-        format!(
-            // The server's output goes elsewhere, so that a server left running cannot keep
-            // the benchmark's output open.
-            "echo \"$@\" > '{}'\n\"$@\" 2>/dev/null & trap 'kill -TERM $!; wait $!; echo stopped:$? >> {}' TERM\nwait $!\n",
-            marker.display(),
-            marker.display()
-        ),
+        "marker=\"$(dirname \"$0\")/wrapped\"\n\
+         echo \"$@\" > \"$marker\"\n\
+         \"$@\" 2>/dev/null &\n\
+         trap 'wait $!; echo stopped:$? >> \"$marker\"; exit 0' TERM\n\
+         wait $!\n",
     )
     .unwrap();
     let wrapper = format!("sh {}", script.display());
