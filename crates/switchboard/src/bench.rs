@@ -8,6 +8,7 @@
 //! HTTP handlings as Switchboard's path, with no storage, parsing or signing.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ pub struct BenchOptions {
     pub database_url: Option<String>,
     /// Extra `SWITCHBOARD_*` settings for the server.
     pub server_env: Vec<(String, String)>,
+    /// List, by 50 ms of posting time, the requests whose ingest→delivery took longer than
+    /// this many milliseconds: bursts of slow requests show as runs of full windows.
+    pub slow_ms: Option<f64>,
     /// A command (and its arguments) to run the server under, such as a profiler; empty: none.
     /// The server is then stopped with SIGTERM instead of SIGKILL, so the command can finish.
     pub server_wrapper: Vec<String>,
@@ -72,6 +76,44 @@ pub struct BenchReport {
     pub relay_cpu_seconds: f64,
     pub relay_share_of_ceiling: f64,
     pub repeated_deliveries: usize,
+    /// With `--slow-ms`: the 50 ms windows of posting time that held slow requests.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slow_windows: Vec<SlowWindow>,
+}
+
+/// Requests posted in one 50 ms window of a run, when some of them were slow.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlowWindow {
+    /// When the window starts, in seconds from the first post.
+    pub at_s: f64,
+    pub posted: usize,
+    pub slow: usize,
+    /// The slowest of them, ingest→delivery.
+    pub max_ms: f64,
+}
+
+/// The width of a window of `slow_windows`.
+const SLOW_WINDOW_SECS: f64 = 0.05;
+
+/// `(posted at, ingest→delivery ms)` of each request, in windows of `SLOW_WINDOW_SECS`: those
+/// that hold a request slower than `slow_ms`, in order.
+fn slow_windows(requests: &[(f64, f64)], slow_ms: f64) -> Vec<SlowWindow> {
+    let mut windows: std::collections::BTreeMap<u64, SlowWindow> = Default::default();
+    for &(at, ms) in requests {
+        let index = (at / SLOW_WINDOW_SECS) as u64;
+        let window = windows.entry(index).or_insert(SlowWindow {
+            at_s: index as f64 * SLOW_WINDOW_SECS,
+            posted: 0,
+            slow: 0,
+            max_ms: 0.0,
+        });
+        window.posted += 1;
+        if ms > slow_ms {
+            window.slow += 1;
+        }
+        window.max_ms = window.max_ms.max(ms);
+    }
+    windows.into_values().filter(|w| w.slow > 0).collect()
 }
 
 /// The sink: records when each message (by the number in its body) arrived, and when the
@@ -611,13 +653,22 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     drop(server);
 
     // Ingest → delivery: from when a message's request was sent to when its event arrived.
-    let mut end_to_end: Vec<f64> = arrivals
+    let timed: Vec<(f64, f64)> = arrivals
         .iter()
         .filter_map(|(i, t)| {
-            sent.get(i)
-                .map(|s| t.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+            sent.get(i).map(|s| {
+                (
+                    s.saturating_duration_since(started).as_secs_f64(),
+                    t.saturating_duration_since(*s).as_secs_f64() * 1000.0,
+                )
+            })
         })
         .collect();
+    let slow_windows = options
+        .slow_ms
+        .map(|ms| slow_windows(&timed, ms))
+        .unwrap_or_default();
+    let mut end_to_end: Vec<f64> = timed.iter().map(|&(_, ms)| ms).collect();
     end_to_end.sort_by(f64::total_cmp);
     ingest.sort_by(f64::total_cmp);
     let delivered_per_sec = n as f64 / delivered_secs;
@@ -646,12 +697,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         relay_cpu_seconds: relay_cpu,
         relay_share_of_ceiling: relay_per_sec / ceiling,
         repeated_deliveries: state.total.load(Ordering::Relaxed).saturating_sub(n),
+        slow_windows,
     })
 }
 
 /// The table for people.
 pub fn table(r: &BenchReport) -> String {
-    format!(
+    let mut table = format!(
         "store                    {}\n\
          messages × concurrency   {} × {}{}\n\
          accepted/s               {:.0}\n\
@@ -684,5 +736,38 @@ pub fn table(r: &BenchReport) -> String {
         r.relay_share_of_ceiling * 100.0,
         r.relay_cpu_seconds,
         r.repeated_deliveries,
-    )
+    );
+    for w in &r.slow_windows {
+        let _ = write!(
+            table,
+            "\nslow, posted at {:.2} s     {} of {}, the slowest {:.1} ms",
+            w.at_s, w.slow, w.posted, w.max_ms
+        );
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slow_windows;
+
+    #[test]
+    fn slow_windows_hold_the_slow_requests_by_50_ms_of_posting() {
+        // (posted at s, ingest→delivery ms)
+        let requests = [
+            (0.01, 3.0),
+            (0.02, 30.0),
+            (0.04, 5.0),
+            (0.07, 4.0),
+            (0.12, 40.0),
+            (0.13, 25.0),
+        ];
+        let windows = slow_windows(&requests, 20.0);
+        let got: Vec<(f64, usize, usize, f64)> = windows
+            .iter()
+            .map(|w| (w.at_s, w.posted, w.slow, w.max_ms))
+            .collect();
+        assert_eq!(got, [(0.0, 3, 1, 30.0), (0.1, 2, 2, 40.0)]);
+        assert!(slow_windows(&requests, 50.0).is_empty());
+    }
 }

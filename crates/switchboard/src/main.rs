@@ -63,6 +63,9 @@ enum Command {
         /// Extra server setting, KEY=VALUE with the SWITCHBOARD_ name (repeatable).
         #[arg(long = "server-env", value_name = "KEY=VALUE")]
         server_env: Vec<String>,
+        /// List the requests slower than this, ingest→delivery, by 50 ms of posting time.
+        #[arg(long, value_name = "MS")]
+        slow_ms: Option<f64>,
         /// Run the server under this command (split on spaces), e.g. `valgrind
         /// --tool=callgrind --callgrind-out-file=server.callgrind`; the server is then stopped
         /// with SIGTERM, so that the command can write what it recorded. Peak RSS and CPU are
@@ -107,6 +110,7 @@ async fn run() -> anyhow::Result<()> {
             rate,
             database_url,
             server_env,
+            slow_ms,
             server_wrapper,
         } => {
             let server_env = server_env
@@ -123,6 +127,7 @@ async fn run() -> anyhow::Result<()> {
                 rate,
                 database_url,
                 server_env,
+                slow_ms,
                 server_wrapper: server_wrapper
                     .map(|w| w.split_whitespace().map(str::to_owned).collect())
                     .unwrap_or_default(),

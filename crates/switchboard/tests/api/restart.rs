@@ -174,8 +174,14 @@ fn run_bench(args: &[&str]) -> (String, Value) {
 /// The benchmark from the README, small: it fails unless every event arrives.
 #[test]
 fn the_benchmark_runs_and_every_event_arrives() {
-    let (stdout, json) = run_bench(&["--messages", "300", "--concurrency", "8"]);
+    // Every request takes longer than 0 ms: each window of posting time is listed, whole.
+    let (stdout, json) = run_bench(&["--messages", "300", "--concurrency", "8", "--slow-ms", "0"]);
     assert_eq!(json["messages"], 300);
+    let windows = json["slow_windows"].as_array().expect("slow windows");
+    let posted: u64 = windows.iter().map(|w| w["posted"].as_u64().unwrap()).sum();
+    assert_eq!(posted, 300, "{json}");
+    assert!(windows.iter().all(|w| w["slow"] == w["posted"]), "{json}");
+    assert!(stdout.contains("slow, posted at 0.00 s"), "{stdout}");
     assert!(json["delivered_per_sec"].as_f64().unwrap() > 0.0);
     // The relay's posts all arrived too (it fails otherwise) at a measured rate.
     assert!(json["relay_per_sec"].as_f64().unwrap() > 0.0);
