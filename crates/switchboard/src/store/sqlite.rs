@@ -142,7 +142,8 @@ impl SqliteStore {
             .connect_with(options.clone().create_if_missing(false))
             .await
             .context("opening SQLite read connections")?;
-        let (checkpointer, committed) = Checkpointer::start(&options).await?;
+        let (checkpointer, committed) =
+            Checkpointer::start(&options.clone().create_if_missing(false)).await?;
         // SQLite has one writer.
         let batch = group_commit(&writer, 1, Some(committed));
         Ok(SqliteStore {
