@@ -256,7 +256,7 @@ impl Drop for Server {
         } else {
             eprintln!("could not send SIGTERM to the server (is `kill` installed?); killing it");
         }
-        // Whatever of the group is left (a wrapper that did not pass the signal on).
+        // Whatever of the group outlived the wrapper.
         if signal_group("-0", group) {
             signal_group("-KILL", group);
         }

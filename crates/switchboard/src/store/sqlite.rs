@@ -137,13 +137,14 @@ impl SqliteStore {
             .run(&writer)
             .await
             .context("migrating the SQLite database")?;
+        // Readers and the checkpointer open the file the writer created, never a new one.
+        let existing = options.create_if_missing(false);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone().create_if_missing(false))
+            .connect_with(existing.clone())
             .await
             .context("opening SQLite read connections")?;
-        let (checkpointer, committed) =
-            Checkpointer::start(&options.clone().create_if_missing(false)).await?;
+        let (checkpointer, committed) = Checkpointer::start(&existing).await?;
         // SQLite has one writer.
         let batch = group_commit(&writer, 1, Some(committed));
         Ok(SqliteStore {

@@ -222,7 +222,8 @@ fn the_benchmark_paces_requests_at_the_offered_rate() {
     ]);
     let wrapped = std::fs::read_to_string(&marker).unwrap();
     assert!(wrapped.contains(" serve"), "{wrapped}");
-    // SIGTERM reached the wrapper, which passed it on; the server then exited cleanly.
+    // SIGTERM reached the server under the wrapper (sent to their process group), and the
+    // server exited cleanly.
     assert!(wrapped.contains("stopped:0"), "{wrapped}");
     assert_eq!(json["rate"], 400.0);
     // The 200th request is due 199/400 s after the first: no faster than that.
