@@ -28,6 +28,10 @@ pub struct Config {
     pub allow_private_targets: bool,
     pub log: String,
     pub max_body_bytes: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
     pub sqlite_synchronous: SqliteSynchronous,
     pub role: Role,
     pub database_max_connections: u32,
@@ -169,6 +173,9 @@ impl Config {
         if self.poll_interval.is_zero() {
             bail!("poll_interval must be above zero");
         }
+        if self.request_timeout.is_zero() {
+            bail!("request_timeout must be above zero");
+        }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url).context("public_url is not a URL")?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -269,6 +276,8 @@ mod tests {
         assert!(!c.allow_private_targets);
         assert_eq!(c.database_url(), "sqlite://switchboard-data/switchboard.db");
         assert_eq!(c.call_recording_wait_seconds, 120);
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -320,5 +329,8 @@ mod tests {
         let err =
             Config::from_layers(None, env(&[("SWITCHBOARD_DELIVERY_LEASE", "5s")])).unwrap_err();
         assert!(format!("{err:#}").contains("delivery_lease"));
+        let err =
+            Config::from_layers(None, env(&[("SWITCHBOARD_REQUEST_TIMEOUT", "0s")])).unwrap_err();
+        assert!(format!("{err:#}").contains("request_timeout"));
     }
 }

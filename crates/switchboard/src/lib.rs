@@ -16,6 +16,7 @@ pub mod keys;
 pub mod media;
 pub mod metrics;
 pub mod routes;
+pub mod serve;
 pub mod simulate;
 pub mod ssrf;
 pub mod startup;

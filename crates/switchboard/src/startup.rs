@@ -19,6 +19,7 @@ use crate::keys::{self, SecretSource, SigningKeys};
 use crate::media::MediaStore;
 use crate::metrics::Metrics;
 use crate::routes;
+use crate::serve;
 use crate::ssrf::TargetPolicy;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -51,6 +52,7 @@ pub struct Application {
     /// None on an API-only node.
     dispatcher: Option<Dispatcher>,
     local_addr: SocketAddr,
+    timeouts: serve::Timeouts,
     // Held for the life of the process: one server per embedded database.
     _data_lock: Option<File>,
 }
@@ -164,6 +166,10 @@ impl Application {
             router,
             dispatcher: sends.then_some(dispatcher),
             local_addr,
+            timeouts: serve::Timeouts {
+                request: config.request_timeout,
+                shutdown: config.shutdown_timeout,
+            },
             _data_lock: data_lock,
         })
     }
@@ -177,22 +183,19 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serve until `shutdown` completes; in-flight requests finish first.
+    /// Serve until `shutdown` completes; requests in progress get `shutdown_timeout` to finish.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr, "switchboard listening");
         let dispatcher = self.dispatcher.map(|d| tokio::spawn(d.run()));
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server");
+        serve::serve(self.listener, self.router, self.timeouts, shutdown).await;
         // Deliveries still in flight keep their leases and resume at the next start.
         if let Some(dispatcher) = dispatcher {
             dispatcher.abort();
         }
-        served
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
+use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -20,6 +21,7 @@ use crate::channels::twilio::{
 };
 use crate::error::ApiError;
 use crate::media::UrlError;
+use crate::serve::BodyTimedOut;
 use crate::startup::AppState;
 
 mod admin;
@@ -243,13 +245,32 @@ async fn require_admin(
     }
 }
 
-/// Read a body of at most `limit` bytes; larger is a 413 with a JSON error.
+/// Read a body of at most `limit` bytes: larger is a 413, a body that does not arrive within
+/// `request_timeout` a 408, one that cannot be read (the client left, broken chunking) a 400;
+/// each with a JSON error.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body is larger than {limit} bytes or could not be read"),
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(error) = cause {
+            if let Some(timed_out) = error.downcast_ref::<BodyTimedOut>() {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    timed_out.to_string(),
+                );
+            }
+            if error.is::<LengthLimitError>() {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the request body is larger than {limit} bytes"),
+                );
+            }
+            cause = error.source();
+        }
+        ApiError::bad_request(
+            "unreadable_body",
+            format!("the request body could not be read: {e}"),
         )
     })
 }

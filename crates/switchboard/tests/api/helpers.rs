@@ -214,14 +214,7 @@ pub async fn post_twilio_to(
     params: &[(&str, &str)],
     token: &str,
 ) -> reqwest::Response {
-    let owned: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let sig = signature::sign(Algorithm::HmacSha1, token.as_bytes(), url, &owned);
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish();
+    let (body, sig) = signed_twilio_form(url, params, token);
     client
         .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
@@ -230,6 +223,19 @@ pub async fn post_twilio_to(
         .send()
         .await
         .unwrap()
+}
+
+/// A Twilio form body and its `X-Twilio-Signature` for `url`, as Twilio would send them.
+pub fn signed_twilio_form(url: &str, params: &[(&str, &str)], token: &str) -> (String, String) {
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sig = signature::sign(Algorithm::HmacSha1, token.as_bytes(), url, &owned);
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    (body, sig)
 }
 
 /// Form parameters as owned pairs, as `post_twilio_concurrently` takes them.

@@ -26,6 +26,7 @@ macro_rules! both_stores {
 }
 
 mod admin;
+mod connections;
 mod delivery;
 mod engine;
 mod helpers;

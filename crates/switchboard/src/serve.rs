@@ -1,0 +1,176 @@
+//! The HTTP/1 server loop: every connection gets `request_timeout` to send a request's headers
+//! (hyper's header timeout, which also closes idle keep-alive connections) and the same again
+//! for the body once the headers are in. A stop signal ends accepting at once, and open
+//! connections get `shutdown_timeout` to finish what they are doing; after that the server
+//! stops anyway. So a client that opens a connection and then sends nothing, or stops halfway
+//! through a body, can neither hold a request open nor keep the process from stopping.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the headers of each request, and again for its body.
+    pub request: Duration,
+    /// For connections still open after the stop signal.
+    pub shutdown: Duration,
+}
+
+/// Serve `router` on `listener` until `stop` completes, then wait at most `timeouts.shutdown`
+/// for open connections.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    timeouts: Timeouts,
+    stop: impl Future<Output = ()>,
+) {
+    let mut connections = JoinSet::new();
+    // Dropped at the stop signal: every connection then finishes its request and closes.
+    let (stopping_tx, stopping_rx) = watch::channel(());
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(
+                        stream,
+                        router.clone(),
+                        timeouts.request,
+                        stopping_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    drop(stopping_tx);
+    let open = connections.len();
+    let finished = tokio::time::timeout(timeouts.shutdown, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            of = open,
+            "connections still open {:?} after the stop signal; closing them",
+            timeouts.shutdown
+        );
+        connections.shutdown().await;
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    router: axum::Router,
+    request_timeout: Duration,
+    mut stopping: watch::Receiver<()>,
+) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let request = request.map(|body| Body::new(DeadlineBody::new(body, request_timeout)));
+        router.clone().call(request)
+    });
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_timeout);
+    let conn = http1.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stopping.changed() => {}
+    }
+    // Stopping: finish the request in progress, if any, then close.
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The error a request body gives once its time is up.
+#[derive(Debug)]
+pub struct BodyTimedOut(pub Duration);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body did not arrive within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+/// A request body that fails with [`BodyTimedOut`] once `timeout` has passed since its
+/// request's headers arrived. The timer is only made when the body is not already there.
+struct DeadlineBody {
+    inner: Incoming,
+    timeout: Duration,
+    deadline: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, timeout: Duration) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            timeout,
+            deadline: Instant::now() + timeout,
+            timer: None,
+        }
+    }
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut(this.timeout).into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        hyper::body::Body::size_hint(&self.inner)
+    }
+}

@@ -1,0 +1,192 @@
+//! Clients that connect and then send too little: each is cut off after `request_timeout`
+//! without holding up anyone else, and none of them keeps the server from stopping.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard::routes::TWILIO_INBOUND_PATH;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(600);
+
+async fn connect(address: &str) -> TcpStream {
+    TcpStream::connect(address.trim_start_matches("http://"))
+        .await
+        .expect("the server accepts a connection")
+}
+
+/// Everything the server sends until it closes the connection; fails when the connection is
+/// still open after `within`.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        // A reset ends the connection as well as a close does.
+        while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection is still open after {within:?}"
+    );
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Timers fire at their deadline or later; this much earlier is measuring noise.
+const SLACK: Duration = Duration::from_millis(50);
+
+/// The head of a signed Twilio POST to `address`, and its body, which the caller sends (or not).
+fn twilio_request(address: &str, message_sid: &str, body: &str) -> (String, String) {
+    let url = format!("{address}{TWILIO_INBOUND_PATH}");
+    let (form, signature) = signed_twilio_form(&url, &sms_params(message_sid, body), AUTH_TOKEN);
+    let head = format!(
+        "POST {TWILIO_INBOUND_PATH} HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {signature}\r\n\
+         Content-Length: {}\r\n\r\n",
+        address.trim_start_matches("http://"),
+        form.len()
+    );
+    (head, form)
+}
+
+#[tokio::test]
+async fn a_body_that_stops_coming_is_408_and_stores_nothing_while_others_go_through() {
+    let app = spawn_app_with(|c| c.request_timeout = REQUEST_TIMEOUT).await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+
+    // A valid, signed request, all but the last half of its body.
+    let (head, form) = twilio_request(&app.address, "SMstalled", "never finished");
+    let sent = Instant::now();
+    let mut stalled = connect(&app.address).await;
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled
+        .write_all(&form.as_bytes()[..form.len() / 2])
+        .await
+        .unwrap();
+
+    // Meanwhile the server serves everyone else.
+    let ok = app
+        .post_twilio(&sms_params("SMmeanwhile", "in the meantime"), AUTH_TOKEN)
+        .await;
+    assert_eq!(ok.status(), 200);
+
+    let answer = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let after = sent.elapsed();
+    assert!(after >= REQUEST_TIMEOUT - SLACK, "{after:?}");
+    let error: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+
+    let delivered = receiver.expect_exactly(1, Duration::from_millis(400)).await;
+    assert_eq!(delivered[0].json()["body"], "in the meantime");
+    let events = app.get_json("/v1/events").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1, "{events}");
+}
+
+#[tokio::test]
+async fn incomplete_headers_and_idle_connections_are_closed_after_the_request_timeout() {
+    let app = spawn_app_with(|c| c.request_timeout = REQUEST_TIMEOUT).await;
+
+    let opened = Instant::now();
+    let mut half_a_head = connect(&app.address).await;
+    half_a_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = connect(&app.address).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Others are served meanwhile.
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let nothing = read_until_closed(&mut half_a_head, Duration::from_secs(10)).await;
+    assert_eq!(nothing, "");
+    let after = opened.elapsed();
+    assert!(after >= REQUEST_TIMEOUT - SLACK, "{after:?}");
+    // The idle one had its answer, then was closed as well.
+    let answer = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_progress_finish_and_stops_despite_a_stalled_client() {
+    const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = TestReceiver::start().await;
+    let mut server = Node::start(
+        dir.path(),
+        free_port(),
+        &[
+            ("SWITCHBOARD_REQUEST_TIMEOUT", "60s"),
+            ("SWITCHBOARD_SHUTDOWN_TIMEOUT", "2s"),
+        ],
+    )
+    .await;
+    server.configure(&receiver).await;
+
+    // One client that never finishes its headers, one request whose body is on its way.
+    let mut stalled = connect(&server.address).await;
+    stalled
+        .write_all(b"POST /v1/locations HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let (head, form) = twilio_request(&server.address, "SMinflight", "sent during the stop");
+    let mut in_progress = connect(&server.address).await;
+    in_progress.write_all(head.as_bytes()).await.unwrap();
+    in_progress
+        .write_all(&form.as_bytes()[..form.len() / 2])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stop = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("the kill command runs");
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are refused once stopping...
+    assert!(
+        TcpStream::connect(server.address.trim_start_matches("http://"))
+            .await
+            .is_err()
+    );
+    // ...but the request in progress completes and is answered.
+    in_progress
+        .write_all(&form.as_bytes()[form.len() / 2..])
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut in_progress, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let delivered = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(delivered[0].json()["body"], "sent during the stop");
+
+    // The stalled client holds the server until the shutdown timeout, no longer.
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        drop(server);
+        status
+    });
+    let status = tokio::time::timeout(Duration::from_secs(15), status)
+        .await
+        .expect("the server stops within the shutdown timeout")
+        .unwrap();
+    let took = stop.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took >= SHUTDOWN_TIMEOUT - SLACK, "{took:?}");
+    assert!(took < SHUTDOWN_TIMEOUT + Duration::from_secs(5), "{took:?}");
+    assert_eq!(
+        read_until_closed(&mut stalled, Duration::from_secs(1)).await,
+        ""
+    );
+}
