@@ -276,7 +276,7 @@ mod tests {
         assert!(!c.allow_private_targets);
         assert_eq!(c.database_url(), "sqlite://switchboard-data/switchboard.db");
         assert_eq!(c.call_recording_wait_seconds, 120);
-        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.request_timeout, Duration::from_secs(75));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
     }
 

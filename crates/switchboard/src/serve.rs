@@ -1,11 +1,14 @@
-//! The HTTP/1 server loop: every connection gets `request_timeout` to send a request's headers
-//! (hyper's header timeout, which also closes idle keep-alive connections) and the same again
-//! for the body once the headers are in. A stop signal ends accepting at once, and open
+//! The HTTP/1.1 server loop: every connection gets `request_timeout` to send a request's
+//! headers (hyper's header timeout, which also closes idle keep-alive connections) and the same
+//! again for the body once the headers are in. HTTP/2 without TLS (h2c), which `axum::serve`
+//! also answered, is not served: hyper gives it none of these timeouts, and a proxy in front
+//! speaks HTTP/2 to clients and HTTP/1.1 to us. A stop signal ends accepting at once, and open
 //! connections get `shutdown_timeout` to finish what they are doing; after that the server
 //! stops anyway. So a client that opens a connection and then sends nothing, or stops halfway
 //! through a body, can neither hold a request open nor keep the process from stopping.
 
 use std::future::Future;
+use std::io::ErrorKind;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -52,10 +55,17 @@ pub async fn serve(
                         stopping_rx.clone(),
                     ));
                 }
+                // The client gave up before it was accepted: nothing to do.
+                Err(e) if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::ConnectionReset
+                ) => {}
                 Err(e) => {
                     // Out of file descriptors, most likely: wait rather than spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -125,12 +135,14 @@ impl std::fmt::Display for BodyTimedOut {
 impl std::error::Error for BodyTimedOut {}
 
 /// A request body that fails with [`BodyTimedOut`] once `timeout` has passed since its
-/// request's headers arrived. The timer is only made when the body is not already there.
+/// request's headers arrived, and ends there. The timer is only made when the body is not
+/// already there.
 struct DeadlineBody {
     inner: Incoming,
     timeout: Duration,
     deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    timed_out: bool,
 }
 
 impl DeadlineBody {
@@ -140,6 +152,7 @@ impl DeadlineBody {
             timeout,
             deadline: Instant::now() + timeout,
             timer: None,
+            timed_out: false,
         }
     }
 }
@@ -153,6 +166,9 @@ impl hyper::body::Body for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(None);
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         }
@@ -161,13 +177,16 @@ impl hyper::body::Body for DeadlineBody {
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut(this.timeout).into()))),
+            Poll::Ready(()) => {
+                this.timed_out = true;
+                Poll::Ready(Some(Err(BodyTimedOut(this.timeout).into())))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        hyper::body::Body::is_end_stream(&self.inner)
+        self.timed_out || hyper::body::Body::is_end_stream(&self.inner)
     }
 
     fn size_hint(&self) -> SizeHint {
