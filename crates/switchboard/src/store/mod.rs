@@ -296,9 +296,10 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
-/// Channel accounts by route, for a store only this process writes (SQLite): every change
-/// goes through `put_channel_account`, which empties it. Routes by a call's id are not kept
-/// (they follow the calls table), nor are misses.
+/// Channel accounts by the number called, for a store only this process writes (SQLite): every
+/// change goes through `put_channel_account`, which empties it. Only numbers that are connected
+/// are kept (a route by account or by call is looked up each time, and so is a miss), so
+/// what a caller sends cannot grow it: a request's other fields play no part in its key.
 #[derive(Default)]
 pub struct AccountCache {
     inner: std::sync::RwLock<AccountCacheInner>,
@@ -308,49 +309,50 @@ pub struct AccountCache {
 struct AccountCacheInner {
     /// Bumped by every change: a lookup that started before one does not fill the cache.
     generation: u64,
-    accounts: std::collections::HashMap<(String, Option<String>, Option<String>), ChannelAccount>,
+    /// (provider, number called) → account.
+    accounts: std::collections::HashMap<(String, String), ChannelAccount>,
 }
 
 impl AccountCache {
-    /// Routes kept at most; the cache starts over when full.
-    const MAX: usize = 10_000;
-
-    fn key(provider: &str, key: &RouteKey) -> Option<(String, Option<String>, Option<String>)> {
-        key.correlation_id.is_none().then(|| {
-            (
-                provider.to_owned(),
-                key.address.clone(),
-                key.account_id.clone(),
-            )
-        })
-    }
-
-    /// The cached account, and the generation to fill the cache with on a miss.
+    /// The cached account for the number `key` calls, and the generation to fill the cache
+    /// with on a miss.
     pub fn get(&self, provider: &str, key: &RouteKey) -> (Option<ChannelAccount>, u64) {
         let inner = self.inner.read().expect("account cache lock");
-        let hit = Self::key(provider, key).and_then(|k| inner.accounts.get(&k).cloned());
+        let hit = key.address.as_ref().and_then(|address| {
+            inner
+                .accounts
+                .get(&(provider.to_owned(), address.clone()))
+                .cloned()
+        });
         (hit, inner.generation)
     }
 
-    /// Keep what a lookup found, unless the accounts changed since it started.
-    pub fn put(&self, provider: &str, key: &RouteKey, generation: u64, account: &ChannelAccount) {
-        let Some(k) = Self::key(provider, key) else {
-            return;
-        };
+    /// Keep the account a lookup found by the number called, unless the accounts changed
+    /// since it started.
+    pub fn put(&self, provider: &str, address: &str, generation: u64, account: &ChannelAccount) {
         let mut inner = self.inner.write().expect("account cache lock");
         if inner.generation != generation {
             return;
         }
-        if inner.accounts.len() >= Self::MAX {
-            inner.accounts.clear();
-        }
-        inner.accounts.insert(k, account.clone());
+        inner
+            .accounts
+            .insert((provider.to_owned(), address.to_owned()), account.clone());
     }
 
     pub fn clear(&self) {
         let mut inner = self.inner.write().expect("account cache lock");
         inner.generation += 1;
         inner.accounts.clear();
+    }
+
+    /// Accounts kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inner
+            .read()
+            .expect("account cache lock")
+            .accounts
+            .len()
     }
 }
 

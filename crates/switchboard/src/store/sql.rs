@@ -1196,11 +1196,13 @@ macro_rules! sql_store {
 
     /// The account a provider request claims: by address, by the call it belongs to, else
     /// by account id when exactly one location uses it.
+    /// The account a provider request belongs to, and whether it was found by the number
+    /// called (the only route the embedded store caches).
     async fn lookup_channel_account(
         reader: &sqlx::Pool<$db>,
         provider: &str,
         key: &RouteKey,
-    ) -> StoreResult<Option<ChannelAccount>> {
+    ) -> StoreResult<Option<(ChannelAccount, bool)>> {
             const COLUMNS: &str = "SELECT a.location_id, a.account_id, a.secret, a.settings
                                    FROM channel_accounts a";
             let to_account = |r: $row| ChannelAccount {
@@ -1224,7 +1226,7 @@ macro_rules! sql_store {
                     &key.correlation_id,
                 ),
             ];
-            for (join, value) in joined {
+            for (by_address, (join, value)) in [true, false].into_iter().zip(joined) {
                 let Some(value) = value else { continue };
                 let row = sqlx::query(&format!("{COLUMNS} {join}"))
                     .bind(provider)
@@ -1232,7 +1234,7 @@ macro_rules! sql_store {
                     .fetch_optional(reader)
                     .await?;
                 if let Some(row) = row {
-                    return Ok(Some(to_account(row)));
+                    return Ok(Some((to_account(row), by_address)));
                 }
             }
             if let Some(account_id) = &key.account_id {
@@ -1244,7 +1246,7 @@ macro_rules! sql_store {
                 .fetch_all(reader)
                 .await?;
                 if rows.len() == 1 {
-                    return Ok(rows.pop().map(to_account));
+                    return Ok(rows.pop().map(|row| (to_account(row), false)));
                 }
             }
             Ok(None)
@@ -1392,17 +1394,18 @@ macro_rules! sql_store {
                 key: &RouteKey,
             ) -> StoreResult<Option<ChannelAccount>> {
                 if !$hooks::EMBEDDED {
-                    return lookup_channel_account(&self.reader, provider, key).await;
+                    let found = lookup_channel_account(&self.reader, provider, key).await?;
+                    return Ok(found.map(|(account, _)| account));
                 }
                 let (hit, generation) = self.accounts.get(provider, key);
                 if hit.is_some() {
                     return Ok(hit);
                 }
                 let found = lookup_channel_account(&self.reader, provider, key).await?;
-                if let Some(account) = &found {
-                    self.accounts.put(provider, key, generation, account);
+                if let (Some((account, true)), Some(address)) = (&found, &key.address) {
+                    self.accounts.put(provider, address, generation, account);
                 }
-                Ok(found)
+                Ok(found.map(|(account, _)| account))
             }
 
             async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {

@@ -227,6 +227,63 @@ super::sql::sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, hooks
 #[cfg(test)]
 mod tests {
     use super::hooks::positional;
+    use super::*;
+    use crate::channels::RouteKey;
+    use crate::store::{ChannelAccountInput, Store};
+
+    #[tokio::test]
+    async fn only_connected_numbers_are_cached_whatever_else_a_request_carries() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(&url, SyncSetting::Normal).await.unwrap();
+        let location = store.create_location("L", 0).await.unwrap();
+        let account_sid = format!("AC{}", "0".repeat(32));
+        let input = ChannelAccountInput {
+            provider: "twilio",
+            account_id: account_sid.clone(),
+            secret: "token".into(),
+            settings: serde_json::json!({}),
+            addresses: vec!["+14155550100".into()],
+        };
+        store
+            .put_channel_account(&location.id, &input, 0)
+            .await
+            .unwrap();
+        let key = |address: &str, account_id: String| RouteKey {
+            address: Some(address.to_owned()),
+            correlation_id: None,
+            account_id: Some(account_id),
+        };
+        // The connected number, with a different (and long) account id each time: one entry.
+        for i in 0..50 {
+            let found = store
+                .find_channel_account(
+                    "twilio",
+                    &key("+14155550100", format!("{i}{}", "x".repeat(10_000))),
+                )
+                .await
+                .unwrap();
+            assert_eq!(found.unwrap().location_id, location.id);
+        }
+        assert_eq!(store.accounts.len(), 1);
+        // Numbers that are not connected, found by the account id or not at all: none kept.
+        for i in 0..50 {
+            let by_account = store
+                .find_channel_account(
+                    "twilio",
+                    &key(&format!("+1212555{i:04}"), account_sid.clone()),
+                )
+                .await
+                .unwrap();
+            assert_eq!(by_account.unwrap().location_id, location.id);
+            let unknown = store
+                .find_channel_account("twilio", &key(&format!("+1212555{i:04}"), format!("AC{i}")))
+                .await
+                .unwrap();
+            assert!(unknown.is_none());
+        }
+        assert_eq!(store.accounts.len(), 1);
+    }
 
     #[test]
     fn numbered_placeholders_in_order_become_positional() {
