@@ -85,10 +85,10 @@ impl Channel for TwilioMessaging {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // PostgreSQL text cannot hold NUL; Twilio bodies occasionally do.
+        // PostgreSQL text cannot hold NUL; what a person wrote occasionally does.
         let body = form.get("Body").unwrap_or("").replace('\0', "");
         let contact_name = if whatsapp {
-            form.get("ProfileName").map(str::to_owned)
+            form.get("ProfileName").map(|name| name.replace('\0', ""))
         } else {
             None
         };

@@ -25,6 +25,9 @@ pub fn is_account_sid(s: &str) -> bool {
     s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Parameters a person wrote, which may hold any character.
+const FREE_TEXT: [&str; 2] = ["Body", "ProfileName"];
+
 /// A decoded Twilio form request, parameters in the order received.
 pub struct TwilioForm {
     params: Vec<(String, String)>,
@@ -41,11 +44,21 @@ impl TwilioForm {
                 "expected application/x-www-form-urlencoded, got `{content_type}`"
             )));
         }
-        Ok(TwilioForm {
-            params: form_urlencoded::parse(&req.body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        })
+        let params: Vec<(String, String)> = form_urlencoded::parse(&req.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        // Identifiers and numbers never hold NUL, and PostgreSQL text cannot store it; the
+        // free text a person wrote may (`handle` drops it there).
+        if let Some((name, _)) = params.iter().find(|(k, v)| {
+            k.contains('\0') || (v.contains('\0') && !FREE_TEXT.contains(&k.as_str()))
+        }) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(ChannelError::Malformed(format!(
+                "form parameter `{}` contains a NUL character",
+                shown.escape_default()
+            )));
+        }
+        Ok(TwilioForm { params })
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -98,8 +111,8 @@ impl TwilioForm {
             Ok(())
         } else {
             Err(ChannelError::BadSignature(format!(
-                "X-Twilio-Signature does not match this request for {}; check the auth token and that the URL configured at Twilio is {}",
-                account.account_id, req.url
+                "X-Twilio-Signature does not match this request; check the auth token and that the URL configured at Twilio is {}",
+                req.url
             )))
         }
     }
