@@ -162,6 +162,34 @@ async fn bad_request_bodies_say_what_is_wrong() {
     assert_eq!(no_message.status(), 404);
     let no_deliveries = app.admin_get("/v1/messages/nonsense/deliveries").await;
     assert_eq!(no_deliveries.status(), 404);
+
+    // Refused before any handler runs (by axum's extractors): the same JSON error shape.
+    let not_utf8 = app.admin_get("/v1/messages/%FF").await;
+    let attachment = app
+        .client
+        .get(app.url("/attachments/%FF?expires=1&signature=x"))
+        .send()
+        .await
+        .unwrap();
+    let too_large = app
+        .client
+        .post(app.url("/v1/webhooks/nothing/rotate-secret"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(vec![b'x'; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    for (response, status, code) in [
+        (not_utf8, 400, "bad_request"),
+        (attachment, 400, "bad_request"),
+        (too_large, 413, "payload_too_large"),
+    ] {
+        assert_eq!(response.status(), status);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
 }
 
 async fn webhooks_are_validated_and_private_targets_refused_by_default() {
