@@ -81,8 +81,17 @@ impl MediaStore {
         }))
     }
 
-    /// Download `fetch` and keep it; returns the stored file name (`<id>.<ext>`).
+    /// Download `fetch` and keep it; returns the stored file name (`<id>.<ext>`). The id is
+    /// derived from the URL, so a provider's repeated callback for the same media finds the
+    /// copy already kept instead of downloading it again and leaving another file behind.
     pub async fn download(&self, fetch: &MediaFetch) -> anyhow::Result<String> {
+        let id = self.id_for(&fetch.url);
+        for (ext, _) in KINDS {
+            let file = format!("{id}.{ext}");
+            if tokio::fs::try_exists(self.dir.join(&file)).await? {
+                return Ok(file);
+            }
+        }
         // Host names are checked by the client's resolver, literal addresses here.
         self.targets
             .check_literal(&fetch.url)
@@ -116,12 +125,23 @@ impl MediaStore {
             .map(|(ext, _)| *ext)
             .or_else(|| fetch.url.ends_with(".mp3").then_some("mp3"))
             .unwrap_or("bin");
-        let file = format!("{}.{ext}", new_id());
+        let file = format!("{id}.{ext}");
         tokio::fs::create_dir_all(&self.dir).await?;
-        let tmp = self.dir.join(format!(".{file}.part"));
+        // Its own name per download: two of the same media at once each write their own.
+        let tmp = self.dir.join(format!(".{file}.{}.part", new_id()));
         tokio::fs::write(&tmp, &body).await?;
         tokio::fs::rename(&tmp, self.dir.join(&file)).await?;
         Ok(file)
+    }
+
+    /// The stored id for media at `url`: 20 hex digits of a MAC of the URL, so ids cannot be
+    /// guessed from URLs.
+    fn id_for(&self, url: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("HMAC takes any key");
+        mac.update(b"media id:");
+        mac.update(url.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        digest[..10].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn mac(&self, file: &str, expires: i64) -> Hmac<Sha256> {
@@ -162,15 +182,16 @@ impl MediaStore {
         Ok(())
     }
 
-    /// The stored bytes and content type of `file`, if it is one of ours.
-    pub async fn read(&self, file: &str) -> Option<(Vec<u8>, &'static str)> {
+    /// `file` opened for reading, with its length and content type, if it is one of ours.
+    pub async fn open(&self, file: &str) -> Option<(tokio::fs::File, u64, &'static str)> {
         let (id, ext) = file.split_once('.')?;
         let content_type = KINDS.iter().find(|(e, _)| *e == ext)?.1;
         if !looks_like_id(id) {
             return None;
         }
-        let bytes = tokio::fs::read(self.dir.join(file)).await.ok()?;
-        Some((bytes, content_type))
+        let opened = tokio::fs::File::open(self.dir.join(file)).await.ok()?;
+        let length = opened.metadata().await.ok()?.len();
+        Some((opened, length, content_type))
     }
 }
 
@@ -224,8 +245,23 @@ mod tests {
     #[tokio::test]
     async fn only_our_file_names_are_read() {
         let media = store();
-        assert!(media.read("../../etc/passwd").await.is_none());
-        assert!(media.read("AAAAAAAAAAAAAAAAAAAA.exe").await.is_none());
-        assert!(media.read("AAAAAAAAAAAAAAAAAAAA.mp3").await.is_none());
+        assert!(media.open("../../etc/passwd").await.is_none());
+        assert!(media.open("AAAAAAAAAAAAAAAAAAAA.exe").await.is_none());
+        assert!(media.open("AAAAAAAAAAAAAAAAAAAA.mp3").await.is_none());
+    }
+
+    #[test]
+    fn media_ids_are_ours_and_follow_the_url() {
+        let media = store();
+        let a = media.id_for("https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1");
+        assert!(looks_like_id(&a), "{a}");
+        assert_eq!(
+            a,
+            media.id_for("https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1")
+        );
+        assert_ne!(
+            a,
+            media.id_for("https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE2")
+        );
     }
 }

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::io::AsyncReadExt;
 
 use crate::channels::twilio::{
     TwilioMessaging, VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceStatus,
@@ -233,12 +234,29 @@ async fn attachment(
             ))
         }
     }
-    let (bytes, content_type) = state
+    let (opened, length, content_type) = state
         .media
-        .read(&file)
+        .open(&file)
         .await
         .ok_or_else(|| ApiError::not_found(format!("no attachment {file}")))?;
-    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+    // Streamed in 64 KiB pieces: a recording may be tens of megabytes.
+    let chunks = futures_util::stream::unfold(Some(opened), |opened| async move {
+        let mut opened = opened?;
+        let mut chunk = bytes::BytesMut::with_capacity(64 << 10);
+        match opened.read_buf(&mut chunk).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(chunk.freeze()), Some(opened))),
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 /// The OpenAPI document, rendered once.

@@ -744,6 +744,8 @@ async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
         p.1 = &recording_url;
     }
     post_twiml(&app, RECORDING, &rec).await;
+    // Twilio sends a callback again when our answer is slow: the kept copy serves it.
+    post_twiml(&app, RECORDING, &rec).await;
     post_twiml(
         &app,
         STATUS,
@@ -753,6 +755,10 @@ async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
     let event = receiver.expect_exactly(1, QUIET).await[0].json();
     assert_eq!(event["status"], "voicemail");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let kept = std::fs::read_dir(app.data_dir().join("attachments"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1);
     let link = event["attachments"][0].as_str().unwrap().to_owned();
     assert!(
         link.starts_with(&format!("{}/attachments/", app.address)),
