@@ -727,13 +727,25 @@ macro_rules! sql_store {
             .execute(&mut **tx)
             .await?;
             let row = sqlx::query(&format!(
-                "SELECT state, message_id FROM calls WHERE provider = $1 AND call_sid = $2{}",
+                "SELECT state, message_id FROM calls
+                 WHERE provider = $1 AND call_sid = $2 AND location_id = $3{}",
                 $hooks::ROW_LOCK
             ))
             .bind(provider)
             .bind(&update.call_sid)
-            .fetch_one(&mut **tx)
+            .bind(location_id)
+            .fetch_optional(&mut **tx)
             .await?;
+            let Some(row) = row else {
+                // The call is another location's: a callback signed for this one cannot
+                // change it (call ids are unique at the provider, so this is not a real call).
+                tracing::warn!(
+                    call_sid = %update.call_sid,
+                    location_id,
+                    "ignored a callback for another location's call"
+                );
+                return Ok(());
+            };
             let mut state = serde_json::from_str::<CallState>(row.get::<&str, _>("state"))
                 .context("stored call state")?;
             let emitted = row.get::<Option<String>, _>("message_id");
@@ -1194,10 +1206,9 @@ macro_rules! sql_store {
                 })
         }
 
-    /// The account a provider request claims: by address, by the call it belongs to, else
-    /// by account id when exactly one location uses it.
-    /// The account a provider request belongs to, and whether it was found by the number
-    /// called (the only route the embedded store caches).
+    /// The account a provider request claims: by the number called, by the call it belongs
+    /// to, else by account id when exactly one location uses it; and whether it was found by
+    /// the number called (the only route the embedded store caches).
     async fn lookup_channel_account(
         reader: &sqlx::Pool<$db>,
         provider: &str,

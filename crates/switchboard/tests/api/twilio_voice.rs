@@ -824,6 +824,74 @@ async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     assert_eq!(event["attachments"], json!([recording_url]));
 }
 
+async fn a_callback_cannot_reach_another_locations_call() {
+    const OTHER_SID: &str = "AC44444444444444444444444444444444";
+    const OTHER_TOKEN: &str = "another-auth-token";
+    const OTHER_NUMBER: &str = "+14155550122";
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice_settings()).await;
+    // Another location, on its own Twilio account and number.
+    let other = app.create_location("Other").await;
+    let r = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{other}/channels/twilio"),
+            json!({
+                "accountSid": OTHER_SID,
+                "authToken": OTHER_TOKEN,
+                "phoneNumbers": [OTHER_NUMBER],
+                "voice": voice_settings(),
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params("CAvictim", &[("CallStatus", "ringing")]),
+    )
+    .await;
+    // The other account's callback, validly signed, names this location's call.
+    let forged = [
+        ("CallSid", "CAvictim"),
+        ("AccountSid", OTHER_SID),
+        ("From", CUSTOMER_NUMBER),
+        ("To", OTHER_NUMBER),
+        ("Direction", "inbound"),
+        ("CallStatus", "completed"),
+        ("CallDuration", "999"),
+    ];
+    let r = app.post_twilio_path(STATUS, &forged, OTHER_TOKEN).await;
+    assert_eq!(r.status(), 200);
+    receiver.expect_exactly(0, QUIET).await;
+
+    // The call's own callbacks make its one event, as if the other had never come.
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(
+            "CAvictim",
+            &[("DialCallStatus", "completed"), ("DialCallDuration", "37")],
+        ),
+    )
+    .await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(
+            "CAvictim",
+            &[("CallStatus", "completed"), ("CallDuration", "45")],
+        ),
+    )
+    .await;
+    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_call_shape(&event, &location_id);
+    assert_eq!(event["callStatus"], "completed");
+    assert_eq!(event["callDuration"], 37);
+}
+
 crate::both_stores!(
     incoming_call_twiml_forwards_to_the_configured_number,
     answered_inbound_call_is_one_completed_call_event_on_the_sms_contact,
@@ -841,4 +909,5 @@ crate::both_stores!(
     voice_settings_are_validated,
     recordings_can_be_kept_and_served_from_signed_expiring_urls,
     a_recording_that_cannot_be_kept_is_sent_as_the_providers_url,
+    a_callback_cannot_reach_another_locations_call,
 );
