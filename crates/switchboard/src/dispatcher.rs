@@ -984,7 +984,10 @@ async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
 
 /// An error with its causes, classified: `timeout: …`, `connect: …`, or `request: …`.
 fn describe(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
+    let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
+    let kind = if causes.any(|s| s.is::<crate::ssrf::RefusedTarget>()) {
+        "refused target"
+    } else if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
         "connect"

@@ -29,6 +29,8 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && ip.octets()[2] == 99) // 6to4 relays
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
         || a >= 240 // reserved
 }
@@ -43,9 +45,15 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (fd00:ec2::254 metadata too)
         || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated, still routed)
         || (seg[0] == 0x64 && seg[1] == 0xff9b) // NAT64: may reach any IPv4 network
+        || seg[0] == 0x2002 // 6to4: carries an IPv4 address, private ones too
+        || (seg[0] == 0x2001 && seg[1] == 0) // Teredo: tunnels to IPv4
         || (seg[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
+        || (seg[..4] == [0, 0, 0, 0] && seg[4] == 0xffff && seg[5] == 0) // IPv4-translated
+        || seg[..4] == [0x100, 0, 0, 0] // discard-only
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x2001 && seg[1] == 2 && seg[2] == 0) // benchmarking
 }
 
 /// The URL's shape (http or https, a host, no credentials) and its host when it is an IP literal.
@@ -160,11 +168,29 @@ impl TargetPolicy {
         }
     }
 
-    /// An HTTP client that connects only where this policy permits.
+    /// An HTTP client that connects only where this policy permits. It ignores the proxy
+    /// environment variables (`HTTP_PROXY`, `ALL_PROXY`, …): through a proxy, the target's
+    /// name would be resolved and connected to by the proxy, past this check.
     pub fn client(&self, builder: reqwest::ClientBuilder) -> reqwest::Result<reqwest::Client> {
-        builder.dns_resolver(Arc::new(self.clone())).build()
+        builder
+            .no_proxy()
+            .dns_resolver(Arc::new(self.clone()))
+            .build()
     }
 }
+
+/// The error the client's resolver gives for a host with no address the policy permits; a
+/// failed attempt whose causes hold it is recorded as a `refused target`.
+#[derive(Debug)]
+pub struct RefusedTarget(pub String);
+
+impl std::fmt::Display for RefusedTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RefusedTarget {}
 
 impl Resolve for TargetPolicy {
     fn resolve(&self, name: Name) -> Resolving {
@@ -177,10 +203,9 @@ impl Resolve for TargetPolicy {
                 .filter(|a| policy.permits(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                return Err(format!(
+                return Err(Box::new(RefusedTarget(format!(
                     "{host} resolves only to non-public addresses (allow_private_targets or the webhook's allowedNetworks would permit them)"
-                )
-                .into());
+                ))) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -212,6 +237,15 @@ mod tests {
             "::127.0.0.1",
             "224.0.0.1",
             "255.255.255.255",
+            "192.0.0.1",
+            "192.88.99.1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "fec0::1",
+            "::ffff:0:7f00:1",
+            "100::1",
+            "2001:2::1",
         ] {
             assert!(is_forbidden(bad.parse().unwrap()), "{bad}");
         }
@@ -220,6 +254,8 @@ mod tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
+            "2001:4860:4860::8888",
+            "192.0.1.1",
         ] {
             assert!(!is_forbidden(good.parse().unwrap()), "{good}");
         }

@@ -715,9 +715,20 @@ impl Node {
         port: u16,
         env: &[(&str, V)],
     ) -> Node {
+        Self::start_with_args(data_dir, port, &[], env).await
+    }
+
+    /// As [`Node::start`], with more arguments after `serve` (e.g. `--config FILE`).
+    pub async fn start_with_args<V: AsRef<std::ffi::OsStr>>(
+        data_dir: &std::path::Path,
+        port: u16,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, V)],
+    ) -> Node {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
             .arg("serve")
+            .args(args)
             .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
             .env("SWITCHBOARD_DATA_DIR", data_dir)
             .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -32,5 +32,6 @@ mod engine;
 mod helpers;
 mod multinode;
 mod restart;
+mod targets;
 mod twilio_sms;
 mod twilio_voice;
