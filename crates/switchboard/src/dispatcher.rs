@@ -982,7 +982,8 @@ async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// An error with its causes, classified: `timeout: …`, `connect: …`, or `request: …`.
+/// An error with its causes, classified: `refused target: …`, `timeout: …`, `connect: …`, or
+/// `request: …`.
 fn describe(e: reqwest::Error) -> String {
     let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
     let kind = if causes.any(|s| s.is::<crate::ssrf::RefusedTarget>()) {

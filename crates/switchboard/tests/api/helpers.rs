@@ -664,6 +664,18 @@ pub fn free_port() -> u16 {
 }
 
 impl Node {
+    /// POST a signed Twilio SMS to the node's inbound route, as Twilio would.
+    pub async fn post_sms(&self, message_sid: &str, body: &str) -> reqwest::Response {
+        let url = format!("{}{TWILIO_INBOUND_PATH}", self.address);
+        post_twilio_to(
+            &reqwest::Client::new(),
+            &url,
+            &sms_params(message_sid, body),
+            AUTH_TOKEN,
+        )
+        .await
+    }
+
     /// GET an admin route that must succeed, as JSON.
     pub async fn get_json(&self, path: &str) -> Value {
         get_json(&reqwest::Client::new(), &self.address, path).await

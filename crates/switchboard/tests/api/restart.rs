@@ -27,22 +27,11 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
     let receiver = TestReceiver::start().await;
     // The first attempt never gets an answer: the server dies with it in flight.
     receiver.script(&[Reply::Hang]);
-    let client = reqwest::Client::new();
 
     let mut server = start_binary(dir.path(), port).await;
     server.configure(&receiver).await;
 
-    let url = format!(
-        "{}/conversations/providers/twilio/inbound_message",
-        server.address
-    );
-    let ack = post_twilio_to(
-        &client,
-        &url,
-        &sms_params("SMdurable", "survive a crash"),
-        AUTH_TOKEN,
-    )
-    .await;
+    let ack = server.post_sms("SMdurable", "survive a crash").await;
     assert_eq!(ack.status(), 200);
     let first = receiver.wait_for(1, Duration::from_secs(10)).await;
     let before = server.get_json("/v1/events").await;
@@ -74,28 +63,12 @@ async fn acknowledged_message_is_delivered_after_sigkill_and_restart() {
         },
     )
     .await;
-    let url = format!(
-        "{}/conversations/providers/twilio/inbound_message",
-        server.address
-    );
-    let retry = post_twilio_to(
-        &client,
-        &url,
-        &sms_params("SMdurable", "survive a crash"),
-        AUTH_TOKEN,
-    )
-    .await;
+    let retry = server.post_sms("SMdurable", "survive a crash").await;
     assert_eq!(retry.status(), 200);
     receiver.expect_exactly(2, Duration::from_millis(400)).await;
 
     // The events feed goes on where it was: the old event, then the new one, no gap, no repeat.
-    let ack = post_twilio_to(
-        &client,
-        &url,
-        &sms_params("SMafter", "after the crash"),
-        AUTH_TOKEN,
-    )
-    .await;
+    let ack = server.post_sms("SMafter", "after the crash").await;
     assert_eq!(ack.status(), 200);
     let all = server.get_json("/v1/events").await;
     let bodies: Vec<&str> = all["data"]

@@ -74,17 +74,7 @@ async fn a_name_that_resolves_to_a_private_address_by_delivery_time_is_refused_t
     )
     .unwrap();
     let server = Node::start_with_args(&data, port, &args, &private).await;
-    let url = format!(
-        "{}/conversations/providers/twilio/inbound_message",
-        server.address
-    );
-    let ack = post_twilio_to(
-        &client,
-        &url,
-        &sms_params("SMrebind", "where to?"),
-        AUTH_TOKEN,
-    )
-    .await;
+    let ack = server.post_sms("SMrebind", "where to?").await;
     assert_eq!(ack.status(), 200);
     let events = server.get_json("/v1/events").await;
     let message_id = events["data"][0]["event"]["messageId"]
@@ -127,17 +117,7 @@ async fn proxy_settings_in_the_environment_are_not_used_for_deliveries() {
     )
     .await;
     server.configure(&receiver).await;
-    let url = format!(
-        "{}/conversations/providers/twilio/inbound_message",
-        server.address
-    );
-    let ack = post_twilio_to(
-        &reqwest::Client::new(),
-        &url,
-        &sms_params("SMdirect", "straight there"),
-        AUTH_TOKEN,
-    )
-    .await;
+    let ack = server.post_sms("SMdirect", "straight there").await;
     assert_eq!(ack.status(), 200);
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].json()["body"], "straight there");
