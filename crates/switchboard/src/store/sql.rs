@@ -737,8 +737,9 @@ macro_rules! sql_store {
             .fetch_optional(&mut **tx)
             .await?;
             let Some(row) = row else {
-                // The call is another location's: a callback signed for this one cannot
-                // change it (call ids are unique at the provider, so this is not a real call).
+                // The call is another location's. Callbacks of a call are routed to the call's
+                // location, so this one was not (say, a first callback racing a change of the
+                // number's location); it cannot change another location's call.
                 tracing::warn!(
                     call_sid = %update.call_sid,
                     location_id,
@@ -1206,9 +1207,10 @@ macro_rules! sql_store {
                 })
         }
 
-    /// The account a provider request claims: by the number called, by the call it belongs
-    /// to, else by account id when exactly one location uses it; and whether it was found by
-    /// the number called (the only route the embedded store caches).
+    /// The account a provider request claims: by the call it belongs to (a call stays with
+    /// the location it started at, and another account cannot sign for it), by the number
+    /// called, else by account id when exactly one location uses it; and whether it was
+    /// found by the number called (the only route the embedded store caches).
     async fn lookup_channel_account(
         reader: &sqlx::Pool<$db>,
         provider: &str,
@@ -1223,21 +1225,21 @@ macro_rules! sql_store {
                 settings: serde_json::from_str(r.get::<&str, _>("settings"))
                     .unwrap_or(serde_json::Value::Null),
             };
-            // By the number called, then by the call the request belongs to.
+            // By the call the request belongs to, then by the number called.
             let joined = [
+                (
+                    "JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
+                     WHERE c.provider = $1 AND c.call_sid = $2",
+                    &key.correlation_id,
+                ),
                 (
                     "JOIN channel_addresses n
                        ON n.location_id = a.location_id AND n.provider = a.provider
                      WHERE n.provider = $1 AND n.address = $2",
                     &key.address,
                 ),
-                (
-                    "JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
-                     WHERE c.provider = $1 AND c.call_sid = $2",
-                    &key.correlation_id,
-                ),
             ];
-            for (by_address, (join, value)) in [true, false].into_iter().zip(joined) {
+            for (by_address, (join, value)) in [false, true].into_iter().zip(joined) {
                 let Some(value) = value else { continue };
                 let row = sqlx::query(&format!("{COLUMNS} {join}"))
                     .bind(provider)
@@ -1409,7 +1411,8 @@ macro_rules! sql_store {
                     return Ok(found.map(|(account, _)| account));
                 }
                 let (hit, generation) = self.accounts.get(provider, key);
-                if hit.is_some() {
+                // A request of a call goes to the call's location first: not from the cache.
+                if hit.is_some() && key.correlation_id.is_none() {
                     return Ok(hit);
                 }
                 let found = lookup_channel_account(&self.reader, provider, key).await?;

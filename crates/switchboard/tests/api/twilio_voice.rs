@@ -853,7 +853,8 @@ async fn a_callback_cannot_reach_another_locations_call() {
         &call_params("CAvictim", &[("CallStatus", "ringing")]),
     )
     .await;
-    // The other account's callback, validly signed, names this location's call.
+    // The other account's callback, validly signed by it, names this location's call: it
+    // is routed to the call's location, whose token it was not signed with.
     let forged = [
         ("CallSid", "CAvictim"),
         ("AccountSid", OTHER_SID),
@@ -864,7 +865,7 @@ async fn a_callback_cannot_reach_another_locations_call() {
         ("CallDuration", "999"),
     ];
     let r = app.post_twilio_path(STATUS, &forged, OTHER_TOKEN).await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 403);
     receiver.expect_exactly(0, QUIET).await;
 
     // The call's own callbacks make its one event, as if the other had never come.
@@ -892,6 +893,67 @@ async fn a_callback_cannot_reach_another_locations_call() {
     assert_eq!(event["callDuration"], 37);
 }
 
+async fn a_call_stays_with_its_location_when_the_number_moves() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice_settings()).await;
+    post_twiml(
+        &app,
+        INCOMING,
+        &call_params("CAmoving", &[("CallStatus", "ringing")]),
+    )
+    .await;
+    // During the call, the number moves to another location (another Twilio account).
+    let r = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{location_id}/channels/twilio"),
+            json!({
+                "accountSid": ACCOUNT_SID,
+                "authToken": AUTH_TOKEN,
+                "phoneNumbers": ["+14155550133"],
+                "voice": voice_settings(),
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let other = app.create_location("Other").await;
+    let r = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{other}/channels/twilio"),
+            json!({
+                "accountSid": "AC44444444444444444444444444444444",
+                "authToken": "another-auth-token",
+                "phoneNumbers": [BUSINESS_NUMBER],
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // The call's callbacks, signed by its own account, still make its event there.
+    post_twiml(
+        &app,
+        DIAL_STATUS,
+        &call_params(
+            "CAmoving",
+            &[("DialCallStatus", "completed"), ("DialCallDuration", "12")],
+        ),
+    )
+    .await;
+    post_twiml(
+        &app,
+        STATUS,
+        &call_params(
+            "CAmoving",
+            &[("CallStatus", "completed"), ("CallDuration", "20")],
+        ),
+    )
+    .await;
+    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_call_shape(&event, &location_id);
+    assert_eq!(event["callDuration"], 12);
+}
+
 crate::both_stores!(
     incoming_call_twiml_forwards_to_the_configured_number,
     answered_inbound_call_is_one_completed_call_event_on_the_sms_contact,
@@ -910,4 +972,5 @@ crate::both_stores!(
     recordings_can_be_kept_and_served_from_signed_expiring_urls,
     a_recording_that_cannot_be_kept_is_sent_as_the_providers_url,
     a_callback_cannot_reach_another_locations_call,
+    a_call_stays_with_its_location_when_the_number_moves,
 );
