@@ -85,7 +85,7 @@ impl MediaStore {
     /// derived from the URL, so a provider's repeated callback for the same media finds the
     /// copy already kept instead of downloading it again and leaving another file behind.
     pub async fn download(&self, fetch: &MediaFetch) -> anyhow::Result<String> {
-        let id = self.id_for(&fetch.url);
+        let id = self.id_for(fetch);
         for (ext, _) in KINDS {
             let file = format!("{id}.{ext}");
             if tokio::fs::try_exists(self.dir.join(&file)).await? {
@@ -134,12 +134,16 @@ impl MediaStore {
         Ok(file)
     }
 
-    /// The stored id for media at `url`: 20 hex digits of a MAC of the URL, so ids cannot be
-    /// guessed from URLs.
-    fn id_for(&self, url: &str) -> String {
+    /// The stored id for `fetch`: 20 hex digits of a MAC of its URL and credentials, so ids
+    /// cannot be guessed, and a kept copy is only found again by a request that carries the
+    /// credentials it was fetched with.
+    fn id_for(&self, fetch: &MediaFetch) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("HMAC takes any key");
         mac.update(b"media id:");
-        mac.update(url.as_bytes());
+        for part in [&fetch.url, &fetch.username, &fetch.password] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
         let digest = mac.finalize().into_bytes();
         digest[..10].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -251,17 +255,28 @@ mod tests {
     }
 
     #[test]
-    fn media_ids_are_ours_and_follow_the_url() {
+    fn media_ids_follow_the_url_and_the_credentials() {
         let media = store();
-        let a = media.id_for("https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1");
+        let fetch = |url: &str, username: &str, password: &str| MediaFetch {
+            url: url.into(),
+            username: username.into(),
+            password: password.into(),
+        };
+        let url = "https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1";
+        let a = media.id_for(&fetch(url, "AC1", "token"));
         assert!(looks_like_id(&a), "{a}");
-        assert_eq!(
-            a,
-            media.id_for("https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1")
-        );
-        assert_ne!(
-            a,
-            media.id_for("https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE2")
-        );
+        assert_eq!(a, media.id_for(&fetch(url, "AC1", "token")));
+        for other in [
+            fetch(
+                "https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE2",
+                "AC1",
+                "token",
+            ),
+            fetch(url, "AC2", "token"),
+            fetch(url, "AC1", "another token"),
+            fetch(url, "AC1t", "oken"),
+        ] {
+            assert_ne!(a, media.id_for(&other), "{other:?}");
+        }
     }
 }
