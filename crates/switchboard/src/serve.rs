@@ -43,9 +43,11 @@ pub async fn serve(
     // Dropped at the stop signal: every connection then finishes its request and closes.
     let (stopping_tx, stopping_rx) = watch::channel(());
     let mut stop = std::pin::pin!(stop);
+    // After an accept error other than a client giving up: a pause before the next accept.
+    let mut pause: Option<Pin<Box<Sleep>>> = None;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if pause.is_none() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     connections.spawn(connection(
@@ -65,9 +67,12 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors, most likely: wait rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    pause = Some(Box::pin(tokio::time::sleep(Duration::from_secs(1))));
                 }
             },
+            () = async { pause.as_mut().expect("guarded").await }, if pause.is_some() => {
+                pause = None;
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut stop => break,
         }

@@ -434,8 +434,9 @@ pub struct Rotate {
 pub async fn rotate_secret(
     State(state): State<Arc<AppState>>,
     Path(webhook_id): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = super::read_body(body, super::MAX_JSON_BYTES).await?;
     // The body is optional: `{"overlapSeconds": …}`.
     let rotate: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
         Rotate::default()

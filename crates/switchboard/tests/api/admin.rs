@@ -163,7 +163,8 @@ async fn bad_request_bodies_say_what_is_wrong() {
     let no_deliveries = app.admin_get("/v1/messages/nonsense/deliveries").await;
     assert_eq!(no_deliveries.status(), 404);
 
-    // Refused before any handler runs (by axum's extractors): the same JSON error shape.
+    // Refused before any handler runs (by axum's extractors), or a body over the limit: the
+    // same JSON error shape.
     let not_utf8 = app.admin_get("/v1/messages/%FF").await;
     let attachment = app
         .client

@@ -433,12 +433,22 @@ async fn malformed_provider_requests_are_4xx_with_a_json_error() {
         assert!(error["error"]["message"].as_str().unwrap().contains(name));
     }
     receiver.expect_exactly(0, QUIET).await;
+    // A parameter Switchboard does not read may hold anything.
+    let mut unread = sms_params("SMunreadnul", "fine");
+    for q in unread.iter_mut().filter(|q| q.0 == "ToCity") {
+        q.1 = "SAN\u{0}FRANCISCO";
+    }
+    assert_eq!(app.post_twilio(&unread, AUTH_TOKEN).await.status(), 200);
+    assert_eq!(
+        receiver.expect_exactly(1, QUIET).await[0].json()["body"],
+        "fine"
+    );
     let body_nul = app
         .post_twilio(&sms_params("SMbodynul", "a\u{0}b"), AUTH_TOKEN)
         .await;
     assert_eq!(body_nul.status(), 200);
-    let got = receiver.expect_exactly(1, QUIET).await;
-    assert_eq!(got[0].json()["body"], "ab");
+    let got = receiver.expect_exactly(2, QUIET).await;
+    assert_eq!(got[1].json()["body"], "ab");
 }
 
 async fn the_simulator_posts_exactly_like_twilio() {

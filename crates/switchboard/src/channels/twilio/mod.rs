@@ -25,8 +25,36 @@ pub fn is_account_sid(s: &str) -> bool {
     s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Parameters a person wrote, which may hold any character.
+/// Parameters a person wrote, which may hold any character (NUL is dropped where they are
+/// used: PostgreSQL text cannot store it).
 const FREE_TEXT: [&str; 2] = ["Body", "ProfileName"];
+
+/// The other parameters Switchboard reads (and `MediaUrl<n>`): ids, numbers, states. A NUL in
+/// one of them is a malformed request; parameters nobody reads may hold anything.
+const IDENTIFIERS: [&str; 18] = [
+    "AccountSid",
+    "AnsweredBy",
+    "CallDuration",
+    "CallSid",
+    "CallStatus",
+    "DialCallDuration",
+    "DialCallStatus",
+    "Direction",
+    "From",
+    "MessageSid",
+    "NumMedia",
+    "RecordingDuration",
+    "RecordingSource",
+    "RecordingStatus",
+    "RecordingUrl",
+    "SmsMessageSid",
+    "SmsSid",
+    "To",
+];
+
+fn is_identifier(name: &str) -> bool {
+    IDENTIFIERS.contains(&name) || name.starts_with("MediaUrl")
+}
 
 /// A decoded Twilio form request, parameters in the order received.
 pub struct TwilioForm {
@@ -47,11 +75,11 @@ impl TwilioForm {
         let params: Vec<(String, String)> = form_urlencoded::parse(&req.body)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        // Identifiers and numbers never hold NUL, and PostgreSQL text cannot store it; the
-        // free text a person wrote may (`handle` drops it there).
-        if let Some((name, _)) = params.iter().find(|(k, v)| {
-            k.contains('\0') || (v.contains('\0') && !FREE_TEXT.contains(&k.as_str()))
-        }) {
+        // Identifiers never hold NUL, and PostgreSQL text cannot store it.
+        if let Some((name, _)) = params
+            .iter()
+            .find(|(k, v)| k.contains('\0') || (v.contains('\0') && is_identifier(k)))
+        {
             let shown: String = name.chars().take(64).collect();
             return Err(ChannelError::Malformed(format!(
                 "form parameter `{}` contains a NUL character",
@@ -62,6 +90,10 @@ impl TwilioForm {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
+        debug_assert!(
+            is_identifier(name) || FREE_TEXT.contains(&name),
+            "`{name}` is read: list it in IDENTIFIERS or FREE_TEXT"
+        );
         self.params
             .iter()
             .find(|(k, v)| k == name && !v.is_empty())
