@@ -842,7 +842,7 @@ async fn metrics_count_outcomes_and_queue_depth() {
     app.post_twilio(&sms_params("SMmetrics", "count me"), AUTH_TOKEN)
         .await;
     receiver.wait_for(2, Duration::from_secs(5)).await;
-    let text = eventually(Duration::from_secs(2), "two attempts counted", || async {
+    let text = eventually(Duration::from_secs(5), "two attempts counted", || async {
         let text = app
             .client
             .get(app.url("/metrics"))

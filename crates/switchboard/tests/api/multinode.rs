@@ -301,18 +301,22 @@ async fn an_api_node_stores_and_a_dispatcher_node_delivers() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = client
-        .get(format!("{}/metrics", dispatcher.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1"),
-        "{metrics}"
-    );
+    // Counted once the dispatcher has recorded the attempt, a moment after the subscriber
+    // answered.
+    eventually(Duration::from_secs(5), "the delivery counted", || async {
+        let metrics = client
+            .get(format!("{}/metrics", dispatcher.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1")
+            .then_some(())
+    })
+    .await;
     let api_route = client
         .post(format!(
             "{}/conversations/providers/twilio/inbound_message",
