@@ -235,15 +235,7 @@ async fn breaker_opens_waits_probes_and_closes() {
         Duration::from_secs(2),
         "breaker open in /metrics",
         || async {
-            let text = app
-                .client
-                .get(app.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = get_metrics(&app.client, &app.address).await;
             text.contains(&format!(
                 "switchboard_webhook_breaker_state{{webhook=\"{id}\"}} 1"
             ))
@@ -274,15 +266,7 @@ async fn breaker_opens_waits_probes_and_closes() {
     );
     assert_eq!(got[2].status, 200);
     eventually(Duration::from_secs(2), "breaker closed", || async {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_metrics(&app.client, &app.address).await;
         text.contains(&format!(
             "switchboard_webhook_breaker_state{{webhook=\"{id}\"}} 0"
         ))
@@ -843,15 +827,7 @@ async fn metrics_count_outcomes_and_queue_depth() {
         .await;
     receiver.wait_for(2, Duration::from_secs(5)).await;
     let text = eventually(Duration::from_secs(5), "two attempts counted", || async {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_metrics(&app.client, &app.address).await;
         text.contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1")
             .then_some(text)
     })

@@ -770,6 +770,18 @@ impl Node {
     }
 }
 
+/// The Prometheus text of the server at `address`.
+pub async fn get_metrics(client: &reqwest::Client, address: &str) -> String {
+    client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// GET an admin route of the server at `address` that must succeed, as JSON.
 pub async fn get_json(client: &reqwest::Client, address: &str, path: &str) -> Value {
     let r = client

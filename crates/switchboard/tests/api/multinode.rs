@@ -304,14 +304,7 @@ async fn an_api_node_stores_and_a_dispatcher_node_delivers() {
     // Counted once the dispatcher has recorded the attempt, a moment after the subscriber
     // answered.
     eventually(Duration::from_secs(5), "the delivery counted", || async {
-        let metrics = client
-            .get(format!("{}/metrics", dispatcher.address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_metrics(&client, &dispatcher.address).await;
         metrics
             .contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1")
             .then_some(())

@@ -17,9 +17,8 @@ const RECORDING_URL: &str =
     "https://api.twilio.com/2010-04-01/Accounts/AC33333333333333333333333333333333/Recordings/RE55555555555555555555555555555555";
 const QUIET: Duration = Duration::from_millis(400);
 
-/// A location with the business number, voice settings, and a webhook for both directions.
-async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) -> String {
-    let location_id = app.create_location("Acme Dental").await;
+/// Connect the test account to `location_id` with `numbers` and voice settings.
+async fn put_voice_channel(app: &TestApp, location_id: &str, numbers: &[&str], voice: Value) {
     let r = app
         .admin_send(
             reqwest::Method::PUT,
@@ -27,12 +26,18 @@ async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) -> String {
             json!({
                 "accountSid": ACCOUNT_SID,
                 "authToken": AUTH_TOKEN,
-                "phoneNumbers": [BUSINESS_NUMBER],
+                "phoneNumbers": numbers,
                 "voice": voice,
             }),
         )
         .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// A location with the business number, voice settings, and a webhook for both directions.
+async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) -> String {
+    let location_id = app.create_location("Acme Dental").await;
+    put_voice_channel(app, &location_id, &[BUSINESS_NUMBER], voice).await;
     let r = app
         .admin_send(
             reqwest::Method::POST,
@@ -824,70 +829,86 @@ async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     assert_eq!(event["attachments"], json!([recording_url]));
 }
 
-async fn a_callback_cannot_reach_another_locations_call() {
-    const OTHER_SID: &str = "AC44444444444444444444444444444444";
-    const OTHER_TOKEN: &str = "another-auth-token";
-    const OTHER_NUMBER: &str = "+14155550122";
-    let app = spawn_app().await;
-    let receiver = TestReceiver::start().await;
-    let location_id = setup(&app, &receiver, voice_settings()).await;
-    // Another location, on its own Twilio account and number.
+const OTHER_SID: &str = "AC44444444444444444444444444444444";
+const OTHER_TOKEN: &str = "another-auth-token";
+
+/// A second location on its own Twilio account, with `numbers`.
+async fn other_location(app: &TestApp, numbers: &[&str]) {
     let other = app.create_location("Other").await;
     let r = app
         .admin_send(
             reqwest::Method::PUT,
             &format!("/v1/locations/{other}/channels/twilio"),
-            json!({
-                "accountSid": OTHER_SID,
-                "authToken": OTHER_TOKEN,
-                "phoneNumbers": [OTHER_NUMBER],
-                "voice": voice_settings(),
-            }),
+            json!({ "accountSid": OTHER_SID, "authToken": OTHER_TOKEN, "phoneNumbers": numbers }),
         )
         .await;
     assert_eq!(r.status(), 200);
+}
 
+/// Ring `call_sid`, then run the test's `between`, then answer it: the dial lasts `talked`
+/// seconds. Returns the one event the call makes.
+async fn answered_call<F: std::future::Future<Output = ()>>(
+    app: &TestApp,
+    receiver: &TestReceiver,
+    call_sid: &str,
+    talked: &str,
+    between: F,
+) -> Value {
     post_twiml(
-        &app,
+        app,
         INCOMING,
-        &call_params("CAvictim", &[("CallStatus", "ringing")]),
+        &call_params(call_sid, &[("CallStatus", "ringing")]),
     )
     .await;
-    // The other account's callback, validly signed by it, names this location's call: it
-    // is routed to the call's location, whose token it was not signed with.
-    let forged = [
-        ("CallSid", "CAvictim"),
-        ("AccountSid", OTHER_SID),
-        ("From", CUSTOMER_NUMBER),
-        ("To", OTHER_NUMBER),
-        ("Direction", "inbound"),
-        ("CallStatus", "completed"),
-        ("CallDuration", "999"),
-    ];
-    let r = app.post_twilio_path(STATUS, &forged, OTHER_TOKEN).await;
-    assert_eq!(r.status(), 403);
-    receiver.expect_exactly(0, QUIET).await;
-
-    // The call's own callbacks make its one event, as if the other had never come.
+    between.await;
     post_twiml(
-        &app,
+        app,
         DIAL_STATUS,
         &call_params(
-            "CAvictim",
-            &[("DialCallStatus", "completed"), ("DialCallDuration", "37")],
+            call_sid,
+            &[
+                ("DialCallStatus", "completed"),
+                ("DialCallDuration", talked),
+            ],
         ),
     )
     .await;
     post_twiml(
-        &app,
+        app,
         STATUS,
         &call_params(
-            "CAvictim",
-            &[("CallStatus", "completed"), ("CallDuration", "45")],
+            call_sid,
+            &[("CallStatus", "completed"), ("CallDuration", "99")],
         ),
     )
     .await;
-    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    receiver.expect_exactly(1, QUIET).await[0].json()
+}
+
+async fn a_callback_cannot_reach_another_locations_call() {
+    const OTHER_NUMBER: &str = "+14155550122";
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location_id = setup(&app, &receiver, voice_settings()).await;
+    other_location(&app, &[OTHER_NUMBER]).await;
+    let event = answered_call(&app, &receiver, "CAvictim", "37", async {
+        // The other account's callback, validly signed by it, names this location's call:
+        // it is routed to the call's location, whose token it was not signed with.
+        let forged = [
+            ("CallSid", "CAvictim"),
+            ("AccountSid", OTHER_SID),
+            ("From", CUSTOMER_NUMBER),
+            ("To", OTHER_NUMBER),
+            ("Direction", "inbound"),
+            ("CallStatus", "completed"),
+            ("CallDuration", "999"),
+        ];
+        let r = app.post_twilio_path(STATUS, &forged, OTHER_TOKEN).await;
+        assert_eq!(r.status(), 403);
+        receiver.expect_exactly(0, QUIET).await;
+    })
+    .await;
+    // The call's own callbacks make its one event, as if the other had never come.
     assert_call_shape(&event, &location_id);
     assert_eq!(event["callStatus"], "completed");
     assert_eq!(event["callDuration"], 37);
@@ -897,59 +918,13 @@ async fn a_call_stays_with_its_location_when_the_number_moves() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
     let location_id = setup(&app, &receiver, voice_settings()).await;
-    post_twiml(
-        &app,
-        INCOMING,
-        &call_params("CAmoving", &[("CallStatus", "ringing")]),
-    )
+    let event = answered_call(&app, &receiver, "CAmoving", "12", async {
+        // During the call, the number moves to another location (another Twilio account).
+        put_voice_channel(&app, &location_id, &["+14155550133"], voice_settings()).await;
+        other_location(&app, &[BUSINESS_NUMBER]).await;
+    })
     .await;
-    // During the call, the number moves to another location (another Twilio account).
-    let r = app
-        .admin_send(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{location_id}/channels/twilio"),
-            json!({
-                "accountSid": ACCOUNT_SID,
-                "authToken": AUTH_TOKEN,
-                "phoneNumbers": ["+14155550133"],
-                "voice": voice_settings(),
-            }),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    let other = app.create_location("Other").await;
-    let r = app
-        .admin_send(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{other}/channels/twilio"),
-            json!({
-                "accountSid": "AC44444444444444444444444444444444",
-                "authToken": "another-auth-token",
-                "phoneNumbers": [BUSINESS_NUMBER],
-            }),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
     // The call's callbacks, signed by its own account, still make its event there.
-    post_twiml(
-        &app,
-        DIAL_STATUS,
-        &call_params(
-            "CAmoving",
-            &[("DialCallStatus", "completed"), ("DialCallDuration", "12")],
-        ),
-    )
-    .await;
-    post_twiml(
-        &app,
-        STATUS,
-        &call_params(
-            "CAmoving",
-            &[("CallStatus", "completed"), ("CallDuration", "20")],
-        ),
-    )
-    .await;
-    let event = receiver.expect_exactly(1, QUIET).await[0].json();
     assert_call_shape(&event, &location_id);
     assert_eq!(event["callDuration"], 12);
 }
