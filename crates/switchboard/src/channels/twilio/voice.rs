@@ -126,8 +126,9 @@ fn direction(form: &TwilioForm) -> Option<Direction> {
     })
 }
 
-/// Route by the business number (the callee of an inbound call, the caller of an outbound
-/// one), then by the call's earlier callbacks, then by the account.
+/// Route by the call's earlier callbacks (a call stays with its location), then by the
+/// business number (the callee of an inbound call, the caller of an outbound one), then by
+/// the account.
 fn call_route(parsed: &(TwilioForm, String)) -> RouteKey {
     let (form, call_sid) = parsed;
     let business = match direction(form) {
