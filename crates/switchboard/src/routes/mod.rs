@@ -338,6 +338,19 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Whether any string in the JSON document `bytes`, key or value, holds a NUL.
+fn holds_nul(bytes: &[u8]) -> bool {
+    fn walk(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(walk),
+            serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || walk(v)),
+            _ => false,
+        }
+    }
+    serde_json::from_slice(bytes).is_ok_and(|value| walk(&value))
+}
+
 /// A JSON request body whose every rejection is an [`ApiError`] that says what is wrong.
 pub struct JsonBody<T>(pub T);
 
@@ -358,6 +371,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             ));
         }
         let bytes = read_body(req.into_body(), MAX_JSON_BYTES).await?;
+        // PostgreSQL text cannot hold NUL, which JSON can only carry as the escape `\u0000`.
+        if bytes.windows(6).any(|w| w == b"\\u0000") && holds_nul(&bytes) {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                "a string in the body contains a NUL character (\\u0000)",
+            ));
+        }
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             if e.is_data() {
                 ApiError::unprocessable("invalid_body", e.to_string())

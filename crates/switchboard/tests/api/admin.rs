@@ -143,6 +143,29 @@ async fn bad_request_bodies_say_what_is_wrong() {
         .await;
     assert_eq!(empty.status(), 422);
 
+    // NUL (PostgreSQL text cannot hold it) is refused on either store; a backslash is not NUL.
+    let nul = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/locations",
+            json!({ "name": "a\u{0}b" }),
+        )
+        .await;
+    assert_eq!(nul.status(), 422);
+    let body: Value = nul.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("NUL"),
+        "{body}"
+    );
+    let backslash = app
+        .admin_send(
+            reqwest::Method::POST,
+            "/v1/locations",
+            json!({ "name": "a\\u0000b" }),
+        )
+        .await;
+    assert_eq!(backslash.status(), 201);
+
     let no_route = app.admin_get("/v1/nothing-here").await;
     assert_eq!(no_route.status(), 404);
     assert_eq!(
