@@ -173,7 +173,26 @@ async fn run() -> anyhow::Result<()> {
                 ],
             )?;
             switchboard::telemetry::init(&config.log)?;
+            raise_open_file_limit();
             Application::build(config).await?.run_until_stopped().await
         }
+    }
+}
+
+/// Every connection, provider's or subscriber's, is a file descriptor, and many systems start a
+/// service with a soft limit of 1,024. Raise the soft limit to the hard one, as Go's runtime
+/// does, so the server runs out of descriptors only where the operator set the limit.
+fn raise_open_file_limit() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, _)) => match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(raised) if raised > soft => {
+                tracing::info!(from = soft, to = raised, "raised the open-file limit")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, limit = soft, "could not raise the open-file limit")
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
     }
 }

@@ -103,19 +103,7 @@ async fn serve_with_no_configuration_starts_and_answers_healthz() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let mut healthy = false;
-    for _ in 0..200 {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-        {
-            healthy = r.status() == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let healthy = answers_healthz(port).await;
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(healthy, "GET /healthz did not answer 200");
@@ -125,6 +113,22 @@ async fn serve_with_no_configuration_starts_and_answers_healthz() {
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     // The generated token is printed once.
     assert!(String::from_utf8_lossy(&out.stdout).contains(token.trim()));
+}
+
+/// Whether a server on `port` answers `GET /healthz` with 200 within 10 s.
+async fn answers_healthz(port: u16) -> bool {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            return r.status() == 200;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// `switchboard bench` with `args`, which must succeed: its output and its JSON line.
@@ -255,4 +259,37 @@ async fn count_in_database_file(database: &std::path::Path, count: &str, expecte
         }
     })
     .await;
+}
+
+/// Started with a soft open-file limit of 256, as a service manager might, the server raises
+/// it to the hard limit: each connection is a file descriptor.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\" serve",
+            env!("CARGO_BIN_EXE_switchboard"),
+        ])
+        .current_dir(dir.path())
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthy = answers_healthz(port).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(healthy, "GET /healthz did not answer 200");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_ne!(numbers[0], "256", "{line}");
+    assert_eq!(numbers[0], numbers[1], "soft and hard limits: {line}");
 }
