@@ -315,10 +315,15 @@ struct AccountCacheInner {
 
 impl AccountCache {
     /// The cached account for the number `key` calls, and the generation to fill the cache
-    /// with on a miss.
+    /// with on a miss. Never a hit for a request of a call: it goes to the call's location
+    /// first, which the cache does not know.
     pub fn get(&self, provider: &str, key: &RouteKey) -> (Option<ChannelAccount>, u64) {
         let inner = self.inner.read().expect("account cache lock");
-        let hit = key.address.as_ref().and_then(|address| {
+        let address = key
+            .address
+            .as_ref()
+            .filter(|_| key.correlation_id.is_none());
+        let hit = address.and_then(|address| {
             inner
                 .accounts
                 .get(&(provider.to_owned(), address.clone()))
@@ -617,4 +622,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deliveries waiting: (due now, scheduled later, leased).
     async fn queue_depth(&self, now: i64) -> StoreResult<(u64, u64, u64)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_account_cache_answers_by_number_and_never_for_a_call() {
+        let cache = AccountCache::default();
+        let account = ChannelAccount {
+            location_id: "L".into(),
+            account_id: "AC1".into(),
+            secret: "token".into(),
+            settings: serde_json::json!({}),
+        };
+        let key = |correlation_id: Option<&str>, account_id: &str| RouteKey {
+            address: Some("+14155550100".into()),
+            correlation_id: correlation_id.map(str::to_owned),
+            account_id: Some(account_id.into()),
+        };
+        let (_, generation) = cache.get("twilio", &key(None, "AC1"));
+        cache.put("twilio", "+14155550100", generation, &account);
+        // Whatever account id the request carries, the number finds the account...
+        let (hit, _) = cache.get("twilio", &key(None, "ACother"));
+        assert_eq!(hit.unwrap().location_id, "L");
+        // ...but a request of a call is looked up by its call first, never from here.
+        assert!(cache.get("twilio", &key(Some("CA1"), "AC1")).0.is_none());
+        // A change of the accounts empties it, and a lookup begun before cannot refill it.
+        cache.clear();
+        cache.put("twilio", "+14155550100", generation, &account);
+        assert!(cache.get("twilio", &key(None, "AC1")).0.is_none());
+    }
 }

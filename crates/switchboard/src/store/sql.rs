@@ -1231,15 +1231,17 @@ macro_rules! sql_store {
                     "JOIN calls c ON c.location_id = a.location_id AND c.provider = a.provider
                      WHERE c.provider = $1 AND c.call_sid = $2",
                     &key.correlation_id,
+                    false,
                 ),
                 (
                     "JOIN channel_addresses n
                        ON n.location_id = a.location_id AND n.provider = a.provider
                      WHERE n.provider = $1 AND n.address = $2",
                     &key.address,
+                    true,
                 ),
             ];
-            for (by_address, (join, value)) in [false, true].into_iter().zip(joined) {
+            for (join, value, by_address) in joined {
                 let Some(value) = value else { continue };
                 let row = sqlx::query(&format!("{COLUMNS} {join}"))
                     .bind(provider)
@@ -1411,8 +1413,7 @@ macro_rules! sql_store {
                     return Ok(found.map(|(account, _)| account));
                 }
                 let (hit, generation) = self.accounts.get(provider, key);
-                // A request of a call goes to the call's location first: not from the cache.
-                if hit.is_some() && key.correlation_id.is_none() {
+                if hit.is_some() {
                     return Ok(hit);
                 }
                 let found = lookup_channel_account(&self.reader, provider, key).await?;
