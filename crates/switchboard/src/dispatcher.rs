@@ -985,8 +985,9 @@ async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
 /// An error with its causes, classified: `refused target: …`, `timeout: …`, `connect: …`, or
 /// `request: …`.
 fn describe(e: reqwest::Error) -> String {
-    let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
-    let kind = if causes.any(|s| s.is::<crate::ssrf::RefusedTarget>()) {
+    let causes: Vec<_> =
+        std::iter::successors(std::error::Error::source(&e), |s| s.source()).collect();
+    let kind = if causes.iter().any(|s| s.is::<crate::ssrf::RefusedTarget>()) {
         "refused target"
     } else if e.is_timeout() {
         "timeout"
@@ -996,11 +997,9 @@ fn describe(e: reqwest::Error) -> String {
         "request"
     };
     let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
+    for cause in causes {
         text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+        text.push_str(&cause.to_string());
     }
     text
 }

@@ -128,16 +128,9 @@ async fn connection(
 }
 
 /// The error a request body gives once its time is up.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
 pub struct BodyTimedOut(pub Duration);
-
-impl std::fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the request body did not arrive within {:?}", self.0)
-    }
-}
-
-impl std::error::Error for BodyTimedOut {}
 
 /// A request body that fails with [`BodyTimedOut`] once `timeout` has passed since its
 /// request's headers arrived, and ends there. The timer is only made when the body is not

@@ -181,16 +181,9 @@ impl TargetPolicy {
 
 /// The error the client's resolver gives for a host with no address the policy permits; a
 /// failed attempt whose causes hold it is recorded as a `refused target`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct RefusedTarget(pub String);
-
-impl std::fmt::Display for RefusedTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RefusedTarget {}
 
 impl Resolve for TargetPolicy {
     fn resolve(&self, name: Name) -> Resolving {

@@ -313,23 +313,24 @@ async fn require_admin(
 /// each with a JSON error.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(error) = cause {
-            if let Some(timed_out) = error.downcast_ref::<BodyTimedOut>() {
+        let causes = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |s| {
+            s.source()
+        });
+        for cause in causes {
+            if let Some(timed_out) = cause.downcast_ref::<BodyTimedOut>() {
                 return ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",
                     timed_out.to_string(),
                 );
             }
-            if error.is::<LengthLimitError>() {
+            if cause.is::<LengthLimitError>() {
                 return ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     format!("the request body is larger than {limit} bytes"),
                 );
             }
-            cause = error.source();
         }
         ApiError::bad_request(
             "unreadable_body",
