@@ -33,6 +33,9 @@ pub struct CallUpdate {
     pub voicemail_requested: bool,
     /// Switchboard asked to record the call if it is answered.
     pub record_if_answered: Option<bool>,
+    /// Who answers the forwarded call (the location's `voice.userId` when the call came in).
+    #[serde(default)]
+    pub answering_user: Option<String>,
     pub recording: Option<Recording>,
 }
 
@@ -66,6 +69,9 @@ pub struct CallState {
     pub answered_by: Option<String>,
     pub voicemail_requested: bool,
     pub record_if_answered: bool,
+    /// Calls merged before this field existed have none.
+    #[serde(default)]
+    pub answering_user: Option<String>,
     pub recording: Option<Recording>,
 }
 
@@ -112,6 +118,7 @@ impl CallState {
         keep(&mut self.dial_status, &u.dial_status);
         keep(&mut self.dial_duration, &u.dial_duration);
         keep(&mut self.answered_by, &u.answered_by);
+        keep(&mut self.answering_user, &u.answering_user);
         self.voicemail_requested |= u.voicemail_requested;
         if let Some(record) = u.record_if_answered {
             self.record_if_answered = record;
@@ -255,7 +262,11 @@ impl CallState {
             contact_name: None,
             from: normalize(&self.from),
             to: normalize(&self.to),
-            user_id: None,
+            // Only a forwarded inbound call that someone picked up was handled by a user.
+            user_id: match direction {
+                Direction::Inbound if self.answered() => self.answering_user.clone(),
+                _ => None,
+            },
             call: Some(super::message::CallDetails {
                 call_status: outcome.call_status,
                 duration: outcome.duration,
@@ -328,6 +339,47 @@ mod tests {
             (o.status.as_str(), o.call_status.as_str(), o.duration),
             ("completed", "completed", Some(37))
         );
+    }
+
+    /// The user who answers at the forwarding number is named on answered inbound calls only.
+    #[test]
+    fn the_answering_user_is_named_only_when_someone_answered() {
+        let with_user = |dial: &str, duration: u64| {
+            let mut s = CallState::new("CA1", 1_000);
+            for u in [
+                update(|u| {
+                    u.direction = Some(Direction::Inbound);
+                    u.from = Some("+12125550199".into());
+                    u.answering_user = Some("staff-7".into());
+                }),
+                update(|u| {
+                    u.dial_status = Some(dial.into());
+                    u.dial_duration = Some(duration);
+                }),
+                update(|u| u.final_status = Some("completed".into())),
+            ] {
+                s.apply(&u, 2_000);
+            }
+            s.message("twilio").user_id
+        };
+        assert_eq!(with_user("completed", 37).as_deref(), Some("staff-7"));
+        assert_eq!(with_user("no-answer", 0), None);
+        assert_eq!(with_user("busy", 0), None);
+        // Without the setting, an answered call names nobody.
+        let mut s = inbound();
+        s.apply(&update(|u| u.dial_status = Some("completed".into())), 2_000);
+        assert_eq!(s.message("twilio").user_id, None);
+        // An outbound call is not "answered by" the forwarding user.
+        let mut out = CallState::new("CA2", 1_000);
+        out.apply(
+            &update(|u| {
+                u.direction = Some(Direction::Outbound);
+                u.answering_user = Some("staff-7".into());
+                u.final_status = Some("completed".into());
+            }),
+            1_000,
+        );
+        assert_eq!(out.message("twilio").user_id, None);
     }
 
     #[test]

@@ -16,6 +16,8 @@ const GREETING: &str = "Thanks for calling Acme & Sons. Leave a message after th
 const RECORDING_URL: &str =
     "https://api.twilio.com/2010-04-01/Accounts/AC33333333333333333333333333333333/Recordings/RE55555555555555555555555555555555";
 const QUIET: Duration = Duration::from_millis(400);
+/// Who answers at `FORWARD_TO`, in the operator's own systems (`voice.userId`).
+const USER_ID: &str = "xsmF1xxhmC92ZpL1lj7aLa";
 
 /// Connect the test account to `location_id` with `numbers` and voice settings.
 async fn put_voice_channel(app: &TestApp, location_id: &str, numbers: &[&str], voice: Value) {
@@ -267,6 +269,8 @@ async fn answered_inbound_call_is_one_completed_call_event_on_the_sms_contact() 
     assert_eq!(event["messageTypeId"], 1);
     assert_eq!(event["messageTypeString"], "TYPE_CALL");
     assert_eq!(event["attachments"], json!([]));
+    // No `voice.userId`: nobody is named.
+    assert!(event.get("userId").is_none(), "{event}");
     assert_eq!(event["from"], CUSTOMER_NUMBER);
     assert_eq!(event["to"], BUSINESS_NUMBER);
     assert_eq!(event["contactId"], sms["contactId"]);
@@ -277,7 +281,10 @@ async fn answered_inbound_call_is_one_completed_call_event_on_the_sms_contact() 
 async fn voicemail_flow(status_first: bool) {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
-    let location_id = setup(&app, &receiver, voice_settings()).await;
+    // Someone answers at the forwarding number, but nobody answered this call.
+    let mut voice = voice_settings();
+    voice["userId"] = json!(USER_ID);
+    let location_id = setup(&app, &receiver, voice).await;
     let sid = if status_first {
         "CAvmstatusfirst"
     } else {
@@ -320,6 +327,7 @@ async fn voicemail_flow(status_first: bool) {
     assert_eq!(event["messageTypeId"], 10);
     assert_eq!(event["messageTypeString"], "TYPE_VOICEMAIL");
     assert!(event.get("callDuration").is_none());
+    assert!(event.get("userId").is_none(), "{event}");
     assert_eq!(event["from"], CUSTOMER_NUMBER);
 }
 
@@ -461,12 +469,15 @@ async fn a_recording_that_never_comes_is_waited_for_then_given_up() {
     receiver.expect_exactly(1, QUIET).await;
 }
 
+/// With `recordAnsweredCalls` and `userId`, an answered call is the source document's Call
+/// example: the recording in `attachments`, `userId`, `status` `completed`.
 async fn answered_calls_are_recorded_when_asked() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
     let mut voice = voice_settings();
     voice["recordAnsweredCalls"] = json!(true);
-    setup(&app, &receiver, voice).await;
+    voice["userId"] = json!(USER_ID);
+    let location_id = setup(&app, &receiver, voice).await;
     let sid = "CArecorded";
     let twiml = post_twiml(
         &app,
@@ -504,10 +515,44 @@ async fn answered_calls_are_recorded_when_asked() {
     )
     .await;
     let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    assert_call_shape(&event, &location_id);
     assert_eq!(event["status"], "completed");
     assert_eq!(event["callStatus"], "completed");
     assert_eq!(event["callDuration"], 61);
     assert_eq!(event["attachments"], json!([RECORDING_URL]));
+    assert_eq!(event["userId"], USER_ID);
+    // The example's keys, and only HighLevel's documented additions besides.
+    let mut keys: Vec<&str> = event
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut expected = vec![
+        "type",
+        "locationId",
+        "attachments",
+        "contactId",
+        "conversationId",
+        "dateAdded",
+        "direction",
+        "messageType",
+        "userId",
+        "messageId",
+        "status",
+        // additions
+        "messageTypeId",
+        "messageTypeString",
+        "callStatus",
+        "callDuration",
+        "from",
+        "to",
+        "timestamp",
+        "webhookId",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{event}");
 }
 
 fn outbound_params<'a>(sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
@@ -654,6 +699,14 @@ async fn voice_settings_are_validated() {
         (json!({ "ringTimeoutSeconds": 1 }), "ringTimeoutSeconds"),
         (json!({ "greeting": "" }), "greeting"),
         (json!({ "voicemial": true }), "voicemial"),
+        (
+            json!({ "userId": USER_ID }),
+            "voice.userId needs voice.forwardTo",
+        ),
+        (
+            json!({ "forwardTo": FORWARD_TO, "userId": "" }),
+            "voice.userId",
+        ),
     ] {
         let r = app
             .admin_send(

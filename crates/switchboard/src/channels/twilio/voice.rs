@@ -32,6 +32,9 @@ const DEFAULT_GREETING: &str =
 pub struct VoiceSettings {
     /// The number calls are forwarded to (E.164). None: straight to voicemail.
     pub forward_to: Option<String>,
+    /// Who answers at `forward_to`, as your own systems name them: sent as `userId` on the
+    /// CALL events of answered inbound calls (the source document's Call example).
+    pub user_id: Option<String>,
     /// How long to ring `forward_to`, in seconds (Twilio allows 5 to 600).
     pub ring_timeout_seconds: u32,
     /// Spoken before the voicemail beep.
@@ -51,6 +54,7 @@ impl Default for VoiceSettings {
     fn default() -> Self {
         VoiceSettings {
             forward_to: None,
+            user_id: None,
             ring_timeout_seconds: 20,
             greeting: DEFAULT_GREETING.to_owned(),
             voicemail: true,
@@ -71,6 +75,16 @@ impl VoiceSettings {
                     .as_str()
                     .to_owned(),
             );
+        }
+        if let Some(user_id) = &self.user_id {
+            if self.forward_to.is_none() {
+                return Err(
+                    "voice.userId needs voice.forwardTo: it names who answers there".into(),
+                );
+            }
+            if user_id.trim().is_empty() || user_id.len() > 128 {
+                return Err("voice.userId must be 1 to 128 characters".into());
+            }
         }
         if !(5..=600).contains(&self.ring_timeout_seconds) {
             return Err("voice.ringTimeoutSeconds must be from 5 to 600".into());
@@ -204,6 +218,7 @@ impl VoiceIncoming {
         let reply = match &settings.forward_to {
             Some(number) => {
                 update.record_if_answered = Some(settings.record_answered_calls);
+                update.answering_user.clone_from(&settings.user_id);
                 let base = callback_base(req);
                 let record = if settings.record_answered_calls {
                     format!(
@@ -355,5 +370,19 @@ mod tests {
             serde_json::from_value::<VoiceSettings>(serde_json::json!({ "forwardto": "x" }))
                 .is_err()
         );
+        let mut user_without_number = VoiceSettings {
+            user_id: Some("staff-7".into()),
+            ..VoiceSettings::default()
+        };
+        assert!(user_without_number
+            .validate()
+            .unwrap_err()
+            .contains("voice.userId needs voice.forwardTo"));
+        let mut blank = VoiceSettings {
+            forward_to: Some("+14155550111".into()),
+            user_id: Some(" ".into()),
+            ..VoiceSettings::default()
+        };
+        assert!(blank.validate().unwrap_err().contains("voice.userId"));
     }
 }
