@@ -38,7 +38,39 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     in_flight: AtomicI64,
     provider_requests: AtomicU64,
+    /// Refused provider requests by (provider, error code): both come from fixed lists, so
+    /// whatever outsiders send, the label set stays small.
+    provider_rejected: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Lines of the rejected-request log left this second: outsiders cannot flood the log.
+    rejection_log: LogBudget,
     breakers: Mutex<BTreeMap<String, BreakerState>>,
+}
+
+/// At most `REJECTION_LOG_PER_SECOND` log lines a second; the lines left out are counted and
+/// reported with the next line written.
+#[derive(Default)]
+struct LogBudget {
+    /// (the second, lines written in it, lines left out since the last line written)
+    state: Mutex<(u64, u32, u64)>,
+}
+
+const REJECTION_LOG_PER_SECOND: u32 = 10;
+
+impl LogBudget {
+    /// Some(lines left out before this one) when this line may be written in `second`.
+    fn take(&self, second: u64) -> Option<u64> {
+        let mut state = self.state.lock().expect("log budget lock");
+        let (at, written, skipped) = &mut *state;
+        if *at != second {
+            (*at, *written) = (second, 0);
+        }
+        if *written >= REJECTION_LOG_PER_SECOND {
+            *skipped += 1;
+            return None;
+        }
+        *written += 1;
+        Some(std::mem::take(skipped))
+    }
 }
 
 impl Metrics {
@@ -66,6 +98,23 @@ impl Metrics {
 
     pub fn provider_request(&self) {
         self.provider_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A provider request answered with a client error (bad signature, unknown number, …).
+    /// Returns whether to log it, with how many rejections were not logged before it.
+    pub fn provider_rejected(
+        &self,
+        provider: &'static str,
+        code: &'static str,
+        second: u64,
+    ) -> Option<u64> {
+        *self
+            .provider_rejected
+            .lock()
+            .expect("metrics lock")
+            .entry((provider, code))
+            .or_default() += 1;
+        self.rejection_log.take(second)
     }
 
     pub fn breaker(&self, webhook_id: &str, state: BreakerState) {
@@ -112,6 +161,17 @@ impl Metrics {
             "switchboard_provider_requests_total {}",
             self.provider_requests.load(Ordering::Relaxed)
         );
+        counter(
+            &mut out,
+            "switchboard_provider_requests_rejected_total",
+            "Provider requests refused with a 4xx, by provider and error code (invalid_signature: wrong auth token or URL; not_found: number not connected; …).",
+        );
+        for ((provider, code), n) in self.provider_rejected.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "switchboard_provider_requests_rejected_total{{provider=\"{provider}\",reason=\"{code}\"}} {n}"
+            );
+        }
         let name = "switchboard_delivery_attempt_duration_seconds";
         let _ = writeln!(
             out,
@@ -178,5 +238,25 @@ mod tests {
         assert!(text.contains("switchboard_delivery_attempt_duration_seconds_count 2"));
         assert!(text.contains("switchboard_delivery_queue{state=\"scheduled\"} 5"));
         assert!(text.contains("switchboard_webhook_breaker_state{webhook=\"W1\"} 1"));
+    }
+
+    #[test]
+    fn rejections_are_counted_by_reason_and_logged_within_a_budget() {
+        let m = Metrics::default();
+        let logged: Vec<Option<u64>> = (0..12)
+            .map(|_| m.provider_rejected("twilio", "invalid_signature", 100))
+            .collect();
+        // Ten lines in second 100, then none; the next second's first line tells of the two.
+        assert!(logged[..10].iter().all(|l| *l == Some(0)), "{logged:?}");
+        assert_eq!(&logged[10..], &[None, None]);
+        assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(2));
+        assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(0));
+        let text = m.render(0, 0, 0);
+        assert!(text.contains(
+            "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"invalid_signature\"} 12"
+        ), "{text}");
+        assert!(text.contains(
+            "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"not_found\"} 2"
+        ), "{text}");
     }
 }

@@ -22,6 +22,39 @@ pub async fn ingest<C: Channel>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let result = ingest_request::<C>(&state, &uri, headers, body).await;
+    // A provider does not tell anyone when it is refused (Twilio does not retry a 403): a wrong
+    // auth token or URL would lose every message without a trace. Counted, and logged within a
+    // budget so that outsiders cannot flood the log.
+    if let Err(ApiError::Client {
+        status,
+        code,
+        message,
+    }) = &result
+    {
+        let second = u64::try_from(state.clock.now_ms() / 1000).unwrap_or_default();
+        if let Some(not_logged) = state.metrics.provider_rejected(C::PROVIDER, code, second) {
+            // The message may quote what the request held: escaped, and cut short.
+            let shown: String = message.chars().take(300).collect();
+            tracing::warn!(
+                provider = C::PROVIDER,
+                path = uri.path(),
+                status = status.as_u16(),
+                code = *code,
+                not_logged,
+                "provider request refused: {shown:?}"
+            );
+        }
+    }
+    result
+}
+
+async fn ingest_request<C: Channel>(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_body(body, state.max_body_bytes).await?;
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url = public_url(state.public_url.as_deref(), &headers, path_and_query)?;
@@ -49,7 +82,7 @@ pub async fn ingest<C: Channel>(
     let mut handled = C::handle(&request, parsed, &account, now)?;
     // The public base is the URL the provider called, without its path and query.
     let base = &request.url[..request.url.len() - path_and_query.len()];
-    keep_media(&state, &mut handled.facts, base, now).await;
+    keep_media(state, &mut handled.facts, base, now).await;
     let context = IngestContext {
         app_id: state.app_id.clone(),
         now,

@@ -737,6 +737,17 @@ impl Node {
         args: &[&std::ffi::OsStr],
         env: &[(&str, V)],
     ) -> Node {
+        Self::start_logging_to(data_dir, port, args, env, std::process::Stdio::null()).await
+    }
+
+    /// As [`Node::start_with_args`], with the server's log (its standard output) to `log`.
+    pub async fn start_logging_to<V: AsRef<std::ffi::OsStr>>(
+        data_dir: &std::path::Path,
+        port: u16,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, V)],
+        log: std::process::Stdio,
+    ) -> Node {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
             .arg("serve")
@@ -747,7 +758,7 @@ impl Node {
             .env("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "true")
             .env("SWITCHBOARD_POLL_INTERVAL", "50ms")
             .env("SWITCHBOARD_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .stdout(log)
             .stderr(std::process::Stdio::inherit());
         for (name, value) in env {
             command.env(name, value);

@@ -293,3 +293,88 @@ async fn serve_raises_its_open_file_limit_to_the_hard_limit() {
     assert_ne!(numbers[0], "256", "{line}");
     assert_eq!(numbers[0], numbers[1], "soft and hard limits: {line}");
 }
+
+/// A refused provider request leaves a warning in the log, with what the request held escaped;
+/// a flood of them is logged ten lines a second, the rest counted in the next line.
+#[tokio::test]
+async fn refused_provider_requests_are_logged_within_a_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let node = Node::start_logging_to(
+        &dir.path().join("data"),
+        free_port(),
+        &[],
+        &[("SWITCHBOARD_LOG", "warn")],
+        Stdio::from(log),
+    )
+    .await;
+    let receiver = TestReceiver::start().await;
+    node.configure(&receiver).await;
+    let client = reqwest::Client::new();
+    let url = format!(
+        "{}{}",
+        node.address,
+        switchboard::routes::TWILIO_INBOUND_PATH
+    );
+    // A number nobody connected, with a line break in it: the 404 names it.
+    let mut params = sms_params("SMforged", "forged");
+    for p in params.iter_mut() {
+        if p.0 == "To" {
+            p.1 = "+1415555\nforged line";
+        }
+        if p.0 == "AccountSid" {
+            p.1 = "AC99999999999999999999999999999999";
+        }
+    }
+    let forged: Vec<_> = (0..100)
+        .map(|_| post_twilio_to(&client, &url, &params, "not the auth token"))
+        .collect();
+    for r in futures_util::future::join_all(forged).await {
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let last = post_twilio_to(&client, &url, &sms_params("SMx", "x"), "not the auth token").await;
+    assert_eq!(last.status(), 403);
+    let lines = eventually(
+        Duration::from_secs(5),
+        "the last refusal in the log",
+        || async {
+            let text = std::fs::read_to_string(&log_path).unwrap();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains("provider request refused"))
+                .map(str::to_owned)
+                .collect();
+            lines
+                .iter()
+                .any(|l| l.contains("invalid_signature"))
+                .then_some(lines)
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !text.lines().any(|l| l.starts_with("forged line")),
+        "{text}"
+    );
+    // 101 refusals within a few seconds: at most ten lines in each.
+    assert!(lines.len() < 50, "{} lines:\n{text}", lines.len());
+    let first = &lines[0];
+    assert!(
+        first.contains("not_found") && first.contains("WARN"),
+        "{first}"
+    );
+    assert!(first.contains("\\nforged line"), "escaped: {first}");
+    let not_logged: u64 = lines
+        .iter()
+        .map(|line| {
+            line.split("not_logged=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no not_logged count in {line}"))
+        })
+        .sum();
+    assert_eq!(lines.len() as u64 + not_logged, 101, "{text}");
+}

@@ -200,10 +200,27 @@ async fn wrong_or_missing_signature_is_403_and_stores_nothing() {
         .unwrap();
     assert_eq!(unsigned.status(), 403);
     receiver.expect_exactly(0, QUIET).await;
+    // The operator can see the refusals: Twilio does not retry them.
+    assert!(
+        refused(&app).await.contains(
+            "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"invalid_signature\"} 2"
+        ),
+        "{}",
+        refused(&app).await
+    );
 
     // Nothing was stored: the same MessageSid, correctly signed, is new and delivered once.
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
     receiver.expect_exactly(1, QUIET).await;
+}
+
+/// The refused-request counters of the metrics page.
+async fn refused(app: &TestApp) -> String {
+    let text = app.admin_get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("switchboard_provider_requests_rejected_total{"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn signature_over_the_public_url_with_port_variants() {
@@ -274,6 +291,10 @@ async fn unknown_number_is_404_and_stores_nothing() {
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"]["code"], "not_found");
     receiver.expect_exactly(0, QUIET).await;
+    assert_eq!(
+        refused(&app).await,
+        "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"not_found\"} 1"
+    );
 }
 
 async fn account_sid_routes_when_the_number_is_not_listed() {
