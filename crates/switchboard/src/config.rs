@@ -221,11 +221,16 @@ impl Config {
 /// Convert an environment string to the type of the key's default.
 fn env_value(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
     Ok(match default {
-        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            other => bail!("`{other}` is not a boolean"),
-        }),
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => bail!(
+                    "`{}` is not a boolean (true/false, 1/0, yes/no, on/off)",
+                    raw.trim()
+                ),
+            })
+        }
         toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse()?),
         toml::Value::Float(_) => toml::Value::Float(raw.trim().parse()?),
         toml::Value::Array(_) => toml::Value::Array(
@@ -311,6 +316,26 @@ mod tests {
             c.retry_schedule,
             vec![Duration::from_millis(100), Duration::from_secs(2)]
         );
+    }
+
+    #[test]
+    fn booleans_from_environment_ignore_case() {
+        for (raw, expected) in [
+            ("TRUE", true),
+            ("on", true),
+            ("Yes", true),
+            ("1", true),
+            ("Off", false),
+            ("FALSE", false),
+            ("no", false),
+        ] {
+            let c = Config::from_layers(None, env(&[("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", raw)]))
+                .unwrap_or_else(|e| panic!("{raw}: {e:#}"));
+            assert_eq!(c.allow_private_targets, expected, "{raw}");
+        }
+        let err = Config::from_layers(None, env(&[("SWITCHBOARD_ALLOW_PRIVATE_TARGETS", "maybe")]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("on/off"), "{err:#}");
     }
 
     #[test]

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+const NON_PUBLIC: &str = "loopback, private, link-local or otherwise non-public address";
+/// What the operator can change when a target is refused for its address.
+const PERMITTED_BY: &str =
+    "the webhook's allowedNetworks, or allow_private_targets for the whole server, would permit it";
 /// Whether a subscriber at this address would reach something other than the public internet.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
@@ -118,7 +122,7 @@ impl TargetPolicy {
     }
 
     fn refusal(ip: IpAddr) -> String {
-        format!("{ip} is a loopback, private, link-local or otherwise non-public address")
+        format!("{ip} is a {NON_PUBLIC} ({PERMITTED_BY})")
     }
 
     /// The check made at delivery time for IP literals (host names go through [`Resolve`]).
@@ -160,8 +164,8 @@ impl TargetPolicy {
             .map_err(|e| Unresolvable(format!("cannot resolve {host}: {e}")))?;
         match addrs.iter().find(|a| !self.permits(a.ip())) {
             Some(bad) => Err(Forbidden(format!(
-                "{host} resolves to {}",
-                Self::refusal(bad.ip())
+                "{host} resolves to {}, a {NON_PUBLIC} ({PERMITTED_BY})",
+                bad.ip()
             ))),
             None if addrs.is_empty() => Err(Unresolvable(format!("{host} resolves to no address"))),
             None => Ok(()),
@@ -197,8 +201,9 @@ impl Resolve for TargetPolicy {
                 .collect();
             if allowed.is_empty() {
                 return Err(Box::new(RefusedTarget(format!(
-                    "{host} resolves only to non-public addresses (allow_private_targets or the webhook's allowedNetworks would permit them)"
-                ))) as Box<dyn std::error::Error + Send + Sync>);
+                    "{host} resolves only to non-public addresses ({PERMITTED_BY})"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })

@@ -298,8 +298,10 @@ async fn require_admin(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| Sha256::digest(t.trim().as_bytes()));
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| Sha256::digest(t.trim().as_bytes()));
     match presented {
         Some(hash) if bool::from(hash.as_slice().ct_eq(&state.admin_token_hash)) => {
             next.run(request).await

@@ -20,6 +20,23 @@ async fn v1_needs_the_admin_token() {
             .await
             .unwrap();
         assert_eq!(wrong.status(), 401, "{path}");
+        // The scheme is case-insensitive; the token is not.
+        for (header, status) in [
+            (format!("bearer {ADMIN_TOKEN}"), 200),
+            (format!("BEARER {ADMIN_TOKEN}"), 200),
+            (format!("Bearer {}", ADMIN_TOKEN.to_uppercase()), 401),
+            (format!("Basic {ADMIN_TOKEN}"), 401),
+            (ADMIN_TOKEN.to_owned(), 401),
+        ] {
+            let r = app
+                .client
+                .get(app.url("/v1/webhooks"))
+                .header("authorization", &header)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "{header}");
+        }
     }
     let create = app
         .client
@@ -222,7 +239,10 @@ async fn webhooks_are_validated_and_private_targets_refused_by_default() {
         ("http://127.0.0.1:9/hook", "127.0.0.1"),
         ("http://[::ffff:127.0.0.1]/hook", "127.0.0.1"),
         ("http://169.254.169.254/latest/meta-data", "169.254.169.254"),
-        ("http://localhost:8080/hook", "non-public"),
+        (
+            "http://localhost:8080/hook",
+            "localhost resolves to 127.0.0.1, a loopback",
+        ),
         ("ftp://example.com/hook", "scheme"),
         ("not a url", "not a URL"),
     ] {
@@ -235,8 +255,13 @@ async fn webhooks_are_validated_and_private_targets_refused_by_default() {
             .await;
         assert_eq!(r.status(), 422, "{url}");
         let body: Value = r.json().await.unwrap();
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(needle),
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{url}: {body}");
+        // A refused address says what would permit it; a malformed URL does not.
+        let address = !["scheme", "not a URL"].contains(&needle);
+        assert_eq!(
+            message.contains("allowedNetworks") && message.contains("allow_private_targets"),
+            address,
             "{url}: {body}"
         );
     }
