@@ -45,6 +45,12 @@ pub async fn create_location(
     Ok((StatusCode::CREATED, Json(location)))
 }
 
+pub async fn list_locations(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "data": state.store.list_locations().await? })))
+}
+
 pub async fn get_location(
     State(state): State<Arc<AppState>>,
     Path(location_id): Path<String>,
@@ -112,11 +118,36 @@ pub async fn put_twilio_channel(
         .store
         .put_channel_account(&location_id, &account, state.clock.now_ms())
         .await?;
+    Ok(Json(twilio_channel_view(
+        &state,
+        &location_id,
+        &account.account_id,
+        &numbers,
+        &account.settings,
+    )))
+}
+
+/// What a location's Twilio connection is: the PUT's answer, and the GET's. The auth token and
+/// the signing keys' secrets are never shown, only the signing keys' ids.
+fn twilio_channel_view(
+    state: &AppState,
+    location_id: &str,
+    account_sid: &str,
+    numbers: &[String],
+    settings: &serde_json::Value,
+) -> serde_json::Value {
+    let voice: twilio::VoiceSettings =
+        serde_json::from_value(settings["voice"].clone()).unwrap_or_default();
+    let signing_key_ids: Vec<&String> = settings["signingKeys"]
+        .as_object()
+        .map(|keys| keys.keys().collect())
+        .unwrap_or_default();
     let mut body = json!({
         "locationId": location_id,
         "provider": twilio::PROVIDER,
-        "accountSid": input.account_sid,
+        "accountSid": account_sid,
         "phoneNumbers": numbers,
+        "signingKeyIds": signing_key_ids,
         "voice": voice,
     });
     if let Some(base) = &state.public_url {
@@ -127,7 +158,47 @@ pub async fn put_twilio_channel(
             "voiceStatus": format!("{base}{TWILIO_VOICE_STATUS_PATH}"),
         });
     }
-    Ok(Json(body))
+    body
+}
+
+pub async fn get_twilio_channel(
+    State(state): State<Arc<AppState>>,
+    Path(location_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (account, numbers) = state
+        .store
+        .get_channel_account(&location_id, twilio::PROVIDER)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "location {location_id} has no Twilio account connected"
+            ))
+        })?;
+    Ok(Json(twilio_channel_view(
+        &state,
+        &location_id,
+        &account.account_id,
+        &numbers,
+        &account.settings,
+    )))
+}
+
+/// Disconnect: its numbers are free for another location, and requests for them are 404.
+pub async fn delete_twilio_channel(
+    State(state): State<Arc<AppState>>,
+    Path(location_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state
+        .store
+        .delete_channel_account(&location_id, twilio::PROVIDER)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "location {location_id} has no Twilio account connected"
+        )))
+    }
 }
 
 /// The public keys deliveries are signed with: Ed25519 (`x-ghl-signature`) and RSA (the

@@ -44,11 +44,16 @@ const MAX_JSON_BYTES: usize = 1 << 20;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
-        .route("/locations", post(admin::create_location))
+        .route(
+            "/locations",
+            post(admin::create_location).get(admin::list_locations),
+        )
         .route("/locations/{location_id}", get(admin::get_location))
         .route(
             "/locations/{location_id}/channels/twilio",
-            put(admin::put_twilio_channel),
+            put(admin::put_twilio_channel)
+                .get(admin::get_twilio_channel)
+                .delete(admin::delete_twilio_channel),
         )
         .route(
             "/webhooks",

@@ -110,11 +110,17 @@ pub fn document() -> Value {
             }
         },
         "paths": {
-            "/v1/locations": { "post": {
-                "summary": "Create a location", "tags": ["locations"],
-                "requestBody": json_body(json!({ "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } })),
-                "responses": with(errors(&[("422", "Invalid name")]), json!({ "201": ok("Created", any.clone()) }))
-            }},
+            "/v1/locations": {
+                "post": {
+                    "summary": "Create a location", "tags": ["locations"],
+                    "requestBody": json_body(json!({ "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } })),
+                    "responses": with(errors(&[("422", "Invalid name")]), json!({ "201": ok("Created", any.clone()) }))
+                },
+                "get": {
+                    "summary": "Every location, oldest first: {\"data\":[…]}", "tags": ["locations"],
+                    "responses": with(errors(&[]), json!({ "200": ok("The locations", any.clone()) }))
+                }
+            },
             "/v1/locations/{locationId}": { "get": {
                 "summary": "A location", "tags": ["locations"], "parameters": [path_param("locationId")],
                 "responses": with(errors(&[("404", "No such location")]), json!({ "200": ok("The location", any.clone()) }))
@@ -129,6 +135,16 @@ pub fn document() -> Value {
                     "voice": { "type": "object" } } })),
                 "responses": with(errors(&[("404", "No such location"), ("409", "A number belongs to another location"), ("422", "Invalid settings")]),
                     json!({ "200": ok("Connected", any.clone()) }))
+            },
+            "get": {
+                "summary": "The connected Twilio account: its numbers, signing key ids and voice settings (never the auth token)", "tags": ["locations"],
+                "parameters": [path_param("locationId")],
+                "responses": with(errors(&[("404", "No Twilio account connected")]), json!({ "200": ok("The connection", any.clone()) }))
+            },
+            "delete": {
+                "summary": "Disconnect the Twilio account: its numbers are freed; what was stored stays", "tags": ["locations"],
+                "parameters": [path_param("locationId")],
+                "responses": with(errors(&[("404", "No Twilio account connected")]), json!({ "204": { "description": "Disconnected" } }))
             }},
             "/v1/webhooks": {
                 "post": {

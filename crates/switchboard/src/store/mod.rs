@@ -491,6 +491,19 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_location(&self, name: &str, now: i64) -> StoreResult<Location>;
     async fn get_location(&self, id: &str) -> StoreResult<Option<Location>>;
+    /// Every location, oldest first.
+    async fn list_locations(&self) -> StoreResult<Vec<Location>>;
+
+    /// A location's account for one provider and its addresses (sorted), if any.
+    async fn get_channel_account(
+        &self,
+        location_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<(ChannelAccount, Vec<String>)>>;
+
+    /// Disconnect a location's account for one provider and free its addresses; false when
+    /// there was none. What was stored under it stays.
+    async fn delete_channel_account(&self, location_id: &str, provider: &str) -> StoreResult<bool>;
 
     /// Create or replace a location's account for one provider, with its addresses.
     /// `Conflict` when an address belongs to another location.

@@ -1340,6 +1340,75 @@ macro_rules! sql_store {
                 }))
             }
 
+            async fn list_locations(&self) -> StoreResult<Vec<Location>> {
+                let rows = sqlx::query("SELECT id, name, created_at FROM locations ORDER BY created_at, id")
+                    .fetch_all(&self.reader)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| Location {
+                        id: r.get("id"),
+                        name: r.get("name"),
+                        created_at: r.get("created_at"),
+                    })
+                    .collect())
+            }
+
+            async fn get_channel_account(
+                &self,
+                location_id: &str,
+                provider: &str,
+            ) -> StoreResult<Option<(ChannelAccount, Vec<String>)>> {
+                // One snapshot for the account and its addresses.
+                let mut tx = self.reader.begin().await?;
+                $hooks::snapshot(&mut *tx).await?;
+                let Some(row) = sqlx::query(
+                    "SELECT account_id, secret, settings FROM channel_accounts
+                     WHERE location_id = $1 AND provider = $2",
+                )
+                .bind(location_id)
+                .bind(provider)
+                .fetch_optional(&mut *tx)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                let account = ChannelAccount {
+                    location_id: location_id.to_owned(),
+                    account_id: row.get("account_id"),
+                    secret: row.get("secret"),
+                    settings: serde_json::from_str(row.get::<&str, _>("settings"))
+                        .unwrap_or(serde_json::Value::Null),
+                };
+                let addresses = sqlx::query_scalar(
+                    "SELECT address FROM channel_addresses
+                     WHERE location_id = $1 AND provider = $2 ORDER BY address",
+                )
+                .bind(location_id)
+                .bind(provider)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some((account, addresses)))
+            }
+
+            async fn delete_channel_account(&self, location_id: &str, provider: &str) -> StoreResult<bool> {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("DELETE FROM channel_addresses WHERE provider = $1 AND location_id = $2")
+                    .bind(provider)
+                    .bind(location_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sqlx::query("DELETE FROM channel_accounts WHERE location_id = $1 AND provider = $2")
+                    .bind(location_id)
+                    .bind(provider)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                self.accounts.clear();
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn put_channel_account(
                 &self,
                 location_id: &str,

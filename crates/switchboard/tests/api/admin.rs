@@ -1,5 +1,7 @@
 //! The management API: authentication, validation, and what it answers to bad input.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -111,6 +113,100 @@ async fn locations_and_twilio_channels() {
         )
         .await;
     assert_eq!(bad_sid.status(), 422);
+}
+
+/// What is connected can be read back (never the auth token or signing secrets), and a
+/// connection can be undone: its numbers are then free, and requests for them are 404.
+async fn locations_and_connections_can_be_listed_read_back_and_disconnected() {
+    const OTHER_ACCOUNT: &str = "AC44444444444444444444444444444444";
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (first, _) = app.standard_setup(&receiver).await;
+    let second = app.create_location("Second").await;
+    let listed: Value = app.admin_get("/v1/locations").await.json().await.unwrap();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first.as_str(), second.as_str()], "{listed}");
+    assert_eq!(listed["data"][1]["name"], "Second");
+
+    let put = app
+        .admin_send(
+            reqwest::Method::PUT,
+            &format!("/v1/locations/{second}/channels/twilio"),
+            json!({
+                "accountSid": OTHER_ACCOUNT, "authToken": "second-token-secret",
+                "phoneNumbers": ["+14155550177", "+14155550166"],
+                "signingKeys": { "key-1": "signing-secret-value" },
+                "voice": { "forwardTo": "+14155550111", "userId": "staff-7" },
+            }),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    let put: Value = put.json().await.unwrap();
+    let got = app
+        .admin_get(&format!("/v1/locations/{second}/channels/twilio"))
+        .await;
+    assert_eq!(got.status(), 200);
+    let text = got.text().await.unwrap();
+    assert!(
+        !text.contains("second-token-secret") && !text.contains("signing-secret-value"),
+        "{text}"
+    );
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got["accountSid"], OTHER_ACCOUNT);
+    assert_eq!(got["phoneNumbers"], json!(["+14155550166", "+14155550177"]));
+    assert_eq!(got["signingKeyIds"], json!(["key-1"]));
+    assert_eq!(got["voice"]["forwardTo"], "+14155550111");
+    assert_eq!(got["voice"]["userId"], "staff-7");
+    assert_eq!(got["voice"], put["voice"]);
+    let none = app
+        .admin_get("/v1/locations/AAAAAAAAAAAAAAAAAAAA/channels/twilio")
+        .await;
+    assert_eq!(none.status(), 404);
+
+    // The first location's number works, until it is disconnected.
+    assert_eq!(
+        app.post_twilio(&sms_params("SMbefore", "hi"), AUTH_TOKEN)
+            .await
+            .status(),
+        200
+    );
+    receiver.expect_exactly(1, Duration::from_millis(300)).await;
+    let path = format!("/v1/locations/{first}/channels/twilio");
+    let deleted = app
+        .admin_send(reqwest::Method::DELETE, &path, json!(null))
+        .await;
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(app.admin_get(&path).await.status(), 404);
+    let again = app
+        .admin_send(reqwest::Method::DELETE, &path, json!(null))
+        .await;
+    assert_eq!(again.status(), 404);
+    let after = app
+        .post_twilio(&sms_params("SMafter", "hi"), AUTH_TOKEN)
+        .await;
+    assert_eq!(after.status(), 404, "{}", after.text().await.unwrap());
+    // The number is free for another location; what was stored stays.
+    assert_eq!(
+        app.connect_twilio(&second, &[BUSINESS_NUMBER])
+            .await
+            .status(),
+        200
+    );
+    let first_message = receiver.received()[0].json()["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.admin_get(&format!("/v1/messages/{first_message}"))
+            .await
+            .status(),
+        200
+    );
 }
 
 async fn bad_request_bodies_say_what_is_wrong() {
@@ -357,6 +453,7 @@ crate::both_stores!(
     the_openapi_document_describes_served_routes,
     v1_needs_the_admin_token,
     locations_and_twilio_channels,
+    locations_and_connections_can_be_listed_read_back_and_disconnected,
     bad_request_bodies_say_what_is_wrong,
     webhooks_are_validated_and_private_targets_refused_by_default,
 );
