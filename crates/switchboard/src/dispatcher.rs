@@ -155,19 +155,20 @@ struct Target {
     /// The webhook's URL, parsed and checked against the target policy once per reload (a
     /// host name is checked again at every connection, by the client's resolver).
     url: Result<reqwest::Url, String>,
-    /// The current secret and, during a rotation's overlap, the previous one with its end;
+    /// The current secret and, during rotations' overlaps, the replaced ones with their ends;
     /// decoded once per reload, not per attempt.
-    secrets: Result<(WebhookSecret, Option<(WebhookSecret, i64)>), String>,
+    secrets: Result<(WebhookSecret, Vec<(WebhookSecret, i64)>), String>,
 }
 
 impl Target {
     fn new(webhook: Webhook, client: reqwest::Client, policy: TargetPolicy) -> Target {
         let parse = |s: &str| WebhookSecret::parse(s).map_err(|e| e.to_string());
         let secrets = parse(&webhook.secret).and_then(|current| {
-            let previous = match (&webhook.previous_secret, webhook.previous_secret_until) {
-                (Some(p), Some(until)) => Some((parse(p)?, until)),
-                _ => None,
-            };
+            let previous = webhook
+                .previous_secrets
+                .iter()
+                .map(|p| Ok((parse(&p.secret)?, p.until)))
+                .collect::<Result<Vec<_>, String>>()?;
             Ok((current, previous))
         });
         let url = policy.check_literal(&webhook.url);
@@ -184,11 +185,12 @@ impl Target {
     fn signing_secrets(&self, now: i64) -> Result<Vec<WebhookSecret>, String> {
         let (current, previous) = self.secrets.as_ref().map_err(Clone::clone)?;
         let mut secrets = vec![current.clone()];
-        if let Some((previous, until)) = previous {
-            if *until > now {
-                secrets.push(previous.clone());
-            }
-        }
+        secrets.extend(
+            previous
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(secret, _)| secret.clone()),
+        );
         Ok(secrets)
     }
 }

@@ -283,7 +283,12 @@ impl WebhookView {
                 "failingSince": w.health.failing_since.map(iso_millis),
                 "breakerOpenUntil": w.health.breaker_open_until.map(iso_millis),
             }),
-            previous_secret_valid_until: w.previous_secret_until.map(iso_millis),
+            previous_secret_valid_until: w
+                .previous_secrets
+                .iter()
+                .map(|p| p.until)
+                .max()
+                .map(iso_millis),
             secret: with_secret.then(|| w.secret.clone()),
         }
     }
@@ -364,9 +369,16 @@ pub async fn get_webhook_secret(
     Path(webhook_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let webhook = find_webhook(&state, &webhook_id).await?;
+    let now = state.clock.now_ms();
+    let previous: Vec<serde_json::Value> = webhook
+        .previous_secrets_at(now)
+        .map(|p| json!({ "secret": p.secret, "validUntil": iso_millis(p.until) }))
+        .collect();
     Ok(Json(json!({
         "secret": webhook.secret,
-        "previousSecret": webhook.previous_secret.filter(|_| webhook.previous_secret_until > Some(state.clock.now_ms())),
+        // The newest replaced secret (what this field has always held), and all of them.
+        "previousSecret": previous.first().map(|p| p["secret"].clone()),
+        "previousSecrets": previous,
     })))
 }
 
@@ -458,12 +470,13 @@ pub async fn rotate_secret(
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_OVERLAP);
     find_webhook(&state, &webhook_id).await?;
-    let until = state.clock.now_ms() + overlap.as_millis() as i64;
+    let now = state.clock.now_ms();
+    let until = now + overlap.as_millis() as i64;
     let secret = new_secret();
-    // One statement: the old secret becomes the previous one, whatever else changes meanwhile.
+    // The current secret joins the replaced ones, whatever else changes meanwhile.
     state
         .store
-        .rotate_secret(&webhook_id, &secret, until)
+        .rotate_secret(&webhook_id, &secret, until, now)
         .await?;
     state.dispatch.webhooks_changed();
     Ok(Json(json!({

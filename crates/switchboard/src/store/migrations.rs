@@ -36,6 +36,11 @@ pub const SQLITE: Embedded = &[
         "fewer delivery indexes",
         include_str!("../../migrations/sqlite/0005_fewer_delivery_indexes.sql"),
     ),
+    (
+        6,
+        "previous secrets",
+        include_str!("../../migrations/sqlite/0006_previous_secrets.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -53,6 +58,11 @@ pub const POSTGRES: Embedded = &[
         3,
         "fewer delivery indexes",
         include_str!("../../migrations/postgres/0003_fewer_delivery_indexes.sql"),
+    ),
+    (
+        4,
+        "previous secrets",
+        include_str!("../../migrations/postgres/0004_previous_secrets.sql"),
     ),
 ];
 

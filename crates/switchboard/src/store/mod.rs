@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use switchboard_events::{Direction, EventType, MessageType};
@@ -120,15 +120,30 @@ pub struct Webhook {
     pub allowed_networks: Vec<ipnet::IpNet>,
     /// Also sign with the legacy `x-wh-signature` (RSA), for consumers of HighLevel's older SDKs.
     pub legacy_signature: bool,
-    /// The secret before the last rotation, still signing until `previous_secret_until`.
-    pub previous_secret: Option<String>,
-    pub previous_secret_until: Option<i64>,
+    /// Secrets replaced by rotations whose overlap has not ended, newest first: each still
+    /// signs until its own end.
+    pub previous_secrets: Vec<PreviousSecret>,
     pub disabled_at: Option<i64>,
     pub disabled_reason: Option<String>,
     pub health: WebhookHealth,
 }
 
+/// A secret replaced by a rotation, signing until `until` (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub until: i64,
+}
+
+/// The most replaced secrets that sign at once; a rotation beyond them ends the oldest.
+pub const MAX_PREVIOUS_SECRETS: usize = 5;
+
 impl Webhook {
+    /// The replaced secrets still signing at `now`, newest first.
+    pub fn previous_secrets_at(&self, now: i64) -> impl Iterator<Item = &PreviousSecret> {
+        self.previous_secrets.iter().filter(move |p| p.until > now)
+    }
+
     /// A webhook with the defaults for everything but what is given.
     pub fn new(id: String, url: String, events: Vec<EventType>, secret: String, now: i64) -> Self {
         Webhook {
@@ -146,8 +161,7 @@ impl Webhook {
             retry_schedule: None,
             allowed_networks: vec![],
             legacy_signature: false,
-            previous_secret: None,
-            previous_secret_until: None,
+            previous_secrets: vec![],
             disabled_at: None,
             disabled_reason: None,
             health: WebhookHealth::default(),
@@ -530,7 +544,16 @@ pub trait Store: Send + Sync + 'static {
     /// own calls).
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
     /// A new secret; the current one signs too until `previous_until`.
-    async fn rotate_secret(&self, id: &str, secret: &str, previous_until: i64) -> StoreResult<()>;
+    /// `secret` replaces the current one, which signs on until `previous_until`; the secrets
+    /// replaced before it keep their own ends (at most [`MAX_PREVIOUS_SECRETS`] in all), unless
+    /// `previous_until <= now`: then every replaced secret stops signing at once.
+    async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        previous_until: i64,
+        now: i64,
+    ) -> StoreResult<()>;
     /// Soft-deletes; its unfinished deliveries are cancelled. `false` when there was none.
     async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool>;
     /// Disable a webhook and emit `WebhookDisabled` to the webhooks that subscribe to it, in

@@ -92,8 +92,8 @@ macro_rules! sql_store {
                     .filter_map(|n| n.parse().ok())
                     .collect(),
                 legacy_signature: row.get::<bool, _>("legacy_signature"),
-                previous_secret: row.get("previous_secret"),
-                previous_secret_until: row.get("previous_secret_until"),
+                previous_secrets: serde_json::from_str(row.get::<&str, _>("previous_secrets"))
+                    .unwrap_or_default(),
                 disabled_at: row.get("disabled_at"),
                 disabled_reason: row.get("disabled_reason"),
                 health: WebhookHealth {
@@ -106,7 +106,7 @@ macro_rules! sql_store {
 
         const WEBHOOK_COLUMNS: &str = "id, url, events, location_id, secret, created_at, message_types,
             direction, ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks,
-            legacy_signature, previous_secret, previous_secret_until, disabled_at, disabled_reason, consecutive_failures,
+            legacy_signature, previous_secrets, disabled_at, disabled_reason, consecutive_failures,
             failing_since, breaker_open_until";
 
         /// The settings a PATCH may change, in the order `bind_settings` binds them. The secret
@@ -1545,19 +1545,40 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn rotate_secret(&self, id: &str, secret: &str, previous_until: i64) -> StoreResult<()> {
-                let done = sqlx::query(
-                    "UPDATE webhooks SET previous_secret = secret, secret = $1, previous_secret_until = $2
-                     WHERE id = $3 AND deleted_at IS NULL",
-                )
-                .bind(secret)
-                .bind(previous_until)
+            async fn rotate_secret(
+                &self,
+                id: &str,
+                secret: &str,
+                previous_until: i64,
+                now: i64,
+            ) -> StoreResult<()> {
+                use $crate::store::{PreviousSecret, MAX_PREVIOUS_SECRETS};
+                // Read and written under the row's lock: two rotations at once keep both.
+                let mut tx = self.writer.begin().await?;
+                let row = sqlx::query(&format!(
+                    "SELECT secret, previous_secrets FROM webhooks
+                     WHERE id = $1 AND deleted_at IS NULL{}",
+                    $hooks::ROW_LOCK
+                ))
                 .bind(id)
-                .execute(&self.writer)
-                .await?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("no webhook {id}")));
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("no webhook {id}")))?;
+                let mut previous = Vec::new();
+                if previous_until > now {
+                    previous.push(PreviousSecret { secret: row.get("secret"), until: previous_until });
+                    let earlier: Vec<PreviousSecret> =
+                        serde_json::from_str(row.get::<&str, _>("previous_secrets")).unwrap_or_default();
+                    previous.extend(earlier.into_iter().filter(|p| p.until > now));
+                    previous.truncate(MAX_PREVIOUS_SECRETS);
                 }
+                sqlx::query("UPDATE webhooks SET secret = $1, previous_secrets = $2 WHERE id = $3")
+                    .bind(secret)
+                    .bind(serde_json::to_string(&previous).map_err(anyhow::Error::from)?)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
                 Ok(())
             }
 

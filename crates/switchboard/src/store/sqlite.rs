@@ -285,6 +285,50 @@ mod tests {
         assert_eq!(store.accounts.len(), 1);
     }
 
+    /// A webhook in a rotation's overlap when the server is upgraded keeps its previous secret.
+    #[tokio::test]
+    async fn a_rotation_in_progress_survives_the_move_to_a_list_of_previous_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let before = &crate::store::migrations::SQLITE[..5];
+        assert_eq!(before.last().unwrap().0, 5);
+        crate::store::migrations::migrator(before)
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        for (id, previous, until) in [("W1", Some("whsec_old"), Some(123_i64)), ("W2", None, None)]
+        {
+            sqlx::query(
+                "INSERT INTO webhooks (id, url, events, secret, created_at, previous_secret, previous_secret_until)
+                 VALUES ($1, 'https://example.com/hook', '[\"InboundMessage\"]', 'whsec_new', 0, $2, $3)",
+            )
+            .bind(id)
+            .bind(previous)
+            .bind(until)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let store = SqliteStore::open(&url, SyncSetting::Normal).await.unwrap();
+        let w1 = store.get_webhook("W1").await.unwrap().unwrap();
+        assert_eq!(
+            w1.previous_secrets,
+            vec![crate::store::PreviousSecret {
+                secret: "whsec_old".into(),
+                until: 123
+            }]
+        );
+        let w2 = store.get_webhook("W2").await.unwrap().unwrap();
+        assert!(w2.previous_secrets.is_empty());
+    }
+
     #[test]
     fn numbered_placeholders_in_order_become_positional() {
         assert_eq!(

@@ -678,7 +678,54 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
         }
     }
 
-    // After the overlap only the new secret signs.
+    // A second rotation during the overlap: the first secret keeps its own end, so three
+    // secrets sign, each of which verifies.
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            json!({ "overlapSeconds": 600 }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let third = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secrets: Value = app
+        .admin_get(&format!("/v1/webhooks/{id}/secret"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(secrets["secret"], third.as_str());
+    assert_eq!(secrets["previousSecret"], new.as_str());
+    let previous: Vec<&str> = secrets["previousSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["secret"].as_str().unwrap())
+        .collect();
+    assert_eq!(previous, [new.as_str(), old.as_str()], "{secrets}");
+    app.post_twilio(&sms_params("SMrotate3", "three"), AUTH_TOKEN)
+        .await;
+    let delivery = receiver.wait_for(2, Duration::from_secs(5)).await[1].clone();
+    assert_eq!(delivery.header("webhook-signature").split(' ').count(), 3);
+    for secret in [&old, &new, &third] {
+        standard::verify(
+            &WebhookSecret::parse(secret).unwrap(),
+            delivery.header("webhook-id"),
+            delivery.header("webhook-timestamp"),
+            delivery.header("webhook-signature"),
+            &delivery.body,
+            now,
+            300,
+        )
+        .expect("verifies with each secret still in its overlap");
+    }
+
+    // A rotation without overlap (a leaked secret) ends every earlier secret at once: only
+    // the new one signs.
     let r = app
         .admin_send(
             reqwest::Method::POST,
@@ -692,7 +739,7 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
         .to_owned();
     app.post_twilio(&sms_params("SMrotate2", "one"), AUTH_TOKEN)
         .await;
-    let delivery = receiver.wait_for(2, Duration::from_secs(5)).await[1].clone();
+    let delivery = receiver.wait_for(3, Duration::from_secs(5)).await[2].clone();
     assert_eq!(delivery.header("webhook-signature").split(' ').count(), 1);
     assert!(standard::verify(
         &WebhookSecret::parse(&newest).unwrap(),

@@ -1,0 +1,8 @@
+-- Every secret replaced by a rotation signs until its own overlap ends (a second rotation
+-- during an overlap no longer ends the first one's at once): JSON [{"secret","until"}], newest
+-- first.
+ALTER TABLE webhooks ADD COLUMN previous_secrets TEXT NOT NULL DEFAULT '[]';
+UPDATE webhooks
+   SET previous_secrets = json_build_array(json_build_object('secret', previous_secret, 'until', previous_secret_until))::text
+ WHERE previous_secret IS NOT NULL AND previous_secret_until IS NOT NULL;
+ALTER TABLE webhooks DROP COLUMN previous_secret, DROP COLUMN previous_secret_until;
