@@ -130,7 +130,7 @@ impl Metrics {
     }
 
     /// The exposition text, with the queue depth the caller read from the store.
-    pub fn render(&self, due: u64, scheduled: u64, leased: u64) -> String {
+    pub fn render(&self, depth: crate::store::QueueDepth) -> String {
         let mut out = String::with_capacity(2048);
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -195,11 +195,16 @@ impl Metrics {
         let name = "switchboard_delivery_queue";
         let _ = writeln!(
             out,
-            "# HELP {name} Pending deliveries: due (ready to send), scheduled (waiting for a retry), in_flight (leased by a sender).\n# TYPE {name} gauge"
+            "# HELP {name} Pending deliveries: due (ready to send), scheduled (waiting for a retry), in_flight (leased by a sender), held (its webhook disabled or its breaker open).\n# TYPE {name} gauge"
         );
-        let _ = writeln!(out, "{name}{{state=\"due\"}} {due}");
-        let _ = writeln!(out, "{name}{{state=\"scheduled\"}} {scheduled}");
-        let _ = writeln!(out, "{name}{{state=\"in_flight\"}} {leased}");
+        for (state, n) in [
+            ("due", depth.due),
+            ("scheduled", depth.scheduled),
+            ("in_flight", depth.in_flight),
+            ("held", depth.held),
+        ] {
+            let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
+        }
         let name = "switchboard_deliveries_sending";
         let _ = writeln!(
             out,
@@ -228,7 +233,12 @@ mod tests {
         m.attempt(Outcome::Delivered, Duration::from_millis(3));
         m.attempt(Outcome::Retrying, Duration::from_millis(300));
         m.breaker("W1", BreakerState::Open);
-        let text = m.render(4, 5, 6);
+        let text = m.render(crate::store::QueueDepth {
+            due: 4,
+            scheduled: 5,
+            in_flight: 6,
+            held: 7,
+        });
         assert!(text.contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1"));
         assert!(text.contains("switchboard_delivery_attempts_total{outcome=\"retrying\"} 1"));
         assert!(
@@ -237,6 +247,7 @@ mod tests {
         assert!(text.contains("switchboard_delivery_attempt_duration_seconds_bucket{le=\"0.5\"} 2"));
         assert!(text.contains("switchboard_delivery_attempt_duration_seconds_count 2"));
         assert!(text.contains("switchboard_delivery_queue{state=\"scheduled\"} 5"));
+        assert!(text.contains("switchboard_delivery_queue{state=\"held\"} 7"));
         assert!(text.contains("switchboard_webhook_breaker_state{webhook=\"W1\"} 1"));
     }
 
@@ -251,7 +262,7 @@ mod tests {
         assert_eq!(&logged[10..], &[None, None]);
         assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(2));
         assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(0));
-        let text = m.render(0, 0, 0);
+        let text = m.render(crate::store::QueueDepth::default());
         assert!(text.contains(
             "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"invalid_signature\"} 12"
         ), "{text}");

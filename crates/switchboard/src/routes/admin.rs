@@ -243,6 +243,9 @@ pub async fn get_message_deliveries(
     if state.store.message_event(&message_id).await?.is_none() {
         return Err(ApiError::not_found(format!("no message {message_id}")));
     }
-    let deliveries = state.store.message_deliveries(&message_id).await?;
+    let deliveries = state
+        .store
+        .message_deliveries(&message_id, state.clock.now_ms())
+        .await?;
     Ok(Json(json!({ "data": deliveries })))
 }

@@ -273,10 +273,10 @@ async fn openapi_json() -> Response {
 
 /// Prometheus text format.
 async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let (due, scheduled, leased) = state.store.queue_depth(state.clock.now_ms()).await?;
+    let depth = state.store.queue_depth(state.clock.now_ms()).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(due, scheduled, leased),
+        state.metrics.render(depth),
     )
         .into_response())
 }

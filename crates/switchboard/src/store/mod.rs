@@ -470,6 +470,9 @@ pub struct DeliveryReport {
         serialize_with = "ser_opt_iso"
     )]
     pub next_attempt_at: Option<i64>,
+    /// A pending delivery that is not being sent: `webhook_disabled` or `breaker_open`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<&'static str>,
     pub attempts: Vec<AttemptReport>,
 }
 
@@ -482,6 +485,25 @@ fn ser_opt_iso<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S:
         Some(ms) => ser_iso(ms, s),
         None => s.serialize_none(),
     }
+}
+
+/// Pending deliveries by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Ready to send now.
+    pub due: u64,
+    /// Waiting for a retry.
+    pub scheduled: u64,
+    /// Leased by a sender.
+    pub in_flight: u64,
+    /// Not sent while their webhook is disabled or its breaker open.
+    pub held: u64,
+}
+
+/// Why a pending delivery is not being sent, if it is held.
+pub mod held {
+    pub const WEBHOOK_DISABLED: &str = "webhook_disabled";
+    pub const BREAKER_OPEN: &str = "breaker_open";
 }
 
 #[async_trait]
@@ -587,7 +609,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The message's event body as sent (the first event of the message).
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
-    async fn message_deliveries(&self, message_id: &str) -> StoreResult<Vec<DeliveryReport>>;
+    /// Each delivery of the message's events, as it stands at `now`.
+    async fn message_deliveries(
+        &self,
+        message_id: &str,
+        now: i64,
+    ) -> StoreResult<Vec<DeliveryReport>>;
 
     /// Lease up to `limit` pending deliveries that are due and not leased by anyone alive, of
     /// webhooks that are enabled and whose breaker is closed and that are not in
@@ -656,8 +683,8 @@ pub trait Store: Send + Sync + 'static {
     /// `before`. Returns how many rows went.
     async fn prune(&self, before: i64, batch: u32) -> StoreResult<u64>;
 
-    /// Deliveries waiting: (due now, scheduled later, leased).
-    async fn queue_depth(&self, now: i64) -> StoreResult<(u64, u64, u64)>;
+    /// Deliveries waiting, by state.
+    async fn queue_depth(&self, now: i64) -> StoreResult<QueueDepth>;
 }
 
 #[cfg(test)]

@@ -1773,12 +1773,17 @@ macro_rules! sql_store {
                 Ok(payload.map(Bytes::from))
             }
 
-            async fn message_deliveries(&self, message_id: &str) -> StoreResult<Vec<DeliveryReport>> {
+            async fn message_deliveries(
+                &self,
+                message_id: &str,
+                now: i64,
+            ) -> StoreResult<Vec<DeliveryReport>> {
                 // One read transaction: the deliveries and their attempts from the same snapshot.
                 let mut tx = self.reader.begin().await?;
                 $hooks::snapshot(&mut *tx).await?;
                 let rows = sqlx::query(
-                    "SELECT d.id, d.webhook_id, w.url, d.status, d.next_attempt_at
+                    "SELECT d.id, d.webhook_id, w.url, d.status, d.next_attempt_at, d.lease_until,
+                            w.disabled_at, w.breaker_open_until
                      FROM deliveries d
                      JOIN events e ON e.id = d.event_id
                      JOIN webhooks w ON w.id = d.webhook_id
@@ -1813,15 +1818,23 @@ macro_rules! sql_store {
                     })
                     .collect();
                     let status: String = row.get("status");
+                    let pending = status == delivery_status::PENDING;
+                    let leased = row.get::<Option<i64>, _>("lease_until").is_some_and(|l| l > now);
+                    let held = if !pending || leased {
+                        None
+                    } else if row.get::<Option<i64>, _>("disabled_at").is_some() {
+                        Some($crate::store::held::WEBHOOK_DISABLED)
+                    } else if row.get::<Option<i64>, _>("breaker_open_until").is_some_and(|u| u > now) {
+                        Some($crate::store::held::BREAKER_OPEN)
+                    } else {
+                        None
+                    };
                     reports.push(DeliveryReport {
                         id,
                         webhook_id: row.get("webhook_id"),
                         url: row.get("url"),
-                        next_attempt_at: if status == delivery_status::PENDING {
-                            row.get("next_attempt_at")
-                        } else {
-                            None
-                        },
+                        next_attempt_at: if pending { row.get("next_attempt_at") } else { None },
+                        held,
                         status,
                         attempts,
                     });
@@ -2117,22 +2130,29 @@ macro_rules! sql_store {
                 Ok(rows)
             }
 
-            async fn queue_depth(&self, now: i64) -> StoreResult<(u64, u64, u64)> {
+            async fn queue_depth(&self, now: i64) -> StoreResult<$crate::store::QueueDepth> {
+                // Held: not leased, and its webhook is disabled or its breaker open.
                 let row = sqlx::query(
                     "SELECT
-                         COALESCE(SUM(CASE WHEN next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1) THEN 1 ELSE 0 END), 0) AS due,
-                         COALESCE(SUM(CASE WHEN next_attempt_at > $1 AND (lease_until IS NULL OR lease_until <= $1) THEN 1 ELSE 0 END), 0) AS scheduled,
-                         COALESCE(SUM(CASE WHEN lease_until > $1 THEN 1 ELSE 0 END), 0) AS leased
-                     FROM deliveries WHERE status = 'pending'",
+                         COALESCE(SUM(CASE WHEN NOT leased AND NOT held AND next_attempt_at <= $1 THEN 1 ELSE 0 END), 0) AS due,
+                         COALESCE(SUM(CASE WHEN NOT leased AND NOT held AND next_attempt_at > $1 THEN 1 ELSE 0 END), 0) AS scheduled,
+                         COALESCE(SUM(CASE WHEN leased THEN 1 ELSE 0 END), 0) AS leased,
+                         COALESCE(SUM(CASE WHEN NOT leased AND held THEN 1 ELSE 0 END), 0) AS held
+                     FROM (SELECT COALESCE(d.lease_until > $1, FALSE) AS leased,
+                                  (w.disabled_at IS NOT NULL OR COALESCE(w.breaker_open_until > $1, FALSE)) AS held,
+                                  d.next_attempt_at
+                           FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                           WHERE d.status = 'pending') AS p",
                 )
                 .bind(now)
                 .fetch_one(&self.reader)
                 .await?;
-                Ok((
-                    row.get::<i64, _>("due") as u64,
-                    row.get::<i64, _>("scheduled") as u64,
-                    row.get::<i64, _>("leased") as u64,
-                ))
+                Ok($crate::store::QueueDepth {
+                    due: row.get::<i64, _>("due") as u64,
+                    scheduled: row.get::<i64, _>("scheduled") as u64,
+                    in_flight: row.get::<i64, _>("leased") as u64,
+                    held: row.get::<i64, _>("held") as u64,
+                })
             }
         }
     };

@@ -177,10 +177,23 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
     assert_eq!(view["disabled"], true);
     assert_eq!(view["disabledReason"], "gone");
 
-    // While disabled nothing is sent; messages queue up.
+    // While disabled nothing is sent; messages queue up, held, not due.
     app.post_twilio(&sms_params("SMgone2", "second"), AUTH_TOKEN)
         .await;
     receiver.expect_exactly(1, QUIET).await;
+    let metrics = get_metrics(&app.client, &app.address).await;
+    for needle in [
+        "switchboard_delivery_queue{state=\"held\"} 2",
+        "switchboard_delivery_queue{state=\"due\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    let first_message = got_message_id(&receiver.received()[0]);
+    let report = app
+        .get_json(&format!("/v1/messages/{first_message}/deliveries"))
+        .await;
+    assert_eq!(report["data"][0]["status"], "pending");
+    assert_eq!(report["data"][0]["held"], "webhook_disabled", "{report}");
 
     let r = app
         .admin_send(
@@ -208,6 +221,20 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
         got[0].header("webhook-id")
     );
     watcher.expect_exactly(1, QUIET).await;
+    let report = app
+        .get_json(&format!("/v1/messages/{first_message}/deliveries"))
+        .await;
+    assert_eq!(report["data"][0]["status"], "delivered");
+    assert!(report["data"][0].get("held").is_none(), "{report}");
+    let metrics = get_metrics(&app.client, &app.address).await;
+    assert!(
+        metrics.contains("switchboard_delivery_queue{state=\"held\"} 0"),
+        "{metrics}"
+    );
+}
+
+fn got_message_id(delivery: &Received) -> String {
+    delivery.json()["messageId"].as_str().unwrap().to_owned()
 }
 
 async fn breaker_opens_waits_probes_and_closes() {
@@ -256,6 +283,17 @@ async fn breaker_opens_waits_probes_and_closes() {
     })
     .await;
     assert_eq!(view["health"]["consecutiveFailures"], 2);
+    // Its delivery is held, not due.
+    let message_id = got_message_id(&receiver.received()[0]);
+    let report = app
+        .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+        .await;
+    assert_eq!(report["data"][0]["held"], "breaker_open", "{report}");
+    let metrics = get_metrics(&app.client, &app.address).await;
+    assert!(
+        metrics.contains("switchboard_delivery_queue{state=\"held\"} 1"),
+        "{metrics}"
+    );
 
     // The probe, after the cooldown, succeeds and closes it.
     let got = receiver.wait_for(3, Duration::from_secs(5)).await;
