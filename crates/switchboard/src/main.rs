@@ -142,7 +142,16 @@ async fn run() -> anyhow::Result<()> {
             print!("{}", switchboard::config::DEFAULTS_TOML);
             Ok(())
         }
-        Command::Simulate(Simulate::TwilioSms(sms)) => {
+        Command::Simulate(Simulate::TwilioSms(mut sms)) => {
+            // Where the configured server listens, and the URL it checks signatures against.
+            if sms.server.is_none() || sms.public_url.is_none() {
+                let config = load()?;
+                sms.server
+                    .get_or_insert_with(|| switchboard::simulate::local_url(&config.listen));
+                if sms.public_url.is_none() {
+                    sms.public_url = config.public_url;
+                }
+            }
             let (status, text) = switchboard::simulate::twilio_sms(&sms).await?;
             println!("{status} {text}");
             anyhow::ensure!(

@@ -10,10 +10,12 @@ use crate::routes::TWILIO_INBOUND_PATH;
 /// What to send (also the command's arguments).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulatedSms {
-    /// The Switchboard to post to.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// The public URL Twilio calls, when Switchboard checks signatures against one.
+    /// The Switchboard to post to [default: the configured `listen` address, on loopback when
+    /// it listens on every interface].
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The public URL Twilio calls, when Switchboard checks signatures against one
+    /// [default: the configured `public_url`].
     #[arg(long)]
     pub public_url: Option<String>,
     #[arg(long)]
@@ -33,7 +35,25 @@ pub struct SimulatedSms {
     pub media: Vec<String>,
 }
 
-/// Post it and return the HTTP status and response body.
+/// The URL to reach a server listening on `listen` from this machine: an address that means
+/// "every interface" becomes the loopback address of its family.
+pub fn local_url(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}")
+        }
+        Err(_) => format!("http://{listen}"),
+    }
+}
+
+/// Post it and return the HTTP status and response body. Without `server`, it goes to the
+/// default listen address.
 pub async fn twilio_sms(sms: &SimulatedSms) -> anyhow::Result<(u16, String)> {
     let message_sid = format!("SM{}", new_id());
     let media_count = sms.media.len().to_string();
@@ -53,11 +73,11 @@ pub async fn twilio_sms(sms: &SimulatedSms) -> anyhow::Result<(u16, String)> {
     for (i, url) in sms.media.iter().enumerate() {
         params.push((format!("MediaUrl{i}"), url.clone()));
     }
-    let target = format!(
-        "{}{}",
-        sms.server.trim_end_matches('/'),
-        TWILIO_INBOUND_PATH
-    );
+    let server = sms
+        .server
+        .clone()
+        .unwrap_or_else(|| local_url(&crate::config::Config::defaults().listen));
+    let target = format!("{}{}", server.trim_end_matches('/'), TWILIO_INBOUND_PATH);
     let signed_url = match &sms.public_url {
         Some(public) => format!("{}{}", public.trim_end_matches('/'), TWILIO_INBOUND_PATH),
         None => target.clone(),
@@ -81,4 +101,17 @@ pub async fn twilio_sms(sms: &SimulatedSms) -> anyhow::Result<(u16, String)> {
         .with_context(|| format!("posting to {target}"))?;
     let status = response.status().as_u16();
     Ok((status, response.text().await.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_url;
+
+    #[test]
+    fn every_interface_is_reached_on_loopback() {
+        assert_eq!(local_url("0.0.0.0:9000"), "http://127.0.0.1:9000");
+        assert_eq!(local_url("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(local_url("10.1.2.3:80"), "http://10.1.2.3:80");
+        assert_eq!(local_url("localhost:8080"), "http://localhost:8080");
+    }
 }

@@ -378,3 +378,62 @@ async fn refused_provider_requests_are_logged_within_a_budget() {
         .sum();
     assert_eq!(lines.len() as u64 + not_logged, 101, "{text}");
 }
+
+/// `simulate` posts to the server the configuration describes (environment or `--config`), and
+/// signs over its `public_url`, as the README says of every command.
+#[tokio::test]
+async fn simulate_finds_the_server_from_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let public = "https://hooks.example.com/sb";
+    let node = Node::start(
+        &dir.path().join("data"),
+        port,
+        &[("SWITCHBOARD_PUBLIC_URL", public)],
+    )
+    .await;
+    let receiver = TestReceiver::start().await;
+    node.configure(&receiver).await;
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"0.0.0.0:{port}\"\npublic_url = \"{public}\"\n"),
+    )
+    .unwrap();
+    let simulate = |how: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        match how {
+            "environment" => {
+                command
+                    .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+                    .env("SWITCHBOARD_PUBLIC_URL", public);
+            }
+            _ => {
+                command.arg("--config").arg(&config);
+            }
+        }
+        command
+            .args(["simulate", "twilio-sms", "--account-sid", ACCOUNT_SID])
+            .args(["--auth-token", AUTH_TOKEN, "--from", CUSTOMER_NUMBER])
+            .args(["--to", BUSINESS_NUMBER, "--body", how])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    for how in ["environment", "config file"] {
+        let out = simulate(how);
+        assert!(
+            out.status.success(),
+            "{how}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|d| d.json()["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies, ["environment", "config file"]);
+    drop(node);
+}

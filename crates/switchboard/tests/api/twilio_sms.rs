@@ -477,7 +477,7 @@ async fn the_simulator_posts_exactly_like_twilio() {
     let receiver = TestReceiver::start().await;
     app.standard_setup(&receiver).await;
     let sms = switchboard::simulate::SimulatedSms {
-        server: app.address.clone(),
+        server: Some(app.address.clone()),
         public_url: None,
         account_sid: ACCOUNT_SID.into(),
         auth_token: AUTH_TOKEN.into(),
