@@ -175,8 +175,8 @@ pub fn document() -> Value {
             "/v1/webhooks/{webhookId}/replay": { "post": { "summary": "Send again the deliveries of events in a time range", "tags": ["webhooks"], "parameters": [path_param("webhookId")],
                 "requestBody": json_body(json!({ "type": "object", "required": ["since"], "properties": {
                     "since": { "type": "string", "format": "date-time" }, "until": { "type": "string", "format": "date-time" },
-                    "status": { "enum": ["failed", "all"] } } })),
-                "responses": with(errors(&[("400", "Bad time"), ("404", "No such webhook"), ("422", "Bad status")]), json!({ "202": ok("How many", any.clone()) })) } },
+                    "status": { "enum": ["failed", "all"], "default": "failed" } } })),
+                "responses": with(errors(&[("404", "No such webhook"), ("422", "Bad time or status")]), json!({ "202": ok("{\"replayed\",\"alreadyPending\"}", any.clone()) })) } },
             "/v1/deliveries/{deliveryId}/retry": { "post": { "summary": "Send a delivery again now", "tags": ["webhooks"], "parameters": [path_param("deliveryId")],
                 "responses": with(errors(&[("404", "No such delivery"), ("409", "Being sent right now")]), json!({ "202": ok("Queued", any.clone()) })) } },
             "/v1/events": { "get": { "summary": "Every event in order, after a cursor", "tags": ["events"],

@@ -496,7 +496,7 @@ pub struct Replay {
 fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
     humantime::parse_rfc3339_weak(value)
         .map_err(|e| {
-            ApiError::bad_request(
+            ApiError::unprocessable(
                 "invalid_time",
                 format!("{field} `{value}` is not an ISO-8601 time: {e}"),
             )
@@ -532,11 +532,16 @@ pub async fn replay(
             ))
         }
     };
-    let count = state
+    let (replayed, pending) = state
         .store
         .replay(&webhook_id, since, until, only_failed, now)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "replayed": count }))))
+    // Pending ones are on their way already: not sent twice, but counted, so that a replay
+    // that finds only those does not read as "nothing matched".
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "replayed": replayed, "alreadyPending": pending })),
+    ))
 }
 
 /// Send one delivery again now (same `webhookId` and body), in a new retry cycle.

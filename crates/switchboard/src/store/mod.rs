@@ -666,7 +666,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<DeliveryJob>>;
 
     /// Make a webhook's deliveries of events created in `[since, until]` pending again, due
-    /// now, in a new retry cycle: only failed ones, or all. Returns how many.
+    /// now, in a new retry cycle: only failed ones, or all. Returns (how many, how many in the
+    /// range were pending already and were left as they were).
     async fn replay(
         &self,
         webhook_id: &str,
@@ -674,7 +675,7 @@ pub trait Store: Send + Sync + 'static {
         until: i64,
         only_failed: bool,
         now: i64,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<(u64, u64)>;
 
     /// Events after the cursor (`seq`), in order: (seq, payload).
     async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>>;

@@ -2053,7 +2053,18 @@ macro_rules! sql_store {
                 until: i64,
                 only_failed: bool,
                 now: i64,
-            ) -> StoreResult<u64> {
+            ) -> StoreResult<(u64, u64)> {
+                let mut tx = self.writer.begin().await?;
+                let pending: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM deliveries
+                     WHERE webhook_id = $1 AND status = 'pending'
+                       AND event_id IN (SELECT id FROM events WHERE created_at BETWEEN $2 AND $3)",
+                )
+                .bind(webhook_id)
+                .bind(since)
+                .bind(until)
+                .fetch_one(&mut *tx)
+                .await?;
                 let done = sqlx::query(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_until = NULL,
                          retry_offset = attempts, finished_at = NULL
@@ -2066,10 +2077,11 @@ macro_rules! sql_store {
                 .bind(only_failed)
                 .bind(since)
                 .bind(until)
-                .execute(&self.writer)
+                .execute(&mut *tx)
                 .await?;
-                $hooks::notify_work(&mut *self.writer.acquire().await?).await?;
-                Ok(done.rows_affected())
+                $hooks::notify_work(&mut *tx).await?;
+                tx.commit().await?;
+                Ok((done.rows_affected(), pending as u64))
             }
 
             async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>> {

@@ -651,6 +651,21 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     let mut expected = vec![ok.header("webhook-id"), failed.header("webhook-id")];
     expected.sort();
     assert_eq!(ids, expected);
+    // At once again: each of the two is either still on its way (left alone, counted as
+    // pending) or delivered by now (replayed), never both and never neither.
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/replay"),
+            json!({ "since": "2000-01-01T00:00:00Z", "status": "all" }),
+        )
+        .await;
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(
+        again["replayed"].as_u64().unwrap() + again["alreadyPending"].as_u64().unwrap(),
+        2,
+        "{again}"
+    );
     let bad = app
         .admin_send(
             reqwest::Method::POST,
@@ -658,7 +673,9 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
             json!({ "since": "yesterday" }),
         )
         .await;
-    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.status(), 422);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_time");
 }
 
 async fn rotation_signs_with_both_secrets_during_the_overlap() {
