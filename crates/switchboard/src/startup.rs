@@ -95,6 +95,11 @@ impl Application {
         config: Config,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Application> {
+        // First: a port in use stops the start before anything is created (the data directory,
+        // the admin token printed once).
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
         let (store, data_lock) = open_store(&config).await?;
         if store.embedded() {
             // This process is the embedded database's only user: what a previous run had
@@ -153,9 +158,6 @@ impl Application {
             dispatch_here: sends,
             dispatch,
         });
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let router = match config.role {
             Role::Dispatcher => routes::health_router(state),

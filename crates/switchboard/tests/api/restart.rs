@@ -115,6 +115,26 @@ async fn serve_with_no_configuration_starts_and_answers_healthz() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(token.trim()));
 }
 
+/// A port already in use stops `serve` before it creates anything: no data directory, and no
+/// admin token printed "once" by a start that then fails.
+#[tokio::test]
+async fn a_port_in_use_stops_the_start_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("SWITCHBOARD_LISTEN", &address)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("binding {address}")), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("admin token"));
+    assert!(!dir.path().join("switchboard-data").exists());
+}
+
 /// Whether a server on `port` answers `GET /healthz` with 200 within 10 s.
 async fn answers_healthz(port: u16) -> bool {
     let client = reqwest::Client::new();
