@@ -386,12 +386,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "a string in the body contains a NUL character (\\u0000)",
             ));
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            if e.is_data() {
+        // Errors in the data name the field they are in (`events: invalid type: null, …`).
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let e = e.into_inner();
+            if !e.is_data() {
+                ApiError::bad_request("invalid_json", e.to_string())
+            } else if path == "." {
                 ApiError::unprocessable("invalid_body", e.to_string())
             } else {
-                ApiError::bad_request("invalid_json", e.to_string())
+                ApiError::unprocessable("invalid_body", format!("{path}: {e}"))
             }
-        })
+        })?;
+        de.end()
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        Ok(JsonBody(parsed))
     }
 }

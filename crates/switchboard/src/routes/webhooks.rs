@@ -36,11 +36,18 @@ fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// A field that may be left out but has no "none": `null` is refused, not taken as "unchanged".
+fn not_null<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 /// The settings a webhook is created with or changed by.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WebhookSettings {
+    #[serde(default, deserialize_with = "not_null")]
     url: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     events: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     location_id: Option<Option<String>>,
@@ -48,6 +55,7 @@ pub struct WebhookSettings {
     message_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "nullable")]
     direction: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     ordering: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     max_in_flight: Option<Option<u32>>,
@@ -57,6 +65,7 @@ pub struct WebhookSettings {
     retry_schedule: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "nullable")]
     allowed_networks: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "not_null")]
     legacy_signature: Option<bool>,
 }
 

@@ -1059,6 +1059,11 @@ async fn limits_that_would_break_the_dispatcher_are_refused() {
             json!({ "retrySchedule": ["30d"] }),
             "invalid_retry_schedule",
         ),
+        // Fields without a "none" refuse null instead of ignoring it.
+        (json!({ "events": null }), "invalid_body"),
+        (json!({ "url": null }), "invalid_body"),
+        (json!({ "ordering": null }), "invalid_body"),
+        (json!({ "legacySignature": null }), "invalid_body"),
     ] {
         let r = app
             .admin_send(
@@ -1068,7 +1073,19 @@ async fn limits_that_would_break_the_dispatcher_are_refused() {
             )
             .await;
         assert_eq!(r.status(), 422, "{body}");
-        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code);
+        let error = r.json::<Value>().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+        if code == "invalid_body" {
+            // The message names the field.
+            let field = body.as_object().unwrap().keys().next().unwrap();
+            assert!(
+                error["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(field.as_str()),
+                "{error}"
+            );
+        }
     }
     let r = app
         .admin_send(
