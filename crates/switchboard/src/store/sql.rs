@@ -2055,16 +2055,19 @@ macro_rules! sql_store {
                 now: i64,
             ) -> StoreResult<(u64, u64)> {
                 let mut tx = self.writer.begin().await?;
-                let pending: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM deliveries
+                // Locked, so none of them is delivered (and then replayed too) before the update.
+                let pending = sqlx::query(&format!(
+                    "SELECT id FROM deliveries
                      WHERE webhook_id = $1 AND status = 'pending'
-                       AND event_id IN (SELECT id FROM events WHERE created_at BETWEEN $2 AND $3)",
-                )
+                       AND event_id IN (SELECT id FROM events WHERE created_at BETWEEN $2 AND $3){}",
+                    $hooks::ROW_LOCK
+                ))
                 .bind(webhook_id)
                 .bind(since)
                 .bind(until)
-                .fetch_one(&mut *tx)
-                .await?;
+                .fetch_all(&mut *tx)
+                .await?
+                .len();
                 let done = sqlx::query(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_until = NULL,
                          retry_offset = attempts, finished_at = NULL
