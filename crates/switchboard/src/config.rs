@@ -244,18 +244,23 @@ fn env_value(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
     })
 }
 
+/// A duration as the README writes them (`500ms`, `10s`, `2m`, `1h`, `1h30m`); the error says
+/// so in those terms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("`{s}` is not a duration: write a number and a unit, such as 500ms, 10s, 2m, 1h or 1h30m")
+    })
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
-        .map(|s| {
-            humantime::parse_duration(s)
-                .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
-        })
+        .map(|s| parse_duration(s).map_err(serde::de::Error::custom))
         .collect()
 }
 
@@ -348,6 +353,17 @@ mod tests {
         let err = Config::from_layers(None, env(&[("SWITCHBOARD_DELIVERY_TIMEOUT", "soon")]))
             .unwrap_err();
         assert!(format!("{err:#}").contains("soon"), "{err:#}");
+        // In the README's terms, not the parsing library's.
+        for raw in ["10", "10x"] {
+            let err = Config::from_layers(None, env(&[("SWITCHBOARD_DELIVERY_TIMEOUT", raw)]))
+                .unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("such as 500ms, 10s, 2m, 1h"), "{text}");
+            assert!(
+                !text.contains("sec") && !text.contains("variations"),
+                "{text}"
+            );
+        }
         let err =
             Config::from_layers(None, env(&[("SWITCHBOARD_PUBLIC_URL", "ftp://x")])).unwrap_err();
         assert!(format!("{err:#}").contains("public_url"));

@@ -173,7 +173,7 @@ impl WebhookSettings {
                 Some(list) => {
                     let parsed = list
                         .iter()
-                        .map(|s| humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}")))
+                        .map(|s| crate::config::parse_duration(s))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| {
                             invalid("invalid_retry_schedule", format!("retrySchedule: {e}"))

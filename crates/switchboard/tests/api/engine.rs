@@ -439,7 +439,13 @@ async fn filters_by_message_type_and_direction() {
             .admin_send(reqwest::Method::POST, "/v1/webhooks", body)
             .await;
         assert_eq!(r.status(), 422);
-        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code);
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code);
+        if code == "invalid_retry_schedule" {
+            let message = error["error"]["message"].as_str().unwrap();
+            assert!(message.contains("`soon` is not a duration"), "{message}");
+            assert!(message.contains("such as 500ms, 10s, 2m, 1h"), "{message}");
+        }
     }
 }
 
