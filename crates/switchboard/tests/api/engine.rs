@@ -684,6 +684,37 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     assert_eq!(body["error"]["code"], "invalid_time");
 }
 
+/// Rotate a webhook's secret with this overlap; the answer.
+async fn rotate(app: &TestApp, id: &str, overlap_seconds: u64) -> Value {
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            json!({ "overlapSeconds": overlap_seconds }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Whether the delivery's `webhook-signature` verifies with `secret`.
+fn signed_with(delivery: &Received, secret: &str) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    standard::verify(
+        &WebhookSecret::parse(secret).unwrap(),
+        delivery.header("webhook-id"),
+        delivery.header("webhook-timestamp"),
+        delivery.header("webhook-signature"),
+        &delivery.body,
+        now,
+        300,
+    )
+    .is_ok()
+}
+
 async fn rotation_signs_with_both_secrets_during_the_overlap() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -695,15 +726,7 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
     .await;
     let id = webhook["id"].as_str().unwrap().to_owned();
     let old = webhook["secret"].as_str().unwrap().to_owned();
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/rotate-secret"),
-            json!({ "overlapSeconds": 3600 }),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    let rotated: Value = r.json().await.unwrap();
+    let rotated = rotate(&app, &id, 3600).await;
     let new = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(old, new);
     assert!(rotated["previousSecretValidUntil"].is_string());
@@ -713,21 +736,11 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
     let delivery = receiver.wait_for(1, Duration::from_secs(5)).await[0].clone();
     let signatures: Vec<&str> = delivery.header("webhook-signature").split(' ').collect();
     assert_eq!(signatures.len(), 2, "{signatures:?}");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     for secret in [&old, &new] {
-        standard::verify(
-            &WebhookSecret::parse(secret).unwrap(),
-            delivery.header("webhook-id"),
-            delivery.header("webhook-timestamp"),
-            delivery.header("webhook-signature"),
-            &delivery.body,
-            now,
-            300,
-        )
-        .expect("verifies with either secret");
+        assert!(
+            signed_with(&delivery, secret),
+            "verifies with either secret"
+        );
         match verify_with_reference_library(secret, &delivery) {
             Some(result) => result.expect("the reference library verifies with either secret"),
             None if required_by_ci() => {
@@ -741,24 +754,11 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
 
     // A second rotation during the overlap: the first secret keeps its own end, so three
     // secrets sign, each of which verifies.
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/rotate-secret"),
-            json!({ "overlapSeconds": 600 }),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    let third = r.json::<Value>().await.unwrap()["secret"]
+    let third = rotate(&app, &id, 600).await["secret"]
         .as_str()
         .unwrap()
         .to_owned();
-    let secrets: Value = app
-        .admin_get(&format!("/v1/webhooks/{id}/secret"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let secrets = app.get_json(&format!("/v1/webhooks/{id}/secret")).await;
     assert_eq!(secrets["secret"], third.as_str());
     assert_eq!(secrets["previousSecret"], new.as_str());
     let previous: Vec<&str> = secrets["previousSecrets"]
@@ -773,28 +773,15 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
     let delivery = receiver.wait_for(2, Duration::from_secs(5)).await[1].clone();
     assert_eq!(delivery.header("webhook-signature").split(' ').count(), 3);
     for secret in [&old, &new, &third] {
-        standard::verify(
-            &WebhookSecret::parse(secret).unwrap(),
-            delivery.header("webhook-id"),
-            delivery.header("webhook-timestamp"),
-            delivery.header("webhook-signature"),
-            &delivery.body,
-            now,
-            300,
-        )
-        .expect("verifies with each secret still in its overlap");
+        assert!(
+            signed_with(&delivery, secret),
+            "each secret in its overlap verifies"
+        );
     }
 
     // A rotation without overlap (a leaked secret) ends every earlier secret at once: only
     // the new one signs.
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/rotate-secret"),
-            json!({ "overlapSeconds": 0 }),
-        )
-        .await;
-    let newest = r.json::<Value>().await.unwrap()["secret"]
+    let newest = rotate(&app, &id, 0).await["secret"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -802,16 +789,7 @@ async fn rotation_signs_with_both_secrets_during_the_overlap() {
         .await;
     let delivery = receiver.wait_for(3, Duration::from_secs(5)).await[2].clone();
     assert_eq!(delivery.header("webhook-signature").split(' ').count(), 1);
-    assert!(standard::verify(
-        &WebhookSecret::parse(&newest).unwrap(),
-        delivery.header("webhook-id"),
-        delivery.header("webhook-timestamp"),
-        delivery.header("webhook-signature"),
-        &delivery.body,
-        now,
-        300,
-    )
-    .is_ok());
+    assert!(signed_with(&delivery, &newest));
 }
 
 async fn highlevels_sdk_verifies_our_deliveries() {
