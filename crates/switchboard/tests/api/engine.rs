@@ -564,6 +564,19 @@ async fn max_per_second_spreads_deliveries() {
     );
 }
 
+/// Replay a webhook's deliveries since 2000 with this status filter; the 202's answer.
+async fn replay(app: &TestApp, id: &str, status: &str) -> Value {
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/replay"),
+            json!({ "since": "2000-01-01T00:00:00Z", "status": status }),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
 async fn retry_and_replay_keep_the_webhook_id_and_body() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
@@ -618,15 +631,7 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
         (r["data"][0]["status"] == "failed").then_some(())
     })
     .await;
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/replay"),
-            json!({ "since": "2000-01-01T00:00:00Z", "status": "failed" }),
-        )
-        .await;
-    assert_eq!(r.status(), 202);
-    assert_eq!(r.json::<Value>().await.unwrap()["replayed"], 1);
+    assert_eq!(replay(&app, &id, "failed").await["replayed"], 1);
     let replayed = receiver.wait_for(4, Duration::from_secs(5)).await[3].clone();
     assert_eq!(replayed.header("webhook-id"), failed.header("webhook-id"));
     assert_eq!(replayed.body, failed.body);
@@ -643,14 +648,7 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     }
 
     // Replay all: both, again, same ids.
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/replay"),
-            json!({ "since": "2000-01-01T00:00:00Z", "status": "all" }),
-        )
-        .await;
-    assert_eq!(r.json::<Value>().await.unwrap()["replayed"], 2);
+    assert_eq!(replay(&app, &id, "all").await["replayed"], 2);
     let all = receiver.wait_for(6, Duration::from_secs(5)).await;
     let mut ids: Vec<&str> = all[4..].iter().map(|r| r.header("webhook-id")).collect();
     ids.sort();
@@ -659,14 +657,7 @@ async fn retry_and_replay_keep_the_webhook_id_and_body() {
     assert_eq!(ids, expected);
     // At once again: each of the two is either still on its way (left alone, counted as
     // pending) or delivered by now (replayed), never both and never neither.
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/replay"),
-            json!({ "since": "2000-01-01T00:00:00Z", "status": "all" }),
-        )
-        .await;
-    let again: Value = r.json().await.unwrap();
+    let again = replay(&app, &id, "all").await;
     assert_eq!(
         again["replayed"].as_u64().unwrap() + again["alreadyPending"].as_u64().unwrap(),
         2,

@@ -114,20 +114,23 @@ async fn post_twiml(app: &TestApp, path: &str, params: &[(&str, &str)]) -> Strin
     text
 }
 
+/// The keys of the source document's Call example, but `userId` (only when someone answered).
+const CALL_KEYS: [&str; 10] = [
+    "type",
+    "locationId",
+    "attachments",
+    "contactId",
+    "conversationId",
+    "dateAdded",
+    "direction",
+    "messageType",
+    "messageId",
+    "status",
+];
+
 /// Assert the fields every CALL event has, as the source document's Call example shows them.
 fn assert_call_shape(event: &Value, location_id: &str) {
-    for key in [
-        "type",
-        "locationId",
-        "attachments",
-        "contactId",
-        "conversationId",
-        "dateAdded",
-        "direction",
-        "messageType",
-        "messageId",
-        "status",
-    ] {
+    for key in CALL_KEYS {
         assert!(event.get(key).is_some(), "{key} missing in {event}");
     }
     assert_eq!(event["locationId"], location_id);
@@ -529,19 +532,10 @@ async fn answered_calls_are_recorded_when_asked() {
         .map(String::as_str)
         .collect();
     keys.sort_unstable();
-    let mut expected = vec![
-        "type",
-        "locationId",
-        "attachments",
-        "contactId",
-        "conversationId",
-        "dateAdded",
-        "direction",
-        "messageType",
-        "userId",
-        "messageId",
-        "status",
-        // additions
+    let mut expected = CALL_KEYS.to_vec();
+    expected.push("userId");
+    // HighLevel's documented additions.
+    expected.extend([
         "messageTypeId",
         "messageTypeString",
         "callStatus",
@@ -550,7 +544,7 @@ async fn answered_calls_are_recorded_when_asked() {
         "to",
         "timestamp",
         "webhookId",
-    ];
+    ]);
     expected.sort_unstable();
     assert_eq!(keys, expected, "{event}");
 }
