@@ -465,6 +465,24 @@ pub fn required_by_ci() -> bool {
 }
 
 /// Verify a delivery with the Standard Webhooks reference library (PyPI `standardwebhooks`),
+/// Whether the delivery's `webhook-signature` verifies with `secret`.
+pub fn signed_with(delivery: &Received, secret: &str) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    switchboard_events::standard::verify(
+        &switchboard_events::standard::WebhookSecret::parse(secret).unwrap(),
+        delivery.header("webhook-id"),
+        delivery.header("webhook-timestamp"),
+        delivery.header("webhook-signature"),
+        &delivery.body,
+        now,
+        300,
+    )
+    .is_ok()
+}
+
 /// a verifier this project did not write. `None` when python3 or the library is missing.
 pub fn verify_with_reference_library(
     secret: &str,
