@@ -5,7 +5,8 @@
 //! throughput, latencies, the server's peak RSS and CPU time — and, as the ceiling, the same
 //! load posted straight to the sink (what HTTP alone costs on this machine). It also measures
 //! a relay that only receives each webhook and posts its body on to the sink: the same four
-//! HTTP handlings as Switchboard's path, with no storage, parsing or signing.
+//! HTTP handlings as Switchboard's path, with no storage, parsing or signing; then the same
+//! relay signing each post as Switchboard signs a delivery.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -21,7 +22,11 @@ use axum::routing::post;
 use rand::Rng;
 use serde_json::json;
 
+use switchboard_events::headers;
+use switchboard_events::standard::{self, WebhookSecret};
+
 use crate::channels::twilio::signature::{self, Algorithm};
+use crate::keys::{SecretSource, SigningKeys};
 use crate::routes::TWILIO_INBOUND_PATH;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -75,6 +80,12 @@ pub struct BenchReport {
     /// The relay's user+system CPU seconds for the same N: what HTTP alone costs a gateway.
     pub relay_cpu_seconds: f64,
     pub relay_share_of_ceiling: f64,
+    /// The same relay signing each post as Switchboard signs a delivery (Ed25519
+    /// `x-ghl-signature` and the Standard Webhooks HMAC): the signing that the delivery
+    /// contract requires, and still no parsing, verification or storage.
+    pub signing_relay_per_sec: f64,
+    pub signing_relay_cpu_seconds: f64,
+    pub signing_relay_share_of_ceiling: f64,
     pub repeated_deliveries: usize,
     /// With `--slow-ms`: the 50 ms windows of posting time that held slow requests.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -123,6 +134,8 @@ struct Sink {
     arrivals: Mutex<HashMap<usize, Instant>>,
     last: Mutex<Option<Instant>>,
     total: AtomicUsize,
+    /// Posts that carried both delivery signatures.
+    signed: AtomicUsize,
 }
 
 impl Sink {
@@ -130,6 +143,7 @@ impl Sink {
         self.arrivals.lock().expect("sink lock").clear();
         *self.last.lock().expect("sink lock") = None;
         self.total.store(0, Ordering::Relaxed);
+        self.signed.store(0, Ordering::Relaxed);
     }
 
     /// Wait until `count` reaches `n` (at most 300 s); `what` names what is counted.
@@ -153,8 +167,17 @@ impl Sink {
     }
 }
 
-async fn sink(State(sink): State<Arc<Sink>>, body: Bytes) -> StatusCode {
+async fn sink(
+    State(sink): State<Arc<Sink>>,
+    request_headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let now = Instant::now();
+    if request_headers.contains_key(headers::GHL_SIGNATURE)
+        && request_headers.contains_key(headers::WEBHOOK_SIGNATURE)
+    {
+        sink.signed.fetch_add(1, Ordering::Relaxed);
+    }
     // The latest arrival is kept before the post is counted, so whoever sees the count sees
     // its time.
     {
@@ -305,12 +328,14 @@ async fn start_server(options: &BenchOptions, port: u16) -> anyhow::Result<Serve
     wait_ready(server, port).await
 }
 
-/// Start the relay (`switchboard bench-relay`) on `port`, posting on to `target`.
-async fn start_relay(port: u16, target: &str) -> anyhow::Result<Server> {
+/// Start the relay (`switchboard bench-relay`) on `port`, posting on to `target`, signing
+/// each post when `sign`.
+async fn start_relay(port: u16, target: &str, sign: bool) -> anyhow::Result<Server> {
     let relay = Server {
         child: std::process::Command::new(std::env::current_exe()?)
             .args(["bench-relay", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--target", target])
+            .args(sign.then_some("--sign"))
             .stdout(std::process::Stdio::null())
             .spawn()
             .context("starting the relay")?,
@@ -345,14 +370,53 @@ struct Relay {
     client: reqwest::Client,
     target: String,
     in_flight: tokio::sync::Semaphore,
+    signer: Option<RelaySigner>,
+}
+
+/// What the relay signs its posts with, as Switchboard's dispatcher does: the server's
+/// Ed25519 key and a webhook's secret.
+struct RelaySigner {
+    keys: SigningKeys,
+    secret: WebhookSecret,
+    /// Where the key file lives while the relay runs.
+    _dir: tempfile::TempDir,
+}
+
+impl RelaySigner {
+    async fn new() -> anyhow::Result<RelaySigner> {
+        let dir = tempfile::tempdir()?;
+        let keys = SigningKeys::load_or_create(SecretSource::Dir(dir.path().to_owned())).await?;
+        Ok(RelaySigner {
+            keys,
+            secret: WebhookSecret::from_key(&rand::random::<[u8; 24]>()),
+            _dir: dir,
+        })
+    }
+
+    /// The headers Switchboard signs a delivery of `body` with.
+    fn headers(&self, body: &[u8]) -> [(&'static str, String); 4] {
+        let id = crate::domain::ids::new_id();
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signature =
+            standard::signature_header(std::slice::from_ref(&self.secret), &id, timestamp, body);
+        [
+            (headers::WEBHOOK_ID, id),
+            (headers::WEBHOOK_TIMESTAMP, timestamp.to_string()),
+            (headers::WEBHOOK_SIGNATURE, signature),
+            (headers::GHL_SIGNATURE, self.keys.ed25519_signature(body)),
+        ]
+    }
 }
 
 /// `switchboard bench-relay`: answers every POST at once with an empty TwiML document and
 /// posts its body on to `target` over a pooled keep-alive client, at most `RELAY_IN_FLIGHT`
 /// at a time — the four HTTP handlings of Switchboard's path and nothing else, the most any
-/// gateway on this HTTP stack could do. A failed forward is tried again (three times in all)
-/// and reported on stderr.
-pub async fn relay(listen: &str, target: String) -> anyhow::Result<()> {
+/// gateway on this HTTP stack could do. With `sign`, each post is signed as Switchboard signs
+/// a delivery, once (a retry is signed again). A failed forward is tried again (three times
+/// in all) and reported on stderr.
+pub async fn relay(listen: &str, target: String, sign: bool) -> anyhow::Result<()> {
     async fn forward(
         State(relay): State<Arc<Relay>>,
         body: Bytes,
@@ -363,9 +427,11 @@ pub async fn relay(listen: &str, target: String) -> anyhow::Result<()> {
             };
             let mut error = None;
             for _ in 0..3 {
-                let sent = relay
-                    .client
-                    .post(&relay.target)
+                let mut request = relay.client.post(&relay.target);
+                for (name, value) in relay.signer.iter().flat_map(|s| s.headers(&body)) {
+                    request = request.header(name, value);
+                }
+                let sent = request
                     .header(
                         axum::http::header::CONTENT_TYPE,
                         "application/x-www-form-urlencoded",
@@ -392,6 +458,10 @@ pub async fn relay(listen: &str, target: String) -> anyhow::Result<()> {
         )
     }
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let signer = match sign {
+        true => Some(RelaySigner::new().await?),
+        false => None,
+    };
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(|| async { "ready" }))
         .fallback(post(forward))
@@ -399,6 +469,7 @@ pub async fn relay(listen: &str, target: String) -> anyhow::Result<()> {
             client,
             target,
             in_flight: tokio::sync::Semaphore::new(RELAY_IN_FLIGHT),
+            signer,
         }));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -607,29 +678,42 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         })
         .collect();
 
-    // The relay: the same requests, received and posted on, nothing else.
-    let (relay_listener, relay_port) = reserve()?;
-    drop(relay_listener);
-    let relay = start_relay(relay_port, &sink_url).await?;
-    let started = Instant::now();
-    let relay_url = format!("http://127.0.0.1:{relay_port}{TWILIO_INBOUND_PATH}");
-    let (_, _, failed) = post_all(
-        &client,
-        &relay_url,
-        requests.clone(),
-        options.concurrency,
-        options.rate,
-    )
-    .await;
-    anyhow::ensure!(failed == 0, "{failed} posts to the relay failed");
-    state
-        .wait_for(n, "posts", |s| s.total.load(Ordering::Relaxed))
-        .await?;
-    let relay_last = state.last.lock().expect("sink lock").unwrap_or(started);
-    let relay_per_sec = n as f64 / relay_last.duration_since(started).as_secs_f64();
-    let (_, relay_cpu) = process_usage(relay.child.id());
-    drop(relay);
-    state.reset();
+    // The relay: the same requests, received and posted on, nothing else; then signed too.
+    let mut relays = Vec::new();
+    for sign in [false, true] {
+        let (relay_listener, relay_port) = reserve()?;
+        drop(relay_listener);
+        let relay = start_relay(relay_port, &sink_url, sign).await?;
+        let started = Instant::now();
+        let relay_url = format!("http://127.0.0.1:{relay_port}{TWILIO_INBOUND_PATH}");
+        let (_, _, failed) = post_all(
+            &client,
+            &relay_url,
+            requests.clone(),
+            options.concurrency,
+            options.rate,
+        )
+        .await;
+        anyhow::ensure!(failed == 0, "{failed} posts to the relay failed");
+        state
+            .wait_for(n, "posts", |s| s.total.load(Ordering::Relaxed))
+            .await?;
+        let signed = state.signed.load(Ordering::Relaxed);
+        anyhow::ensure!(
+            signed == if sign { n } else { 0 },
+            "{signed} of the relay's {n} posts were signed (signing: {sign})"
+        );
+        let relay_last = state.last.lock().expect("sink lock").unwrap_or(started);
+        let per_sec = n as f64 / relay_last.duration_since(started).as_secs_f64();
+        let (_, cpu) = process_usage(relay.child.id());
+        relays.push((per_sec, cpu));
+        drop(relay);
+        state.reset();
+    }
+    let [(relay_per_sec, relay_cpu), (signing_relay_per_sec, signing_relay_cpu)] = relays[..]
+    else {
+        unreachable!("two relay phases")
+    };
 
     drop(server_listener);
     let server = start_server(&options, port).await?;
@@ -644,6 +728,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     state
         .wait_for(n, "events", |s| s.arrivals.lock().expect("sink lock").len())
         .await?;
+    let (signed, posts) = (
+        state.signed.load(Ordering::Relaxed),
+        state.total.load(Ordering::Relaxed),
+    );
+    anyhow::ensure!(
+        signed == posts,
+        "{} of the server's {posts} deliveries were not signed",
+        posts - signed
+    );
     let arrivals = state.arrivals.lock().expect("sink lock").clone();
     let delivered_secs = arrivals
         .values()
@@ -696,6 +789,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         relay_per_sec,
         relay_cpu_seconds: relay_cpu,
         relay_share_of_ceiling: relay_per_sec / ceiling,
+        signing_relay_per_sec,
+        signing_relay_cpu_seconds: signing_relay_cpu,
+        signing_relay_share_of_ceiling: signing_relay_per_sec / ceiling,
         repeated_deliveries: state.total.load(Ordering::Relaxed).saturating_sub(n),
         slow_windows,
     })
@@ -714,6 +810,7 @@ pub fn table(r: &BenchReport) -> String {
          server CPU               {:.2} s\n\
          ceiling (HTTP alone)/s   {:.0}\n\
          relay (HTTP in, out)/s   {:.0}  ({:.0} % of the ceiling), CPU {:.2} s\n\
+         relay, signing/s         {:.0}  ({:.0} % of the ceiling), CPU {:.2} s\n\
          repeated deliveries      {}",
         r.store,
         r.messages,
@@ -735,6 +832,9 @@ pub fn table(r: &BenchReport) -> String {
         r.relay_per_sec,
         r.relay_share_of_ceiling * 100.0,
         r.relay_cpu_seconds,
+        r.signing_relay_per_sec,
+        r.signing_relay_share_of_ceiling * 100.0,
+        r.signing_relay_cpu_seconds,
         r.repeated_deliveries,
     );
     for w in &r.slow_windows {

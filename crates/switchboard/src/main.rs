@@ -80,6 +80,9 @@ enum Command {
         listen: String,
         #[arg(long, value_name = "URL")]
         target: String,
+        /// Sign each post as Switchboard signs a delivery.
+        #[arg(long)]
+        sign: bool,
     },
     /// Send a provider request to a running Switchboard, signed as the provider signs it.
     #[command(subcommand)]
@@ -137,7 +140,11 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::BenchRelay { listen, target } => switchboard::bench::relay(&listen, target).await,
+        Command::BenchRelay {
+            listen,
+            target,
+            sign,
+        } => switchboard::bench::relay(&listen, target, sign).await,
         Command::ConfigDefaults => {
             print!("{}", switchboard::config::DEFAULTS_TOML);
             Ok(())

@@ -185,6 +185,13 @@ fn the_benchmark_runs_and_every_event_arrives() {
     assert!(json["relay_cpu_seconds"].as_f64().is_some(), "{json}");
     assert!(stdout.contains("delivered/s"));
     assert!(stdout.contains("relay (HTTP in, out)/s"), "{stdout}");
+    // And the signing relay's, every one of them signed (it fails otherwise).
+    assert!(json["signing_relay_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(
+        json["signing_relay_cpu_seconds"].as_f64().is_some(),
+        "{json}"
+    );
+    assert!(stdout.contains("relay, signing/s"), "{stdout}");
 }
 
 /// `--rate` paces the requests (open loop): never faster than offered, and every event arrives.
