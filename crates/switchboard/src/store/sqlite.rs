@@ -329,6 +329,21 @@ mod tests {
         assert!(w2.previous_secrets.is_empty());
     }
 
+    /// SQLite is built without its memory statistics (`.cargo/config.toml`): with them, every
+    /// allocation it makes takes a process-wide mutex.
+    #[tokio::test]
+    async fn sqlite_is_built_without_memory_statistics() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
     #[test]
     fn numbered_placeholders_in_order_become_positional() {
         assert_eq!(
