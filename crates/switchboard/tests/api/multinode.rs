@@ -330,3 +330,127 @@ async fn an_api_node_stores_and_a_dispatcher_node_delivers() {
     )
     .is_ok());
 }
+
+/// Each node answers account lookups from memory while it hears of the other nodes' changes:
+/// a token changed behind its back (no notification) leaves its answer as it was until a
+/// notification arrives, and a token changed through another node's API reaches it at once.
+#[tokio::test]
+async fn every_node_hears_of_account_changes_made_through_another() {
+    use sqlx::Connection;
+    let Some(database) = cluster_database().await else {
+        return;
+    };
+    let receiver = TestReceiver::start().await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = cluster_env(&database);
+    let a = Node::start(dirs[0].path(), free_port(), &env).await;
+    let b = Node::start(dirs[1].path(), free_port(), &env).await;
+    a.configure(&receiver).await;
+    let location = a.get_json("/v1/locations").await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = reqwest::Client::new();
+    let mut sent = 0;
+    let mut post = |node: &Node, token: &str| {
+        sent += 1;
+        let url = format!(
+            "{}/conversations/providers/twilio/inbound_message",
+            node.address
+        );
+        let (client, token) = (client.clone(), token.to_owned());
+        let sid = format!("SMheard{sent}");
+        async move {
+            post_twilio_to(&client, &url, &sms_params(&sid, "hello"), &token)
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    let mut db = sqlx::PgConnection::connect(&database).await.unwrap();
+    let set_secret = |secret: &'static str| {
+        sqlx::query("UPDATE channel_accounts SET secret = $1 WHERE location_id = $2")
+            .bind(secret)
+            .bind(location.clone())
+    };
+    let behind_its_back = "changed_behind_its_back_0123456789";
+
+    // B answers from its cache once it listens: the token changed in the database without a
+    // word leaves B checking signatures with the one it knew.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(post(&b, AUTH_TOKEN).await, 200);
+        set_secret(behind_its_back).execute(&mut db).await.unwrap();
+        if post(&b, AUTH_TOKEN).await == 200 {
+            break;
+        }
+        // Not listening yet: it looked the account up again. Put the token back.
+        assert!(
+            Instant::now() < deadline,
+            "node B never answered from its cache"
+        );
+        set_secret(AUTH_TOKEN).execute(&mut db).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A notification empties it: B then checks with the token in the database.
+    sqlx::query("SELECT pg_notify('switchboard_accounts', '')")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while post(&b, AUTH_TOKEN).await == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "node B kept an account it was told had changed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(post(&b, AUTH_TOKEN).await, 403);
+    assert_eq!(post(&b, behind_its_back).await, 200);
+
+    // Through A's API, a new auth token: B takes it and refuses the one before.
+    let new_token = "rotated_auth_token_0123456789abcd";
+    let r = client
+        .put(format!(
+            "{}/v1/locations/{location}/channels/twilio",
+            a.address
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({
+            "accountSid": ACCOUNT_SID, "authToken": new_token, "phoneNumbers": [BUSINESS_NUMBER]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while post(&b, new_token).await != 200 {
+        assert!(Instant::now() < deadline, "node B never took the new token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(post(&b, behind_its_back).await, 403);
+
+    // The connections that listen are cut: notifications may be missed meanwhile, so the
+    // nodes drop what they kept. A token changed without a word is then seen.
+    assert_eq!(post(&b, new_token).await, 200);
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query = 'LISTEN \"switchboard_accounts\"'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        !cut.is_empty(),
+        "no connection listened for account changes"
+    );
+    set_secret(behind_its_back).execute(&mut db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while post(&b, behind_its_back).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "node B kept an account across a lost connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
