@@ -310,62 +310,24 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
-/// Channel accounts by the number called. Every change made through this process goes
-/// through `put_channel_account` or `delete_channel_account`, which empty it; with a shared
-/// database (PostgreSQL) the other nodes' changes empty it through a notification, and the
-/// cache answers only while those notifications are being received (`arm` / `disarm`). Only
-/// numbers that are connected are kept (a route by account or by call is looked up each time,
-/// and so is a miss), so what a caller sends cannot grow it: a request's other fields play no
-/// part in its key.
+/// Channel accounts by the number called, for a store only this process writes (SQLite): every
+/// change goes through `put_channel_account`, which empties it. Only numbers that are connected
+/// are kept (a route by account or by call is looked up each time, and so is a miss), so
+/// what a caller sends cannot grow it: a request's other fields play no part in its key.
+#[derive(Default)]
 pub struct AccountCache {
     inner: std::sync::RwLock<AccountCacheInner>,
 }
 
+#[derive(Default)]
 struct AccountCacheInner {
-    /// Whether it may answer: a store only this process writes always; a shared one only while
-    /// it hears of the other nodes' changes.
-    armed: bool,
     /// Bumped by every change: a lookup that started before one does not fill the cache.
     generation: u64,
     /// (provider, number called) → account.
     accounts: std::collections::HashMap<(String, String), ChannelAccount>,
 }
 
-impl Default for AccountCache {
-    /// Armed: for a store only this process writes.
-    fn default() -> Self {
-        AccountCache::new(true)
-    }
-}
-
 impl AccountCache {
-    fn new(armed: bool) -> Self {
-        AccountCache {
-            inner: std::sync::RwLock::new(AccountCacheInner {
-                armed,
-                generation: 0,
-                accounts: std::collections::HashMap::new(),
-            }),
-        }
-    }
-
-    /// A cache that answers nothing until it is armed.
-    pub fn disarmed() -> Self {
-        AccountCache::new(false)
-    }
-
-    /// Start answering, from empty: changes are heard of from now on.
-    pub fn arm(&self) {
-        self.clear();
-        self.inner.write().expect("account cache lock").armed = true;
-    }
-
-    /// Stop answering: changes may go unheard of.
-    pub fn disarm(&self) {
-        self.inner.write().expect("account cache lock").armed = false;
-        self.clear();
-    }
-
     /// The cached account for the number `key` calls, and the generation to fill the cache
     /// with on a miss. Never a hit for a request of a call: it goes to the call's location
     /// first, which the cache does not know.
@@ -374,7 +336,7 @@ impl AccountCache {
         let address = key
             .address
             .as_ref()
-            .filter(|_| inner.armed && key.correlation_id.is_none());
+            .filter(|_| key.correlation_id.is_none());
         let hit = address.and_then(|address| {
             inner
                 .accounts
@@ -388,7 +350,7 @@ impl AccountCache {
     /// since it started.
     pub fn put(&self, provider: &str, address: &str, generation: u64, account: &ChannelAccount) {
         let mut inner = self.inner.write().expect("account cache lock");
-        if !inner.armed || inner.generation != generation {
+        if inner.generation != generation {
             return;
         }
         inner
@@ -755,36 +717,5 @@ mod tests {
         cache.clear();
         cache.put("twilio", "+14155550100", generation, &account);
         assert!(cache.get("twilio", &key(None, "AC1")).0.is_none());
-    }
-
-    #[test]
-    fn a_disarmed_account_cache_neither_answers_nor_keeps() {
-        let cache = AccountCache::disarmed();
-        let account = ChannelAccount {
-            location_id: "L".into(),
-            account_id: "AC1".into(),
-            secret: "token".into(),
-            settings: serde_json::json!({}),
-        };
-        let key = RouteKey {
-            address: Some("+14155550100".into()),
-            correlation_id: None,
-            account_id: None,
-        };
-        let (_, generation) = cache.get("twilio", &key);
-        cache.put("twilio", "+14155550100", generation, &account);
-        assert_eq!(cache.len(), 0);
-        // Armed: a lookup begun before cannot fill it, one begun after can.
-        cache.arm();
-        cache.put("twilio", "+14155550100", generation, &account);
-        assert_eq!(cache.len(), 0);
-        let (_, generation) = cache.get("twilio", &key);
-        cache.put("twilio", "+14155550100", generation, &account);
-        assert_eq!(cache.get("twilio", &key).0.unwrap().location_id, "L");
-        // Disarmed again (notifications lost): emptied, and it answers nothing.
-        cache.disarm();
-        assert_eq!(cache.len(), 0);
-        cache.put("twilio", "+14155550100", generation, &account);
-        assert!(cache.get("twilio", &key).0.is_none());
     }
 }

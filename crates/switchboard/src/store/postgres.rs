@@ -4,16 +4,13 @@
 //! dispatchers (deliveries not sent by the node that stored them) wakes them with `NOTIFY`,
 //! with polling as the fallback.
 
-use std::sync::Arc;
-
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub struct PostgresStore {
     writer: PgPool,
     reader: PgPool,
     batch: super::GroupCommit,
-    accounts: Arc<super::AccountCache>,
-    _watch: hooks::AccountWatch,
+    accounts: super::AccountCache,
 }
 
 impl PostgresStore {
@@ -34,32 +31,25 @@ impl PostgresStore {
         // the database the next gathers), leaving at least two for reads, claims and the API.
         let writers = (max_connections as usize).saturating_sub(2).clamp(1, 4);
         let batch = group_commit(&pool, writers, None);
-        // Accounts are answered from memory only while every node's changes are heard of.
-        let accounts = Arc::new(super::AccountCache::disarmed());
-        let watch = hooks::AccountWatch::start(&pool, accounts.clone());
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,
             batch,
-            accounts,
-            _watch: watch,
+            accounts: super::AccountCache::default(),
         })
     }
 }
 
 mod hooks {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use sqlx::postgres::PgListener;
     use sqlx::PgConnection;
 
-    use crate::store::{AccountCache, StoreResult};
+    use crate::store::StoreResult;
 
     /// The channel dispatchers listen on.
     const WORK_CHANNEL: &str = "switchboard_work";
-    /// The channel every node's account cache listens on.
-    pub(super) const ACCOUNTS_CHANNEL: &str = "switchboard_accounts";
     /// The advisory lock that orders event inserts (any constant, the same on every node).
     const EVENT_STREAM_LOCK: i64 = 0x5357_4254_4556;
 
@@ -97,70 +87,6 @@ mod hooks {
             .execute(conn)
             .await?;
         Ok(())
-    }
-
-    /// Tell every node (this one included) to empty its account cache (delivered at commit).
-    pub async fn accounts_changed(conn: &mut PgConnection) -> StoreResult<()> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(ACCOUNTS_CHANNEL)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-
-    /// Keeps a node's account cache in step with the other nodes: emptied at every
-    /// notification, armed only while it listens. When the connection drops, notifications
-    /// may be missed, so the cache is disarmed (accounts are looked up in the database) until
-    /// it listens again. A database that does not allow `LISTEN` (a pooler in transaction
-    /// mode) leaves it disarmed. Stops when dropped.
-    pub struct AccountWatch {
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl AccountWatch {
-        pub fn start(pool: &sqlx::PgPool, accounts: Arc<AccountCache>) -> AccountWatch {
-            let pool = pool.clone();
-            let task = tokio::spawn(async move {
-                let mut failing = false;
-                loop {
-                    let listening = async {
-                        let mut listener = PgListener::connect_with(&pool).await?;
-                        listener.listen(ACCOUNTS_CHANNEL).await?;
-                        Ok::<_, sqlx::Error>(listener)
-                    };
-                    let mut listener = match listening.await {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            if !failing {
-                                tracing::warn!(error = %e, "LISTEN for account changes failed; \
-                                    accounts are looked up in the database meanwhile");
-                            }
-                            failing = true;
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue;
-                        }
-                    };
-                    failing = false;
-                    accounts.arm();
-                    // `try_recv` answers `None` when the connection was lost (`recv` would
-                    // reconnect without a word, and what was sent meanwhile would be missed).
-                    while let Ok(Some(_)) = listener.try_recv().await {
-                        accounts.clear();
-                    }
-                    accounts.disarm();
-                    tracing::warn!(
-                        "the LISTEN connection for account changes was lost; reconnecting"
-                    );
-                }
-            });
-            AccountWatch { task }
-        }
-    }
-
-    impl Drop for AccountWatch {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
     }
 
     /// PostgreSQL binds `$N` by number already.

@@ -1404,7 +1404,6 @@ macro_rules! sql_store {
                     .bind(provider)
                     .execute(&mut *tx)
                     .await?;
-                $hooks::accounts_changed(&mut tx).await?;
                 tx.commit().await?;
                 self.accounts.clear();
                 Ok(done.rows_affected() > 0)
@@ -1468,7 +1467,6 @@ macro_rules! sql_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                $hooks::accounts_changed(&mut tx).await?;
                 tx.commit().await?;
                 self.accounts.clear();
                 Ok(())
@@ -1479,6 +1477,10 @@ macro_rules! sql_store {
                 provider: &str,
                 key: &RouteKey,
             ) -> StoreResult<Option<ChannelAccount>> {
+                if !$hooks::EMBEDDED {
+                    let found = lookup_channel_account(&self.reader, provider, key).await?;
+                    return Ok(found.map(|(account, _)| account));
+                }
                 let (hit, generation) = self.accounts.get(provider, key);
                 if hit.is_some() {
                     return Ok(hit);

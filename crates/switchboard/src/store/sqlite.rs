@@ -21,7 +21,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     batch: super::GroupCommit,
-    accounts: Arc<super::AccountCache>,
+    accounts: super::AccountCache,
     _checkpointer: Checkpointer,
 }
 
@@ -151,7 +151,7 @@ impl SqliteStore {
             writer,
             reader,
             batch,
-            accounts: Arc::default(),
+            accounts: super::AccountCache::default(),
             _checkpointer: checkpointer,
         })
     }
@@ -182,11 +182,6 @@ mod hooks {
 
     /// The only dispatcher is in this process and polls.
     pub async fn notify_work(_conn: &mut SqliteConnection) -> StoreResult<()> {
-        Ok(())
-    }
-
-    /// Only this process changes the accounts, and it empties its own cache.
-    pub async fn accounts_changed(_conn: &mut SqliteConnection) -> StoreResult<()> {
         Ok(())
     }
 
