@@ -26,6 +26,7 @@ use switchboard_events::headers;
 use switchboard_events::standard::{self, WebhookSecret};
 
 use crate::channels::twilio::signature::{self, Algorithm};
+use crate::domain::time::{Clock, SystemClock};
 use crate::keys::{SecretSource, SigningKeys};
 use crate::routes::TWILIO_INBOUND_PATH;
 
@@ -396,9 +397,8 @@ impl RelaySigner {
     /// The headers Switchboard signs a delivery of `body` with.
     fn headers(&self, body: &[u8]) -> [(&'static str, String); 4] {
         let id = crate::domain::ids::new_id();
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        // Unix seconds, as the dispatcher takes them.
+        let timestamp = SystemClock.now_ms() / 1000;
         let signature =
             standard::signature_header(std::slice::from_ref(&self.secret), &id, timestamp, body);
         [
@@ -458,9 +458,10 @@ pub async fn relay(listen: &str, target: String, sign: bool) -> anyhow::Result<(
         )
     }
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let signer = match sign {
-        true => Some(RelaySigner::new().await?),
-        false => None,
+    let signer = if sign {
+        Some(RelaySigner::new().await?)
+    } else {
+        None
     };
     let app = axum::Router::new()
         .route("/readyz", axum::routing::get(|| async { "ready" }))
@@ -608,6 +609,56 @@ async fn post_all(
     (latencies, sent, failures.load(Ordering::Relaxed))
 }
 
+/// One relay phase: `requests` posted through a relay (signing each post when `sign`) until
+/// the sink has them all; the relay's delivered/s and CPU seconds.
+async fn relay_phase(
+    sign: bool,
+    sink: &Sink,
+    client: &reqwest::Client,
+    sink_url: &str,
+    requests: &[(String, Vec<(&'static str, String)>)],
+    options: &BenchOptions,
+) -> anyhow::Result<(f64, f64)> {
+    let n = requests.len();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let relay = start_relay(port, sink_url, sign).await?;
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{port}{TWILIO_INBOUND_PATH}");
+    let (_, _, failed) = post_all(
+        client,
+        &url,
+        requests.to_vec(),
+        options.concurrency,
+        options.rate,
+    )
+    .await;
+    anyhow::ensure!(failed == 0, "{failed} posts to the relay failed");
+    sink.wait_for(n, "posts", |s| s.total.load(Ordering::Relaxed))
+        .await?;
+    // Counted by kind, so a repeated post (a retried forward) cannot fail the check.
+    if sign {
+        let unsigned = sink.unsigned.load(Ordering::Relaxed);
+        anyhow::ensure!(
+            unsigned == 0,
+            "{unsigned} of the signing relay's posts were not signed"
+        );
+    } else {
+        let signed = sink.signed.load(Ordering::Relaxed);
+        anyhow::ensure!(
+            signed == 0,
+            "{signed} of the plain relay's posts were signed"
+        );
+    }
+    let last = sink.last.lock().expect("sink lock").unwrap_or(started);
+    let per_sec = n as f64 / last.duration_since(started).as_secs_f64();
+    let (_, cpu) = process_usage(relay.child.id());
+    drop(relay);
+    sink.reset();
+    Ok((per_sec, cpu))
+}
+
 pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let n = options.messages;
     anyhow::ensure!(
@@ -679,51 +730,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         .collect();
 
     // The relay: the same requests, received and posted on, nothing else; then signed too.
-    let mut relays = Vec::new();
-    for sign in [false, true] {
-        let (relay_listener, relay_port) = reserve()?;
-        drop(relay_listener);
-        let relay = start_relay(relay_port, &sink_url, sign).await?;
-        let started = Instant::now();
-        let relay_url = format!("http://127.0.0.1:{relay_port}{TWILIO_INBOUND_PATH}");
-        let (_, _, failed) = post_all(
-            &client,
-            &relay_url,
-            requests.clone(),
-            options.concurrency,
-            options.rate,
-        )
-        .await;
-        anyhow::ensure!(failed == 0, "{failed} posts to the relay failed");
-        state
-            .wait_for(n, "posts", |s| s.total.load(Ordering::Relaxed))
-            .await?;
-        // Counted by kind, so a repeated post (a retried forward) cannot fail the check.
-        let (signed, unsigned) = (
-            state.signed.load(Ordering::Relaxed),
-            state.unsigned.load(Ordering::Relaxed),
-        );
-        match sign {
-            true => anyhow::ensure!(
-                unsigned == 0,
-                "{unsigned} of the signing relay's posts were not signed"
-            ),
-            false => anyhow::ensure!(
-                signed == 0,
-                "{signed} of the plain relay's posts were signed"
-            ),
-        }
-        let relay_last = state.last.lock().expect("sink lock").unwrap_or(started);
-        let per_sec = n as f64 / relay_last.duration_since(started).as_secs_f64();
-        let (_, cpu) = process_usage(relay.child.id());
-        relays.push((per_sec, cpu));
-        drop(relay);
-        state.reset();
-    }
-    let [(relay_per_sec, relay_cpu), (signing_relay_per_sec, signing_relay_cpu)] = relays[..]
-    else {
-        unreachable!("two relay phases")
-    };
+    let (relay_per_sec, relay_cpu) =
+        relay_phase(false, &state, &client, &sink_url, &requests, &options).await?;
+    let (signing_relay_per_sec, signing_relay_cpu) =
+        relay_phase(true, &state, &client, &sink_url, &requests, &options).await?;
 
     drop(server_listener);
     let server = start_server(&options, port).await?;
