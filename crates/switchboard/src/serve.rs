@@ -17,7 +17,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
@@ -109,7 +110,7 @@ async fn connection(
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout);
-    let conn = http1.serve_connection(TokioIo::new(stream), service);
+    let conn = http1.serve_connection(TokioIo::new(Lingering::new(stream)), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -189,5 +190,93 @@ impl hyper::body::Body for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         hyper::body::Body::size_hint(&self.inner)
+    }
+}
+
+/// What a closing connection still reads and discards from its client: at most this much,
+/// for at most [`LINGER_TIME`].
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// A connection that closes as nginx's lingering close does. A client that writes its whole
+/// body before it reads (Python's `urllib`, many shell tools) would otherwise get a reset
+/// instead of the answer sent before the body was read (a 413, a 401): closing a socket with
+/// unread data makes the kernel send RST, which throws away the answer still on its way. So
+/// the write side is shut first (the answer and a FIN go out), then what the client still
+/// sends is read and dropped until it closes too, or [`LINGER_BYTES`] or [`LINGER_TIME`] is
+/// reached.
+struct Lingering {
+    stream: TcpStream,
+    /// Set once the write side is shut: how much more may be read, and until when.
+    draining: Option<(usize, Pin<Box<Sleep>>)>,
+}
+
+impl Lingering {
+    fn new(stream: TcpStream) -> Lingering {
+        Lingering {
+            stream,
+            draining: None,
+        }
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.draining.is_none() {
+            if let Err(e) = std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            this.draining = Some((LINGER_BYTES, Box::pin(tokio::time::sleep(LINGER_TIME))));
+        }
+        let (left, deadline) = this.draining.as_mut().expect("set above");
+        let mut scratch = [0_u8; 8192];
+        loop {
+            if *left == 0 || deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                // The client closed (or failed): nothing more can be lost.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *left = left.saturating_sub(buf.filled().len()),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
