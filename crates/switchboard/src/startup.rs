@@ -72,6 +72,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Opti
         let store = PostgresStore::open(&url, config.database_max_connections).await?;
         return Ok((Arc::new(store), None));
     }
+    check_writable(&config.data_dir)?;
     let lock_path = config.data_dir.join("switchboard.lock");
     let lock =
         File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
@@ -82,8 +83,32 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Opti
             lock_path.display()
         )
     })?;
-    let store = SqliteStore::open(&url, config.sqlite_synchronous).await?;
+    let store =
+        SqliteStore::open(&url, config.sqlite_synchronous, config.sqlite_busy_timeout).await?;
     Ok((Arc::new(store), Some(lock)))
+}
+
+/// The space the embedded store needs free in the data directory to start.
+const START_FREE_BYTES: usize = 1024 * 1024;
+
+/// A start on a full disk or a read-only data directory fails at once, naming the directory,
+/// rather than later with every request answered 503: the data directory must take a write
+/// of [`START_FREE_BYTES`] (written, synced and removed).
+fn check_writable(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let probe = data_dir.join(".write-check");
+    let written = File::create(&probe).and_then(|mut file| {
+        file.write_all(&vec![0_u8; START_FREE_BYTES])?;
+        file.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    written.with_context(|| {
+        format!(
+            "the data directory {} cannot take a write of {} MiB (the embedded store needs that much free to start)",
+            data_dir.display(),
+            START_FREE_BYTES / (1024 * 1024)
+        )
+    })
 }
 
 impl Application {
