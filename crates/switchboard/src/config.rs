@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
     pub sqlite_synchronous: SqliteSynchronous,
+    #[serde(deserialize_with = "de_duration")]
+    pub sqlite_busy_timeout: Duration,
     pub role: Role,
     pub database_max_connections: u32,
     #[serde(deserialize_with = "de_duration")]

@@ -26,7 +26,8 @@ use crate::keys::SigningKeys;
 use crate::metrics::{BreakerState, Metrics, Outcome};
 use crate::ssrf::TargetPolicy;
 use crate::store::{
-    AttemptRecord, DeliveryJob, IngestContext, NextStep, Ordering, Store, Webhook, WebhookHealth,
+    AttemptRecord, DeliveryJob, IngestContext, NextStep, Ordering, Store, StoreError, Webhook,
+    WebhookHealth,
 };
 
 /// How much of a subscriber's response is kept with the attempt.
@@ -344,7 +345,7 @@ impl Dispatcher {
         let webhooks = match self.shared.store.list_webhooks().await {
             Ok(w) => w,
             Err(e) => {
-                warn!(error = %e, "reading webhooks failed");
+                store_failed(&e, "reading webhooks failed");
                 return;
             }
         };
@@ -651,7 +652,7 @@ impl Dispatcher {
                 .set_breaker(&done.webhook_id, open_until)
                 .await
             {
-                warn!(error = %e, "saving the breaker state failed");
+                store_failed(&e, "saving the breaker state failed");
             }
             self.release(queued);
         }
@@ -681,7 +682,7 @@ impl Dispatcher {
                         let _ = shared.tx.send(Command::Jobs(vec![job]));
                     }
                     Ok(None) => {}
-                    Err(e) => warn!(error = %e, "claiming the conversation's next delivery failed"),
+                    Err(e) => store_failed(&e, "claiming the conversation's next delivery failed"),
                 }
             });
         }
@@ -694,7 +695,7 @@ impl Dispatcher {
         let store = self.shared.store.clone();
         tokio::spawn(async move {
             if let Err(e) = store.release_leases_of(&leases).await {
-                warn!(error = %e, "releasing leases failed (they expire on their own)");
+                store_failed(&e, "releasing leases failed (they expire on their own)");
             }
         });
     }
@@ -712,7 +713,7 @@ impl Dispatcher {
         };
         match self.shared.store.emit_due_calls(&context).await {
             Ok(jobs) => self.accept(jobs),
-            Err(e) => warn!(error = %e, "emitting calls that waited for a recording failed"),
+            Err(e) => store_failed(&e, "emitting calls that waited for a recording failed"),
         }
         let queued: usize = self
             .lanes
@@ -742,7 +743,7 @@ impl Dispatcher {
             .await
         {
             Ok(jobs) => self.accept(jobs),
-            Err(e) => warn!(error = %e, "claiming due deliveries failed"),
+            Err(e) => store_failed(&e, "claiming due deliveries failed"),
         }
     }
 
@@ -760,7 +761,7 @@ impl Dispatcher {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Err(e) => {
-                        warn!(error = %e, "retention failed");
+                        store_failed(&e, "retention failed");
                         return;
                     }
                 }
@@ -803,7 +804,7 @@ async fn send_and_record(shared: &Shared, target: &Target, mut job: DeliveryJob)
             Ok(true) => job.lease_until = until,
             Ok(false) => return completion(SendResult::Lost),
             Err(e) => {
-                warn!(error = %e, "renewing the lease failed");
+                store_failed(&e, "renewing the lease failed");
                 return completion(SendResult::Lost);
             }
         }
@@ -875,7 +876,7 @@ async fn send_and_record(shared: &Shared, target: &Target, mut job: DeliveryJob)
         Ok(h) => h,
         Err(e) => {
             // The lease expires and the delivery is sent again: at-least-once, never lost.
-            warn!(error = %e, "recording the attempt failed");
+            store_failed(&e, "recording the attempt failed");
             return completion(SendResult::Lost);
         }
     };
@@ -900,10 +901,20 @@ async fn send_and_record(shared: &Shared, target: &Target, mut job: DeliveryJob)
                 let _ = shared.tx.send(Command::WebhooksChanged);
                 let _ = shared.tx.send(Command::Jobs(jobs));
             }
-            Err(e) => warn!(error = %e, "disabling the webhook failed"),
+            Err(e) => store_failed(&e, "disabling the webhook failed"),
         }
     }
     completion(SendResult::Attempted { next, health })
+}
+
+/// A store call failed. A storage fault (a full disk, a lock) is logged by the store once per
+/// episode, so here only at debug level; anything else is a warning.
+fn store_failed(e: &StoreError, what: &str) {
+    if e.is_fault() {
+        tracing::debug!(error = %e, "{what}");
+    } else {
+        warn!(error = %e, "{what}");
+    }
 }
 
 struct Response {

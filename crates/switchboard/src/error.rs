@@ -14,9 +14,16 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// The store cannot write now: 503 with `Retry-After`. Not logged per request (the store
+    /// logs each episode of faults once).
+    #[error("storage unavailable: {}", .0.describe())]
+    Unavailable(crate::store::FaultKind),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
+
+/// The `Retry-After` of a 503 for a storage fault, in seconds.
+pub const STORAGE_RETRY_AFTER_SECS: u32 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -50,6 +57,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Client { status, .. } => *status,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,6 +69,7 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::Unavailable(fault) => ApiError::Unavailable(fault.kind),
             StoreError::Internal(e) => ApiError::Internal(e),
         }
     }
@@ -91,6 +100,14 @@ impl IntoResponse for ApiError {
                 code,
                 message,
             } => (*status, *code, message.clone()),
+            ApiError::Unavailable(kind) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!(
+                    "storage is unavailable ({}): nothing was stored; try again in {STORAGE_RETRY_AFTER_SECS} s",
+                    kind.describe()
+                ),
+            ),
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 (
@@ -105,6 +122,12 @@ impl IntoResponse for ApiError {
             axum::Json(json!({ "error": { "code": code, "message": message } })),
         )
             .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

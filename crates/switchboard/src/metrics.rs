@@ -130,7 +130,11 @@ impl Metrics {
     }
 
     /// The exposition text, with the queue depth the caller read from the store.
-    pub fn render(&self, depth: crate::store::QueueDepth) -> String {
+    pub fn render(
+        &self,
+        depth: Option<crate::store::QueueDepth>,
+        faults: &crate::store::StorageFaults,
+    ) -> String {
         let mut out = String::with_capacity(2048);
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -192,18 +196,38 @@ impl Metrics {
             self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "{name}_count {count}");
-        let name = "switchboard_delivery_queue";
+        counter(
+            &mut out,
+            "switchboard_storage_failures_total",
+            "Writes the store could not make, by kind: disk_full, locked (past the busy timeout), io, read_only, connection (database unreachable), resources.",
+        );
+        for (kind, n) in faults.counts() {
+            let _ = writeln!(
+                out,
+                "switchboard_storage_failures_total{{kind=\"{}\"}} {n}",
+                kind.as_str()
+            );
+        }
+        let name = "switchboard_storage_writable";
         let _ = writeln!(
             out,
-            "# HELP {name} Pending deliveries: due (ready to send), scheduled (waiting for a retry), in_flight (leased by a sender), held (its webhook disabled or its breaker open).\n# TYPE {name} gauge"
+            "# HELP {name} 1 while writes succeed, 0 from a failed write until the next one succeeds.\n# TYPE {name} gauge\n{name} {}",
+            u8::from(!faults.failing())
         );
-        for (state, n) in [
-            ("due", depth.due),
-            ("scheduled", depth.scheduled),
-            ("in_flight", depth.in_flight),
-            ("held", depth.held),
-        ] {
-            let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
+        let name = "switchboard_delivery_queue";
+        if let Some(depth) = depth {
+            let _ = writeln!(
+                out,
+                "# HELP {name} Pending deliveries: due (ready to send), scheduled (waiting for a retry), in_flight (leased by a sender), held (its webhook disabled or its breaker open).\n# TYPE {name} gauge"
+            );
+            for (state, n) in [
+                ("due", depth.due),
+                ("scheduled", depth.scheduled),
+                ("in_flight", depth.in_flight),
+                ("held", depth.held),
+            ] {
+                let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
+            }
         }
         let name = "switchboard_deliveries_sending";
         let _ = writeln!(
@@ -233,12 +257,15 @@ mod tests {
         m.attempt(Outcome::Delivered, Duration::from_millis(3));
         m.attempt(Outcome::Retrying, Duration::from_millis(300));
         m.breaker("W1", BreakerState::Open);
-        let text = m.render(crate::store::QueueDepth {
-            due: 4,
-            scheduled: 5,
-            in_flight: 6,
-            held: 7,
-        });
+        let text = m.render(
+            Some(crate::store::QueueDepth {
+                due: 4,
+                scheduled: 5,
+                in_flight: 6,
+                held: 7,
+            }),
+            &crate::store::StorageFaults::default(),
+        );
         assert!(text.contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1"));
         assert!(text.contains("switchboard_delivery_attempts_total{outcome=\"retrying\"} 1"));
         assert!(
@@ -262,7 +289,7 @@ mod tests {
         assert_eq!(&logged[10..], &[None, None]);
         assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(2));
         assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(0));
-        let text = m.render(crate::store::QueueDepth::default());
+        let text = m.render(None, &crate::store::StorageFaults::default());
         assert!(text.contains(
             "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"invalid_signature\"} 12"
         ), "{text}");

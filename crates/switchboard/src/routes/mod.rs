@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::media::UrlError;
 use crate::serve::BodyTimedOut;
 use crate::startup::AppState;
+use crate::store::StoreError;
 
 mod admin;
 mod ingress;
@@ -192,12 +193,17 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.health().await.map_err(|e| {
-        tracing::warn!(error = %e, "database not ready");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the database does not answer",
-        )
+        let message = match &e {
+            // Logged by the store, once per episode.
+            StoreError::Unavailable(fault) => {
+                format!("the store cannot write: {}", fault.kind.describe())
+            }
+            _ => {
+                tracing::warn!(error = %e, "database not ready");
+                "the database does not answer".to_owned()
+            }
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
     })?;
     Ok(Json(json!({ "status": "ready" })))
 }
@@ -273,10 +279,12 @@ async fn openapi_json() -> Response {
 
 /// Prometheus text format.
 async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let depth = state.store.queue_depth(state.clock.now_ms()).await?;
+    // Without the queue when the database does not answer: the other metrics (storage
+    // faults among them) matter most then.
+    let depth = state.store.queue_depth(state.clock.now_ms()).await.ok();
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(depth),
+        state.metrics.render(depth, state.store.faults()),
     )
         .into_response())
 }

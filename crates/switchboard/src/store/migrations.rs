@@ -41,6 +41,11 @@ pub const SQLITE: Embedded = &[
         "previous secrets",
         include_str!("../../migrations/sqlite/0006_previous_secrets.sql"),
     ),
+    (
+        7,
+        "storage probe",
+        include_str!("../../migrations/sqlite/0007_storage_probe.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -63,6 +68,11 @@ pub const POSTGRES: Embedded = &[
         4,
         "previous secrets",
         include_str!("../../migrations/postgres/0004_previous_secrets.sql"),
+    ),
+    (
+        5,
+        "storage probe",
+        include_str!("../../migrations/postgres/0005_storage_probe.sql"),
     ),
 ];
 

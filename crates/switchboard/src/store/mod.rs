@@ -16,11 +16,18 @@ use switchboard_events::{Direction, EventType, MessageType};
 use crate::channels::{ChannelAccount, RouteKey};
 use crate::domain::Fact;
 
+mod account_cache;
+pub mod faults;
+mod group_commit;
 mod migrations;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
 mod statements;
+
+pub use account_cache::AccountCache;
+pub use faults::{FaultKind, StorageFault, StorageFaults};
+pub use group_commit::{Batcher, GroupCommit, Write, Written};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,13 +35,30 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// The store cannot write now (a full disk, a lock, a database that is down): nothing
+    /// was written, and the same request may succeed later.
+    #[error(transparent)]
+    Unavailable(#[from] StorageFault),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Internal(anyhow::Error::new(e).context("database"))
+        match FaultKind::of(&e) {
+            Some(kind) => StoreError::Unavailable(StorageFault {
+                kind,
+                source: anyhow::Error::new(e).context("database"),
+            }),
+            None => StoreError::Internal(anyhow::Error::new(e).context("database")),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether this is a storage fault (logged once per episode by the store, not by callers).
+    pub fn is_fault(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 
@@ -251,168 +275,6 @@ pub struct AttemptItem {
     pub next: NextStep,
 }
 
-/// Group commit: concurrent writes of one kind are queued and written by one task, as many
-/// per transaction as arrived while the previous one was committing. Each caller still gets
-/// its answer only after its own transaction committed.
-pub struct Batcher<I, O> {
-    tx: tokio::sync::mpsc::Sender<(I, tokio::sync::oneshot::Sender<StoreResult<O>>)>,
-}
-
-/// The most writes one group commit holds.
-const GROUP_COMMIT_MAX: usize = 256;
-
-impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Start `writers` writer tasks; `write` writes a batch and answers for each item, in
-    /// order. Each writer takes what is queued when it is free, so while one commits the
-    /// next batch gathers for another.
-    pub fn start<F, Fut>(writers: usize, write: F) -> Self
-    where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Vec<StoreResult<O>>> + Send,
-    {
-        let (tx, rx) = tokio::sync::mpsc::channel::<(
-            I,
-            tokio::sync::oneshot::Sender<StoreResult<O>>,
-        )>(4 * GROUP_COMMIT_MAX);
-        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-        let write = std::sync::Arc::new(write);
-        for _ in 0..writers.max(1) {
-            let (rx, write) = (rx.clone(), write.clone());
-            tokio::spawn(async move {
-                let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
-                loop {
-                    if rx
-                        .lock()
-                        .await
-                        .recv_many(&mut batch, GROUP_COMMIT_MAX)
-                        .await
-                        == 0
-                    {
-                        return;
-                    }
-                    let (items, replies): (Vec<_>, Vec<_>) =
-                        std::mem::take(&mut batch).into_iter().unzip();
-                    let results = write(items).await;
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                }
-            });
-        }
-        Batcher { tx }
-    }
-
-    pub async fn submit(&self, item: I) -> StoreResult<O> {
-        let stopped = || StoreError::Internal(anyhow::anyhow!("the store's writer stopped"));
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx.send((item, reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-/// Channel accounts by the number called, for a store only this process writes (SQLite): every
-/// change goes through `put_channel_account`, which empties it. Only numbers that are connected
-/// are kept (a route by account or by call is looked up each time, and so is a miss), so
-/// what a caller sends cannot grow it: a request's other fields play no part in its key.
-#[derive(Default)]
-pub struct AccountCache {
-    inner: std::sync::RwLock<AccountCacheInner>,
-}
-
-#[derive(Default)]
-struct AccountCacheInner {
-    /// Bumped by every change: a lookup that started before one does not fill the cache.
-    generation: u64,
-    /// (provider, number called) → account.
-    accounts: std::collections::HashMap<(String, String), ChannelAccount>,
-}
-
-impl AccountCache {
-    /// The cached account for the number `key` calls, and the generation to fill the cache
-    /// with on a miss. Never a hit for a request of a call: it goes to the call's location
-    /// first, which the cache does not know.
-    pub fn get(&self, provider: &str, key: &RouteKey) -> (Option<ChannelAccount>, u64) {
-        let inner = self.inner.read().expect("account cache lock");
-        let address = key
-            .address
-            .as_ref()
-            .filter(|_| key.correlation_id.is_none());
-        let hit = address.and_then(|address| {
-            inner
-                .accounts
-                .get(&(provider.to_owned(), address.clone()))
-                .cloned()
-        });
-        (hit, inner.generation)
-    }
-
-    /// Keep the account a lookup found by the number called, unless the accounts changed
-    /// since it started.
-    pub fn put(&self, provider: &str, address: &str, generation: u64, account: &ChannelAccount) {
-        let mut inner = self.inner.write().expect("account cache lock");
-        if inner.generation != generation {
-            return;
-        }
-        inner
-            .accounts
-            .insert((provider.to_owned(), address.to_owned()), account.clone());
-    }
-
-    pub fn clear(&self) {
-        let mut inner = self.inner.write().expect("account cache lock");
-        inner.generation += 1;
-        inner.accounts.clear();
-    }
-
-    /// Accounts kept.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.inner
-            .read()
-            .expect("account cache lock")
-            .accounts
-            .len()
-    }
-}
-
-/// A write that is group-committed: attempts and provider requests share each commit.
-#[derive(Debug)]
-pub enum Write {
-    Ingest(IngestItem),
-    Attempt(AttemptItem),
-}
-
-/// The answer to a [`Write`], of the same kind.
-#[derive(Debug)]
-pub enum Written {
-    Ingest(IngestOutcome),
-    Attempt(WebhookHealth),
-}
-
-pub struct GroupCommit {
-    pub writes: Batcher<Write, Written>,
-}
-
-impl GroupCommit {
-    pub async fn ingest(&self, item: IngestItem) -> StoreResult<IngestOutcome> {
-        match self.writes.submit(Write::Ingest(item)).await? {
-            Written::Ingest(outcome) => Ok(outcome),
-            Written::Attempt(_) => Err(StoreError::Internal(anyhow::anyhow!(
-                "an ingest was answered as an attempt"
-            ))),
-        }
-    }
-
-    pub async fn attempt(&self, item: AttemptItem) -> StoreResult<WebhookHealth> {
-        match self.writes.submit(Write::Attempt(item)).await? {
-            Written::Attempt(health) => Ok(health),
-            Written::Ingest(_) => Err(StoreError::Internal(anyhow::anyhow!(
-                "an attempt was answered as an ingest"
-            ))),
-        }
-    }
-}
-
 /// The result of storing one provider request's facts.
 #[derive(Debug, Clone, Default)]
 pub struct IngestOutcome {
@@ -514,6 +376,11 @@ pub trait Store: Send + Sync + 'static {
     /// Wake-ups when another node queued work for the dispatchers (PostgreSQL `LISTEN`).
     fn work_notifications(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>>;
 
+    /// The store's storage faults: counted by kind, and whether writes fail now.
+    fn faults(&self) -> &StorageFaults;
+
+    /// Whether the store can take writes: a read while writes succeed; while they have been
+    /// failing, a write, so that readiness comes back once the fault is gone.
     async fn health(&self) -> StoreResult<()>;
 
     /// A server secret shared by every node (signing keys, the generated admin token).
@@ -686,36 +553,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deliveries waiting, by state.
     async fn queue_depth(&self, now: i64) -> StoreResult<QueueDepth>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_account_cache_answers_by_number_and_never_for_a_call() {
-        let cache = AccountCache::default();
-        let account = ChannelAccount {
-            location_id: "L".into(),
-            account_id: "AC1".into(),
-            secret: "token".into(),
-            settings: serde_json::json!({}),
-        };
-        let key = |correlation_id: Option<&str>, account_id: &str| RouteKey {
-            address: Some("+14155550100".into()),
-            correlation_id: correlation_id.map(str::to_owned),
-            account_id: Some(account_id.into()),
-        };
-        let (_, generation) = cache.get("twilio", &key(None, "AC1"));
-        cache.put("twilio", "+14155550100", generation, &account);
-        // Whatever account id the request carries, the number finds the account...
-        let (hit, _) = cache.get("twilio", &key(None, "ACother"));
-        assert_eq!(hit.unwrap().location_id, "L");
-        // ...but a request of a call is looked up by its call first, never from here.
-        assert!(cache.get("twilio", &key(Some("CA1"), "AC1")).0.is_none());
-        // A change of the accounts empties it, and a lookup begun before cannot refill it.
-        cache.clear();
-        cache.put("twilio", "+14155550100", generation, &account);
-        assert!(cache.get("twilio", &key(None, "AC1")).0.is_none());
-    }
 }

@@ -11,6 +11,7 @@ pub struct PostgresStore {
     reader: PgPool,
     batch: super::GroupCommit,
     accounts: super::AccountCache,
+    faults: std::sync::Arc<super::StorageFaults>,
 }
 
 impl PostgresStore {
@@ -19,6 +20,12 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection is given out only outside a transaction (one whose ROLLBACK failed
+            // with the connection is closed instead).
+            .before_acquire(|conn, _| {
+                use sqlx::Connection;
+                Box::pin(std::future::ready(Ok(!conn.is_in_transaction())))
+            })
             .connect(url)
             .await
             .context("connecting to PostgreSQL")?;
@@ -30,12 +37,14 @@ impl PostgresStore {
         // Group commits are written on up to four connections at once (while one waits for
         // the database the next gathers), leaving at least two for reads, claims and the API.
         let writers = (max_connections as usize).saturating_sub(2).clamp(1, 4);
-        let batch = group_commit(&pool, writers, None);
+        let faults = std::sync::Arc::new(super::StorageFaults::default());
+        let batch = group_commit(&pool, writers, None, faults.clone());
         Ok(PostgresStore {
             writer: pool.clone(),
             reader: pool,
             batch,
             accounts: super::AccountCache::default(),
+            faults,
         })
     }
 }
@@ -62,6 +71,13 @@ mod hooks {
     /// A call's callbacks merge one at a time.
     pub const ROW_LOCK: &str = " FOR UPDATE";
     pub const CALLS_LOCK: &str = " FOR UPDATE SKIP LOCKED";
+
+    /// A write transaction: row locks and the event-stream lock order writers.
+    pub async fn begin_write(
+        pool: &sqlx::PgPool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        pool.begin().await
+    }
 
     /// Number this transaction's events only once the ones before it committed.
     pub async fn lock_event_stream(conn: &mut PgConnection) -> StoreResult<()> {

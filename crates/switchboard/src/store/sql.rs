@@ -797,13 +797,14 @@ macro_rules! sql_store {
             pool: &sqlx::Pool<$db>,
             writers: usize,
             committed: Option<std::sync::Arc<tokio::sync::Notify>>,
+            faults: std::sync::Arc<$crate::store::StorageFaults>,
         ) -> $crate::store::GroupCommit {
             let pool = pool.clone();
             $crate::store::GroupCommit {
                 writes: $crate::store::Batcher::start(writers, move |items| {
-                    let (pool, committed) = (pool.clone(), committed.clone());
+                    let (pool, committed, faults) = (pool.clone(), committed.clone(), faults.clone());
                     async move {
-                        let written = write_batch(&pool, items).await;
+                        let written = write_batch(&pool, items, &faults).await;
                         if let Some(committed) = committed {
                             committed.notify_one();
                         }
@@ -816,10 +817,12 @@ macro_rules! sql_store {
         /// One group commit: the attempts and the provider requests that arrived while the
         /// previous one was being written, in one transaction. When it fails, attempts and
         /// requests are written apart (and each alone if need be), so one bad write never
-        /// fails the others.
+        /// fails the others; but a storage fault (a full disk, a lock, a lost connection)
+        /// fails every write of the batch at once: each would meet it again.
         async fn write_batch(
             pool: &sqlx::Pool<$db>,
             items: Vec<$crate::store::Write>,
+            faults: &$crate::store::StorageFaults,
         ) -> Vec<StoreResult<$crate::store::Written>> {
             use $crate::store::{Write, Written};
             let (mut ingests, mut attempts, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
@@ -831,7 +834,7 @@ macro_rules! sql_store {
                 }
             }
             let together = || async {
-                let mut tx = pool.begin().await?;
+                let mut tx = $hooks::begin_write(pool).await?;
                 let health = attempts_in(&mut tx, &attempts).await?;
                 let outcomes = ingest_in(&mut tx, &ingests).await?;
                 tx.commit().await?;
@@ -844,11 +847,19 @@ macro_rules! sql_store {
                     other => break other,
                 }
             };
+            faults.observe(&written);
             let (outcomes, health) = match written {
                 Ok((outcomes, health)) => (
                     outcomes.into_iter().map(Ok).collect(),
                     health.into_iter().map(Ok).collect(),
                 ),
+                Err(StoreError::Unavailable(fault)) => {
+                    let each = || StoreError::Unavailable(fault.for_another());
+                    (
+                        (0..ingests.len()).map(|_| Err(each())).collect(),
+                        (0..attempts.len()).map(|_| Err(each())).collect(),
+                    )
+                }
                 Err(_) => (
                     ingest_batch(pool, ingests).await,
                     record_attempts(pool, attempts).await,
@@ -880,7 +891,7 @@ macro_rules! sql_store {
                 pool: &sqlx::Pool<$db>,
                 items: &[$crate::store::AttemptItem],
             ) -> StoreResult<Vec<WebhookHealth>> {
-                let mut tx = pool.begin().await?;
+                let mut tx = $hooks::begin_write(pool).await?;
                 let health = attempts_in(&mut tx, items).await?;
                 tx.commit().await?;
                 Ok(health)
@@ -1142,7 +1153,7 @@ macro_rules! sql_store {
             pool: &sqlx::Pool<$db>,
             items: &[$crate::store::IngestItem],
         ) -> StoreResult<Vec<IngestOutcome>> {
-            let mut tx = pool.begin().await?;
+            let mut tx = $hooks::begin_write(pool).await?;
             let outcomes = ingest_in(&mut tx, items).await?;
             tx.commit().await?;
             Ok(outcomes)
@@ -1285,6 +1296,8 @@ macro_rules! sql_store {
             }
 
             async fn put_secret_if_absent(&self, name: &str, value: &str) -> StoreResult<String> {
+
+                self.faults.track(async {
                 sqlx::query(
                     "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
                 )
@@ -1296,14 +1309,40 @@ macro_rules! sql_store {
                     .bind(name)
                     .fetch_one(&self.writer)
                     .await?)
+
+                }).await
+
+            }
+
+            fn faults(&self) -> &$crate::store::StorageFaults {
+                &self.faults
             }
 
             async fn health(&self) -> StoreResult<()> {
-                sqlx::query("SELECT 1").execute(&self.reader).await?;
-                Ok(())
+                if !self.faults.failing() {
+                    sqlx::query("SELECT 1").execute(&self.reader).await?;
+                    return Ok(());
+                }
+                // Writes have been failing: only a write tells whether they work again, and
+                // one of the size of a group commit (a few bytes may fit where messages do
+                // not). The padding is emptied again by a second transaction.
+                self.faults.track(async {
+                    for pad in [Some(vec![0_u8; $crate::store::faults::PROBE_BYTES]), None] {
+                        let mut tx = $hooks::begin_write(&self.writer).await?;
+                        sqlx::query("UPDATE storage_probe SET checks = checks + 1, pad = $1 WHERE id = 1")
+                            .bind(pad)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                    }
+                    Ok(())
+                })
+                .await
             }
 
             async fn release_leases(&self) -> StoreResult<u64> {
+
+                self.faults.track(async {
                 let done = sqlx::query(
                     "UPDATE deliveries SET lease_until = NULL
                      WHERE status = 'pending' AND lease_until IS NOT NULL",
@@ -1311,9 +1350,14 @@ macro_rules! sql_store {
                 .execute(&self.writer)
                 .await?;
                 Ok(done.rows_affected())
+
+                }).await
+
             }
 
             async fn create_location(&self, name: &str, now: i64) -> StoreResult<Location> {
+
+                self.faults.track(async {
                 let location = Location {
                     id: new_id(),
                     name: name.to_owned(),
@@ -1326,6 +1370,9 @@ macro_rules! sql_store {
                     .execute(&self.writer)
                     .await?;
                 Ok(location)
+
+                }).await
+
             }
 
             async fn get_location(&self, id: &str) -> StoreResult<Option<Location>> {
@@ -1393,7 +1440,9 @@ macro_rules! sql_store {
             }
 
             async fn delete_channel_account(&self, location_id: &str, provider: &str) -> StoreResult<bool> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 sqlx::query("DELETE FROM channel_addresses WHERE provider = $1 AND location_id = $2")
                     .bind(provider)
                     .bind(location_id)
@@ -1407,6 +1456,9 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 self.accounts.clear();
                 Ok(done.rows_affected() > 0)
+
+                }).await
+
             }
 
             async fn put_channel_account(
@@ -1415,7 +1467,9 @@ macro_rules! sql_store {
                 input: &ChannelAccountInput,
                 now: i64,
             ) -> StoreResult<()> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM locations WHERE id = $1")
                     .bind(location_id)
                     .fetch_optional(&mut *tx)
@@ -1470,6 +1524,9 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 self.accounts.clear();
                 Ok(())
+
+                }).await
+
             }
 
             async fn find_channel_account(
@@ -1493,6 +1550,8 @@ macro_rules! sql_store {
             }
 
             async fn create_webhook(&self, w: &Webhook) -> StoreResult<()> {
+
+                self.faults.track(async {
                 let query = format!(
                     "INSERT INTO webhooks (id, created_at, secret, {SETTINGS_COLUMNS})
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -1503,6 +1562,9 @@ macro_rules! sql_store {
                     .bind(&w.secret);
                 bind_settings(query, w).execute(&self.writer).await?;
                 Ok(())
+
+                }).await
+
             }
 
             async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>> {
@@ -1525,6 +1587,8 @@ macro_rules! sql_store {
             }
 
             async fn update_webhook(&self, w: &Webhook) -> StoreResult<()> {
+
+                self.faults.track(async {
                 let assignments: Vec<String> = SETTINGS_COLUMNS
                     .split(',')
                     .enumerate()
@@ -1543,6 +1607,9 @@ macro_rules! sql_store {
                     return Err(StoreError::NotFound(format!("no webhook {}", w.id)));
                 }
                 Ok(())
+
+                }).await
+
             }
 
             async fn rotate_secret(
@@ -1552,9 +1619,11 @@ macro_rules! sql_store {
                 previous_until: i64,
                 now: i64,
             ) -> StoreResult<()> {
+
+                self.faults.track(async {
                 use $crate::store::{PreviousSecret, MAX_PREVIOUS_SECRETS};
                 // Read and written under the row's lock: two rotations at once keep both.
-                let mut tx = self.writer.begin().await?;
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let row = sqlx::query(&format!(
                     "SELECT secret, previous_secrets FROM webhooks
                      WHERE id = $1 AND deleted_at IS NULL{}",
@@ -1580,10 +1649,15 @@ macro_rules! sql_store {
                     .await?;
                 tx.commit().await?;
                 Ok(())
+
+                }).await
+
             }
 
             async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let done =
                     sqlx::query("UPDATE webhooks SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
                         .bind(now)
@@ -1601,6 +1675,9 @@ macro_rules! sql_store {
                 .await?;
                 tx.commit().await?;
                 Ok(done.rows_affected() == 1)
+
+                }).await
+
             }
 
             async fn disable_webhook(
@@ -1610,7 +1687,9 @@ macro_rules! sql_store {
                 now: i64,
                 lease_until: i64,
             ) -> StoreResult<Vec<DeliveryJob>> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let row = sqlx::query(&format!(
                     "UPDATE webhooks SET disabled_at = $1, disabled_reason = $2, breaker_open_until = NULL
                      WHERE id = $3 AND deleted_at IS NULL AND disabled_at IS NULL
@@ -1671,9 +1750,14 @@ macro_rules! sql_store {
                 queue_deliveries(&mut tx, &deliveries, std::slice::from_mut(&mut outcome)).await?;
                 tx.commit().await?;
                 Ok(outcome.jobs)
+
+                }).await
+
             }
 
             async fn enable_webhook(&self, id: &str) -> StoreResult<()> {
+
+                self.faults.track(async {
                 sqlx::query(
                     "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL,
                          consecutive_failures = 0, failing_since = NULL, breaker_open_until = NULL
@@ -1684,15 +1768,23 @@ macro_rules! sql_store {
                 .await?;
                 $hooks::notify_work(&mut *self.writer.acquire().await?).await?;
                 Ok(())
+
+                }).await
+
             }
 
             async fn set_breaker(&self, id: &str, open_until: Option<i64>) -> StoreResult<()> {
+
+                self.faults.track(async {
                 sqlx::query("UPDATE webhooks SET breaker_open_until = $1 WHERE id = $2")
                     .bind(open_until)
                     .bind(id)
                     .execute(&self.writer)
                     .await?;
                 Ok(())
+
+                }).await
+
             }
 
             async fn ingest(
@@ -1711,6 +1803,8 @@ macro_rules! sql_store {
             }
 
             async fn emit_due_calls(&self, ctx: &IngestContext) -> StoreResult<Vec<DeliveryJob>> {
+
+                self.faults.track(async {
                 let now = ctx.now;
                 // Most polls find nothing: ask a reader before taking the writer.
                 let any: Option<i32> = sqlx::query_scalar(
@@ -1722,7 +1816,7 @@ macro_rules! sql_store {
                 if any.is_none() {
                     return Ok(vec![]);
                 }
-                let mut tx = self.writer.begin().await?;
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let due = sqlx::query(&format!(
                     "SELECT location_id, provider, call_sid, state FROM calls
                      WHERE emit_at IS NOT NULL AND emit_at <= $1 ORDER BY emit_at LIMIT 100{}",
@@ -1761,6 +1855,9 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(outcome.jobs)
+
+                }).await
+
             }
 
             async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>> {
@@ -1850,6 +1947,8 @@ macro_rules! sql_store {
                 limit: u32,
                 skip_webhooks: &[String],
             ) -> StoreResult<Vec<DeliveryJob>> {
+
+                self.faults.track(async {
                 let skip = serde_json::to_string(skip_webhooks).expect("strings serialize");
                 // Due, free, for an enabled webhook with a closed breaker; for an ordered webhook only
                 // the first pending delivery of its conversation.
@@ -1875,7 +1974,7 @@ macro_rules! sql_store {
                 if any.is_none() {
                     return Ok(vec![]);
                 }
-                let mut tx = self.writer.begin().await?;
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let rows = sqlx::query(&format!(
                     "SELECT {JOB_COLUMNS} FROM deliveries d
                      JOIN events e ON e.id = d.event_id
@@ -1903,6 +2002,9 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(jobs)
+
+                }).await
+
             }
 
             async fn claim_conversation_head(
@@ -1912,7 +2014,9 @@ macro_rules! sql_store {
                 now: i64,
                 lease_until: i64,
             ) -> StoreResult<Option<DeliveryJob>> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let row = sqlx::query(&format!(
                     "SELECT {JOB_COLUMNS}, d.next_attempt_at, d.lease_until AS held FROM deliveries d
                      JOIN events e ON e.id = d.event_id
@@ -1940,9 +2044,14 @@ macro_rules! sql_store {
                     .await?;
                 tx.commit().await?;
                 Ok(Some(job))
+
+                }).await
+
             }
 
             async fn extend_lease(&self, delivery_id: &str, current: i64, until: i64) -> StoreResult<bool> {
+
+                self.faults.track(async {
                 let done = sqlx::query(
                     "UPDATE deliveries SET lease_until = $1
                      WHERE id = $2 AND lease_until = $3 AND status = 'pending'",
@@ -1953,10 +2062,15 @@ macro_rules! sql_store {
                 .execute(&self.writer)
                 .await?;
                 Ok(done.rows_affected() == 1)
+
+                }).await
+
             }
 
             async fn release_leases_of(&self, leases: &[(String, i64)]) -> StoreResult<()> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 for (id, lease_until) in leases {
                     // Only a lease this node still holds: another node may have taken it over.
                     sqlx::query(
@@ -1970,6 +2084,9 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(())
+
+                }).await
+
             }
 
             async fn record_attempt(
@@ -1993,7 +2110,9 @@ macro_rules! sql_store {
                 now: i64,
                 lease_until: i64,
             ) -> StoreResult<Option<DeliveryJob>> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let row = sqlx::query(&format!(
                     "SELECT d.status, d.lease_until AS held, w.ordering, w.disabled_at
                      FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
@@ -2044,6 +2163,9 @@ macro_rules! sql_store {
                 .await?;
                 tx.commit().await?;
                 Ok(Some(job_from_row(&row, lease_until)))
+
+                }).await
+
             }
 
             async fn replay(
@@ -2054,7 +2176,9 @@ macro_rules! sql_store {
                 only_failed: bool,
                 now: i64,
             ) -> StoreResult<(u64, u64)> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 // Locked, so none of them is delivered (and then replayed too) before the update.
                 let pending = sqlx::query(&format!(
                     "SELECT id FROM deliveries
@@ -2085,6 +2209,9 @@ macro_rules! sql_store {
                 $hooks::notify_work(&mut *tx).await?;
                 tx.commit().await?;
                 Ok((done.rows_affected(), pending as u64))
+
+                }).await
+
             }
 
             async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>> {
@@ -2101,7 +2228,9 @@ macro_rules! sql_store {
             }
 
             async fn prune(&self, before: i64, batch: u32) -> StoreResult<u64> {
-                let mut tx = self.writer.begin().await?;
+
+                self.faults.track(async {
+                let mut tx = $hooks::begin_write(&self.writer).await?;
                 let attempts = sqlx::query(
                     "DELETE FROM attempts WHERE id IN
                          (SELECT id FROM attempts WHERE started_at < $1 ORDER BY id LIMIT $2)",
@@ -2143,6 +2272,9 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(rows)
+
+                }).await
+
             }
 
             async fn queue_depth(&self, now: i64) -> StoreResult<$crate::store::QueueDepth> {

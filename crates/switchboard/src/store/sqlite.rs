@@ -22,7 +22,24 @@ pub struct SqliteStore {
     reader: SqlitePool,
     batch: super::GroupCommit,
     accounts: super::AccountCache,
+    faults: Arc<super::StorageFaults>,
     _checkpointer: Checkpointer,
+}
+
+/// A connection is given out only outside a transaction. After a failed statement or commit
+/// (a full disk, an I/O error) SQLite may roll the transaction back by itself; sqlx's `ROLLBACK`
+/// then fails and sqlx still counts a transaction open, so the next `begin` would open a
+/// SAVEPOINT inside a transaction that never commits, and every later "commit" would only
+/// release it. Such a connection is closed and a new one opened instead.
+fn outside_a_transaction(
+    conn: &mut SqliteConnection,
+    _meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::debug!("closing a SQLite connection left inside a failed transaction");
+    }
+    Box::pin(std::future::ready(Ok(clean)))
 }
 
 /// The writer checkpoints itself only once the log holds this many pages (16 MiB of 4 KiB
@@ -107,7 +124,11 @@ impl Drop for Checkpointer {
 
 impl SqliteStore {
     /// Open (creating the file if needed) and migrate.
-    pub async fn open(url: &str, synchronous: SyncSetting) -> anyhow::Result<SqliteStore> {
+    pub async fn open(
+        url: &str,
+        synchronous: SyncSetting,
+        busy_timeout: Duration,
+    ) -> anyhow::Result<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("invalid SQLite URL `{url}`"))?
             .create_if_missing(true)
@@ -116,7 +137,7 @@ impl SqliteStore {
                 SyncSetting::Full => SqliteSynchronous::Full,
                 SyncSetting::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy_timeout)
             .foreign_keys(true)
             // Statement journals (a multi-row insert that may have to undo itself) in memory,
             // not in temporary files.
@@ -126,6 +147,7 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .before_acquire(outside_a_transaction)
             .connect_with(options.clone().pragma(
                 "wal_autocheckpoint",
                 WRITER_AUTOCHECKPOINT_PAGES.to_string(),
@@ -141,24 +163,27 @@ impl SqliteStore {
         let existing = options.create_if_missing(false);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .before_acquire(outside_a_transaction)
             .connect_with(existing.clone())
             .await
             .context("opening SQLite read connections")?;
         let (checkpointer, committed) = Checkpointer::start(&existing).await?;
         // SQLite has one writer.
-        let batch = group_commit(&writer, 1, Some(committed));
+        let faults = Arc::new(super::StorageFaults::default());
+        let batch = group_commit(&writer, 1, Some(committed), faults.clone());
         Ok(SqliteStore {
             writer,
             reader,
             batch,
             accounts: super::AccountCache::default(),
+            faults,
             _checkpointer: checkpointer,
         })
     }
 }
 
 mod hooks {
-    use sqlx::SqliteConnection;
+    use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
     use crate::store::StoreResult;
 
@@ -169,6 +194,15 @@ mod hooks {
     pub const HEAD_LOCK: &str = "";
     pub const ROW_LOCK: &str = "";
     pub const CALLS_LOCK: &str = "";
+
+    /// A write transaction takes the write lock first (`BEGIN IMMEDIATE`), waiting for it up
+    /// to the busy timeout. A deferred one would read first and then fail at once, without
+    /// waiting, when another connection (an operator's `sqlite3`, a backup) holds the lock.
+    pub async fn begin_write(
+        pool: &SqlitePool,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
 
     /// Transactions commit one at a time: events are numbered in commit order already.
     pub async fn lock_event_stream(_conn: &mut SqliteConnection) -> StoreResult<()> {
@@ -235,7 +269,9 @@ mod tests {
     async fn only_connected_numbers_are_cached_whatever_else_a_request_carries() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = SqliteStore::open(&url, SyncSetting::Normal).await.unwrap();
+        let store = SqliteStore::open(&url, SyncSetting::Normal, Duration::from_secs(5))
+            .await
+            .unwrap();
         let location = store.create_location("L", 0).await.unwrap();
         let account_sid = format!("AC{}", "0".repeat(32));
         let input = ChannelAccountInput {
@@ -316,7 +352,9 @@ mod tests {
             .unwrap();
         }
         pool.close().await;
-        let store = SqliteStore::open(&url, SyncSetting::Normal).await.unwrap();
+        let store = SqliteStore::open(&url, SyncSetting::Normal, Duration::from_secs(5))
+            .await
+            .unwrap();
         let w1 = store.get_webhook("W1").await.unwrap().unwrap();
         assert_eq!(
             w1.previous_secrets,

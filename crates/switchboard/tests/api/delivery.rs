@@ -182,9 +182,13 @@ async fn the_deliveries_of_one_event_share_its_signature() {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-    let store = SqliteStore::open(&url, switchboard::config::SqliteSynchronous::Full)
-        .await
-        .unwrap();
+    let store = SqliteStore::open(
+        &url,
+        switchboard::config::SqliteSynchronous::Full,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let location = store.create_location("Fan-out", 1).await.unwrap();
     for id in ["wh_a", "wh_b"] {
         let webhook = Webhook::new(
