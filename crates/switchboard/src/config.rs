@@ -14,7 +14,13 @@ pub const DEFAULTS_TOML: &str = include_str!("../config.default.toml");
 const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Keys that have no default value and are strings when set.
-const OPTIONAL_KEYS: [&str; 4] = ["database_url", "admin_token", "public_url", "app_id"];
+const OPTIONAL_KEYS: [&str; 5] = [
+    "database_url",
+    "admin_token",
+    "public_url",
+    "app_id",
+    "metrics_token",
+];
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +29,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub admin_token: Option<String>,
+    /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: Option<String>,
     pub public_url: Option<String>,
+    /// Proxies (addresses or networks) whose `X-Forwarded-Proto` and `X-Forwarded-Host` are
+    /// believed; from anyone else they are ignored.
+    #[serde(deserialize_with = "de_networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub app_id: Option<String>,
     pub allow_private_targets: bool,
     pub log: String,
@@ -32,6 +44,11 @@ pub struct Config {
     pub request_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub max_buffered_body_bytes: usize,
     pub sqlite_synchronous: SqliteSynchronous,
     #[serde(deserialize_with = "de_duration")]
     pub sqlite_busy_timeout: Duration,
@@ -58,6 +75,10 @@ pub struct Config {
     pub auto_disable_after: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub retention: Duration,
+    /// Per provider, the origins its credentials may be sent to, replacing the channel's own
+    /// list (TOML only: `[credential_hosts]` `twilio = ["https://api.twilio.com", …]`).
+    #[serde(default)]
+    pub credential_hosts: std::collections::HashMap<String, Vec<String>>,
     #[serde(default)]
     pub dns_overrides: std::collections::HashMap<String, Vec<std::net::IpAddr>>,
 }
@@ -68,7 +89,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field("database_url", &self.database_url)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
             .field("public_url", &self.public_url)
             .field("allow_private_targets", &self.allow_private_targets)
             .finish_non_exhaustive()
@@ -134,6 +158,7 @@ impl Config {
                 if !table.contains_key(&key)
                     && !OPTIONAL_KEYS.contains(&key.as_str())
                     && key != "dns_overrides"
+                    && key != "credential_hosts"
                 {
                     bail!("config file: unknown key `{key}`");
                 }
@@ -178,6 +203,15 @@ impl Config {
         if self.request_timeout.is_zero() {
             bail!("request_timeout must be above zero");
         }
+        if self.write_timeout.is_zero() {
+            bail!("write_timeout must be above zero");
+        }
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            bail!("max_connections and max_connections_per_client must be at least 1");
+        }
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            bail!("max_buffered_body_bytes must be at least max_body_bytes");
+        }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url).context("public_url is not a URL")?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -190,6 +224,11 @@ impl Config {
         if let Some(token) = &self.admin_token {
             if token.len() < 16 {
                 bail!("admin_token must be at least 16 characters");
+            }
+        }
+        if let Some(token) = &self.metrics_token {
+            if token.len() < 16 {
+                bail!("metrics_token must be at least 16 characters");
             }
         }
         if let Some(url) = &self.database_url {
@@ -217,6 +256,22 @@ impl Config {
                 self.data_dir.join("switchboard.db").display()
             ),
         }
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL we can read: keep only its scheme.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…"),
+            None => "…".to_owned(),
+        },
     }
 }
 
@@ -266,6 +321,24 @@ fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Err
         .collect()
 }
 
+/// Addresses (`10.0.0.7`) or networks (`10.0.0.0/8`, `fd00::/8`).
+fn de_networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not an IP address or network (10.0.0.0/8)"
+                    ))
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +349,19 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.internal:5432/switchboard"),
+            "postgres://app:***@db.internal:5432/switchboard"
+        );
+        assert_eq!(
+            redact_url("postgres://db.internal/switchboard"),
+            "postgres://db.internal/switchboard"
+        );
+        assert!(!redact_url("postgres://a:b@[bad").contains('b'));
     }
 
     #[test]

@@ -8,10 +8,12 @@
 pub mod bench;
 pub mod channels;
 pub mod config;
+pub mod credential_hosts;
 pub mod dispatcher;
 pub mod domain;
 pub mod error;
 pub mod event;
+pub mod files;
 pub mod keys;
 pub mod media;
 pub mod metrics;

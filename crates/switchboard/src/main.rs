@@ -172,7 +172,10 @@ async fn run() -> anyhow::Result<()> {
             config.database_url = database_url.or(config.database_url);
             switchboard::telemetry::init(&config.log)?;
             switchboard::startup::open_store(&config).await?;
-            tracing::info!(database = %config.database_url(), "migrations applied");
+            tracing::info!(
+                database = %switchboard::config::redact_url(&config.database_url()),
+                "migrations applied"
+            );
             Ok(())
         }
         Command::Serve {

@@ -15,12 +15,15 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::credential_hosts::CredentialHosts;
 use crate::domain::ids::{looks_like_id, new_id};
 use crate::ssrf::TargetPolicy;
 
 /// Where to fetch a provider's media, with the credentials it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaFetch {
+    /// Whose credentials these are: they go only to that provider's hosts.
+    pub provider: &'static str,
     pub url: String,
     pub username: String,
     pub password: String,
@@ -39,6 +42,7 @@ pub struct MediaStore {
     ttl: Duration,
     max_bytes: usize,
     targets: TargetPolicy,
+    credential_hosts: CredentialHosts,
     client: reqwest::Client,
 }
 
@@ -56,6 +60,7 @@ impl MediaStore {
         ttl: Duration,
         max_bytes: usize,
         targets: TargetPolicy,
+        credential_hosts: CredentialHosts,
     ) -> anyhow::Result<Arc<MediaStore>> {
         // Provider media redirects to a CDN; every hop is checked like a webhook target.
         let hops = targets.clone();
@@ -78,6 +83,7 @@ impl MediaStore {
             max_bytes,
             client: targets.client(builder)?,
             targets,
+            credential_hosts,
         }))
     }
 
@@ -92,6 +98,10 @@ impl MediaStore {
                 return Ok(file);
             }
         }
+        // The credentials go to their owner's hosts only; any other URL stays a plain link.
+        self.credential_hosts
+            .check(fetch.provider, &fetch.url)
+            .map_err(|e| anyhow::anyhow!("refused media URL: {e}"))?;
         // Host names are checked by the client's resolver, literal addresses here.
         self.targets
             .check_literal(&fetch.url)
@@ -126,10 +136,17 @@ impl MediaStore {
             .or_else(|| fetch.url.ends_with(".mp3").then_some("mp3"))
             .unwrap_or("bin");
         let file = format!("{id}.{ext}");
-        tokio::fs::create_dir_all(&self.dir).await?;
+        crate::files::private_dir(&self.dir)?;
         // Its own name per download: two of the same media at once each write their own.
         let tmp = self.dir.join(format!(".{file}.{}.part", new_id()));
-        tokio::fs::write(&tmp, &body).await?;
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut out = options.open(&tmp).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut out, &body).await?;
+        out.sync_all().await?;
+        drop(out);
         tokio::fs::rename(&tmp, self.dir.join(&file)).await?;
         Ok(file)
     }
@@ -210,6 +227,7 @@ mod tests {
             Duration::from_secs(60),
             1024,
             TargetPolicy::default(),
+            CredentialHosts::default(),
         )
         .unwrap()
     }
@@ -258,6 +276,7 @@ mod tests {
     fn media_ids_follow_the_url_and_the_credentials() {
         let media = store();
         let fetch = |url: &str, username: &str, password: &str| MediaFetch {
+            provider: "twilio",
             url: url.into(),
             username: username.into(),
             password: password.into(),

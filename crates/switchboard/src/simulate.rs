@@ -4,7 +4,6 @@
 use anyhow::Context;
 
 use crate::channels::twilio::signature::{self, Algorithm};
-use crate::domain::ids::new_id;
 use crate::routes::TWILIO_INBOUND_PATH;
 
 /// What to send (also the command's arguments).
@@ -55,7 +54,7 @@ pub fn local_url(listen: &str) -> String {
 /// Post it and return the HTTP status and response body. Without `server`, it goes to the
 /// default listen address.
 pub async fn twilio_sms(sms: &SimulatedSms) -> anyhow::Result<(u16, String)> {
-    let message_sid = format!("SM{}", new_id());
+    let message_sid = format!("SM{}", hex_id());
     let media_count = sms.media.len().to_string();
     let mut params: Vec<(String, String)> = vec![
         ("MessageSid".into(), message_sid.clone()),
@@ -101,6 +100,13 @@ pub async fn twilio_sms(sms: &SimulatedSms) -> anyhow::Result<(u16, String)> {
         .with_context(|| format!("posting to {target}"))?;
     let status = response.status().as_u16();
     Ok((status, response.text().await.unwrap_or_default()))
+}
+
+/// 32 random hexadecimal digits: the part of a Twilio SID after its two letters.
+fn hex_id() -> String {
+    (0..16)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -31,7 +31,11 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub keys: Arc<SigningKeys>,
     pub admin_token_hash: [u8; 32],
+    /// When set, `/metrics` needs this bearer token.
+    pub metrics_token_hash: Option<[u8; 32]>,
     pub public_url: Option<String>,
+    /// Proxies whose `X-Forwarded-Proto` / `X-Forwarded-Host` count.
+    pub trusted_proxies: crate::routes::host::TrustedProxies,
     pub max_body_bytes: usize,
     pub lease: Duration,
     pub call_recording_wait: Duration,
@@ -53,6 +57,7 @@ pub struct Application {
     dispatcher: Option<Dispatcher>,
     local_addr: SocketAddr,
     timeouts: serve::Timeouts,
+    limits: serve::limits::Limits,
     // Held for the life of the process: one server per embedded database.
     _data_lock: Option<File>,
 }
@@ -65,17 +70,29 @@ pub fn is_postgres(url: &str) -> bool {
 /// Open the store named by the configuration, applying migrations. The embedded store first
 /// takes the data directory's lock (one process per SQLite file).
 pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<File>)> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    crate::files::private_dir(&config.data_dir)?;
     let url = config.database_url();
     if is_postgres(&url) {
         let store = PostgresStore::open(&url, config.database_max_connections).await?;
         return Ok((Arc::new(store), None));
     }
     check_writable(&config.data_dir)?;
+    crate::files::restrict_tree(&config.data_dir)?;
+    // Created 0600 before SQLite opens it: its journals then get the same mode.
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .map(|p| p.split('?').next().unwrap_or(p))
+    {
+        if !path.is_empty() && !path.starts_with(':') {
+            crate::files::private_file(std::path::Path::new(path))?;
+        }
+    }
     let lock_path = config.data_dir.join("switchboard.lock");
-    let lock =
-        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    crate::files::private_file(&lock_path)?;
+    let lock = File::options()
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!(
             "another switchboard process is using {} (lock held on {})",
@@ -86,6 +103,30 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Opti
     let store =
         SqliteStore::open(&url, config.sqlite_synchronous, config.sqlite_busy_timeout).await?;
     Ok((Arc::new(store), Some(lock)))
+}
+
+/// File descriptors kept for the database, outbound deliveries and media downloads, whatever
+/// the connections take.
+fn descriptor_reserve(config: &Config) -> usize {
+    config.dispatcher_concurrency + config.database_max_connections as usize + 64
+}
+
+/// `max_connections`, lowered to what the open-file limit leaves after the reserve.
+fn connection_cap(config: &Config) -> usize {
+    let limit = rlimit::Resource::NOFILE.get().map_or(1024, |(soft, _)| {
+        usize::try_from(soft).unwrap_or(usize::MAX)
+    });
+    let room = limit.saturating_sub(descriptor_reserve(config)).max(16);
+    if room < config.max_connections {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_file_limit = limit,
+            kept = room,
+            "max_connections lowered to fit the open-file limit, with {} descriptors kept for the database and deliveries",
+            descriptor_reserve(config)
+        );
+    }
+    room.min(config.max_connections)
 }
 
 /// The space the embedded store needs free in the data directory to start.
@@ -166,7 +207,12 @@ impl Application {
             clock,
             keys,
             admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+            metrics_token_hash: config
+                .metrics_token
+                .as_deref()
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
             public_url: config.public_url.clone(),
+            trusted_proxies: crate::routes::host::TrustedProxies(config.trusted_proxies.clone()),
             max_body_bytes: config.max_body_bytes,
             lease: config.delivery_lease,
             call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
@@ -177,6 +223,7 @@ impl Application {
                 config.attachment_url_ttl,
                 config.max_attachment_bytes,
                 targets.clone(),
+                crate::credential_hosts::CredentialHosts::new(config.credential_hosts.clone()),
             )?,
             metrics,
             targets,
@@ -184,6 +231,12 @@ impl Application {
             dispatch,
         });
         let local_addr = listener.local_addr()?;
+        if config.public_url.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                listen = %local_addr,
+                "public_url is not set: provider signatures are checked against a URL rebuilt from each request's Host header; set public_url to the URL providers call"
+            );
+        }
         let router = match config.role {
             Role::Dispatcher => routes::health_router(state),
             Role::Api | Role::All => routes::router(state),
@@ -195,7 +248,16 @@ impl Application {
             local_addr,
             timeouts: serve::Timeouts {
                 request: config.request_timeout,
+                write: config.write_timeout,
                 shutdown: config.shutdown_timeout,
+            },
+            limits: serve::limits::Limits {
+                max_connections: connection_cap(&config),
+                max_connections_per_client: config.max_connections_per_client,
+                max_buffered_body_bytes: config.max_buffered_body_bytes,
+                trusted_proxies: crate::routes::host::TrustedProxies(
+                    config.trusted_proxies.clone(),
+                ),
             },
             _data_lock: data_lock,
         })
@@ -217,7 +279,14 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr, "switchboard listening");
         let dispatcher = self.dispatcher.map(|d| tokio::spawn(d.run()));
-        serve::serve(self.listener, self.router, self.timeouts, shutdown).await;
+        serve::serve(
+            self.listener,
+            self.router,
+            self.timeouts,
+            self.limits,
+            shutdown,
+        )
+        .await;
         // Deliveries still in flight keep their leases and resume at the next start.
         if let Some(dispatcher) = dispatcher {
             dispatcher.abort();

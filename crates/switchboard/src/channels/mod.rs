@@ -19,6 +19,14 @@ pub fn provider_name(stored: &str) -> &'static str {
     }
 }
 
+/// The origins a provider's credentials may be sent to (see [`crate::credential_hosts`]).
+pub fn credential_hosts(provider: &str) -> &'static [&'static str] {
+    match provider {
+        twilio::PROVIDER => twilio::MEDIA_HOSTS,
+        _ => &[],
+    }
+}
+
 /// What a provider sent, with the URL it called (as the provider saw it, for signatures).
 #[derive(Debug)]
 pub struct ProviderRequest {

@@ -63,6 +63,9 @@ pub async fn get_location(
         .ok_or_else(|| ApiError::not_found(format!("no location {location_id}")))
 }
 
+/// The shortest secret a provider may sign with (auth tokens, shared signing keys).
+pub const MIN_SECRET_LEN: usize = 16;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PutTwilioChannel {
@@ -89,10 +92,21 @@ pub async fn put_twilio_channel(
             "accountSid must be AC followed by 32 hexadecimal digits",
         ));
     }
-    if input.auth_token.trim().is_empty() || input.auth_token.len() > 256 {
+    if input.auth_token.trim().len() < MIN_SECRET_LEN || input.auth_token.len() > 256 {
         return Err(ApiError::unprocessable(
             "invalid_auth_token",
-            "authToken must be 1 to 256 characters",
+            format!("authToken must be {MIN_SECRET_LEN} to 256 characters (Twilio's are 32)"),
+        ));
+    }
+    // Key ids are not secret: a short key would let anyone sign.
+    if let Some((id, _)) = input
+        .signing_keys
+        .iter()
+        .find(|(_, key)| key.trim().len() < MIN_SECRET_LEN || key.len() > 256)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_signing_key",
+            format!("signingKeys.{id} must be {MIN_SECRET_LEN} to 256 characters"),
         ));
     }
     let mut voice = input.voice;

@@ -6,77 +6,143 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 
+use super::host::public_url;
 use super::read_body;
-use crate::channels::{Channel, ProviderRequest};
+use crate::channels::{Channel, ChannelError, ProviderRequest};
 use crate::domain::Fact;
 use crate::error::ApiError;
+use crate::serve::ClientAddr;
 use crate::startup::AppState;
 use crate::store::IngestContext;
+
+/// Why a provider request was refused: what the provider is answered, and — for a request
+/// that could not be verified — what only the log and the metric may say.
+enum Refusal {
+    Answered(ApiError),
+    /// Answered 403 `invalid_signature` alike whether nothing is connected for the request or
+    /// its signature is wrong, so that an unsigned request learns nothing of what is
+    /// connected. `reason` is the metric's label, `detail` the log's.
+    Unverified {
+        reason: &'static str,
+        detail: String,
+        url: String,
+    },
+}
+
+impl<E: Into<ApiError>> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        Refusal::Answered(e.into())
+    }
+}
 
 pub async fn ingest<C: Channel>(
     State(state): State<Arc<AppState>>,
     OriginalUri(uri): OriginalUri,
+    peer: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = ingest_request::<C>(&state, &uri, headers, body).await;
+    let peer = peer.map(|Extension(p)| p);
+    let refusal = match ingest_request::<C>(&state, &uri, peer.as_ref(), headers, body).await {
+        Ok(response) => return Ok(response),
+        Err(refusal) => refusal,
+    };
     // A provider does not tell anyone when it is refused (Twilio does not retry a 403): a wrong
     // auth token or URL would lose every message without a trace. Counted, and logged within a
     // budget so that outsiders cannot flood the log.
-    if let Err(ApiError::Client {
-        status,
-        code,
-        message,
-    }) = &result
-    {
-        let second = u64::try_from(state.clock.now_ms() / 1000).unwrap_or_default();
-        if let Some(not_logged) = state.metrics.provider_rejected(C::PROVIDER, code, second) {
-            // The message may quote what the request held: escaped, and cut short.
-            let shown: String = message.chars().take(300).collect();
-            tracing::warn!(
-                provider = C::PROVIDER,
-                path = uri.path(),
-                status = status.as_u16(),
-                code = *code,
-                not_logged,
-                "provider request refused: {shown:?}"
-            );
+    let (answer, reason, detail) = match refusal {
+        Refusal::Answered(e) => {
+            let logged = match &e {
+                ApiError::Client { code, message, .. } => Some((*code, message.clone())),
+                _ => None,
+            };
+            match logged {
+                Some((code, message)) => (e, code, message),
+                None => return Err(e),
+            }
         }
+        Refusal::Unverified {
+            reason,
+            detail,
+            url,
+        } => (
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_signature",
+                format!(
+                    "the request's signature does not verify; check the credentials connected for it and that the URL configured at the provider is {url}"
+                ),
+            ),
+            reason,
+            detail,
+        ),
+    };
+    let second = u64::try_from(state.clock.now_ms() / 1000).unwrap_or_default();
+    if let Some(not_logged) = state.metrics.provider_rejected(C::PROVIDER, reason, second) {
+        // The message may quote what the request held: escaped, and cut short.
+        let shown: String = detail.chars().take(300).collect();
+        tracing::warn!(
+            provider = C::PROVIDER,
+            path = uri.path(),
+            status = answer.status().as_u16(),
+            reason,
+            not_logged,
+            "provider request refused: {shown:?}"
+        );
     }
-    result
+    Err(answer)
 }
 
 async fn ingest_request<C: Channel>(
     state: &AppState,
     uri: &axum::http::Uri,
+    peer: Option<&ClientAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     let body = read_body(body, state.max_body_bytes).await?;
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url = public_url(state.public_url.as_deref(), &headers, path_and_query)?;
+    let url = public_url(
+        state.public_url.as_deref(),
+        &state.trusted_proxies,
+        peer,
+        &headers,
+        path_and_query,
+    )?;
     let request = ProviderRequest { url, headers, body };
 
     let parsed = C::parse(&request)?;
     let key = C::route(&parsed);
+    let unverified = |reason, detail| Refusal::Unverified {
+        reason,
+        detail,
+        url: request.url.clone(),
+    };
     let account = state
         .store
         .find_channel_account(C::PROVIDER, &key)
         .await?
         .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no location has {} connected for {}",
-                C::PROVIDER,
-                key.address
-                    .as_deref()
-                    .or(key.account_id.as_deref())
-                    .unwrap_or("this request")
-            ))
+            unverified(
+                "not_connected",
+                format!(
+                    "no location has {} connected for {}",
+                    C::PROVIDER,
+                    key.address
+                        .as_deref()
+                        .or(key.account_id.as_deref())
+                        .unwrap_or("this request")
+                ),
+            )
         })?;
-    C::verify(&request, &parsed, &account)?;
+    C::verify(&request, &parsed, &account).map_err(|e| match e {
+        ChannelError::BadSignature(detail) => unverified("invalid_signature", detail),
+        other => Refusal::Answered(other.into()),
+    })?;
 
     let now = state.clock.now_ms();
     let mut handled = C::handle(&request, parsed, &account, now)?;
@@ -126,60 +192,5 @@ async fn keep_media(state: &AppState, facts: &mut [Fact], base: &str, now_ms: i6
                 "keeping the recording failed; the event carries the provider's URL"
             ),
         }
-    }
-}
-
-/// The URL the provider called: the configured public URL, or one derived from `Host` and
-/// `X-Forwarded-Proto`, followed by the path and query exactly as received.
-fn public_url(
-    configured: Option<&str>,
-    headers: &HeaderMap,
-    path_and_query: &str,
-) -> Result<String, ApiError> {
-    if let Some(base) = configured {
-        return Ok(format!("{}{}", base.trim_end_matches('/'), path_and_query));
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_host",
-                "no Host header, and no public_url is configured to check signatures against",
-            )
-        })?;
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.split(',').next())
-        .map(str::trim)
-        .filter(|p| matches!(*p, "http" | "https"))
-        .unwrap_or("http");
-    Ok(format!("{proto}://{host}{path_and_query}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_comes_from_config_or_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "sb.example.com:8443".parse().unwrap());
-        assert_eq!(
-            public_url(Some("https://hooks.example.com/"), &headers, "/p?q=1").unwrap(),
-            "https://hooks.example.com/p?q=1"
-        );
-        assert_eq!(
-            public_url(None, &headers, "/p").unwrap(),
-            "http://sb.example.com:8443/p"
-        );
-        headers.insert("x-forwarded-proto", "https, http".parse().unwrap());
-        assert_eq!(
-            public_url(None, &headers, "/p").unwrap(),
-            "https://sb.example.com:8443/p"
-        );
-        assert!(public_url(None, &HeaderMap::new(), "/p").is_err());
     }
 }

@@ -22,11 +22,12 @@ use crate::channels::twilio::{
 };
 use crate::error::ApiError;
 use crate::media::UrlError;
-use crate::serve::BodyTimedOut;
+use crate::serve::{BodyBudgetSpent, BodyTimedOut};
 use crate::startup::AppState;
 use crate::store::StoreError;
 
 mod admin;
+pub mod host;
 mod ingress;
 pub mod openapi;
 mod webhooks;
@@ -130,6 +131,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn(host::require_valid_host))
         .with_state(state)
 }
 
@@ -141,6 +143,7 @@ pub fn health_router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn(host::require_valid_host))
         .with_state(state)
 }
 
@@ -278,7 +281,19 @@ async fn openapi_json() -> Response {
 }
 
 /// Prometheus text format.
-async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.metrics_token_hash {
+        if !bearer_matches(&headers, expected) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token in the Authorization header (metrics_token)",
+            ));
+        }
+    }
     // Without the queue when the database does not answer: the other metrics (storage
     // faults among them) matter most then.
     let depth = state.store.queue_depth(state.clock.now_ms()).await.ok();
@@ -307,20 +322,24 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    if bearer_matches(request.headers(), &state.admin_token_hash) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` for the token hashed as `expected`,
+/// compared in constant time.
+fn bearer_matches(headers: &axum::http::HeaderMap, expected: &[u8; 32]) -> bool {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        // The scheme is case-insensitive (RFC 9110 §11.1).
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| Sha256::digest(t.trim().as_bytes()));
-    match presented {
-        Some(hash) if bool::from(hash.as_slice().ct_eq(&state.admin_token_hash)) => {
-            next.run(request).await
-        }
-        _ => ApiError::unauthorized().into_response(),
-    }
+        .map(|(_, t)| Sha256::digest(t.trim().as_bytes()))
+        .is_some_and(|hash| bool::from(hash.as_slice().ct_eq(expected)))
 }
 
 /// Read a body of at most `limit` bytes: larger is a 413, a body that does not arrive within
@@ -332,6 +351,13 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             s.source()
         });
         for cause in causes {
+            if cause.is::<BodyBudgetSpent>() {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_busy",
+                    format!("{BodyBudgetSpent}; try again shortly"),
+                );
+            }
             if let Some(timed_out) = cause.downcast_ref::<BodyTimedOut>() {
                 return ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,

@@ -2,7 +2,7 @@
 //! lock held too long, an I/O error, a database that is down), and the store's record of
 //! them. Such an error is answered 503 with `Retry-After`, never taken for a commit; it is
 //! counted by kind, and logged once when an episode starts and once when it ends, not once
-//! per request. A write that succeeds ends the episode.
+//! per request. A group commit or a readiness probe that succeeds ends the episode.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -200,7 +200,8 @@ impl StorageFaults {
         self.failing.store(false, Ordering::Relaxed);
     }
 
-    /// Note the outcome of a write.
+    /// Note the outcome of a write that is known to have written when it succeeds (a group
+    /// commit, the readiness probe): a success ends an episode.
     pub fn observe<T>(&self, result: &super::StoreResult<T>) {
         match result {
             Ok(_) => self.succeeded(),
@@ -209,13 +210,16 @@ impl StorageFaults {
         }
     }
 
-    /// Run a write and note its outcome.
+    /// Run a store call that may write and note a fault it meets. Its success ends nothing: it
+    /// may have found nothing to write and written nothing.
     pub async fn track<T>(
         &self,
         write: impl std::future::Future<Output = super::StoreResult<T>>,
     ) -> super::StoreResult<T> {
         let result = write.await;
-        self.observe(&result);
+        if let Err(super::StoreError::Unavailable(fault)) = &result {
+            self.failed(fault);
+        }
         result
     }
 }

@@ -1326,7 +1326,7 @@ macro_rules! sql_store {
                 // Writes have been failing: only a write tells whether they work again, and
                 // one of the size of a group commit (a few bytes may fit where messages do
                 // not). The padding is emptied again by a second transaction.
-                self.faults.track(async {
+                let probe = async {
                     for pad in [Some(vec![0_u8; $crate::store::faults::PROBE_BYTES]), None] {
                         let mut tx = $hooks::begin_write(&self.writer).await?;
                         sqlx::query("UPDATE storage_probe SET checks = checks + 1, pad = $1 WHERE id = 1")
@@ -1336,8 +1336,10 @@ macro_rules! sql_store {
                         tx.commit().await?;
                     }
                     Ok(())
-                })
-                .await
+                }
+                .await;
+                self.faults.observe(&probe);
+                probe
             }
 
             async fn release_leases(&self) -> StoreResult<u64> {

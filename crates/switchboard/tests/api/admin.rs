@@ -189,7 +189,7 @@ async fn locations_and_connections_can_be_listed_read_back_and_disconnected() {
     let after = app
         .post_twilio(&sms_params("SMafter", "hi"), AUTH_TOKEN)
         .await;
-    assert_eq!(after.status(), 404, "{}", after.text().await.unwrap());
+    assert_eq!(after.status(), 403, "{}", after.text().await.unwrap());
     // The number is free for another location; what was stored stays.
     assert_eq!(
         app.connect_twilio(&second, &[BUSINESS_NUMBER])

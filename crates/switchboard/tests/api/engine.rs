@@ -392,7 +392,7 @@ async fn filters_by_message_type_and_direction() {
     outbound_only.expect_exactly(0, Duration::ZERO).await;
     // An outbound call: only the CALL and the outbound webhooks.
     let params = [
-        ("CallSid", "CAfilter"),
+        ("CallSid", sid_str("CAfilter")),
         ("AccountSid", ACCOUNT_SID),
         ("From", BUSINESS_NUMBER),
         ("To", CUSTOMER_NUMBER),

@@ -33,6 +33,7 @@ mod helpers;
 mod multinode;
 mod pg_restart;
 mod restart;
+mod security;
 mod storage_faults;
 mod targets;
 mod twilio_sms;

@@ -258,7 +258,7 @@ async fn committed_writes_reach_the_database_file_while_the_server_runs() {
     receiver.wait_for(5, Duration::from_secs(10)).await;
     count_in_database_file(
         &database,
-        "SELECT COUNT(*) FROM messages WHERE provider_message_id LIKE 'SMcheckpoint%'",
+        "SELECT COUNT(*) FROM messages WHERE provider_message_id LIKE 'SM%'",
         5,
     )
     .await;
@@ -389,7 +389,7 @@ async fn refused_provider_requests_are_logged_within_a_budget() {
     assert!(lines.len() < 50, "{} lines:\n{text}", lines.len());
     let first = &lines[0];
     assert!(
-        first.contains("not_found") && first.contains("WARN"),
+        first.contains("not_connected") && first.contains("WARN"),
         "{first}"
     );
     assert!(first.contains("\\nforged line"), "escaped: {first}");

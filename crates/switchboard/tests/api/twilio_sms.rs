@@ -173,7 +173,7 @@ async fn wrong_or_missing_signature_is_403_and_stores_nothing() {
     let error: Value = wrong.json().await.unwrap();
     assert_eq!(error["error"]["code"], "invalid_signature");
     let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.contains("X-Twilio-Signature"), "{message}");
+    assert!(message.contains("signature does not verify"), "{message}");
     // Whoever sent it learns nothing about the account the number belongs to.
     assert!(!message.contains(ACCOUNT_SID), "{message}");
 
@@ -230,11 +230,11 @@ async fn signature_over_the_public_url_with_port_variants() {
     .iter()
     .enumerate()
     {
-        let sid = format!("SMpublic{i}");
+        let sid = twilio_sid(&format!("SMpublic{i}"));
         let mut owned = owned.clone();
         for p in owned
             .iter_mut()
-            .filter(|p| p.0.ends_with("Sid") && p.1 == "SMpublic")
+            .filter(|p| p.0.ends_with("Sid") && p.1 == twilio_sid("SMpublic"))
         {
             p.1 = sid.clone();
         }
@@ -263,7 +263,9 @@ async fn signature_over_the_public_url_with_port_variants() {
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 403);
 }
 
-async fn unknown_number_is_404_and_stores_nothing() {
+/// Answered as a wrong signature: an unsigned request learns nothing of what is connected.
+/// The metric and the log say which it was.
+async fn unknown_number_is_403_and_stores_nothing() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
     app.standard_setup(&receiver).await;
@@ -277,13 +279,13 @@ async fn unknown_number_is_404_and_stores_nothing() {
         }
     }
     let r = app.post_twilio(&params, AUTH_TOKEN).await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 403);
     let error: Value = r.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "not_found");
+    assert_eq!(error["error"]["code"], "invalid_signature");
     receiver.expect_exactly(0, QUIET).await;
     assert_eq!(
         refused(&app).await,
-        "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"not_found\"} 1"
+        "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"not_connected\"} 1"
     );
 }
 
@@ -684,7 +686,7 @@ crate::both_stores!(
     legacy_path_is_the_same_handler,
     wrong_or_missing_signature_is_403_and_stores_nothing,
     signature_over_the_public_url_with_port_variants,
-    unknown_number_is_404_and_stores_nothing,
+    unknown_number_is_403_and_stores_nothing,
     account_sid_routes_when_the_number_is_not_listed,
     same_message_sid_twice_is_one_message_and_one_delivery,
     one_contact_and_conversation_per_number,

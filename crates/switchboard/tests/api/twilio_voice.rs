@@ -7,15 +7,15 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const INCOMING: &str = "/conversations/providers/twilio/voice/incoming";
-const DIAL_STATUS: &str = "/conversations/providers/twilio/voice/dial-status";
-const STATUS: &str = "/conversations/providers/twilio/voice/status";
-const RECORDING: &str = "/conversations/providers/twilio/voice/recording";
+pub(crate) const INCOMING: &str = "/conversations/providers/twilio/voice/incoming";
+pub(crate) const DIAL_STATUS: &str = "/conversations/providers/twilio/voice/dial-status";
+pub(crate) const STATUS: &str = "/conversations/providers/twilio/voice/status";
+pub(crate) const RECORDING: &str = "/conversations/providers/twilio/voice/recording";
 const FORWARD_TO: &str = "+14155550111";
 const GREETING: &str = "Thanks for calling Acme & Sons. Leave a message after the beep.";
 const RECORDING_URL: &str =
     "https://api.twilio.com/2010-04-01/Accounts/AC33333333333333333333333333333333/Recordings/RE55555555555555555555555555555555";
-const QUIET: Duration = Duration::from_millis(400);
+pub(crate) const QUIET: Duration = Duration::from_millis(400);
 /// Who answers at `FORWARD_TO`, in the operator's own systems (`voice.userId`).
 const USER_ID: &str = "xsmF1xxhmC92ZpL1lj7aLa";
 
@@ -37,7 +37,7 @@ async fn put_voice_channel(app: &TestApp, location_id: &str, numbers: &[&str], v
 }
 
 /// A location with the business number, voice settings, and a webhook for both directions.
-async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) -> String {
+pub(crate) async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) -> String {
     let location_id = app.create_location("Acme Dental").await;
     put_voice_channel(app, &location_id, &[BUSINESS_NUMBER], voice).await;
     let r = app
@@ -51,7 +51,7 @@ async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) -> String {
     location_id
 }
 
-fn voice_settings() -> Value {
+pub(crate) fn voice_settings() -> Value {
     json!({
         "forwardTo": FORWARD_TO,
         "ringTimeoutSeconds": 25,
@@ -62,7 +62,11 @@ fn voice_settings() -> Value {
 }
 
 /// The parameters of every inbound voice request for `call_sid`.
-fn call_params<'a>(call_sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn call_params<'a>(
+    call_sid: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let call_sid = sid_str(call_sid);
     let mut p = vec![
         ("CallSid", call_sid),
         ("AccountSid", ACCOUNT_SID),
@@ -77,11 +81,12 @@ fn call_params<'a>(call_sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a 
     p
 }
 
-fn recording_params<'a>(
+pub(crate) fn recording_params<'a>(
     call_sid: &'a str,
     status: &'a str,
     source: &'a str,
 ) -> Vec<(&'a str, &'a str)> {
+    let call_sid = sid_str(call_sid);
     vec![
         ("AccountSid", ACCOUNT_SID),
         ("CallSid", call_sid),
@@ -101,7 +106,7 @@ fn recording_params<'a>(
 }
 
 /// POST and return the TwiML, parsed (the test fails if it is not well-formed XML).
-async fn post_twiml(app: &TestApp, path: &str, params: &[(&str, &str)]) -> String {
+pub(crate) async fn post_twiml(app: &TestApp, path: &str, params: &[(&str, &str)]) -> String {
     let r = app.post_twilio_path(path, params, AUTH_TOKEN).await;
     assert_eq!(r.status(), 200, "{path}");
     assert!(r.headers()["content-type"]
@@ -176,7 +181,7 @@ async fn incoming_call_twiml_forwards_to_the_configured_number() {
             &[
                 ("CallStatus", "in-progress"),
                 ("DialCallStatus", "no-answer"),
-                ("DialCallSid", "CAchild"),
+                ("DialCallSid", sid_str("CAchild")),
             ],
         ),
     )
@@ -550,6 +555,7 @@ async fn answered_calls_are_recorded_when_asked() {
 }
 
 fn outbound_params<'a>(sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let sid = sid_str(sid);
     let mut p = vec![
         ("CallSid", sid),
         ("AccountSid", ACCOUNT_SID),
@@ -720,7 +726,7 @@ async fn voice_settings_are_validated() {
 
 /// A stand-in for Twilio's media host: serves `.mp3` recordings only with the account's Basic
 /// auth (AccountSid:AuthToken), as api.twilio.com does. Returns its base URL and a request count.
-async fn fake_twilio_media(
+pub(crate) async fn fake_twilio_media(
     audio: &'static [u8],
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use axum::http::{HeaderMap, StatusCode};
@@ -771,7 +777,11 @@ async fn fake_twilio_media(
 async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
     const AUDIO: &[u8] = b"ID3\x03\x00fake mp3 frames \x00\xff\xfb";
     let (media_base, hits) = fake_twilio_media(AUDIO).await;
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| {
+        c.credential_hosts
+            .insert("twilio".into(), vec![media_base.clone()]);
+    })
+    .await;
     let receiver = TestReceiver::start().await;
     let mut voice = voice_settings();
     voice["downloadRecordings"] = json!(true);
@@ -846,7 +856,11 @@ async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
 
 async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     let (media_base, _) = fake_twilio_media(b"x").await;
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| {
+        c.credential_hosts
+            .insert("twilio".into(), vec![media_base.clone()]);
+    })
+    .await;
     let receiver = TestReceiver::start().await;
     let mut voice = voice_settings();
     voice["downloadRecordings"] = json!(true);
@@ -942,7 +956,7 @@ async fn a_callback_cannot_reach_another_locations_call() {
         // The other account's callback, validly signed by it, names this location's call:
         // it is routed to the call's location, whose token it was not signed with.
         let forged = [
-            ("CallSid", "CAvictim"),
+            ("CallSid", sid_str("CAvictim")),
             ("AccountSid", OTHER_SID),
             ("From", CUSTOMER_NUMBER),
             ("To", OTHER_NUMBER),

@@ -26,9 +26,25 @@ impl Channel for TwilioMessaging {
 
     fn parse(req: &ProviderRequest) -> Result<ParsedMessage, ChannelError> {
         let form = TwilioForm::parse(req)?;
+        // The message's SID under each of its names: one SID, well formed.
+        let mut message_sid: Option<&str> = None;
+        for name in ["MessageSid", "SmsMessageSid", "SmsSid"] {
+            match (form.sid(name, &["SM", "MM"])?, message_sid) {
+                (Some(sid), Some(first)) if sid != first => {
+                    return Err(ChannelError::Malformed(format!(
+                        "`{name}` ({sid}) is not the same SID as the message's ({first})"
+                    )))
+                }
+                (Some(sid), None) => message_sid = Some(sid),
+                _ => {}
+            }
+        }
+        let message_sid = message_sid
+            .ok_or_else(|| ChannelError::Malformed("missing form parameter `MessageSid`".into()))?
+            .to_owned();
         Ok(ParsedMessage {
-            message_sid: form.required(&["MessageSid", "SmsMessageSid", "SmsSid"])?,
-            account_sid: form.required(&["AccountSid"])?,
+            message_sid,
+            account_sid: form.account_sid()?,
             from: form.required(&["From"])?,
             to: form.required(&["To"])?,
             form,
@@ -162,12 +178,12 @@ mod tests {
         }
     }
 
-    const SMS: &str = "MessageSid=SM1&AccountSid=AC33333333333333333333333333333333&From=%2B12125550199&To=%2B14155550100&Body=Hi+there&NumMedia=0";
+    const SMS: &str = "MessageSid=SM11111111111111111111111111111111&AccountSid=AC33333333333333333333333333333333&From=%2B12125550199&To=%2B14155550100&Body=Hi+there&NumMedia=0";
 
     #[test]
     fn sms_becomes_an_inbound_sms() {
         let m = message(SMS);
-        assert_eq!(m.provider_message_id, "SM1");
+        assert_eq!(m.provider_message_id, S1);
         assert_eq!(m.message_type, MessageType::Sms);
         assert_eq!(m.body.as_deref(), Some("Hi there"));
         assert_eq!(m.from.as_deref(), Some("+12125550199"));
@@ -196,7 +212,7 @@ mod tests {
 
     #[test]
     fn whatsapp_is_its_own_type_with_the_same_phone_contact() {
-        let body = "MessageSid=SM2&AccountSid=AC33333333333333333333333333333333&From=whatsapp%3A%2B5215512345678&To=whatsapp%3A%2B14155550100&Body=Hola&ProfileName=Ana";
+        let body = "MessageSid=SM22222222222222222222222222222222&AccountSid=AC33333333333333333333333333333333&From=whatsapp%3A%2B5215512345678&To=whatsapp%3A%2B14155550100&Body=Hola&ProfileName=Ana";
         let m = message(body);
         assert_eq!(m.message_type, MessageType::WhatsApp);
         assert_eq!(m.contact.value, "+5215512345678");
@@ -225,6 +241,65 @@ mod tests {
             TwilioMessaging::parse(&json),
             Err(ChannelError::UnsupportedMediaType(_))
         ));
+    }
+
+    #[test]
+    fn sids_are_well_formed_agree_and_are_never_repeated() {
+        let refused = |body: String, says: &str| {
+            let err = TwilioMessaging::parse(&request(&body)).err().unwrap();
+            assert!(
+                matches!(&err, ChannelError::Malformed(m) if m.contains(says)),
+                "{body}: {err:?}"
+            );
+        };
+        // A SID extended by the parameter after it (signs the same, without separators).
+        refused(
+            SMS.replace("&NumMedia=0", "")
+                .replace(S1, &format!("{S1}NumMedia0")),
+            "not a Twilio SID",
+        );
+        refused(SMS.replace(S1, "SMdurable"), "not a Twilio SID");
+        refused(
+            SMS.replace("AC33333333333333333333333333333333", "ACx"),
+            "not a Twilio SID",
+        );
+        refused(
+            format!("{SMS}&SmsSid=SM{}", "2".repeat(32)),
+            "not the same SID",
+        );
+        refused(
+            format!("{SMS}&From=%2B15555550123"),
+            "`From` appears more than once",
+        );
+        refused(
+            format!("{SMS}&AccountSid=AC{}", "4".repeat(32)),
+            "`AccountSid` appears",
+        );
+        // The same SID under its three names is one message.
+        let all = format!("{SMS}&SmsMessageSid={S1}&SmsSid={S1}");
+        assert_eq!(message(&all).provider_message_id, S1);
+    }
+
+    const S1: &str = "SM11111111111111111111111111111111";
+
+    #[test]
+    fn a_request_for_another_account_is_refused() {
+        let req = request(SMS);
+        let parsed = TwilioMessaging::parse(&req).unwrap();
+        let mut other = account();
+        other.account_id = format!("AC{}", "4".repeat(32));
+        let sig = signature::sign(
+            Algorithm::HmacSha1,
+            other.secret.as_bytes(),
+            &req.url,
+            &parsed.form.params,
+        );
+        let mut signed = request(SMS);
+        signed
+            .headers
+            .insert("x-twilio-signature", sig.parse().unwrap());
+        let err = TwilioMessaging::verify(&signed, &parsed, &other).unwrap_err();
+        assert!(matches!(err, ChannelError::BadSignature(m) if m.contains("AccountSid")));
     }
 
     #[test]

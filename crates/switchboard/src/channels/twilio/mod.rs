@@ -20,9 +20,23 @@ pub use voice::{VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceSettings, V
 /// The provider name persisted with messages and channel accounts.
 pub const PROVIDER: &str = "twilio";
 
+/// Where Twilio serves recordings and media (every region's API host is a subdomain of
+/// `twilio.com`), over HTTPS: the only origins the account's auth token is sent to.
+pub const MEDIA_HOSTS: &[&str] = &["https://api.twilio.com", "https://*.twilio.com"];
+
 /// An account SID: `AC` and 32 hexadecimal digits.
 pub fn is_account_sid(s: &str) -> bool {
-    s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    is_sid(s, &["AC"])
+}
+
+/// A Twilio SID: one of `prefixes` (two letters) and 32 hexadecimal digits. Checked on every
+/// SID a request carries: the signature covers keys and values run together, so a value that
+/// could hold anything could swallow the parameters after it (`MessageSid=SM…NumMedia0`
+/// signs like `MessageSid=SM…` followed by `NumMedia=0`).
+pub fn is_sid(s: &str, prefixes: &[&str]) -> bool {
+    s.len() == 34
+        && prefixes.iter().any(|p| s.starts_with(p))
+        && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Parameters a person wrote, which may hold any character (NUL is dropped where they are
@@ -31,19 +45,21 @@ const FREE_TEXT: [&str; 2] = ["Body", "ProfileName"];
 
 /// The other parameters Switchboard reads (and `MediaUrl<n>`): ids, numbers, states. A NUL in
 /// one of them is a malformed request; parameters nobody reads may hold anything.
-const IDENTIFIERS: [&str; 18] = [
+const IDENTIFIERS: [&str; 20] = [
     "AccountSid",
     "AnsweredBy",
     "CallDuration",
     "CallSid",
     "CallStatus",
     "DialCallDuration",
+    "DialCallSid",
     "DialCallStatus",
     "Direction",
     "From",
     "MessageSid",
     "NumMedia",
     "RecordingDuration",
+    "RecordingSid",
     "RecordingSource",
     "RecordingStatus",
     "RecordingUrl",
@@ -75,6 +91,17 @@ impl TwilioForm {
         let params: Vec<(String, String)> = form_urlencoded::parse(&req.body)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
+        // An identifier given twice is a forgery's tool (the signature covers both, the first
+        // would be read): refused.
+        let mut seen: Vec<&str> = Vec::new();
+        for (name, _) in params.iter().filter(|(k, _)| is_identifier(k)) {
+            if seen.contains(&name.as_str()) {
+                return Err(ChannelError::Malformed(format!(
+                    "form parameter `{name}` appears more than once"
+                )));
+            }
+            seen.push(name);
+        }
         // Identifiers never hold NUL, and PostgreSQL text cannot store it.
         if let Some((name, _)) = params
             .iter()
@@ -111,6 +138,29 @@ impl TwilioForm {
             })
     }
 
+    /// The SID `name` holds, when present: refused unless it has one of `prefixes` and 32
+    /// hexadecimal digits.
+    pub fn sid(&self, name: &str, prefixes: &[&str]) -> Result<Option<&str>, ChannelError> {
+        match self.get(name) {
+            Some(v) if !is_sid(v, prefixes) => {
+                let shown: String = v.chars().take(64).collect();
+                Err(ChannelError::Malformed(format!(
+                    "`{name}` is not a Twilio SID ({} and 32 hexadecimal digits): `{}`",
+                    prefixes.join(" or "),
+                    shown.escape_default()
+                )))
+            }
+            v => Ok(v),
+        }
+    }
+
+    /// The request's `AccountSid`, which must be a well-formed account SID.
+    pub fn account_sid(&self) -> Result<String, ChannelError> {
+        self.sid("AccountSid", &["AC"])?
+            .map(str::to_owned)
+            .ok_or_else(|| ChannelError::Malformed("missing form parameter `AccountSid`".into()))
+    }
+
     /// A whole number of seconds, when present.
     pub fn seconds(&self, name: &str) -> Result<Option<u64>, ChannelError> {
         self.get(name)
@@ -132,6 +182,13 @@ impl TwilioForm {
         let header = req.header("x-twilio-signature").ok_or_else(|| {
             ChannelError::BadSignature("missing X-Twilio-Signature header".into())
         })?;
+        // The request is for the account it was routed to, whatever else it says.
+        if self.get("AccountSid") != Some(account.account_id.as_str()) {
+            return Err(ChannelError::BadSignature(format!(
+                "AccountSid {:?} is not the account of the location it was routed to",
+                self.get("AccountSid").unwrap_or_default()
+            )));
+        }
         let (algorithm, key_id) =
             Algorithm::from_settings_header(req.header("x-twilio-webhooks-signature-settings"))
                 .map_err(ChannelError::BadSignature)?;

@@ -125,8 +125,13 @@ fn voicemail_twiml(req: &ProviderRequest, settings: &VoiceSettings) -> String {
 
 fn parse_call(req: &ProviderRequest) -> Result<(TwilioForm, String), ChannelError> {
     let form = TwilioForm::parse(req)?;
-    let call_sid = form.required(&["CallSid"])?;
-    form.required(&["AccountSid"])?;
+    let call_sid = form
+        .sid("CallSid", &["CA"])?
+        .ok_or_else(|| ChannelError::Malformed("missing form parameter `CallSid`".into()))?
+        .to_owned();
+    form.account_sid()?;
+    form.sid("DialCallSid", &["CA"])?;
+    form.sid("RecordingSid", &["RE"])?;
     Ok((form, call_sid))
 }
 
@@ -325,6 +330,7 @@ impl VoiceRecording {
                     && !url.is_empty()
                     && VoiceSettings::of(account).download_recordings)
                     .then(|| MediaFetch {
+                        provider: PROVIDER,
                         url: format!("{url}.mp3"),
                         username: account.account_id.clone(),
                         password: account.secret.clone(),
