@@ -14,6 +14,8 @@ pub mod domain;
 pub mod error;
 pub mod event;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod media;
 pub mod metrics;

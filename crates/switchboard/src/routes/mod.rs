@@ -26,11 +26,11 @@ use crate::serve::{BodyBudgetSpent, BodyTimedOut};
 use crate::startup::AppState;
 use crate::store::StoreError;
 
-mod admin;
+pub(crate) mod admin;
 pub mod host;
 mod ingress;
 pub mod openapi;
-mod webhooks;
+pub(crate) mod webhooks;
 
 /// The Twilio Messaging webhook path the source document gives, and its legacy path.
 pub const TWILIO_INBOUND_PATH: &str = "/conversations/providers/twilio/inbound_message";
@@ -413,28 +413,33 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             ));
         }
         let bytes = read_body(req.into_body(), MAX_JSON_BYTES).await?;
-        // PostgreSQL text cannot hold NUL, which JSON can only carry as the escape `\u0000`.
-        if bytes.windows(6).any(|w| w == b"\\u0000") && holds_nul(&bytes) {
-            return Err(ApiError::unprocessable(
-                "invalid_body",
-                "a string in the body contains a NUL character (\\u0000)",
-            ));
-        }
-        // Errors in the data name the field they are in (`events: invalid type: null, …`).
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let e = e.into_inner();
-            if !e.is_data() {
-                ApiError::bad_request("invalid_json", e.to_string())
-            } else if path == "." {
-                ApiError::unprocessable("invalid_body", e.to_string())
-            } else {
-                ApiError::unprocessable("invalid_body", format!("{path}: {e}"))
-            }
-        })?;
-        de.end()
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-        Ok(JsonBody(parsed))
+        decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON body as `T`, or the [`ApiError`] that says what is wrong with it.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // PostgreSQL text cannot hold NUL, which JSON can only carry as the escape `\u0000`.
+    if bytes.windows(6).any(|w| w == b"\\u0000") && holds_nul(bytes) {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "a string in the body contains a NUL character (\\u0000)",
+        ));
+    }
+    // Errors in the data name the field they are in (`events: invalid type: null, …`).
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let e = e.into_inner();
+        if !e.is_data() {
+            ApiError::bad_request("invalid_json", e.to_string())
+        } else if path == "." {
+            ApiError::unprocessable("invalid_body", e.to_string())
+        } else {
+            ApiError::unprocessable("invalid_body", format!("{path}: {e}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    Ok(parsed)
 }

@@ -1,0 +1,163 @@
+//! Bounded resources for outsiders, on the real binary: thousands of connections that send
+//! half a body and stall, and thousands that send nothing, from a handful of client addresses
+//! (the loopback range has millions): the server's memory stays under a bound, `/healthz`
+//! keeps answering for everyone else, and a client that never reads its answers is cut off
+//! after the write timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::helpers::*;
+
+/// The most the server's resident memory may reach under the attack below.
+const RSS_BOUND_MIB: u64 = 256;
+const PER_CLIENT: usize = 200;
+
+/// A connection to `server` from the loopback address `127.0.0.<host>`.
+async fn connect_from(host: u8, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, host], 0)))?;
+    socket.connect(server).await
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+async fn healthz_answers(address: &str) -> bool {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    matches!(
+        client.get(format!("{address}/healthz")).send().await,
+        Ok(r) if r.status() == 200
+    )
+}
+
+#[tokio::test]
+async fn stalled_bodies_and_idle_connections_hold_bounded_memory_and_healthz_answers() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Node::start(
+        dir.path(),
+        port,
+        &[(
+            "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT",
+            PER_CLIENT.to_string(),
+        )],
+    )
+    .await;
+    let pid = server.child.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let before = rss_mib(pid);
+
+    // Ten addresses, each sending its allowance of half bodies (255 KiB of a 256 KiB one).
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 262144\r\n\r\n",
+        switchboard::routes::TWILIO_INBOUND_PATH
+    );
+    let half = vec![b'a'; 255 * 1024];
+    let mut held = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for host in 2..12_u8 {
+        for _ in 0..PER_CLIENT {
+            let (head, half) = (head.clone(), half.clone());
+            tasks.spawn(async move {
+                let mut stream = connect_from(host, addr).await.ok()?;
+                stream.write_all(head.as_bytes()).await.ok()?;
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&half)).await;
+                Some(stream)
+            });
+        }
+    }
+    while let Some(stream) = tasks.join_next().await {
+        held.extend(stream.unwrap());
+    }
+    // Ten more addresses holding idle connections, and past their allowance.
+    let mut refused = 0;
+    for host in 12..22_u8 {
+        for i in 0..PER_CLIENT + 20 {
+            match connect_from(host, addr).await {
+                Ok(mut stream) if i >= PER_CLIENT => {
+                    // Over the allowance: closed at once, without an answer.
+                    let mut byte = [0_u8; 1];
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await;
+                    if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+                        refused += 1;
+                    }
+                }
+                Ok(stream) => held.push(stream),
+                Err(_) => {}
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rss_mib(pid);
+    let healthy = healthz_answers(&server.address).await;
+    eprintln!(
+        "{} connections held ({} half bodies sent), {refused} refused over the allowance; server RSS {before} MiB before, {during} MiB during (bound {RSS_BOUND_MIB} MiB)",
+        held.len(),
+        10 * PER_CLIENT
+    );
+    assert!(
+        healthy,
+        "/healthz did not answer while the attack held its slots"
+    );
+    assert!(during < RSS_BOUND_MIB, "RSS {during} MiB");
+    assert_eq!(
+        refused,
+        10 * 20,
+        "connections over the per-client allowance"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Node::start(dir.path(), port, &[("SWITCHBOARD_WRITE_TIMEOUT", "2s")]).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // Pipelined requests for a large answer, never read: the socket buffers fill.
+    let one = "GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(50);
+    let writing = async {
+        for _ in 0..40 {
+            if stream.write_all(one.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), writing).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Now read: what was sent comes out, then the end (or a reset), not an endless stream.
+    let mut buf = vec![0_u8; 1 << 16];
+    let mut read_total = 0_usize;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => read_total += n,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        closed,
+        "the connection stayed open after {read_total} bytes were read"
+    );
+    assert!(healthz_answers(&server.address).await);
+}
