@@ -78,6 +78,23 @@ async fn raw_post(address: &str, head: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// POST `params` as a form with the given `X-Twilio-Signature`.
+async fn post_signed(
+    client: &reqwest::Client,
+    url: &str,
+    params: &[(&str, &str)],
+    signature: &str,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .body(form(params))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn form(params: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
@@ -144,15 +161,7 @@ async fn a_repeated_identifying_parameter_is_refused() {
     let Some(sig) = twilio_library_signature(&url, &params, AUTH_TOKEN) else {
         return;
     };
-    let r = app
-        .client
-        .post(&url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", sig)
-        .body(form(&params))
-        .send()
-        .await
-        .unwrap();
+    let r = post_signed(&app.client, &url, &params, &sig).await;
     assert_eq!(r.status(), 400);
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"]["code"], "malformed_request");
@@ -172,18 +181,18 @@ async fn a_sid_extended_by_the_next_parameter_is_not_a_second_message() {
     let Some(sig) = twilio_library_signature(&url, &params, AUTH_TOKEN) else {
         return;
     };
-    let post = |params: Vec<(&str, &str)>| {
+    let post = |params: Vec<(&'static str, &str)>| {
         let (client, url, sig) = (app.client.clone(), url.clone(), sig.clone());
-        let body = form(&params);
+        let owned: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         async move {
-            client
-                .post(&url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("x-twilio-signature", sig)
-                .body(body)
-                .send()
-                .await
-                .unwrap()
+            let params: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            post_signed(&client, &url, &params, &sig).await
         }
     };
     assert_eq!(post(params.clone()).await.status(), 200);
@@ -241,15 +250,7 @@ async fn a_request_naming_another_account_is_refused() {
     let Some(sig) = twilio_library_signature(&url, &params, OTHER_TOKEN) else {
         return;
     };
-    let r = app
-        .client
-        .post(&url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-twilio-signature", sig)
-        .body(form(&params))
-        .send()
-        .await
-        .unwrap();
+    let r = post_signed(&app.client, &url, &params, &sig).await;
     assert_eq!(r.status(), 403);
     receiver.expect_exactly(0, QUIET).await;
 }

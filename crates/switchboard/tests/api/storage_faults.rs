@@ -463,18 +463,12 @@ async fn an_oversized_body_written_before_reading_gets_its_413() {
     }
 }
 
-#[tokio::test]
-async fn starting_on_a_full_disk_fails_naming_the_path() {
-    let Some(fs) = SmallFs::mount("1m") else {
-        return;
-    };
-    let data = fs.path.join("data");
-    std::fs::create_dir(&data).unwrap();
-    fs.fill(0);
+/// `switchboard serve` on `data` until it exits: (whether it succeeded, what it printed).
+fn serve_once(data: &Path) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("serve")
         .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("SWITCHBOARD_DATA_DIR", &data)
+        .env("SWITCHBOARD_DATA_DIR", data)
         .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap();
@@ -483,7 +477,19 @@ async fn starting_on_a_full_disk_fails_naming_the_path() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success(), "started on a full disk: {text}");
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn starting_on_a_full_disk_fails_naming_the_path() {
+    let Some(fs) = SmallFs::mount("1m") else {
+        return;
+    };
+    let data = fs.path.join("data");
+    std::fs::create_dir(&data).unwrap();
+    fs.fill(0);
+    let (started, text) = serve_once(&data);
+    assert!(!started, "started on a full disk: {text}");
     assert!(text.contains(&data.display().to_string()), "{text}");
     assert!(text.contains("No space left on device"), "{text}");
 }
@@ -501,22 +507,8 @@ async fn starting_on_a_read_only_data_directory_fails_naming_the_path() {
         .status()
         .unwrap();
     assert!(remount.success());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("SWITCHBOARD_DATA_DIR", &data)
-        .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success(),
-        "started on a read-only directory: {text}"
-    );
+    let (started, text) = serve_once(&data);
+    assert!(!started, "started on a read-only directory: {text}");
     assert!(text.contains(&data.display().to_string()), "{text}");
     assert!(text.contains("Read-only file system"), "{text}");
 }
