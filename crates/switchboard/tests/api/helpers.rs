@@ -722,39 +722,16 @@ impl Node {
     /// A location with the business number on Twilio and one webhook to `receiver`.
     pub async fn configure(&self, receiver: &TestReceiver) {
         let client = reqwest::Client::new();
-        let admin = |method: reqwest::Method, path: &str, body: Value| {
-            client
-                .request(method, format!("{}{}", self.address, path))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&body)
-                .send()
-        };
-        let location: Value = admin(
-            reqwest::Method::POST,
-            "/v1/locations",
-            json!({ "name": "Node" }),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        let id = location["id"].as_str().unwrap();
-        let r = admin(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{id}/channels/twilio"),
-            json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }),
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = admin(
+        connect_location(&client, &self.address, ADMIN_TOKEN, json!({})).await;
+        let r = admin_request(
+            &client,
+            &self.address,
+            ADMIN_TOKEN,
             reqwest::Method::POST,
             "/v1/webhooks",
             json!({ "url": receiver.url, "events": ["InboundMessage"] }),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(r.status(), 201);
     }
 
@@ -817,6 +794,62 @@ impl Node {
         }
         panic!("switchboard did not answer /healthz on port {port}");
     }
+}
+
+/// An admin request with `token` to the server at `address`.
+pub async fn admin_request(
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> reqwest::Response {
+    client
+        .request(method, format!("{address}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A new location on the server at `address` with the business number on the test's Twilio
+/// account, `extra` merged into the connection (e.g. `signingKeys`); its id.
+pub async fn connect_location(
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+    extra: Value,
+) -> String {
+    let location: Value = admin_request(
+        client,
+        address,
+        token,
+        reqwest::Method::POST,
+        "/v1/locations",
+        json!({ "name": "Node" }),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = location["id"].as_str().unwrap().to_owned();
+    let mut channel = json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] });
+    if let (Some(channel), Some(extra)) = (channel.as_object_mut(), extra.as_object()) {
+        channel.extend(extra.clone());
+    }
+    let r = admin_request(
+        client,
+        address,
+        token,
+        reqwest::Method::PUT,
+        &format!("/v1/locations/{id}/channels/twilio"),
+        channel,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    id
 }
 
 /// The Prometheus text of the server at `address`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use crate::helpers::*;
-use crate::storage_faults::{post_many, post_sms, sid, Answer};
+use crate::storage_faults::{post_many, sid, stored_within, Answer};
 
 /// A PostgreSQL server of the test's own, run as the `postgres` user; stopped when dropped.
 struct PrivatePostgres {
@@ -185,17 +185,7 @@ async fn a_postgres_restart_under_load_loses_nothing_and_recovers_by_itself() {
     assert!(wrong.is_empty(), "answers that are neither: {wrong:?}");
 
     // Back without a restart of Switchboard.
-    let client = reqwest::Client::new();
-    let after = eventually(
-        Duration::from_secs(20),
-        "a message stored after PostgreSQL came back",
-        || async {
-            let sid = sid(5, 0);
-            (post_sms(&client, &server.address, &sid, "after").await == Answer::Stored)
-                .then_some(sid)
-        },
-    )
-    .await;
+    let after = stored_within(&server.address, sid(5, 0), Duration::from_secs(20)).await;
 
     let mut conn = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
     let stored: BTreeSet<String> =

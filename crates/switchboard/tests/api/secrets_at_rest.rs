@@ -72,25 +72,7 @@ async fn the_data_directory_is_the_owners_only_whatever_the_umask() {
     wait_healthy(&address).await;
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     let client = reqwest::Client::new();
-    let location: Value = client
-        .post(format!("{address}/v1/locations"))
-        .bearer_auth(token.trim())
-        .json(&json!({ "name": "Modes" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = location["id"].as_str().unwrap();
-    let r = client
-        .put(format!("{address}/v1/locations/{id}/channels/twilio"))
-        .bearer_auth(token.trim())
-        .json(&json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    connect_location(&client, &address, token.trim(), json!({})).await;
     let url = format!("{address}{}", switchboard::routes::TWILIO_INBOUND_PATH);
     let r = post_twilio_to(&client, &url, &sms_params("SMmodes", "x"), AUTH_TOKEN).await;
     assert_eq!(r.status(), 200);
@@ -151,39 +133,22 @@ async fn a_full_run_logs_none_of_its_secrets() {
     )
     .await;
     let client = reqwest::Client::new();
-    let admin = |method: reqwest::Method, path: &str, body: Value| {
-        client
-            .request(method, format!("{}{path}", server.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-    };
-    let location: Value = admin(
-        reqwest::Method::POST,
-        "/v1/locations",
-        json!({ "name": "Log" }),
+    connect_location(
+        &client,
+        &server.address,
+        ADMIN_TOKEN,
+        json!({ "signingKeys": { "KS1": SIGNING_KEY } }),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let id = location["id"].as_str().unwrap();
-    let r = admin(
-        reqwest::Method::PUT,
-        &format!("/v1/locations/{id}/channels/twilio"),
-        json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER], "signingKeys": { "KS1": SIGNING_KEY } }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let webhook: Value = admin(
+    .await;
+    let webhook: Value = admin_request(
+        &client,
+        &server.address,
+        ADMIN_TOKEN,
         reqwest::Method::POST,
         "/v1/webhooks",
         json!({ "url": receiver.url, "events": ["InboundMessage"] }),
     )
     .await
-    .unwrap()
     .json()
     .await
     .unwrap();
@@ -210,7 +175,10 @@ async fn a_full_run_logs_none_of_its_secrets() {
     )
     .await;
     assert_eq!(refused.status(), 403);
-    let rotated: Value = admin(
+    let rotated: Value = admin_request(
+        &client,
+        &server.address,
+        ADMIN_TOKEN,
         reqwest::Method::POST,
         &format!(
             "/v1/webhooks/{}/rotate-secret",
@@ -219,7 +187,6 @@ async fn a_full_run_logs_none_of_its_secrets() {
         json!({}),
     )
     .await
-    .unwrap()
     .json()
     .await
     .unwrap();

@@ -148,6 +148,19 @@ pub async fn post_sms(client: &reqwest::Client, address: &str, sid: &str, body: 
     .await
 }
 
+/// Post the SMS `sid` until it is answered 200 (the store recovered), within `within`.
+pub async fn stored_within(address: &str, sid: String, within: Duration) -> String {
+    let client = reqwest::Client::new();
+    eventually(
+        within,
+        "a message stored after the fault was gone",
+        || async {
+            (post_sms(&client, address, &sid, "after").await == Answer::Stored).then(|| sid.clone())
+        },
+    )
+    .await
+}
+
 /// A Twilio message SID (`SM` + 32 hex digits) for a number.
 pub fn sid(prefix: u32, n: u32) -> String {
     format!("SM{prefix:08x}{:024x}", n)
@@ -255,17 +268,7 @@ async fn a_full_disk_never_acknowledges_a_message_it_did_not_store() {
 
     // Space comes back: new messages are stored and acknowledged without a restart.
     std::fs::remove_file(&filler).unwrap();
-    let client = reqwest::Client::new();
-    let after = eventually(
-        Duration::from_secs(10),
-        "a message stored after space was freed",
-        || async {
-            let sid = sid(2, 0);
-            (post_sms(&client, &server.address, &sid, "after").await == Answer::Stored)
-                .then_some(sid)
-        },
-    )
-    .await;
+    let after = stored_within(&server.address, sid(2, 0), Duration::from_secs(10)).await;
     let recovered = post_many(&server.address, 3, 20, 4).await;
     assert!(
         recovered.iter().all(|(_, a)| *a == Answer::Stored),

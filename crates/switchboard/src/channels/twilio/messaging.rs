@@ -156,6 +156,16 @@ mod tests {
         }
     }
 
+    /// [`SMS`] with the `X-Twilio-Signature` `key` makes with `algorithm`.
+    fn signed_sms(algorithm: Algorithm, key: &[u8]) -> ProviderRequest {
+        let mut req = request(SMS);
+        let parsed = TwilioMessaging::parse(&req).unwrap();
+        let sig = signature::sign(algorithm, key, &req.url, &parsed.form.params);
+        req.headers
+            .insert("x-twilio-signature", sig.parse().unwrap());
+        req
+    }
+
     fn account() -> ChannelAccount {
         ChannelAccount {
             location_id: "L".into(),
@@ -288,16 +298,7 @@ mod tests {
         let parsed = TwilioMessaging::parse(&req).unwrap();
         let mut other = account();
         other.account_id = format!("AC{}", "4".repeat(32));
-        let sig = signature::sign(
-            Algorithm::HmacSha1,
-            other.secret.as_bytes(),
-            &req.url,
-            &parsed.form.params,
-        );
-        let mut signed = request(SMS);
-        signed
-            .headers
-            .insert("x-twilio-signature", sig.parse().unwrap());
+        let signed = signed_sms(Algorithm::HmacSha1, other.secret.as_bytes());
         let err = TwilioMessaging::verify(&signed, &parsed, &other).unwrap_err();
         assert!(matches!(err, ChannelError::BadSignature(m) if m.contains("AccountSid")));
     }
@@ -306,16 +307,7 @@ mod tests {
     fn verify_uses_the_account_token() {
         let req = request(SMS);
         let parsed = TwilioMessaging::parse(&req).unwrap();
-        let sig = signature::sign(
-            Algorithm::HmacSha1,
-            b"test_auth_token_0123456789abcdef",
-            &req.url,
-            &parsed.form.params,
-        );
-        let mut signed = request(SMS);
-        signed
-            .headers
-            .insert("x-twilio-signature", sig.parse().unwrap());
+        let signed = signed_sms(Algorithm::HmacSha1, b"test_auth_token_0123456789abcdef");
         assert_eq!(
             TwilioMessaging::verify(&signed, &parsed, &account()),
             Ok(())
@@ -333,16 +325,7 @@ mod tests {
         let req = request(SMS);
         let parsed = TwilioMessaging::parse(&req).unwrap();
         let shared = "shared-key-secret";
-        let sig = signature::sign(
-            Algorithm::HmacSha256,
-            shared.as_bytes(),
-            &req.url,
-            &parsed.form.params,
-        );
-        let mut signed = request(SMS);
-        signed
-            .headers
-            .insert("x-twilio-signature", sig.parse().unwrap());
+        let mut signed = signed_sms(Algorithm::HmacSha256, shared.as_bytes());
         signed.headers.insert(
             "x-twilio-webhooks-signature-settings",
             "key=KS1,algorithm=HMAC_SHA256".parse().unwrap(),
