@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use crate::helpers::*;
-use crate::storage_faults::{post_many, sid, stored_within, Answer};
+use crate::storage_faults::{post_many, sid, stored_within, Tally};
 
 /// A PostgreSQL server of the test's own, run as the `postgres` user; stopped when dropped.
 struct PrivatePostgres {
@@ -169,19 +169,11 @@ async fn a_postgres_restart_under_load_loses_nothing_and_recovers_by_itself() {
         "the load ended before PostgreSQL was back: raise the count"
     );
 
-    let acknowledged: BTreeSet<String> = answers
-        .iter()
-        .filter(|(_, a)| *a == Answer::Stored)
-        .map(|(s, _)| s.clone())
-        .collect();
-    let unavailable = answers
-        .iter()
-        .filter(|(_, a)| *a == Answer::Unavailable)
-        .count();
-    let wrong: Vec<_> = answers
-        .iter()
-        .filter(|(_, a)| matches!(a, Answer::Wrong(_)))
-        .collect();
+    let Tally {
+        acknowledged,
+        unavailable,
+        wrong,
+    } = Tally::of(&answers);
     assert!(wrong.is_empty(), "answers that are neither: {wrong:?}");
 
     // Back without a restart of Switchboard.

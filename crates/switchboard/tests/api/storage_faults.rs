@@ -212,6 +212,36 @@ pub async fn post_many(
     all
 }
 
+/// The answers of a load, by kind.
+pub struct Tally<'a> {
+    /// The sids answered 200.
+    pub acknowledged: BTreeSet<String>,
+    /// How many were answered 503 with `Retry-After`.
+    pub unavailable: usize,
+    /// Every other answer.
+    pub wrong: Vec<&'a (String, Answer)>,
+}
+
+impl Tally<'_> {
+    pub fn of(answers: &[(String, Answer)]) -> Tally<'_> {
+        Tally {
+            acknowledged: answers
+                .iter()
+                .filter(|(_, a)| *a == Answer::Stored)
+                .map(|(s, _)| s.clone())
+                .collect(),
+            unavailable: answers
+                .iter()
+                .filter(|(_, a)| *a == Answer::Unavailable)
+                .count(),
+            wrong: answers
+                .iter()
+                .filter(|(_, a)| matches!(a, Answer::Wrong(_)))
+                .collect(),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_full_disk_never_acknowledges_a_message_it_did_not_store() {
     let Some(fs) = SmallFs::mount("4m") else {
@@ -225,19 +255,11 @@ async fn a_full_disk_never_acknowledges_a_message_it_did_not_store() {
     let filler = fs.fill(400 * 1024);
 
     let answers = post_many(&server.address, 1, 1500, 8).await;
-    let acknowledged: BTreeSet<String> = answers
-        .iter()
-        .filter(|(_, a)| *a == Answer::Stored)
-        .map(|(s, _)| s.clone())
-        .collect();
-    let unavailable = answers
-        .iter()
-        .filter(|(_, a)| *a == Answer::Unavailable)
-        .count();
-    let wrong: Vec<&(String, Answer)> = answers
-        .iter()
-        .filter(|(_, a)| matches!(a, Answer::Wrong(_)))
-        .collect();
+    let Tally {
+        acknowledged,
+        unavailable,
+        wrong,
+    } = Tally::of(&answers);
     let stored_while_full = stored_sids(&data.join("switchboard.db")).await;
     eprintln!(
         "full disk: {} answered 200, {unavailable} answered 503, {} stored, {} other",
