@@ -28,11 +28,13 @@ macro_rules! both_stores {
 mod admin;
 mod connections;
 mod delivery;
+mod docs;
 mod engine;
 mod fuzz_regressions;
 mod helpers;
 mod multinode;
 mod pg_restart;
+mod quick_start;
 mod resources;
 mod restart;
 mod secrets_at_rest;
