@@ -816,7 +816,7 @@ async fn send_and_record(shared: &Shared, target: &Target, mut job: DeliveryJob)
     let took = timer.elapsed();
     let (http_status, error, response_excerpt, wait) = match result {
         Ok(r) => (Some(r.status), None, r.excerpt, r.retry_after),
-        Err(error) => (None, Some(error), None, None),
+        Err(error) => (None, Some(storable(error)), None, None),
     };
     let success = http_status.is_some_and(|s| (200..300).contains(&s));
     let gone = http_status == Some(410);
@@ -872,7 +872,24 @@ async fn send_and_record(shared: &Shared, target: &Target, mut job: DeliveryJob)
         error,
         response_excerpt,
     };
-    let health = match shared.store.record_attempt(&job, &record, next).await {
+    let mut recorded = shared.store.record_attempt(&job, &record, next).await;
+    if let Err(e) = &recorded {
+        if !e.is_fault() {
+            // Not a fault that passes (the store refused something the attempt held): record
+            // it without the answer, so that the delivery ends as the attempt says instead of
+            // being sent again at every lease expiry.
+            tracing::error!(error = %e, "recording the attempt failed; recording it without the answer");
+            let stripped = AttemptRecord {
+                error: Some(storable(format!(
+                    "the attempt could not be recorded whole: {e}"
+                ))),
+                response_excerpt: None,
+                ..record
+            };
+            recorded = shared.store.record_attempt(&job, &stripped, next).await;
+        }
+    }
+    let health = match recorded {
         Ok(h) => h,
         Err(e) => {
             // The lease expires and the delivery is sent again: at-least-once, never lost.
@@ -992,7 +1009,17 @@ async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
         return None;
     }
     buf.truncate(RESPONSE_EXCERPT_BYTES);
-    Some(String::from_utf8_lossy(&buf).into_owned())
+    Some(storable(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// Text any store can keep: PostgreSQL's `text` cannot hold NUL, which a subscriber's answer
+/// (or an error quoting it) may contain; each becomes U+FFFD, as undecodable bytes do.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
 }
 
 /// An error with its causes, classified: `refused target: …`, `timeout: …`, `connect: …`, or

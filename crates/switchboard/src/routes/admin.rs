@@ -81,6 +81,10 @@ pub struct PutTwilioChannel {
     voice: twilio::VoiceSettings,
 }
 
+/// Numbers one location may connect in one Twilio account: far above any business's, and a
+/// bound on what one request makes the store write.
+pub const MAX_PHONE_NUMBERS: usize = 10_000;
+
 pub async fn put_twilio_channel(
     State(state): State<Arc<AppState>>,
     Path(location_id): Path<String>,
@@ -113,11 +117,19 @@ pub async fn put_twilio_channel(
     voice
         .validate()
         .map_err(|e| ApiError::unprocessable("invalid_voice_settings", e))?;
+    if input.phone_numbers.len() > MAX_PHONE_NUMBERS {
+        return Err(ApiError::unprocessable(
+            "invalid_phone_number",
+            format!("phoneNumbers holds at most {MAX_PHONE_NUMBERS} numbers"),
+        ));
+    }
+    // In the order given, each once: linear, whatever the list holds.
+    let mut seen = std::collections::HashSet::with_capacity(input.phone_numbers.len());
     let mut numbers = Vec::with_capacity(input.phone_numbers.len());
     for raw in &input.phone_numbers {
         let number = PhoneNumber::parse(raw)
             .map_err(|e| ApiError::unprocessable("invalid_phone_number", e))?;
-        if !numbers.contains(&number.as_str().to_owned()) {
+        if seen.insert(number.as_str().to_owned()) {
             numbers.push(number.as_str().to_owned());
         }
     }

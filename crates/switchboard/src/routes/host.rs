@@ -93,11 +93,15 @@ pub fn public_url(
     if let Some(base) = configured {
         return Ok(format!("{}{}", base.trim_end_matches('/'), path_and_query));
     }
+    // A proxy appends what it saw to what the client sent (`client-value, proxy-value`, or a
+    // header line of its own after the client's): only the last value is the trusted proxy's.
     let forwarded = |name: &str| {
         headers
-            .get(name)
+            .get_all(name)
+            .iter()
+            .next_back()
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.split(',').next())
+            .and_then(|h| h.rsplit(',').next())
             .map(str::trim)
     };
     let trusted = proxies.trusts(peer.map(|p| p.0));
@@ -173,7 +177,7 @@ mod tests {
     fn url_comes_from_config_or_headers_and_forwarded_headers_only_from_trusted_proxies() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "sb.example.com:8443".parse().unwrap());
-        headers.insert("x-forwarded-proto", "https, http".parse().unwrap());
+        headers.insert("x-forwarded-proto", "http, https".parse().unwrap());
         headers.insert("x-forwarded-host", "public.example.com".parse().unwrap());
         let none = TrustedProxies::default();
         let proxy = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
@@ -197,6 +201,18 @@ mod tests {
         // A trusted proxy's count.
         assert_eq!(
             public_url(None, &proxy, Some(&from("10.1.2.3")), &headers, "/p").unwrap(),
+            "https://public.example.com/p"
+        );
+        // Behind a proxy that appends, the client's own values come first and do not count.
+        let mut appended = headers.clone();
+        appended.insert(
+            "x-forwarded-host",
+            "evil.example, public.example.com".parse().unwrap(),
+        );
+        appended.insert("x-forwarded-proto", "https, http".parse().unwrap());
+        appended.append("x-forwarded-proto", "https".parse().unwrap());
+        assert_eq!(
+            public_url(None, &proxy, Some(&from("10.1.2.3")), &appended, "/p").unwrap(),
             "https://public.example.com/p"
         );
         headers.insert("x-forwarded-host", "a/b".parse().unwrap());

@@ -130,7 +130,7 @@ pub fn document() -> Value {
                 "parameters": [path_param("locationId")],
                 "requestBody": json_body(json!({ "type": "object", "required": ["accountSid", "authToken"], "properties": {
                     "accountSid": { "type": "string" }, "authToken": { "type": "string" },
-                    "phoneNumbers": { "type": "array", "items": { "type": "string" } },
+                    "phoneNumbers": { "type": "array", "items": { "type": "string" }, "maxItems": 10000 },
                     "signingKeys": { "type": "object", "additionalProperties": { "type": "string" } },
                     "voice": { "type": "object" } } })),
                 "responses": with(errors(&[("404", "No such location"), ("409", "A number belongs to another location"), ("422", "Invalid settings")]),

@@ -299,6 +299,8 @@ pub enum Reply {
     WithHeader(u16, &'static str, &'static str),
     /// Never answer (the sender times out or is killed).
     Hang,
+    /// A status with a body of these bytes.
+    Body(u16, &'static [u8]),
 }
 
 #[derive(Debug, Clone)]
@@ -450,7 +452,7 @@ async fn receive(
         .or_else(|| state.script.lock().unwrap().pop_front())
         .unwrap_or(Reply::Status(200));
     let status = match reply {
-        Reply::Status(code) | Reply::WithHeader(code, _, _) => code,
+        Reply::Status(code) | Reply::WithHeader(code, _, _) | Reply::Body(code, _) => code,
         Reply::Hang => 0,
     };
     state.received.lock().unwrap().push(Received {
@@ -474,6 +476,7 @@ async fn receive(
             std::future::pending::<()>().await;
             unreachable!()
         }
+        Reply::Body(code, bytes) => (StatusCode::from_u16(code).unwrap(), bytes).into_response(),
     }
 }
 

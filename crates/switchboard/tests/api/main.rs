@@ -31,6 +31,7 @@ mod delivery;
 mod docs;
 mod engine;
 mod fuzz_regressions;
+mod hardening;
 mod helpers;
 mod multinode;
 mod pg_restart;

@@ -68,8 +68,18 @@ const IDENTIFIERS: [&str; 20] = [
     "To",
 ];
 
+/// Twilio sends a few dozen parameters (a voice status callback about forty); more is not
+/// Twilio. The cap bounds the work a request can ask for before its account is even known.
+pub const MAX_PARAMS: usize = 256;
+
+/// `MediaUrl0` … `MediaUrl99`: Twilio numbers its media from 0 (at most 10 today).
+fn is_media_url(name: &str) -> bool {
+    name.strip_prefix("MediaUrl")
+        .is_some_and(|n| (1..=2).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn is_identifier(name: &str) -> bool {
-    IDENTIFIERS.contains(&name) || name.starts_with("MediaUrl")
+    IDENTIFIERS.contains(&name) || is_media_url(name)
 }
 
 /// A decoded Twilio form request, parameters in the order received.
@@ -88,19 +98,25 @@ impl TwilioForm {
                 "expected application/x-www-form-urlencoded, got `{content_type}`"
             )));
         }
+        // Linear in the body: at most MAX_PARAMS are decoded, and repeats are found by hash.
         let params: Vec<(String, String)> = form_urlencoded::parse(&req.body)
+            .take(MAX_PARAMS + 1)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
+        if params.len() > MAX_PARAMS {
+            return Err(ChannelError::Malformed(format!(
+                "more than {MAX_PARAMS} form parameters"
+            )));
+        }
         // An identifier given twice is a forgery's tool (the signature covers both, the first
         // would be read): refused.
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(params.len());
         for (name, _) in params.iter().filter(|(k, _)| is_identifier(k)) {
-            if seen.contains(&name.as_str()) {
+            if !seen.insert(name.as_str()) {
                 return Err(ChannelError::Malformed(format!(
                     "form parameter `{name}` appears more than once"
                 )));
             }
-            seen.push(name);
         }
         // Identifiers never hold NUL, and PostgreSQL text cannot store it.
         if let Some((name, _)) = params
@@ -256,6 +272,36 @@ mod tests {
         assert!(super::is_account_sid("AC33333333333333333333333333333333"));
         assert!(!super::is_account_sid("AC3333"));
         assert!(!super::is_account_sid("XX33333333333333333333333333333333"));
+    }
+
+    fn form_request(body: String) -> crate::channels::ProviderRequest {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "content-type",
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        crate::channels::ProviderRequest {
+            url: "https://hooks.example.com/x".into(),
+            headers,
+            body: bytes::Bytes::from(body),
+        }
+    }
+
+    #[test]
+    fn forms_are_capped_and_only_numbered_media_urls_are_identifiers() {
+        let at_cap: String = (0..super::MAX_PARAMS).map(|i| format!("K{i}=v&")).collect();
+        assert!(super::TwilioForm::parse(&form_request(at_cap.clone())).is_ok());
+        let over = format!("{at_cap}K=v");
+        let Err(super::ChannelError::Malformed(m)) = super::TwilioForm::parse(&form_request(over))
+        else {
+            panic!("a form over the cap was taken");
+        };
+        assert!(m.contains("256 form parameters"), "{m}");
+        // Repeats of a parameter nobody reads are allowed; of a media URL, not.
+        assert!(super::TwilioForm::parse(&form_request("MediaUrlx=1&MediaUrlx=2".into())).is_ok());
+        assert!(super::TwilioForm::parse(&form_request("MediaUrl3=1&MediaUrl3=2".into())).is_err());
+        assert!(super::is_media_url("MediaUrl0") && super::is_media_url("MediaUrl10"));
+        assert!(!super::is_media_url("MediaUrl") && !super::is_media_url("MediaUrlaab"));
     }
 
     #[test]
