@@ -1,5 +1,6 @@
 //! Prometheus metrics, in the text exposition format at `/metrics`: deliveries by outcome,
-//! attempt latency, queue depth (read from the store when scraped), breaker state per webhook.
+//! attempt latency, queue depth (read from the store at most once a second), breaker state per
+//! webhook.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -44,7 +45,12 @@ pub struct Metrics {
     /// Lines of the rejected-request log left this second: outsiders cannot flood the log.
     rejection_log: LogBudget,
     breakers: Mutex<BTreeMap<String, BreakerState>>,
+    /// The queue depth last read from the store, and when: scrapes share one reading a second.
+    depth: tokio::sync::Mutex<Option<(std::time::Instant, crate::store::QueueDepth)>>,
 }
+
+/// How long one reading of the queue depth serves every scrape.
+pub const QUEUE_DEPTH_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// At most `REJECTION_LOG_PER_SECOND` log lines a second; the lines left out are counted and
 /// reported with the next line written.
@@ -127,6 +133,25 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .remove(webhook_id);
+    }
+
+    /// The queue depth, read from the store at most once per [`QUEUE_DEPTH_MAX_AGE`]: the
+    /// reading counts every pending delivery, so however many scrape at once, one reads
+    /// while the others wait for its answer. None when the store does not answer.
+    pub async fn queue_depth(
+        &self,
+        store: &dyn crate::store::Store,
+        now_ms: i64,
+    ) -> Option<crate::store::QueueDepth> {
+        let mut last = self.depth.lock().await;
+        if let Some((at, depth)) = *last {
+            if at.elapsed() < QUEUE_DEPTH_MAX_AGE {
+                return Some(depth);
+            }
+        }
+        let depth = store.queue_depth(now_ms).await.ok()?;
+        *last = Some((std::time::Instant::now(), depth));
+        Some(depth)
     }
 
     /// The exposition text, with the queue depth the caller read from the store.

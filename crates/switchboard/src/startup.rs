@@ -237,6 +237,12 @@ impl Application {
                 "public_url is not set: provider signatures are checked against a URL rebuilt from each request's Host header; set public_url to the URL providers call"
             );
         }
+        if config.metrics_token.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                listen = %local_addr,
+                "metrics_token is not set: anyone who reaches this address can read /metrics (queue depths, webhook ids, request counts); set metrics_token"
+            );
+        }
         let router = match config.role {
             Role::Dispatcher => routes::health_router(state),
             Role::Api | Role::All => routes::router(state),

@@ -82,7 +82,18 @@ pub async fn ingest<C: Channel>(
         ),
     };
     let second = u64::try_from(state.clock.now_ms() / 1000).unwrap_or_default();
-    if let Some(not_logged) = state.metrics.provider_rejected(C::PROVIDER, reason, second) {
+    // `/metrics` may be read by anyone (without `metrics_token`): it must not tell a number
+    // that is connected from one that is not, so both count as `invalid_signature` there. The
+    // log, which only the operator reads, keeps the reason.
+    let counted = if reason == "not_connected" {
+        "invalid_signature"
+    } else {
+        reason
+    };
+    if let Some(not_logged) = state
+        .metrics
+        .provider_rejected(C::PROVIDER, counted, second)
+    {
         // The message may quote what the request held: escaped, and cut short.
         let shown: String = detail.chars().take(300).collect();
         tracing::warn!(

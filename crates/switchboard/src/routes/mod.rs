@@ -296,7 +296,10 @@ async fn metrics(
     }
     // Without the queue when the database does not answer: the other metrics (storage
     // faults among them) matter most then.
-    let depth = state.store.queue_depth(state.clock.now_ms()).await.ok();
+    let depth = state
+        .metrics
+        .queue_depth(state.store.as_ref(), state.clock.now_ms())
+        .await;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(depth, state.store.faults()),

@@ -46,6 +46,11 @@ pub const SQLITE: Embedded = &[
         "storage probe",
         include_str!("../../migrations/sqlite/0007_storage_probe.sql"),
     ),
+    (
+        8,
+        "provider message id unique",
+        include_str!("../../migrations/sqlite/0008_provider_message_id_unique.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -73,6 +78,11 @@ pub const POSTGRES: Embedded = &[
         5,
         "storage probe",
         include_str!("../../migrations/postgres/0005_storage_probe.sql"),
+    ),
+    (
+        6,
+        "provider message id unique",
+        include_str!("../../migrations/postgres/0006_provider_message_id_unique.sql"),
     ),
 ];
 

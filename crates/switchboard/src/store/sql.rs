@@ -186,7 +186,7 @@ macro_rules! sql_store {
             webhooks: &[Webhook],
             outcomes: &mut [IngestOutcome],
         ) -> StoreResult<()> {
-            let mut ids = known_messages(tx, location_id, batch).await?;
+            let mut ids = known_messages(tx, batch).await?;
             let mut fresh: Vec<(&ToFile<'_>, String)> = Vec::with_capacity(batch.len());
             for f in batch {
                 let key = (f.message.provider.to_owned(), f.message.provider_message_id.clone());
@@ -373,10 +373,11 @@ macro_rules! sql_store {
             Ok(ids)
         }
 
-        /// The ids of the batch's messages already stored, by (provider, provider id).
+        /// The ids of the batch's messages already stored, by (provider, provider id), in any
+        /// location: a provider's message id names one message wherever its number has moved
+        /// since (a captured request replayed after the move must not be stored again).
         async fn known_messages(
             tx: &mut Transaction<'_, $db>,
-            location_id: &str,
             batch: &[ToFile<'_>],
         ) -> StoreResult<HashMap<(String, String), String>> {
             let mut known = HashMap::new();
@@ -389,7 +390,7 @@ macro_rules! sql_store {
                     .filter(|f| f.message.provider == provider)
                     .map(|f| f.message.provider_message_id.as_str())
                     .collect();
-                let fixed = [("location_id", location_id), ("provider", provider)];
+                let fixed = [("provider", provider)];
                 let found =
                     probe_ids(tx, "messages", &fixed, "provider_message_id", &of_provider).await?;
                 for (provider_message_id, id) in found {

@@ -367,6 +367,56 @@ mod tests {
         assert!(w2.previous_secrets.is_empty());
     }
 
+    /// A message stored twice (in two locations) before its provider id became unique keeps
+    /// both rows; the later one's id is suffixed so that the unique index can be built.
+    #[tokio::test]
+    async fn messages_stored_twice_before_the_unique_provider_id_survive_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(false);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let before = &crate::store::migrations::SQLITE[..7];
+        assert_eq!(before.last().unwrap().0, 7);
+        let migrator = crate::store::migrations::migrator(before).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        for (id, location) in [("M1", "L1"), ("M2", "L2"), ("M3", "L1")] {
+            let provider_id = if id == "M3" { "SMother" } else { "SMsame" };
+            sqlx::query(
+                "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
+                     provider_message_id, direction, message_type, status, created_at)
+                 VALUES ($1, $2, 'C', 'P', 'twilio', $3, 'inbound', 'SMS', 'delivered', 0)",
+            )
+            .bind(id)
+            .bind(location)
+            .bind(provider_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let store = SqliteStore::open(&url, SyncSetting::Normal, Duration::from_secs(5))
+            .await
+            .unwrap();
+        drop(store);
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, provider_message_id FROM messages ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("M1".into(), "SMsame".into()),
+                ("M2".into(), "SMsame#M2".into()),
+                ("M3".into(), "SMother".into())
+            ]
+        );
+    }
+
     /// SQLite is built without its memory statistics (`.cargo/config.toml`): with them, every
     /// allocation it makes takes a process-wide mutex.
     #[tokio::test]

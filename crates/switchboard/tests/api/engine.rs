@@ -180,13 +180,18 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
     app.post_twilio(&sms_params("SMgone2", "second"), AUTH_TOKEN)
         .await;
     receiver.expect_exactly(1, QUIET).await;
-    let metrics = get_metrics(&app.client, &app.address).await;
-    for needle in [
-        "switchboard_delivery_queue{state=\"held\"} 2",
-        "switchboard_delivery_queue{state=\"due\"} 0",
-    ] {
-        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
-    }
+    // The queue depth is read at most once a second.
+    eventually(Duration::from_secs(3), "two held, none due", || async {
+        let metrics = get_metrics(&app.client, &app.address).await;
+        [
+            "switchboard_delivery_queue{state=\"held\"} 2",
+            "switchboard_delivery_queue{state=\"due\"} 0",
+        ]
+        .iter()
+        .all(|needle| metrics.contains(needle))
+        .then_some(())
+    })
+    .await;
     let first_message = got_message_id(&receiver.received()[0]);
     let report = app
         .get_json(&format!("/v1/messages/{first_message}/deliveries"))
@@ -225,11 +230,14 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
         .await;
     assert_eq!(report["data"][0]["status"], "delivered");
     assert!(report["data"][0].get("held").is_none(), "{report}");
-    let metrics = get_metrics(&app.client, &app.address).await;
-    assert!(
-        metrics.contains("switchboard_delivery_queue{state=\"held\"} 0"),
-        "{metrics}"
-    );
+    // The queue depth is read at most once a second.
+    eventually(Duration::from_secs(3), "the held gauge", || async {
+        get_metrics(&app.client, &app.address)
+            .await
+            .contains("switchboard_delivery_queue{state=\"held\"} 0")
+            .then_some(())
+    })
+    .await;
 }
 
 fn got_message_id(delivery: &Received) -> String {
@@ -239,7 +247,8 @@ fn got_message_id(delivery: &Received) -> String {
 async fn breaker_opens_waits_probes_and_closes() {
     let app = spawn_app_with(|c| {
         c.breaker_threshold = 2;
-        c.breaker_cooldown = Duration::from_millis(700);
+        // Longer than the queue depth's reading lasts (1 s), so that /metrics can show it held.
+        c.breaker_cooldown = Duration::from_millis(2000);
         c.retry_schedule = vec![Duration::from_millis(50); 8];
     })
     .await;
@@ -288,17 +297,20 @@ async fn breaker_opens_waits_probes_and_closes() {
         .get_json(&format!("/v1/messages/{message_id}/deliveries"))
         .await;
     assert_eq!(report["data"][0]["held"], "breaker_open", "{report}");
-    let metrics = get_metrics(&app.client, &app.address).await;
-    assert!(
-        metrics.contains("switchboard_delivery_queue{state=\"held\"} 1"),
-        "{metrics}"
-    );
+    // The queue depth is read at most once a second.
+    eventually(Duration::from_secs(3), "the held gauge", || async {
+        get_metrics(&app.client, &app.address)
+            .await
+            .contains("switchboard_delivery_queue{state=\"held\"} 1")
+            .then_some(())
+    })
+    .await;
 
     // The probe, after the cooldown, succeeds and closes it.
     let got = receiver.wait_for(3, Duration::from_secs(5)).await;
     let gap = got[2].at - got[1].at;
     assert!(
-        gap >= Duration::from_millis(600),
+        gap >= Duration::from_millis(1900),
         "attempted {gap:?} after opening; the breaker should hold it"
     );
     assert_eq!(got[2].status, 200);
@@ -886,8 +898,12 @@ async fn metrics_count_outcomes_and_queue_depth() {
     receiver.wait_for(2, Duration::from_secs(5)).await;
     let text = eventually(Duration::from_secs(5), "two attempts counted", || async {
         let text = get_metrics(&app.client, &app.address).await;
-        text.contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1")
-            .then_some(text)
+        // The queue depth is read at most once a second: wait for a reading after the
+        // delivery too.
+        (text.contains("switchboard_delivery_attempts_total{outcome=\"delivered\"} 1")
+            && text.contains("switchboard_delivery_queue{state=\"scheduled\"} 0")
+            && text.contains("switchboard_delivery_queue{state=\"due\"} 0"))
+        .then_some(text)
     })
     .await;
     for needle in [

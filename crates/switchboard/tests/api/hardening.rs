@@ -209,4 +209,138 @@ async fn an_answer_holding_nul_is_recorded_once_as_delivered() {
     assert_eq!(attempts[0]["response"], "ok\u{FFFD}ok");
 }
 
-crate::both_stores!(an_answer_holding_nul_is_recorded_once_as_delivered);
+/// Finding 8: every scrape of `/metrics` counted every pending delivery (42 ms a scrape with
+/// 100,000 pending; eight scrapers used both cores). Now one reading a second serves them all.
+#[tokio::test]
+async fn scraping_metrics_with_50000_pending_deliveries_stays_cheap() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let location = app.create_location("Acme Dental").await;
+    assert_eq!(
+        app.connect_twilio(&location, &[BUSINESS_NUMBER])
+            .await
+            .status(),
+        200
+    );
+    // Five disabled webhooks: each message leaves five deliveries held.
+    for _ in 0..5 {
+        let r = app
+            .admin_send(
+                reqwest::Method::POST,
+                "/v1/webhooks",
+                serde_json::json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+            )
+            .await;
+        let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = app
+            .admin_send(
+                reqwest::Method::POST,
+                &format!("/v1/webhooks/{id}/disable"),
+                serde_json::json!({}),
+            )
+            .await;
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let start = Instant::now();
+    for chunk in 0..50 {
+        let requests = (0..200)
+            .map(|i| owned_params(sms_params(&format!("SMpending-{chunk}-{i}"), "hello")))
+            .collect();
+        let statuses = app.post_twilio_concurrently(requests, AUTH_TOKEN).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    println!(
+        "10,000 messages for 5 disabled webhooks stored in {:?}",
+        start.elapsed()
+    );
+
+    let start = Instant::now();
+    let text = get_metrics(&app.client, &app.address).await;
+    let first = start.elapsed();
+    assert!(
+        text.contains("switchboard_delivery_queue{state=\"held\"} 50000"),
+        "{text}"
+    );
+    // Eight scrapers, ten scrapes each, at once.
+    let start = Instant::now();
+    let scrapers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, address) = (app.client.clone(), app.address.clone());
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    get_metrics(&client, &address).await;
+                }
+            })
+        })
+        .collect();
+    for scraper in scrapers {
+        scraper.await.unwrap();
+    }
+    let eighty = start.elapsed();
+    println!("/metrics with 50,000 pending deliveries: one scrape {first:?}; 80 scrapes from 8 scrapers {eighty:?}");
+    assert!(
+        eighty < first * 8 + Duration::from_secs(1),
+        "80 scrapes took {eighty:?}, one took {first:?}: each scrape counts the queue again"
+    );
+}
+
+/// Finding 7: a message was unique per location, and Twilio signatures carry no timestamp: once
+/// the operator moved a number to another location (same Twilio account), a captured request
+/// replayed was stored and delivered there as new. A provider's message id now names one
+/// message in every location.
+async fn a_replay_after_the_number_moves_is_stored_nowhere() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let (first, _) = app.standard_setup(&receiver).await;
+    let url = app.url(TWILIO_INBOUND_PATH);
+    let (body, signature) =
+        signed_twilio_form(&url, &sms_params("SMcaptured", "hello"), AUTH_TOKEN);
+    let replay = || {
+        app.client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &signature)
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(replay().await.unwrap().status(), 200);
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    // The operator moves the number to another location of the same Twilio account.
+    let r = app
+        .admin_send(
+            reqwest::Method::DELETE,
+            &format!("/v1/locations/{first}/channels/twilio"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let second = app.create_location("Acme Dental, second office").await;
+    assert_eq!(
+        app.connect_twilio(&second, &[BUSINESS_NUMBER])
+            .await
+            .status(),
+        200
+    );
+
+    let r = replay().await.unwrap();
+    assert_eq!(r.status(), 200, "a provider's retry is answered as stored");
+    receiver.expect_exactly(1, Duration::from_secs(2)).await;
+    let events = app.get_json("/v1/events?limit=10").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1, "{events}");
+    // A new message to the moved number is filed under its new location.
+    let r = app
+        .post_twilio(&sms_params("SMafter-move", "hello again"), AUTH_TOKEN)
+        .await;
+    assert_eq!(r.status(), 200);
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].json()["locationId"], second.as_str());
+}
+
+crate::both_stores!(
+    an_answer_holding_nul_is_recorded_once_as_delivered,
+    a_replay_after_the_number_moves_is_stored_nowhere,
+);

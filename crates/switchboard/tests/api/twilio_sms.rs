@@ -285,7 +285,7 @@ async fn unknown_number_is_403_and_stores_nothing() {
     receiver.expect_exactly(0, QUIET).await;
     assert_eq!(
         refused(&app).await,
-        "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"not_connected\"} 1"
+        "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"invalid_signature\"} 1"
     );
 }
 
