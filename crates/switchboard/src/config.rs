@@ -49,6 +49,7 @@ pub struct Config {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub max_buffered_body_bytes: usize,
+    pub max_buffered_body_bytes_per_client: usize,
     pub sqlite_synchronous: SqliteSynchronous,
     #[serde(deserialize_with = "de_duration")]
     pub sqlite_busy_timeout: Duration,
@@ -211,6 +212,11 @@ impl Config {
         }
         if self.max_buffered_body_bytes < self.max_body_bytes {
             bail!("max_buffered_body_bytes must be at least max_body_bytes");
+        }
+        if self.max_buffered_body_bytes_per_client < self.max_body_bytes
+            || self.max_buffered_body_bytes_per_client > self.max_buffered_body_bytes
+        {
+            bail!("max_buffered_body_bytes_per_client must be at least max_body_bytes and at most max_buffered_body_bytes");
         }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url).context("public_url is not a URL")?;

@@ -261,6 +261,7 @@ impl Application {
                 max_connections: connection_cap(&config),
                 max_connections_per_client: config.max_connections_per_client,
                 max_buffered_body_bytes: config.max_buffered_body_bytes,
+                max_buffered_body_bytes_per_client: config.max_buffered_body_bytes_per_client,
                 trusted_proxies: crate::routes::host::TrustedProxies(
                     config.trusted_proxies.clone(),
                 ),

@@ -36,6 +36,8 @@ pub struct DeadlineBody {
     /// Ended: timed out, or the budget was spent.
     ended: bool,
     budget: Arc<super::limits::BodyBudget>,
+    /// Whose share of the budget the bytes count against (None: a trusted proxy).
+    client: Option<std::net::IpAddr>,
     taken: usize,
 }
 
@@ -44,6 +46,7 @@ impl DeadlineBody {
         inner: Incoming,
         timeout: Duration,
         budget: Arc<super::limits::BodyBudget>,
+        client: Option<std::net::IpAddr>,
     ) -> DeadlineBody {
         DeadlineBody {
             inner,
@@ -52,6 +55,7 @@ impl DeadlineBody {
             timer: None,
             ended: false,
             budget,
+            client,
             taken: 0,
         }
     }
@@ -59,7 +63,7 @@ impl DeadlineBody {
 
 impl Drop for DeadlineBody {
     fn drop(&mut self) {
-        self.budget.give_back(self.taken);
+        self.budget.give_back(self.client, self.taken);
     }
 }
 
@@ -78,7 +82,7 @@ impl hyper::body::Body for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                 let n = data.map_or(0, Bytes::len);
-                if !this.budget.take(n) {
+                if !this.budget.take(this.client, n) {
                     this.ended = true;
                     return Poll::Ready(Some(Err(BodyBudgetSpent.into())));
                 }

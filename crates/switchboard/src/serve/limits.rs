@@ -1,5 +1,5 @@
 //! What outsiders may hold: connections (in total, and per client address) and request-body
-//! bytes being received (in total). Past a connection limit a new connection is closed at
+//! bytes being received (in total, and per client address). Past a connection limit a new connection is closed at
 //! once; past the body budget a request is answered 503. So a flood of idle connections
 //! cannot take every file descriptor, and stalled half-sent bodies cannot take the memory:
 //! `/healthz`, the database and outbound deliveries keep what they need.
@@ -17,7 +17,9 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub max_buffered_body_bytes: usize,
-    /// Exempt from the per-client limit (a reverse proxy carries every client).
+    /// The part of `max_buffered_body_bytes` one client address may hold.
+    pub max_buffered_body_bytes_per_client: usize,
+    /// Exempt from the per-client limits (a reverse proxy carries every client).
     pub trusted_proxies: TrustedProxies,
 }
 
@@ -95,6 +97,13 @@ impl ConnectionSlots {
     }
 }
 
+impl Slot {
+    /// The client address the per-client limits count against; None for a trusted proxy.
+    pub fn client(&self) -> Option<IpAddr> {
+        self.client
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(ip) = self.client {
@@ -110,41 +119,62 @@ impl Drop for Slot {
     }
 }
 
-/// Request-body bytes being received, across every request.
+/// Request-body bytes being received, across every request, and per client address: one
+/// address (a trusted proxy excepted) holds at most its share, so that a client stalling
+/// bodies on all its connections leaves the rest of the budget to everyone else.
 pub struct BodyBudget {
     limit: usize,
-    used: AtomicUsize,
+    per_client: usize,
+    /// (bytes held in all, bytes held by each client address that holds any)
+    used: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 impl BodyBudget {
-    pub fn new(limit: usize) -> Arc<BodyBudget> {
+    pub fn new(limit: usize, per_client: usize) -> Arc<BodyBudget> {
         Arc::new(BodyBudget {
             limit,
-            used: AtomicUsize::new(0),
+            per_client,
+            used: Mutex::new((0, HashMap::new())),
         })
     }
 
-    /// Take `n` bytes of the budget; false (nothing taken) when that would pass it.
-    pub fn take(&self, n: usize) -> bool {
-        let mut used = self.used.load(Ordering::Relaxed);
-        loop {
-            if used + n > self.limit {
+    /// Take `n` bytes of the budget for `client`; false (nothing taken) when that would pass
+    /// the total or the client's share.
+    pub fn take(&self, client: Option<IpAddr>, n: usize) -> bool {
+        let mut used = self.used.lock().expect("body budget lock");
+        let (total, by_client) = &mut *used;
+        if *total + n > self.limit {
+            return false;
+        }
+        if let Some(ip) = client {
+            let held = by_client.entry(ip).or_default();
+            if *held + n > self.per_client {
+                if *held == 0 {
+                    by_client.remove(&ip);
+                }
                 return false;
             }
-            match self.used.compare_exchange_weak(
-                used,
-                used + n,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => used = now,
-            }
+            *held += n;
         }
+        *total += n;
+        true
     }
 
-    pub fn give_back(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
+    pub fn give_back(&self, client: Option<IpAddr>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut used = self.used.lock().expect("body budget lock");
+        let (total, by_client) = &mut *used;
+        *total -= n;
+        if let Some(ip) = client {
+            if let Some(held) = by_client.get_mut(&ip) {
+                *held -= n;
+                if *held == 0 {
+                    by_client.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -157,6 +187,7 @@ mod tests {
             max_connections: total,
             max_connections_per_client: per_client,
             max_buffered_body_bytes: 0,
+            max_buffered_body_bytes_per_client: 0,
             trusted_proxies: TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]),
         }
     }
@@ -181,11 +212,36 @@ mod tests {
 
     #[test]
     fn the_body_budget_is_shared_and_given_back() {
-        let budget = BodyBudget::new(100);
-        assert!(budget.take(60));
-        assert!(!budget.take(41));
-        assert!(budget.take(40));
-        budget.give_back(60);
-        assert!(budget.take(60));
+        let budget = BodyBudget::new(100, 100);
+        assert!(budget.take(None, 60));
+        assert!(!budget.take(None, 41));
+        assert!(budget.take(None, 40));
+        budget.give_back(None, 60);
+        assert!(budget.take(None, 60));
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share() {
+        let budget = BodyBudget::new(100, 30);
+        let (a, b) = (
+            Some("192.0.2.1".parse().unwrap()),
+            Some("192.0.2.2".parse().unwrap()),
+        );
+        assert!(budget.take(a, 20));
+        assert!(!budget.take(a, 11), "past a's share");
+        assert!(budget.take(a, 10));
+        assert!(budget.take(b, 30), "b has its own share");
+        // A trusted proxy (no client) is held to the total only.
+        assert!(budget.take(None, 40));
+        assert!(!budget.take(None, 1), "past the total");
+        budget.give_back(a, 30);
+        assert!(budget.take(a, 30));
+        assert_eq!(budget.used.lock().unwrap().1.len(), 2);
+        budget.give_back(a, 30);
+        budget.give_back(b, 30);
+        assert!(
+            budget.used.lock().unwrap().1.is_empty(),
+            "nothing kept for idle clients"
+        );
     }
 }

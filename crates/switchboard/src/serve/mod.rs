@@ -34,6 +34,15 @@ pub use body::{BodyBudgetSpent, BodyTimedOut};
 use limits::{BodyBudget, ConnectionSlots, Limits};
 use linger::Lingering;
 
+/// The request line and headers of one request, at most (431 and the connection closed past
+/// it). Providers send a few KiB; hyper's own default is the read buffer's ~400 KiB, which a
+/// connection stalled before the blank line would hold for the whole header timeout.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The connection's read buffer, at most: what a stalled connection can make the server hold
+/// besides its share of the body budget.
+pub const MAX_READ_BUFFER_BYTES: usize = 32 * 1024;
+
 /// The address a request's connection comes from (a request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
@@ -57,7 +66,10 @@ pub async fn serve(
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
-    let budget = BodyBudget::new(limits.max_buffered_body_bytes);
+    let budget = BodyBudget::new(
+        limits.max_buffered_body_bytes,
+        limits.max_buffered_body_bytes_per_client,
+    );
     let slots = ConnectionSlots::new(limits);
     let mut connections = JoinSet::new();
     // Dropped at the stop signal: every connection then finishes its request and closes.
@@ -121,18 +133,19 @@ pub async fn serve(
 
 async fn connection(
     stream: tokio::net::TcpStream,
-    _slot: limits::Slot,
+    slot: limits::Slot,
     router: axum::Router,
     timeouts: Timeouts,
     budget: Arc<BodyBudget>,
     mut stopping: watch::Receiver<()>,
 ) {
     let request_timeout = timeouts.request;
+    let client = slot.client();
     let peer = stream.peer_addr().ok().map(ClientAddr);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let budget = budget.clone();
         let mut request =
-            request.map(|body| Body::new(DeadlineBody::new(body, request_timeout, budget)));
+            request.map(|body| Body::new(DeadlineBody::new(body, request_timeout, budget, client)));
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
@@ -141,7 +154,9 @@ async fn connection(
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(request_timeout);
+        .header_read_timeout(request_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_READ_BUFFER_BYTES);
     let conn = http1.serve_connection(
         TokioIo::new(Lingering::new(stream, timeouts.write)),
         service,

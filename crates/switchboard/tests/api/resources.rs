@@ -161,3 +161,103 @@ async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
     );
     assert!(healthz_answers(&server.address).await);
 }
+
+/// The most the server's resident memory may reach with 1,024 connections stalled in their
+/// headers (SECURITY.md): each holds at most its read buffer (32 KiB).
+const HEADER_RSS_BOUND_MIB: u64 = 128;
+
+/// 1,024 connections from four addresses, each sending ~384 KB of header lines and never the
+/// blank line. Before headers were bounded, each kept ~400 KiB for the header timeout (1,024
+/// took the server from 15 to 403 MiB); now each is answered 431 past 32 KiB and closed.
+#[tokio::test]
+async fn stalled_headers_hold_bounded_memory() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Node::start(dir.path(), port, &[] as &[(&str, &str)]).await;
+    let pid = server.child.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let before = rss_mib(pid);
+    let mut head = String::from("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    let mut n = 0;
+    while head.len() < 384 * 1000 {
+        head.push_str(&format!("X-Filler-{n}: {}\r\n", "a".repeat(90)));
+        n += 1;
+    }
+    let head = std::sync::Arc::new(head.into_bytes());
+    let mut tasks = tokio::task::JoinSet::new();
+    for host in 2..6_u8 {
+        for _ in 0..256 {
+            let head = head.clone();
+            tasks.spawn(async move {
+                let mut stream = connect_from(host, addr).await.ok()?;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), stream.write_all(&head)).await;
+                Some(stream)
+            });
+        }
+    }
+    let mut held = Vec::new();
+    while let Some(stream) = tasks.join_next().await {
+        held.extend(stream.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rss_mib(pid);
+    let healthy = healthz_answers(&server.address).await;
+    eprintln!(
+        "{} connections sent ~384 KB of headers without the blank line; server RSS {before} MiB before, {during} MiB during (bound {HEADER_RSS_BOUND_MIB} MiB)",
+        held.len()
+    );
+    assert!(healthy, "/healthz did not answer");
+    assert!(during < HEADER_RSS_BOUND_MIB, "RSS {during} MiB");
+    drop(held);
+}
+
+/// One address starts as many provider POSTs as it may open (256) and stalls each one byte
+/// short of a full body (256 KiB). Before bodies were budgeted per client, that held the whole
+/// body budget (64 MiB) and every other client's signed SMS was answered 503; now the address
+/// holds at most its share (4 MiB) and a signed SMS from another address is stored.
+#[tokio::test]
+async fn one_address_stalling_bodies_leaves_the_budget_to_the_others() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Node::start(dir.path(), port, &[] as &[(&str, &str)]).await;
+    let receiver = TestReceiver::start().await;
+    server.configure(&receiver).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 262144\r\n\r\n",
+        switchboard::routes::TWILIO_INBOUND_PATH
+    );
+    let almost = std::sync::Arc::new(vec![b'a'; 262_143]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..256 {
+        let (head, almost) = (head.clone(), almost.clone());
+        tasks.spawn(async move {
+            let mut stream = connect_from(2, addr).await.ok()?;
+            stream.write_all(head.as_bytes()).await.ok()?;
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&almost)).await;
+            Some(stream)
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(stream) = tasks.join_next().await {
+        held.extend(stream.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let r = server
+            .post_sms(&format!("SMbudget-{i}"), "still here")
+            .await;
+        statuses.push(r.status().as_u16());
+    }
+    eprintln!(
+        "{} connections from 127.0.0.2 stalled one byte short of 256 KiB; signed SMS from 127.0.0.1: {statuses:?}",
+        held.len()
+    );
+    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(receiver.wait_for(3, Duration::from_secs(10)).await.len(), 3);
+    drop(held);
+}
