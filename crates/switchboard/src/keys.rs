@@ -104,21 +104,28 @@ pub struct SigningKeys {
 }
 
 struct RsaKeys {
-    signing: rsa::pkcs1v15::SigningKey<sha2::Sha256>,
+    /// Signs with ring: blinded and constant-time (the `rsa` crate's private-key operation is
+    /// not, RUSTSEC-2023-0071). The `rsa` crate only generates and reads the key.
+    signing: ring::signature::RsaKeyPair,
     public_pem: String,
 }
 
 impl RsaKeys {
     fn parse(pem: &str) -> anyhow::Result<RsaKeys> {
-        use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+        use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
         let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
             .map_err(|e| anyhow::anyhow!("not an RSA PKCS#8 key: {e}"))?;
         let public_pem = key
             .to_public_key()
             .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
             .map_err(|e| anyhow::anyhow!("encoding the RSA public key: {e}"))?;
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| anyhow::anyhow!("encoding the RSA key: {e}"))?;
+        let signing = ring::signature::RsaKeyPair::from_pkcs8(der.as_bytes())
+            .map_err(|e| anyhow::anyhow!("the RSA key is not one ring signs with: {e}"))?;
         Ok(RsaKeys {
-            signing: rsa::pkcs1v15::SigningKey::new(key),
+            signing,
             public_pem,
         })
     }
@@ -200,12 +207,20 @@ impl SigningKeys {
     /// The legacy `x-wh-signature`: base64 RSASSA-PKCS1-v1_5 with SHA-256 over the exact body.
     /// Needs [`Self::ensure_rsa`] first.
     pub fn rsa_signature(&self, body: &[u8]) -> Result<String, String> {
-        use rsa::signature::{SignatureEncoding, Signer};
         let keys = self
             .rsa
             .get()
             .ok_or_else(|| "the RSA key is not loaded yet".to_owned())?;
-        Ok(B64.encode(keys.signing.sign(body).to_bytes()))
+        let mut signature = vec![0; keys.signing.public().modulus_len()];
+        keys.signing
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                body,
+                &mut signature,
+            )
+            .map_err(|_| "RSA signing failed".to_owned())?;
+        Ok(B64.encode(signature))
     }
 }
 
@@ -323,6 +338,15 @@ mod tests {
         let signature = rsa::pkcs1v15::Signature::try_from(raw.as_slice()).unwrap();
         assert!(verifier.verify(b"{\"a\":1}", &signature).is_ok());
         assert!(verifier.verify(b"{\"a\":2}", &signature).is_err());
+        // PKCS#1 v1.5 is deterministic: ring's blinded signature is the one the textbook
+        // operation gives.
+        use rsa::pkcs8::DecodePrivateKey;
+        use rsa::signature::{SignatureEncoding, Signer};
+        let private = std::fs::read_to_string(dir.path().join(RSA)).unwrap();
+        let textbook = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(
+            rsa::RsaPrivateKey::from_pkcs8_pem(&private).unwrap(),
+        );
+        assert_eq!(textbook.sign(b"{\"a\":1}").to_vec(), raw);
     }
 
     #[tokio::test]
