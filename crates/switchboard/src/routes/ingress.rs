@@ -30,8 +30,19 @@ enum Refusal {
         reason: &'static str,
         detail: String,
         url: String,
+        /// When the request's body had arrived: the answer waits until [`UNVERIFIED_FLOOR`]
+        /// after it.
+        since: tokio::time::Instant,
     },
 }
+
+/// How long after its body arrived a request that does not verify is answered, at the
+/// earliest. Finding an account costs more when nothing is connected for the request (a cached
+/// number is answered from memory, an unknown one after lookups in the database), and that
+/// difference would tell an outsider which numbers are connected; this floor is far above
+/// both, so the answer comes at the same time either way. It costs a refused caller a wait,
+/// no work: providers whose requests verify never meet it.
+pub const UNVERIFIED_FLOOR: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl<E: Into<ApiError>> From<E> for Refusal {
     fn from(e: E) -> Self {
@@ -69,7 +80,10 @@ pub async fn ingest<C: Channel>(
             reason,
             detail,
             url,
-        } => (
+            since,
+        } => {
+            tokio::time::sleep_until(since + UNVERIFIED_FLOOR).await;
+            (
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "invalid_signature",
@@ -79,7 +93,8 @@ pub async fn ingest<C: Channel>(
             ),
             reason,
             detail,
-        ),
+        )
+        }
     };
     let second = u64::try_from(state.clock.now_ms() / 1000).unwrap_or_default();
     // `/metrics` may be read by anyone (without `metrics_token`): it must not tell a number
@@ -116,6 +131,7 @@ async fn ingest_request<C: Channel>(
     body: Body,
 ) -> Result<Response, Refusal> {
     let body = read_body(body, state.max_body_bytes).await?;
+    let since = tokio::time::Instant::now();
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url = public_url(
         state.public_url.as_deref(),
@@ -132,6 +148,7 @@ async fn ingest_request<C: Channel>(
         reason,
         detail,
         url: request.url.clone(),
+        since,
     };
     let account = state
         .store

@@ -340,7 +340,48 @@ async fn a_replay_after_the_number_moves_is_stored_nowhere() {
     assert_eq!(got[1].json()["locationId"], second.as_str());
 }
 
+/// Finding 5: an unsigned request to a connected number was answered from the account cache,
+/// one to an unconnected number after two lookups in the database, so the response time told
+/// them apart. Now every request that does not verify is answered after the same floor.
+async fn an_unsigned_request_takes_as_long_whether_its_number_is_connected_or_not() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    app.standard_setup(&receiver).await;
+    let probe = |to: &'static str, account: &'static str| {
+        let params: Vec<(&str, &str)> = sms_params("SMtiming", "x")
+            .into_iter()
+            .map(|(k, v)| match k {
+                "To" => (k, to),
+                "AccountSid" => (k, account),
+                _ => (k, v),
+            })
+            .collect();
+        let (body, _) = signed_twilio_form("http://nowhere.example/", &params, AUTH_TOKEN);
+        body
+    };
+    let connected = probe(BUSINESS_NUMBER, ACCOUNT_SID);
+    let unconnected = probe("+14155550999", "AC99999999999999999999999999999999");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..60 {
+        for (body, times) in [(&connected, &mut a), (&unconnected, &mut b)] {
+            let (took, status) = median_answer(&app, body, 1).await;
+            assert_eq!(status, 403);
+            times.push(took);
+        }
+    }
+    a.sort();
+    b.sort();
+    let (a, b) = (a[a.len() / 2], b[b.len() / 2]);
+    println!("unsigned requests, median answer: connected number {a:?}, unconnected {b:?}");
+    let (fast, slow) = (a.min(b), a.max(b));
+    assert!(
+        slow.as_secs_f64() < fast.as_secs_f64() * 1.15,
+        "the medians differ: connected {a:?}, unconnected {b:?}"
+    );
+}
+
 crate::both_stores!(
+    an_unsigned_request_takes_as_long_whether_its_number_is_connected_or_not,
     an_answer_holding_nul_is_recorded_once_as_delivered,
     a_replay_after_the_number_moves_is_stored_nowhere,
 );
