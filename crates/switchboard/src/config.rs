@@ -43,6 +43,8 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub write_timeout: Duration,
@@ -203,6 +205,9 @@ impl Config {
         }
         if self.request_timeout.is_zero() {
             bail!("request_timeout must be above zero");
+        }
+        if self.header_timeout.is_zero() || self.header_timeout > self.request_timeout {
+            bail!("header_timeout must be above zero and at most request_timeout");
         }
         if self.write_timeout.is_zero() {
             bail!("write_timeout must be above zero");

@@ -254,6 +254,7 @@ impl Application {
             local_addr,
             timeouts: serve::Timeouts {
                 request: config.request_timeout,
+                header: config.header_timeout,
                 write: config.write_timeout,
                 shutdown: config.shutdown_timeout,
             },

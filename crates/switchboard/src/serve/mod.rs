@@ -1,6 +1,6 @@
-//! The HTTP/1.1 server loop: every connection gets `request_timeout` to send a request's
-//! headers (hyper's header timeout, which also closes idle keep-alive connections) and the same
-//! again for the body once the headers are in. HTTP/2 without TLS (h2c), which `axum::serve`
+//! The HTTP/1.1 server loop: an idle keep-alive connection is closed after `request_timeout`
+//! (hyper's header timeout); once a request's first byte has arrived its headers get
+//! `header_timeout` (`head`), and its body `request_timeout` again. HTTP/2 without TLS (h2c), which `axum::serve`
 //! also answered, is not served: hyper gives it none of these timeouts, and a proxy in front
 //! speaks HTTP/2 to clients and HTTP/1.1 to us. A stop signal ends accepting at once, and open
 //! connections get `shutdown_timeout` to finish what they are doing; after that the server
@@ -26,6 +26,7 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 mod body;
+mod head;
 pub mod limits;
 mod linger;
 
@@ -49,8 +50,11 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// For the headers of each request, and again for its body.
+    /// For the headers of each request (also how long an idle keep-alive connection stays
+    /// open), and again for its body.
     pub request: Duration,
+    /// For a request's headers once their first byte has arrived.
+    pub header: Duration,
     /// For an answer the client does not read.
     pub write: Duration,
     /// For connections still open after the stop signal.
@@ -142,14 +146,23 @@ async fn connection(
     let request_timeout = timeouts.request;
     let client = slot.client();
     let peer = stream.peer_addr().ok().map(ClientAddr);
+    let phase = head::Phase::default();
+    let service_phase = phase.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        service_phase.request_started();
         let budget = budget.clone();
         let mut request =
             request.map(|body| Body::new(DeadlineBody::new(body, request_timeout, budget, client)));
         if let Some(peer) = peer {
             request.extensions_mut().insert(peer);
         }
-        router.clone().call(request)
+        let answer = router.clone().call(request);
+        let phase = service_phase.clone();
+        async move {
+            let answer = answer.await;
+            phase.request_ended();
+            answer
+        }
     });
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -157,10 +170,12 @@ async fn connection(
         .header_read_timeout(request_timeout)
         .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_READ_BUFFER_BYTES);
-    let conn = http1.serve_connection(
-        TokioIo::new(Lingering::new(stream, timeouts.write)),
-        service,
+    let socket = head::HeadDeadline::new(
+        Lingering::new(stream, timeouts.write),
+        phase,
+        timeouts.header,
     );
+    let conn = http1.serve_connection(TokioIo::new(socket), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {

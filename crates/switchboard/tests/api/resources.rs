@@ -261,3 +261,63 @@ async fn one_address_stalling_bodies_leaves_the_budget_to_the_others() {
     assert_eq!(receiver.wait_for(3, Duration::from_secs(10)).await.len(), 3);
     drop(held);
 }
+
+/// Whether the next thing `stream` reads is a 200 answer.
+async fn answered(stream: &mut TcpStream) -> bool {
+    let mut answer = [0_u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200")
+}
+
+/// A request's headers get `header_timeout` from their first byte, while an idle keep-alive
+/// connection stays open for `request_timeout` (a proxy's idle connections must outlive its
+/// own idle timeout). Before, a client dribbling headers held its connection for all of
+/// `request_timeout` (75 s).
+#[tokio::test]
+async fn headers_get_their_own_deadline_and_idle_connections_stay_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = Node::start(dir.path(), port, &[("SWITCHBOARD_HEADER_TIMEOUT", "1s")]).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(healthz).await.unwrap();
+    assert!(answered(&mut idle).await);
+
+    let mut dribbling = TcpStream::connect(addr).await.unwrap();
+    let start = std::time::Instant::now();
+    dribbling
+        .write_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0_u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            // One more header line every 300 ms, never the blank line.
+            tokio::select! {
+                read = dribbling.read(&mut byte) => return read,
+                () = tokio::time::sleep(Duration::from_millis(300)) => {
+                    if dribbling.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let took = start.elapsed();
+    eprintln!("headers dribbled for {took:?} before the connection was closed");
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection dribbling headers was still open after 4 s"
+    );
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+
+    // The idle connection, 2.5 s later (past header_timeout), still answers.
+    tokio::time::sleep(Duration::from_millis(2500).saturating_sub(took)).await;
+    idle.write_all(healthz).await.unwrap();
+    assert!(answered(&mut idle).await, "the idle connection was closed");
+}
