@@ -40,6 +40,7 @@ mod resources;
 mod restart;
 mod secrets_at_rest;
 mod security;
+mod skips;
 mod storage_faults;
 mod targets;
 mod twilio_sms;

@@ -27,11 +27,8 @@ impl PrivatePostgres {
     fn start() -> Option<PrivatePostgres> {
         match Self::try_start() {
             Ok(pg) => Some(pg),
-            Err(why) if required_by_ci() => {
-                panic!("CI=true but a private PostgreSQL cannot be started: {why}")
-            }
             Err(why) => {
-                eprintln!("skipped: a private PostgreSQL cannot be started ({why})");
+                skip(&format!("a private PostgreSQL cannot be started ({why})"));
                 None
             }
         }

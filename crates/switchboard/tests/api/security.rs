@@ -36,10 +36,7 @@ print(RequestValidator(req["token"]).compute_signature(req["url"], params))
         .args(["-c", "import twilio.request_validator"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        if required_by_ci() {
-            panic!("CI=true but the Python package twilio is not installed (pip install twilio)");
-        }
-        eprintln!("skipped: the Python package twilio is not installed (pip install twilio)");
+        skip("the Python package twilio is not installed (pip install twilio)");
         return None;
     }
     let mut child = Command::new("python3")

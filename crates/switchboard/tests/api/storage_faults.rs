@@ -43,10 +43,9 @@ impl SmallFs {
             Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             Err(e) => e.to_string(),
         };
-        if required_by_ci() {
-            panic!("CI=true but a tmpfs cannot be mounted (the test needs root): {why}");
-        }
-        eprintln!("skipped: mounting a tmpfs for the full-disk test needs root ({why})");
+        skip(&format!(
+            "mounting a tmpfs for the full-disk tests needs root ({why})"
+        ));
         None
     }
 

@@ -119,11 +119,8 @@ async fn inbound_sms_is_delivered_once_signed_in_the_source_documents_shape() {
                 "the reference library must refuse another secret"
             );
         }
-        None if required_by_ci() => {
-            panic!("CI=true but python3 with `standardwebhooks` is missing")
-        }
-        None => eprintln!(
-            "skipped: Standard Webhooks reference library check (pip install standardwebhooks)"
+        None => skip(
+            "the Standard Webhooks reference library check needs python3 with standardwebhooks (pip install standardwebhooks)",
         ),
     }
 
