@@ -194,8 +194,19 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// How long `/readyz` waits for the store's answer: a probe must answer promptly, also while
+/// every database connection waits for a database that is away.
+const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.store.health().await.map_err(|e| {
+    let Ok(health) = tokio::time::timeout(READINESS_TIMEOUT, state.store.health()).await else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the database did not answer within {READINESS_TIMEOUT:?}"),
+        ));
+    };
+    health.map_err(|e| {
         let message = match &e {
             // Logged by the store, once per episode.
             StoreError::Unavailable(fault) => {

@@ -1,7 +1,9 @@
 //! Storage faults on PostgreSQL: a private PostgreSQL server (its own data directory and
 //! port, so the other tests' server is left alone) restarted under load. Every message
 //! answered 200 is stored, every other request is answered 503 with `Retry-After`, and the
-//! server stores new messages again once PostgreSQL is back, without a restart of its own.
+//! server stores new messages again once PostgreSQL is back, without a restart of its own;
+//! and PostgreSQL stopped outright: 503s, `/readyz`, the storage metrics, one log line per
+//! episode, and a delivery whose attempt could not be recorded sent again.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use crate::helpers::*;
-use crate::storage_faults::{post_many, sid, stored_within, Tally};
+use crate::storage_faults::{post_many, post_sms, sid, stored_within, Answer, Tally};
 
 /// A PostgreSQL server of the test's own, run as the `postgres` user; stopped when dropped.
 struct PrivatePostgres {
@@ -144,8 +146,8 @@ async fn a_postgres_restart_under_load_loses_nothing_and_recovers_by_itself() {
     .await;
     server.configure(&receiver).await;
 
-    // 600 messages at concurrency 8; PostgreSQL restarts (fast: open sessions are ended)
-    // while they are posted.
+    // 600 messages at concurrency 8; PostgreSQL stops (fast: open sessions are ended) and
+    // starts again while they are posted.
     let load = tokio::spawn({
         let address = server.address.clone();
         async move {
@@ -153,9 +155,32 @@ async fn a_postgres_restart_under_load_loses_nothing_and_recovers_by_itself() {
             (answers, std::time::Instant::now())
         }
     });
+    // /readyz, watched all along: 503 while PostgreSQL is away, 200 once it is back.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readiness = tokio::spawn({
+        let (address, watching) = (server.address.clone(), watching.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let mut seen = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(r) = client.get(format!("{address}/readyz")).send().await {
+                    let status = r.status().as_u16();
+                    if seen.last() != Some(&status) {
+                        seen.push(status);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }
+    });
     tokio::time::sleep(Duration::from_millis(700)).await;
     let restarted = tokio::task::spawn_blocking(move || {
-        let result = pg.ctl(&["restart", "-m", "fast"]);
+        // Stopped for three seconds: longer than /readyz waits for the store (2 s).
+        let result = pg.ctl(&["stop", "-m", "fast"]).and_then(|()| {
+            std::thread::sleep(Duration::from_secs(3));
+            pg.ctl(&["start"])
+        });
         (pg, result, std::time::Instant::now())
     });
     let (answers, load_ended) = load.await.unwrap();
@@ -175,6 +200,24 @@ async fn a_postgres_restart_under_load_loses_nothing_and_recovers_by_itself() {
 
     // Back without a restart of Switchboard.
     let after = stored_within(&server.address, sid(5, 0), Duration::from_secs(20)).await;
+    eventually(Duration::from_secs(10), "/readyz 200 again", || async {
+        let r = reqwest::get(format!("{}/readyz", server.address))
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let readiness = readiness.await.unwrap();
+    assert!(
+        readiness.windows(2).any(|w| w == [503, 200]) && readiness.last() == Some(&200),
+        "/readyz during the restart: {readiness:?}"
+    );
+    assert!(
+        unavailable >= 1,
+        "no request was answered 503 while PostgreSQL restarted"
+    );
 
     let mut conn = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
     let stored: BTreeSet<String> =
@@ -185,7 +228,7 @@ async fn a_postgres_restart_under_load_loses_nothing_and_recovers_by_itself() {
             .into_iter()
             .collect();
     eprintln!(
-        "PostgreSQL restart under load: {} answered 200, {unavailable} answered 503, {} stored",
+        "PostgreSQL restart under load: {} answered 200, {unavailable} answered 503 (with Retry-After), {} stored; /readyz went {readiness:?}",
         acknowledged.len(),
         stored.len()
     );
@@ -195,4 +238,108 @@ async fn a_postgres_restart_under_load_loses_nothing_and_recovers_by_itself() {
         "acknowledged but not stored: {missing:?}"
     );
     assert!(stored.contains(&after));
+}
+
+/// The text of `/metrics` of the server at `address`.
+async fn metrics_of(address: &str) -> String {
+    get_metrics(&reqwest::Client::new(), address).await
+}
+
+#[tokio::test]
+async fn a_stopped_postgres_is_answered_503_and_an_unrecorded_attempt_is_sent_again() {
+    let Some(pg) = PrivatePostgres::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let receiver = TestReceiver::start().await;
+    let url = pg.url();
+    let server = Node::start_logging_to(
+        dir.path(),
+        free_port(),
+        &[],
+        &[
+            ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+            ("SWITCHBOARD_DELIVERY_LEASE", "3s"),
+            ("SWITCHBOARD_DELIVERY_TIMEOUT", "2s"),
+        ],
+        log.into(),
+    )
+    .await;
+    server.configure(&receiver).await;
+    let client = reqwest::Client::new();
+
+    // A delivery in flight when PostgreSQL stops: the subscriber answers after the stop, so
+    // its attempt cannot be recorded.
+    receiver.slow(Duration::from_millis(1500));
+    assert_eq!(
+        post_sms(&client, &server.address, &sid(9, 1), "owed").await,
+        Answer::Stored
+    );
+    let first = receiver.wait_for(1, Duration::from_secs(5)).await[0].clone();
+    pg.ctl(&["stop", "-m", "fast"]).unwrap();
+    receiver.slow(Duration::ZERO);
+
+    let refused = post_sms(&client, &server.address, &sid(9, 2), "while stopped").await;
+    assert_eq!(
+        refused,
+        Answer::Unavailable,
+        "503 with Retry-After and storage_unavailable"
+    );
+    let ready = client
+        .get(format!("{}/readyz", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let metrics = metrics_of(&server.address).await;
+    assert!(
+        metrics.contains("switchboard_storage_writable 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("switchboard_storage_failures_total{kind=\"connection\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    pg.ctl(&["start"]).unwrap();
+    eventually(Duration::from_secs(30), "/readyz 200 again", || async {
+        let r = client
+            .get(format!("{}/readyz", server.address))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let after = stored_within(&server.address, sid(9, 2), Duration::from_secs(20)).await;
+    assert_eq!(after, sid(9, 2));
+    assert!(metrics_of(&server.address)
+        .await
+        .contains("switchboard_storage_writable 1"));
+
+    // The owed delivery is sent again (its lease ran out), with the same webhook-id.
+    let id = first.header("webhook-id").to_owned();
+    eventually(
+        Duration::from_secs(20),
+        "the owed delivery sent again",
+        || async {
+            let again = receiver
+                .received()
+                .iter()
+                .filter(|r| r.header("webhook-id") == id)
+                .count();
+            (again >= 2).then_some(())
+        },
+    )
+    .await;
+
+    // One error line when the episode began and one line when it ended, not one per request.
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let began = text.matches("storage failing:").count();
+    let ended = text.matches("storage recovered").count();
+    assert_eq!((began, ended), (1, 1), "{text}");
 }
