@@ -482,8 +482,9 @@ async fn receive(
 
 pub use crate::skips::skip;
 
-/// Verify a delivery with the Standard Webhooks reference library (PyPI `standardwebhooks`),
-/// Whether the delivery's `webhook-signature` verifies with `secret`.
+/// Whether the delivery's `webhook-signature` verifies with `secret`, by this project's own
+/// verifier (`switchboard_events::standard`). The third-party check is
+/// [`verify_with_reference_library`].
 pub fn signed_with(delivery: &Received, secret: &str) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,99 @@
+//! Documented behaviours that had no test of their own: a manual disable and its `"manual"`
+//! reason, and a circuit breaker that opens again when its probe fails.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::engine::{create_webhook, location_with_twilio};
+use crate::helpers::*;
+
+/// `POST /v1/webhooks/{id}/disable`: a `WebhookDisabled` event with reason `manual`, nothing
+/// sent while disabled, and the backlog sent on `enable`.
+async fn a_manual_disable_says_manual_and_enable_sends_the_backlog() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let watcher = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    create_webhook(
+        &app,
+        json!({ "url": watcher.url, "events": ["WebhookDisabled"] }),
+    )
+    .await;
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/disable"),
+            json!({}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let disabled = watcher.wait_for(1, Duration::from_secs(5)).await[0].json();
+    assert_eq!(disabled["type"], "WebhookDisabled");
+    assert_eq!(disabled["endpointId"], id.as_str());
+    assert_eq!(disabled["reason"], "manual");
+    assert!(disabled.get("failingSince").is_none(), "{disabled}");
+
+    app.post_twilio(&sms_params("SMmanual", "held"), AUTH_TOKEN)
+        .await;
+    receiver.expect_exactly(0, Duration::from_millis(800)).await;
+    let events = app.get_json("/v1/events?limit=10").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 2, "{events}");
+    let r = app
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/enable"),
+            json!({}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].json()["body"], "held");
+}
+
+/// After `breaker_threshold` failures the breaker opens; a probe after the cooldown that fails
+/// opens it again for another cooldown, and the next probe that succeeds closes it.
+async fn a_failed_probe_opens_the_breaker_again() {
+    let app = spawn_app_with(|c| {
+        c.breaker_threshold = 2;
+        c.breaker_cooldown = Duration::from_millis(1000);
+        c.retry_schedule = vec![Duration::from_millis(50); 8];
+    })
+    .await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    receiver.script(&[Reply::Status(500), Reply::Status(500), Reply::Status(500)]);
+    app.post_twilio(&sms_params("SMprobe-fails", "wait"), AUTH_TOKEN)
+        .await;
+    let got = receiver.wait_for(4, Duration::from_secs(10)).await;
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    // Two failures open it; the probe (third) comes after the cooldown and fails; the fourth
+    // attempt waits a whole cooldown again instead of the 50 ms retry delay.
+    assert!(gaps[0] < Duration::from_millis(900), "{gaps:?}");
+    assert!(
+        gaps[1] >= Duration::from_millis(900),
+        "the first probe: {gaps:?}"
+    );
+    assert!(
+        gaps[2] >= Duration::from_millis(900),
+        "the breaker did not open again: {gaps:?}"
+    );
+    assert_eq!(got[3].status, 200);
+    receiver.expect_exactly(4, Duration::from_millis(800)).await;
+}
+
+crate::both_stores!(
+    a_manual_disable_says_manual_and_enable_sends_the_backlog,
+    a_failed_probe_opens_the_breaker_again,
+);
