@@ -147,22 +147,32 @@ async fn redirects_are_not_followed() {
     assert_eq!(report["data"][0]["attempts"][0]["httpStatus"], 302);
 }
 
+/// A location with Twilio, a webhook to `receiver` and a second one to `watcher` that
+/// subscribes to `WebhookDisabled`; the first webhook's id.
+pub(crate) async fn watched_webhook(
+    app: &TestApp,
+    receiver: &TestReceiver,
+    watcher: &TestReceiver,
+) -> String {
+    location_with_twilio(app).await;
+    let webhook = create_webhook(
+        app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    create_webhook(
+        app,
+        json!({ "url": watcher.url, "events": ["WebhookDisabled"] }),
+    )
+    .await;
+    webhook["id"].as_str().unwrap().to_owned()
+}
+
 async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_enable() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
     let watcher = TestReceiver::start().await;
-    location_with_twilio(&app).await;
-    let webhook = create_webhook(
-        &app,
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await;
-    let id = webhook["id"].as_str().unwrap().to_owned();
-    create_webhook(
-        &app,
-        json!({ "url": watcher.url, "events": ["WebhookDisabled"] }),
-    )
-    .await;
+    let id = watched_webhook(&app, &receiver, &watcher).await;
     receiver.script(&[Reply::Status(410)]);
 
     app.post_twilio(&sms_params("SMgone1", "first"), AUTH_TOKEN)

@@ -31,12 +31,9 @@ async fn read_from(
 
 #[tokio::test]
 async fn the_feed_read_while_three_nodes_ingest_skips_no_event() {
-    let mut database = None;
-    on_store(Backend::Postgres, async {
-        database = Some(fresh_postgres_schema().await.expect("a fresh schema"));
-    })
-    .await;
-    let Some(database) = database else { return };
+    let Some(database) = postgres_schema_for_nodes().await else {
+        return;
+    };
     let receiver = TestReceiver::start().await;
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let env = [

@@ -657,6 +657,17 @@ fn unix_now() -> i64 {
 }
 
 /// A new, empty schema for one test (or one multi-node cluster); returns the URL that uses it.
+/// A fresh PostgreSQL schema for tests that start nodes of their own on it, or `None` when the
+/// test is skipped (see [`skip`]) for want of PostgreSQL.
+pub async fn postgres_schema_for_nodes() -> Option<String> {
+    let mut url = None;
+    on_store(Backend::Postgres, async {
+        url = Some(fresh_postgres_schema().await.expect("a fresh schema"));
+    })
+    .await;
+    url
+}
+
 pub async fn fresh_postgres_schema() -> Result<String, String> {
     use sqlx::Connection;
     let base = postgres_base_url();

@@ -9,16 +9,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// A PostgreSQL schema for a cluster, or `None` (test skipped) when there is no PostgreSQL.
-async fn cluster_database() -> Option<String> {
-    let mut url = None;
-    on_store(Backend::Postgres, async {
-        url = Some(fresh_postgres_schema().await.expect("a fresh schema"));
-    })
-    .await;
-    url
-}
-
 /// Every event in the feed, following the cursor.
 async fn all_events(node: &Node) -> Vec<Value> {
     let mut after = "0".to_owned();
@@ -58,7 +48,7 @@ const CLUSTER_ENV: [(&str, &str); 4] = [
 
 #[tokio::test]
 async fn three_nodes_2000_messages_one_killed_nothing_lost_nothing_doubled() {
-    let Some(database) = cluster_database().await else {
+    let Some(database) = postgres_schema_for_nodes().await else {
         return;
     };
     let receiver = Arc::new(TestReceiver::start().await);
@@ -214,7 +204,7 @@ async fn three_nodes_2000_messages_one_killed_nothing_lost_nothing_doubled() {
 
 #[tokio::test]
 async fn the_same_twilio_request_at_two_nodes_at_once_is_one_message() {
-    let Some(database) = cluster_database().await else {
+    let Some(database) = postgres_schema_for_nodes().await else {
         return;
     };
     let receiver = TestReceiver::start().await;
@@ -260,7 +250,7 @@ async fn the_same_twilio_request_at_two_nodes_at_once_is_one_message() {
 
 #[tokio::test]
 async fn an_api_node_stores_and_a_dispatcher_node_delivers() {
-    let Some(database) = cluster_database().await else {
+    let Some(database) = postgres_schema_for_nodes().await else {
         return;
     };
     let receiver = TestReceiver::start().await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::engine::{create_webhook, location_with_twilio};
+use crate::engine::{create_webhook, location_with_twilio, watched_webhook};
 use crate::helpers::*;
 
 /// `POST /v1/webhooks/{id}/disable`: a `WebhookDisabled` event with reason `manual`, nothing
@@ -14,18 +14,7 @@ async fn a_manual_disable_says_manual_and_enable_sends_the_backlog() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
     let watcher = TestReceiver::start().await;
-    location_with_twilio(&app).await;
-    let webhook = create_webhook(
-        &app,
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await;
-    let id = webhook["id"].as_str().unwrap().to_owned();
-    create_webhook(
-        &app,
-        json!({ "url": watcher.url, "events": ["WebhookDisabled"] }),
-    )
-    .await;
+    let id = watched_webhook(&app, &receiver, &watcher).await;
     let r = app
         .admin_send(
             reqwest::Method::POST,

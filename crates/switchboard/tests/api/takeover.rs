@@ -8,12 +8,9 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_delivery_in_flight_on_a_killed_node_is_taken_over_by_another() {
-    let mut database = None;
-    on_store(Backend::Postgres, async {
-        database = Some(fresh_postgres_schema().await.expect("a fresh schema"));
-    })
-    .await;
-    let Some(database) = database else { return };
+    let Some(database) = postgres_schema_for_nodes().await else {
+        return;
+    };
     let env = [
         ("SWITCHBOARD_DATABASE_URL", database.as_str()),
         ("SWITCHBOARD_DELIVERY_LEASE", "3s"),
