@@ -1,8 +1,9 @@
 //! Bounded resources for outsiders, on the real binary: thousands of connections that send
 //! half a body and stall, and thousands that send nothing, from a handful of client addresses
-//! (the loopback range has millions): the server's memory stays under a bound, `/healthz`
-//! keeps answering for everyone else, and a client that never reads its answers is cut off
-//! after the write timeout.
+//! (the loopback range has millions): the bodies past the budget are answered 503, the
+//! server's memory stays under a bound, `/healthz` keeps answering for everyone else, one
+//! address cannot take the whole budget, headers are bounded in size and time, and a client
+//! that never reads its answers is cut off after the write timeout.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,10 +53,17 @@ async fn stalled_bodies_and_idle_connections_hold_bounded_memory_and_healthz_ans
     let server = Node::start(
         dir.path(),
         port,
-        &[(
-            "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT",
-            PER_CLIENT.to_string(),
-        )],
+        &[
+            (
+                "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT",
+                PER_CLIENT.to_string(),
+            ),
+            // Each address may hold the whole budget: this test is about the total.
+            (
+                "SWITCHBOARD_MAX_BUFFERED_BODY_BYTES_PER_CLIENT",
+                "67108864".to_owned(),
+            ),
+        ],
     )
     .await;
     let pid = server.child.id();
@@ -77,13 +85,44 @@ async fn stalled_bodies_and_idle_connections_hold_bounded_memory_and_healthz_ans
                 let mut stream = connect_from(host, addr).await.ok()?;
                 stream.write_all(head.as_bytes()).await.ok()?;
                 let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&half)).await;
-                Some(stream)
+                // Held (no answer yet), or answered 503 server_busy: the budget is spent.
+                let mut answer = [0_u8; 1024];
+                match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut answer)).await {
+                    Err(_) => Some(Ok(stream)),
+                    Ok(Ok(n)) => Some(Err(String::from_utf8_lossy(&answer[..n]).into_owned())),
+                    Ok(Err(e)) => Some(Err(e.to_string())),
+                }
             });
         }
     }
-    while let Some(stream) = tasks.join_next().await {
-        held.extend(stream.unwrap());
+    let (mut busy, mut reset, mut other) = (0, 0, Vec::new());
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.unwrap() {
+            Some(Ok(stream)) => held.push(stream),
+            Some(Err(answer))
+                if answer.starts_with("HTTP/1.1 503") && answer.contains("server_busy") =>
+            {
+                busy += 1
+            }
+            // Answered and closed while the client was still writing, and the lingering
+            // close gave up (a loaded machine): the reset drops the answer unread.
+            Some(Err(answer)) if answer.contains("reset by peer") => reset += 1,
+            Some(Err(answer)) => other.push(answer),
+            None => other.push("no connection".to_owned()),
+        }
     }
+    let stalled = held.len();
+    // 64 MiB hold 257 bodies of 255 KiB; every other one is answered 503.
+    assert!(
+        other.is_empty(),
+        "answers that are neither: {:?}",
+        &other[..other.len().min(3)]
+    );
+    assert_eq!(stalled + busy + reset, 10 * PER_CLIENT);
+    assert!(
+        (200..=260).contains(&stalled) && busy >= 10 * PER_CLIENT / 2,
+        "{stalled} bodies held, {busy} answered 503 server_busy, {reset} reset"
+    );
     // Ten more addresses holding idle connections, and past their allowance.
     let mut refused = 0;
     for host in 12..22_u8 {
@@ -107,9 +146,14 @@ async fn stalled_bodies_and_idle_connections_hold_bounded_memory_and_healthz_ans
     let during = rss_mib(pid);
     let healthy = healthz_answers(&server.address).await;
     eprintln!(
-        "{} connections held ({} half bodies sent), {refused} refused over the allowance; server RSS {before} MiB before, {during} MiB during (bound {RSS_BOUND_MIB} MiB)",
+        "{} connections held ({} half bodies sent: {stalled} held, {busy} answered 503 server_busy, {reset} reset), {refused} refused over the allowance; server RSS {before} MiB before, {during} MiB during (bound {RSS_BOUND_MIB} MiB)",
         held.len(),
         10 * PER_CLIENT
+    );
+    assert_eq!(
+        held.len(),
+        stalled + 10 * PER_CLIENT,
+        "idle connections held"
     );
     assert!(
         healthy,

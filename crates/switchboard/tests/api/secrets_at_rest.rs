@@ -175,7 +175,7 @@ async fn a_full_run_logs_none_of_its_secrets() {
     )
     .await;
     assert_eq!(refused.status(), 403);
-    let rotated: Value = admin_request(
+    let rotated = admin_request(
         &client,
         &server.address,
         ADMIN_TOKEN,
@@ -186,13 +186,14 @@ async fn a_full_run_logs_none_of_its_secrets() {
         ),
         json!({}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
-    if let Some(secret) = rotated["secret"].as_str() {
-        secrets.push(secret.to_owned());
-    }
+    .await;
+    assert_eq!(
+        rotated.status(),
+        200,
+        "the rotation's secret must be checked too"
+    );
+    let rotated: Value = rotated.json().await.unwrap();
+    secrets.push(rotated["secret"].as_str().unwrap().to_owned());
     let metrics = client
         .get(format!("{}/metrics", server.address))
         .bearer_auth(METRICS_TOKEN)
