@@ -756,7 +756,8 @@ pub(crate) async fn fake_twilio_media(
                             &b"auth"[..],
                         );
                     }
-                    if !file.ends_with(".mp3") {
+                    // `REmissing…`: a recording Twilio does not have.
+                    if !file.ends_with(".mp3") || file.starts_with("REmissing") {
                         return (
                             StatusCode::NOT_FOUND,
                             [("content-type", "text/plain")],
@@ -780,6 +781,7 @@ async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
     let app = spawn_app_with(|c| {
         c.credential_hosts
             .insert("twilio".into(), vec![media_base.clone()]);
+        c.attachment_url_ttl = Duration::from_secs(2);
     })
     .await;
     let receiver = TestReceiver::start().await;
@@ -852,10 +854,14 @@ async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "invalid_signature"
     );
+    // Once its time is up (attachment_url_ttl, 2 s here), the link is gone: 410.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = app.client.get(&link).send().await.unwrap();
+    assert_eq!(r.status(), 410);
 }
 
 async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
-    let (media_base, _) = fake_twilio_media(b"x").await;
+    let (media_base, hits) = fake_twilio_media(b"x").await;
     let app = spawn_app_with(|c| {
         c.credential_hosts
             .insert("twilio".into(), vec![media_base.clone()]);
@@ -866,7 +872,8 @@ async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     voice["downloadRecordings"] = json!(true);
     setup(&app, &receiver, voice).await;
     // The media host has no such recording (404): the download fails.
-    let recording_url = format!("{media_base}/2010-04-01/Accounts/{ACCOUNT_SID}/Missing/RE1");
+    let recording_url =
+        format!("{media_base}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/REmissing1");
     let sid = "CAunkept";
     post_twiml(
         &app,
@@ -888,6 +895,10 @@ async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     let event = receiver.expect_exactly(1, QUIET).await[0].json();
     assert_eq!(event["status"], "voicemail");
     assert_eq!(event["attachments"], json!([recording_url]));
+    assert!(
+        hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "no download was attempted"
+    );
 }
 
 const OTHER_SID: &str = "AC44444444444444444444444444444444";
