@@ -44,7 +44,9 @@ pub(crate) async fn setup(app: &TestApp, receiver: &TestReceiver, voice: Value) 
         .admin_send(
             reqwest::Method::POST,
             "/v1/webhooks",
-            json!({ "url": receiver.url, "events": ["InboundMessage", "OutboundMessage"] }),
+            // The subscriber is on loopback: allowed for this webhook even where private
+            // targets are not (a test of media downloads refused there).
+            json!({ "url": receiver.url, "events": ["InboundMessage", "OutboundMessage"], "allowedNetworks": ["127.0.0.0/8"] }),
         )
         .await;
     assert_eq!(r.status(), 201);
@@ -860,6 +862,33 @@ async fn recordings_can_be_kept_and_served_from_signed_expiring_urls() {
     assert_eq!(r.status(), 410);
 }
 
+/// A voicemail whose recording at `recording_url` is to be downloaded; the event sent.
+async fn voicemail_with_recording_at(app: &TestApp, recording_url: &str) -> Value {
+    let receiver = TestReceiver::start().await;
+    let mut voice = voice_settings();
+    voice["downloadRecordings"] = json!(true);
+    setup(app, &receiver, voice).await;
+    let sid = "CAunkept";
+    post_twiml(
+        app,
+        DIAL_STATUS,
+        &call_params(sid, &[("DialCallStatus", "no-answer")]),
+    )
+    .await;
+    let mut rec = recording_params(sid, "completed", "RecordVerb");
+    for p in rec.iter_mut().filter(|p| p.0 == "RecordingUrl") {
+        p.1 = recording_url;
+    }
+    post_twiml(app, RECORDING, &rec).await;
+    post_twiml(
+        app,
+        STATUS,
+        &call_params(sid, &[("CallStatus", "completed")]),
+    )
+    .await;
+    receiver.expect_exactly(1, QUIET).await[0].json()
+}
+
 async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
     let (media_base, hits) = fake_twilio_media(b"x").await;
     let app = spawn_app_with(|c| {
@@ -867,37 +896,44 @@ async fn a_recording_that_cannot_be_kept_is_sent_as_the_providers_url() {
             .insert("twilio".into(), vec![media_base.clone()]);
     })
     .await;
-    let receiver = TestReceiver::start().await;
-    let mut voice = voice_settings();
-    voice["downloadRecordings"] = json!(true);
-    setup(&app, &receiver, voice).await;
     // The media host has no such recording (404): the download fails.
     let recording_url =
         format!("{media_base}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/REmissing1");
-    let sid = "CAunkept";
-    post_twiml(
-        &app,
-        DIAL_STATUS,
-        &call_params(sid, &[("DialCallStatus", "no-answer")]),
-    )
-    .await;
-    let mut rec = recording_params(sid, "completed", "RecordVerb");
-    for p in rec.iter_mut().filter(|p| p.0 == "RecordingUrl") {
-        p.1 = &recording_url;
-    }
-    post_twiml(&app, RECORDING, &rec).await;
-    post_twiml(
-        &app,
-        STATUS,
-        &call_params(sid, &[("CallStatus", "completed")]),
-    )
-    .await;
-    let event = receiver.expect_exactly(1, QUIET).await[0].json();
+    let event = voicemail_with_recording_at(&app, &recording_url).await;
     assert_eq!(event["status"], "voicemail");
     assert_eq!(event["attachments"], json!([recording_url]));
     assert!(
         hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "no download was attempted"
+    );
+}
+
+/// A media host that resolves to a private address is refused like a webhook target, even
+/// when it is the provider's (configured) credential host: nothing is fetched, and the event
+/// carries the provider's URL.
+async fn a_recording_on_a_private_address_is_not_downloaded() {
+    let (media_base, hits) = fake_twilio_media(b"x").await;
+    let port = media_base.rsplit(':').next().unwrap().to_owned();
+    let host = format!("http://media.twilio.test:{port}");
+    let app = spawn_app_with(|c| {
+        c.allow_private_targets = false;
+        c.credential_hosts
+            .insert("twilio".into(), vec![host.clone()]);
+        c.dns_overrides.insert(
+            "media.twilio.test".into(),
+            vec!["127.0.0.1".parse().unwrap()],
+        );
+    })
+    .await;
+    let recording_url = format!(
+        "{host}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/RE55555555555555555555555555555555"
+    );
+    let event = voicemail_with_recording_at(&app, &recording_url).await;
+    assert_eq!(event["attachments"], json!([recording_url]));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the private address was reached"
     );
 }
 
@@ -1018,6 +1054,7 @@ crate::both_stores!(
     voice_settings_are_validated,
     recordings_can_be_kept_and_served_from_signed_expiring_urls,
     a_recording_that_cannot_be_kept_is_sent_as_the_providers_url,
+    a_recording_on_a_private_address_is_not_downloaded,
     a_callback_cannot_reach_another_locations_call,
     a_call_stays_with_its_location_when_the_number_moves,
 );
