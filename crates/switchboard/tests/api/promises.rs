@@ -82,7 +82,70 @@ async fn a_failed_probe_opens_the_breaker_again() {
     receiver.expect_exactly(4, Duration::from_millis(800)).await;
 }
 
+/// Milliseconds of an ISO-8601 time the API wrote.
+fn ms(iso: &serde_json::Value) -> i64 {
+    let t = humantime::parse_rfc3339(iso.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// The default schedule beyond its first delay: a delivery that keeps failing is tried again
+/// 5 s after its first attempt, then 30 s after its second (no jitter here).
+async fn the_default_schedule_waits_5_s_then_30_s() {
+    let defaults = switchboard::Config::defaults();
+    assert_eq!(
+        defaults.retry_schedule[..3],
+        [
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            Duration::from_secs(120)
+        ]
+    );
+    let app = spawn_app_with(|c| {
+        c.retry_schedule = defaults.retry_schedule.clone();
+        c.retry_jitter = 0.0;
+    })
+    .await;
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    receiver.fail_when("schedule", 500, 10);
+    app.post_twilio(&sms_params("SMschedule", "schedule"), AUTH_TOKEN)
+        .await;
+    let first = receiver.wait_for(1, Duration::from_secs(5)).await[0].clone();
+    let message_id = first.json()["messageId"].as_str().unwrap().to_owned();
+    let path = format!("/v1/messages/{message_id}/deliveries");
+    let after = |attempts: usize| {
+        let (app, path) = (&app, &path);
+        async move {
+            eventually(Duration::from_secs(10), "the attempt recorded", || async {
+                let report = app.get_json(path).await;
+                let delivery = report["data"][0].clone();
+                (delivery["attempts"].as_array().unwrap().len() == attempts).then_some(delivery)
+            })
+            .await
+        }
+    };
+    let one = after(1).await;
+    let wait = ms(&one["nextAttemptAt"]) - ms(&one["attempts"][0]["at"]);
+    assert!(
+        (4_900..=5_600).contains(&wait),
+        "first retry after {wait} ms"
+    );
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    let two = after(2).await;
+    let wait = ms(&two["nextAttemptAt"]) - ms(&two["attempts"][1]["at"]);
+    assert!(
+        (29_900..=30_600).contains(&wait),
+        "second retry after {wait} ms"
+    );
+}
+
 crate::both_stores!(
     a_manual_disable_says_manual_and_enable_sends_the_backlog,
     a_failed_probe_opens_the_breaker_again,
+    the_default_schedule_waits_5_s_then_30_s,
 );
