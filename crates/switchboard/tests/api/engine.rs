@@ -147,6 +147,19 @@ async fn redirects_are_not_followed() {
     assert_eq!(report["data"][0]["attempts"][0]["httpStatus"], 302);
 }
 
+/// A location with Twilio and a receiver started for a webhook of `InboundMessage`; the
+/// receiver and the webhook as created (its `id` and `secret`).
+pub(crate) async fn subscribed(app: &TestApp) -> (TestReceiver, Value) {
+    let receiver = TestReceiver::start().await;
+    location_with_twilio(app).await;
+    let webhook = create_webhook(
+        app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    (receiver, webhook)
+}
+
 /// A location with Twilio, a webhook to `receiver` and a second one to `watcher` that
 /// subscribes to `WebhookDisabled`; the first webhook's id.
 pub(crate) async fn watched_webhook(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::engine::{create_webhook, location_with_twilio, watched_webhook};
+use crate::engine::{subscribed, watched_webhook};
 use crate::helpers::*;
 
 /// `POST /v1/webhooks/{id}/disable`: a `WebhookDisabled` event with reason `manual`, nothing
@@ -55,13 +55,7 @@ async fn a_failed_probe_opens_the_breaker_again() {
         c.retry_schedule = vec![Duration::from_millis(50); 8];
     })
     .await;
-    let receiver = TestReceiver::start().await;
-    location_with_twilio(&app).await;
-    create_webhook(
-        &app,
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await;
+    let (receiver, _) = subscribed(&app).await;
     receiver.script(&[Reply::Status(500), Reply::Status(500), Reply::Status(500)]);
     app.post_twilio(&sms_params("SMprobe-fails", "wait"), AUTH_TOKEN)
         .await;
@@ -105,13 +99,7 @@ async fn the_default_schedule_waits_5_s_then_30_s() {
         c.retry_jitter = 0.0;
     })
     .await;
-    let receiver = TestReceiver::start().await;
-    location_with_twilio(&app).await;
-    create_webhook(
-        &app,
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await;
+    let (receiver, _) = subscribed(&app).await;
     receiver.fail_when("schedule", 500, 10);
     app.post_twilio(&sms_params("SMschedule", "schedule"), AUTH_TOKEN)
         .await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::engine::{create_webhook, location_with_twilio, rotate};
+use crate::engine::{rotate, subscribed};
 use crate::helpers::*;
 
 /// The signatures of a delivery's `webhook-signature` header.
@@ -16,13 +16,7 @@ fn signatures(delivery: &Received) -> usize {
 /// Rotated with a one-second overlap: both secrets sign at once, only the new one after.
 async fn an_overlap_ends_when_it_says() {
     let app = spawn_app().await;
-    let receiver = TestReceiver::start().await;
-    location_with_twilio(&app).await;
-    let webhook = create_webhook(
-        &app,
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await;
+    let (receiver, webhook) = subscribed(&app).await;
     let id = webhook["id"].as_str().unwrap();
     let old = webhook["secret"].as_str().unwrap().to_owned();
     let new = rotate(&app, id, 1).await["secret"]
@@ -55,13 +49,7 @@ async fn an_overlap_ends_when_it_says() {
 /// listed), the two oldest do not.
 async fn at_most_five_replaced_secrets_sign() {
     let app = spawn_app().await;
-    let receiver = TestReceiver::start().await;
-    location_with_twilio(&app).await;
-    let webhook = create_webhook(
-        &app,
-        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-    )
-    .await;
+    let (receiver, webhook) = subscribed(&app).await;
     let id = webhook["id"].as_str().unwrap();
     let mut secrets = vec![webhook["secret"].as_str().unwrap().to_owned()];
     for _ in 0..7 {
