@@ -83,17 +83,11 @@ pub async fn ingest<C: Channel>(
             since,
         } => {
             tokio::time::sleep_until(since + UNVERIFIED_FLOOR).await;
-            (
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "invalid_signature",
-                format!(
-                    "the request's signature does not verify; check the credentials connected for it and that the URL configured at the provider is {url}"
-                ),
-            ),
-            reason,
-            detail,
-        )
+            let message = format!(
+                "the request's signature does not verify; check the credentials connected for it and that the URL configured at the provider is {url}"
+            );
+            let answer = ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", message);
+            (answer, reason, detail)
         }
     };
     let second = u64::try_from(state.clock.now_ms() / 1000).unwrap_or_default();

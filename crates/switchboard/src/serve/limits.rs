@@ -1,6 +1,6 @@
 //! What outsiders may hold: connections (in total, and per client address) and request-body
-//! bytes being received (in total, and per client address). Past a connection limit a new connection is closed at
-//! once; past the body budget a request is answered 503. So a flood of idle connections
+//! bytes being received (in total, and per client address). Past a connection limit a new
+//! connection is closed at once; past the body budget a request is answered 503. So a flood of idle connections
 //! cannot take every file descriptor, and stalled half-sent bodies cannot take the memory:
 //! `/healthz`, the database and outbound deliveries keep what they need.
 

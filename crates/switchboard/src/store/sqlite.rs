@@ -321,23 +321,31 @@ mod tests {
         assert_eq!(store.accounts.len(), 1);
     }
 
-    /// A webhook in a rotation's overlap when the server is upgraded keeps its previous secret.
-    #[tokio::test]
-    async fn a_rotation_in_progress_survives_the_move_to_a_list_of_previous_secrets() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let options = SqliteConnectOptions::from_str(&url)
+    /// A database at `url` migrated up to `version` only, as an older release left it (foreign
+    /// keys off, so that rows can be planted without their parents).
+    async fn migrated_to(url: &str, version: i64) -> SqlitePool {
+        let options = SqliteConnectOptions::from_str(url)
             .unwrap()
-            .create_if_missing(true);
+            .create_if_missing(true)
+            .foreign_keys(false);
         let pool = SqlitePool::connect_with(options).await.unwrap();
-        let before = &crate::store::migrations::SQLITE[..5];
-        assert_eq!(before.last().unwrap().0, 5);
+        let before = &crate::store::migrations::SQLITE[..version as usize];
+        assert_eq!(before.last().unwrap().0, version);
         crate::store::migrations::migrator(before)
             .await
             .unwrap()
             .run(&pool)
             .await
             .unwrap();
+        pool
+    }
+
+    /// A webhook in a rotation's overlap when the server is upgraded keeps its previous secret.
+    #[tokio::test]
+    async fn a_rotation_in_progress_survives_the_move_to_a_list_of_previous_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let pool = migrated_to(&url, 5).await;
         for (id, previous, until) in [("W1", Some("whsec_old"), Some(123_i64)), ("W2", None, None)]
         {
             sqlx::query(
@@ -373,15 +381,7 @@ mod tests {
     async fn messages_stored_twice_before_the_unique_provider_id_survive_the_migration() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let options = SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .create_if_missing(true)
-            .foreign_keys(false);
-        let pool = SqlitePool::connect_with(options).await.unwrap();
-        let before = &crate::store::migrations::SQLITE[..7];
-        assert_eq!(before.last().unwrap().0, 7);
-        let migrator = crate::store::migrations::migrator(before).await.unwrap();
-        migrator.run(&pool).await.unwrap();
+        let pool = migrated_to(&url, 7).await;
         for (id, location) in [("M1", "L1"), ("M2", "L2"), ("M3", "L1")] {
             let provider_id = if id == "M3" { "SMother" } else { "SMsame" };
             sqlx::query(

@@ -222,13 +222,7 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
     assert_eq!(report["data"][0]["status"], "pending");
     assert_eq!(report["data"][0]["held"], "webhook_disabled", "{report}");
 
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/enable"),
-            json!({}),
-        )
-        .await;
+    let r = app.webhook_action(&id, "enable").await;
     assert_eq!(r.status(), 200);
     let got = receiver.wait_for(3, Duration::from_secs(5)).await;
     let bodies: Vec<String> = got[1..]
@@ -391,13 +385,7 @@ async fn failing_for_too_long_disables_and_reenabling_resumes() {
     receiver.expect_exactly(attempts_when_disabled, QUIET).await;
 
     receiver.clear_failures();
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/enable"),
-            json!({}),
-        )
-        .await;
+    let r = app.webhook_action(&id, "enable").await;
     assert_eq!(r.status(), 200);
     let view: Value = r.json().await.unwrap();
     assert_eq!(view["disabled"], false);

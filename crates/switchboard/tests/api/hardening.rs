@@ -195,12 +195,9 @@ async fn an_answer_holding_nul_is_recorded_once_as_delivered() {
     // Longer than the test's delivery lease (5 s): an unrecorded attempt would be sent again.
     let got = receiver.expect_exactly(1, Duration::from_secs(7)).await;
     let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
-    let report: serde_json::Value = app
-        .admin_get(&format!("/v1/messages/{message_id}/deliveries"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let report = app
+        .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+        .await;
     let delivery = &report["data"][0];
     assert_eq!(delivery["status"], "delivered", "{report}");
     let attempts = delivery["attempts"].as_array().unwrap();
@@ -235,13 +232,7 @@ async fn scraping_metrics_with_50000_pending_deliveries_stays_cheap() {
             .as_str()
             .unwrap()
             .to_owned();
-        let r = app
-            .admin_send(
-                reqwest::Method::POST,
-                &format!("/v1/webhooks/{id}/disable"),
-                serde_json::json!({}),
-            )
-            .await;
+        let r = app.webhook_action(&id, "disable").await;
         assert!(r.status().is_success(), "{}", r.status());
     }
     let start = Instant::now();
@@ -348,14 +339,7 @@ async fn an_unsigned_request_takes_as_long_whether_its_number_is_connected_or_no
     let receiver = TestReceiver::start().await;
     app.standard_setup(&receiver).await;
     let probe = |to: &'static str, account: &'static str| {
-        let params: Vec<(&str, &str)> = sms_params("SMtiming", "x")
-            .into_iter()
-            .map(|(k, v)| match k {
-                "To" => (k, to),
-                "AccountSid" => (k, account),
-                _ => (k, v),
-            })
-            .collect();
+        let params = sms_params_for("SMtiming", "x", to, account);
         let (body, _) = signed_twilio_form("http://nowhere.example/", &params, AUTH_TOKEN);
         body
     };

@@ -112,6 +112,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST /v1/webhooks/{id}/{action}` (`enable`, `disable`) with an empty body.
+    pub async fn webhook_action(&self, id: &str, action: &str) -> reqwest::Response {
+        self.admin_send(
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/{action}"),
+            json!({}),
+        )
+        .await
+    }
+
     pub async fn create_location(&self, name: &str) -> String {
         let r = self
             .admin_send(
@@ -262,6 +272,24 @@ pub fn twilio_sid(label: &str) -> String {
 /// [`twilio_sid`] for the life of the test, as the `&str` the parameter lists hold.
 pub fn sid_str(label: &str) -> &'static str {
     Box::leak(twilio_sid(label).into_boxed_str())
+}
+
+/// [`sms_params`] with the number called (`To`) and the account (`AccountSid`) replaced:
+/// a request for a number or account that may not be connected.
+pub fn sms_params_for<'a>(
+    message_sid: &'a str,
+    body: &'a str,
+    to: &'a str,
+    account_sid: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    sms_params(message_sid, body)
+        .into_iter()
+        .map(|(k, v)| match k {
+            "To" => (k, to),
+            "AccountSid" => (k, account_sid),
+            _ => (k, v),
+        })
+        .collect()
 }
 
 /// The fields of a real inbound SMS, as Twilio posts them (`message_sid` a SID or a label for

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::engine::{subscribed, watched_webhook};
 use crate::helpers::*;
 
@@ -15,13 +13,7 @@ async fn a_manual_disable_says_manual_and_enable_sends_the_backlog() {
     let receiver = TestReceiver::start().await;
     let watcher = TestReceiver::start().await;
     let id = watched_webhook(&app, &receiver, &watcher).await;
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/disable"),
-            json!({}),
-        )
-        .await;
+    let r = app.webhook_action(&id, "disable").await;
     assert!(r.status().is_success(), "{}", r.status());
     let disabled = watcher.wait_for(1, Duration::from_secs(5)).await[0].json();
     assert_eq!(disabled["type"], "WebhookDisabled");
@@ -34,13 +26,7 @@ async fn a_manual_disable_says_manual_and_enable_sends_the_backlog() {
     receiver.expect_exactly(0, Duration::from_millis(800)).await;
     let events = app.get_json("/v1/events?limit=10").await;
     assert_eq!(events["data"].as_array().unwrap().len(), 2, "{events}");
-    let r = app
-        .admin_send(
-            reqwest::Method::POST,
-            &format!("/v1/webhooks/{id}/enable"),
-            json!({}),
-        )
-        .await;
+    let r = app.webhook_action(&id, "enable").await;
     assert!(r.status().is_success(), "{}", r.status());
     let got = receiver.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got[0].json()["body"], "held");

@@ -345,15 +345,12 @@ async fn refused_provider_requests_are_logged_within_a_budget() {
         switchboard::routes::TWILIO_INBOUND_PATH
     );
     // A number nobody connected, with a line break in it: the 404 names it.
-    let mut params = sms_params("SMforged", "forged");
-    for p in params.iter_mut() {
-        if p.0 == "To" {
-            p.1 = "+1415555\nforged line";
-        }
-        if p.0 == "AccountSid" {
-            p.1 = "AC99999999999999999999999999999999";
-        }
-    }
+    let params = sms_params_for(
+        "SMforged",
+        "forged",
+        "+1415555\nforged line",
+        "AC99999999999999999999999999999999",
+    );
     let forged: Vec<_> = (0..100)
         .map(|_| post_twilio_to(&client, &url, &params, "not the auth token"))
         .collect();

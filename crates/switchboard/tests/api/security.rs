@@ -265,14 +265,7 @@ async fn an_unsigned_request_learns_nothing_of_what_is_connected() {
         (BUSINESS_NUMBER, ACCOUNT_SID),
         ("+14155550999", unknown_account),
     ] {
-        let params: Vec<(&str, &str)> = sms_params("SMprobe", "x")
-            .into_iter()
-            .map(|(k, v)| match k {
-                "To" => (k, to),
-                "AccountSid" => (k, account),
-                _ => (k, v),
-            })
-            .collect();
+        let params = sms_params_for("SMprobe", "x", to, account);
         let r = app
             .client
             .post(app.url(PATH))

@@ -266,15 +266,12 @@ async fn unknown_number_is_403_and_stores_nothing() {
     let app = spawn_app().await;
     let receiver = TestReceiver::start().await;
     app.standard_setup(&receiver).await;
-    let mut params = sms_params("SMunknown", "who?");
-    for p in params.iter_mut() {
-        if p.0 == "To" {
-            p.1 = "+14155550999";
-        }
-        if p.0 == "AccountSid" {
-            p.1 = "AC99999999999999999999999999999999";
-        }
-    }
+    let params = sms_params_for(
+        "SMunknown",
+        "who?",
+        "+14155550999",
+        "AC99999999999999999999999999999999",
+    );
     let r = app.post_twilio(&params, AUTH_TOKEN).await;
     assert_eq!(r.status(), 403);
     let error: Value = r.json().await.unwrap();

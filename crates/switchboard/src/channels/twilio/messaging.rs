@@ -139,22 +139,9 @@ impl Channel for TwilioMessaging {
 
 #[cfg(test)]
 mod tests {
+    use super::super::form_request as request;
     use super::super::signature::{self, Algorithm};
     use super::*;
-    use axum::http::HeaderMap;
-
-    fn request(body: &str) -> ProviderRequest {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "content-type",
-            "application/x-www-form-urlencoded".parse().unwrap(),
-        );
-        ProviderRequest {
-            url: "https://hooks.example.com/conversations/providers/twilio/inbound_message".into(),
-            headers,
-            body: bytes::Bytes::from(body.to_owned()),
-        }
-    }
 
     /// [`SMS`] with the `X-Twilio-Signature` `key` makes with `algorithm`.
     fn signed_sms(algorithm: Algorithm, key: &[u8]) -> ProviderRequest {

@@ -265,6 +265,21 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
+/// A Twilio Messaging request with this form body, for the unit tests.
+#[cfg(test)]
+fn form_request(body: &str) -> ProviderRequest {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
+    ProviderRequest {
+        url: "https://hooks.example.com/conversations/providers/twilio/inbound_message".into(),
+        headers,
+        body: bytes::Bytes::from(body.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -274,32 +289,20 @@ mod tests {
         assert!(!super::is_account_sid("XX33333333333333333333333333333333"));
     }
 
-    fn form_request(body: String) -> crate::channels::ProviderRequest {
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert(
-            "content-type",
-            "application/x-www-form-urlencoded".parse().unwrap(),
-        );
-        crate::channels::ProviderRequest {
-            url: "https://hooks.example.com/x".into(),
-            headers,
-            body: bytes::Bytes::from(body),
-        }
-    }
-
     #[test]
     fn forms_are_capped_and_only_numbered_media_urls_are_identifiers() {
+        use super::form_request;
         let at_cap: String = (0..super::MAX_PARAMS).map(|i| format!("K{i}=v&")).collect();
-        assert!(super::TwilioForm::parse(&form_request(at_cap.clone())).is_ok());
+        assert!(super::TwilioForm::parse(&form_request(&at_cap)).is_ok());
         let over = format!("{at_cap}K=v");
-        let Err(super::ChannelError::Malformed(m)) = super::TwilioForm::parse(&form_request(over))
+        let Err(super::ChannelError::Malformed(m)) = super::TwilioForm::parse(&form_request(&over))
         else {
             panic!("a form over the cap was taken");
         };
         assert!(m.contains("256 form parameters"), "{m}");
         // Repeats of a parameter nobody reads are allowed; of a media URL, not.
-        assert!(super::TwilioForm::parse(&form_request("MediaUrlx=1&MediaUrlx=2".into())).is_ok());
-        assert!(super::TwilioForm::parse(&form_request("MediaUrl3=1&MediaUrl3=2".into())).is_err());
+        assert!(super::TwilioForm::parse(&form_request("MediaUrlx=1&MediaUrlx=2")).is_ok());
+        assert!(super::TwilioForm::parse(&form_request("MediaUrl3=1&MediaUrl3=2")).is_err());
         assert!(super::is_media_url("MediaUrl0") && super::is_media_url("MediaUrl10"));
         assert!(!super::is_media_url("MediaUrl") && !super::is_media_url("MediaUrlaab"));
     }
