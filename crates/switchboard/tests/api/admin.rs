@@ -176,6 +176,7 @@ async fn locations_and_connections_can_be_listed_read_back_and_disconnected() {
         200
     );
     receiver.expect_exactly(1, Duration::from_millis(300)).await;
+    app.expect_events(1).await;
     let path = format!("/v1/locations/{first}/channels/twilio");
     let deleted = app
         .admin_send(reqwest::Method::DELETE, &path, json!(null))

@@ -50,6 +50,19 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_clock(
+        adjust,
+        std::sync::Arc::new(switchboard::domain::time::SystemClock),
+    )
+    .await
+}
+
+/// A server whose idea of the time is `clock`: with a `ManualClock`, schedules (retries,
+/// breakers, retention) move only when the test advances it, so no test sleeps through them.
+pub async fn spawn_app_with_clock(
+    adjust: impl FnOnce(&mut Config),
+    clock: std::sync::Arc<dyn switchboard::domain::time::Clock>,
+) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = switchboard::telemetry::init("debug");
     }
@@ -63,7 +76,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         );
     }
     adjust(&mut config);
-    let app = Application::build(config).await.expect("app builds");
+    let app = Application::build_with_clock(config, clock)
+        .await
+        .expect("app builds");
     let address = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
@@ -110,6 +125,40 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Every event stored so far, from the events feed (`GET /v1/events`), in order.
+    pub async fn events(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = String::from("0");
+        loop {
+            let page = self
+                .get_json(&format!("/v1/events?after={after}&limit=1000"))
+                .await;
+            let data = page["data"].as_array().expect("data").clone();
+            if data.is_empty() {
+                return events;
+            }
+            after = page["next"].as_str().expect("next").to_owned();
+            events.extend(data.into_iter().map(|item| item["event"].clone()));
+        }
+    }
+
+    /// Assert that exactly `n` events are stored. Unlike a quiet window at a receiver,
+    /// this cannot pass because a late delivery had not arrived yet: an event the server
+    /// accepted is in the feed when its 200 is sent.
+    pub async fn expect_events(&self, n: usize) -> Vec<Value> {
+        let events = self.events().await;
+        assert_eq!(
+            events.len(),
+            n,
+            "expected exactly {n} stored events, the feed holds: {:#?}",
+            events
+                .iter()
+                .map(|e| format!("{} {}", e["type"], e["messageId"]))
+                .collect::<Vec<_>>()
+        );
+        events
     }
 
     /// `POST /v1/webhooks/{id}/{action}` (`enable`, `disable`) with an empty body.

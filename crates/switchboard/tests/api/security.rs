@@ -129,6 +129,7 @@ async fn a_signature_for_another_url_is_refused() {
     .await;
     assert_eq!(status, 403, "{answer}");
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
 
     // From a trusted proxy, the same request is the one the provider signed.
     let proxied =
@@ -145,6 +146,7 @@ async fn a_signature_for_another_url_is_refused() {
     .await;
     assert_eq!(status, 200, "{answer}");
     receiver.expect_exactly(1, QUIET).await;
+    proxied.expect_events(1).await;
 }
 
 async fn a_repeated_identifying_parameter_is_refused() {
@@ -167,6 +169,7 @@ async fn a_repeated_identifying_parameter_is_refused() {
         .unwrap()
         .contains("`From`"));
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
 }
 
 async fn a_sid_extended_by_the_next_parameter_is_not_a_second_message() {
@@ -215,6 +218,7 @@ async fn a_sid_extended_by_the_next_parameter_is_not_a_second_message() {
     let r = post(replay).await;
     assert_eq!(r.status(), 400);
     receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
 }
 
 async fn a_request_naming_another_account_is_refused() {
@@ -250,6 +254,7 @@ async fn a_request_naming_another_account_is_refused() {
     let r = post_signed(&app.client, &url, &params, &sig).await;
     assert_eq!(r.status(), 403);
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
 }
 
 /// An unsigned request is answered the same whether its number is connected or not, and

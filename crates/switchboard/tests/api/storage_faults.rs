@@ -382,6 +382,56 @@ async fn a_lock_held_past_the_busy_timeout_is_answered_503_and_then_recovers() {
     );
 }
 
+/// One log line when a storage-fault episode begins and one when it ends, however many
+/// requests it refused (docs/operations.md), read from the log of a real server process.
+#[tokio::test]
+async fn a_lock_episode_is_logged_once_when_it_begins_and_once_when_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let receiver = TestReceiver::start().await;
+    let server = Node::start_logging_to(
+        dir.path(),
+        free_port(),
+        &[],
+        &[("SWITCHBOARD_SQLITE_BUSY_TIMEOUT", "200ms")],
+        log.into(),
+    )
+    .await;
+    server.configure(&receiver).await;
+    let db = dir.path().join("switchboard.db");
+    let client = reqwest::Client::new();
+
+    let lock = hold_write_lock(&db).await;
+    for n in 1..=6 {
+        let answer = post_sms(&client, &server.address, &sid(9, n), "while locked").await;
+        assert_eq!(answer, Answer::Unavailable, "request {n}");
+    }
+    release_write_lock(lock).await;
+    let answer = post_sms(&client, &server.address, &sid(9, 1), "after the lock").await;
+    assert_eq!(answer, Answer::Stored);
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+
+    let count = || {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let began = text.matches("storage failing:").count();
+        let ended = text.matches("storage recovered").count();
+        (began, ended, text)
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the episode's end logged",
+        || async { (count().1 > 0).then_some(()) },
+    )
+    .await;
+    let (began, ended, text) = count();
+    assert_eq!(
+        (began, ended),
+        (1, 1),
+        "six refused requests, one episode:\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_delivery_whose_attempt_could_not_be_recorded_is_sent_again_after_recovery() {
     let app = spawn_app_with(|c| c.sqlite_busy_timeout = Duration::from_millis(500)).await;

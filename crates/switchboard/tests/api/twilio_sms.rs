@@ -49,6 +49,7 @@ async fn inbound_sms_is_delivered_once_signed_in_the_source_documents_shape() {
     assert!(twiml.contains("<Response></Response>"), "{twiml}");
 
     let deliveries = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     let delivery = &deliveries[0];
     let body = delivery.json();
 
@@ -156,6 +157,7 @@ async fn legacy_path_is_the_same_handler() {
     .await;
     assert_eq!(r.status(), 200);
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     assert_eq!(got[0].json()["body"], "old path");
 }
 
@@ -187,6 +189,7 @@ async fn wrong_or_missing_signature_is_403_and_stores_nothing() {
         .unwrap();
     assert_eq!(unsigned.status(), 403);
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
     // The operator can see the refusals: Twilio does not retry them.
     assert!(
         refused(&app).await.contains(
@@ -199,6 +202,7 @@ async fn wrong_or_missing_signature_is_403_and_stores_nothing() {
     // Nothing was stored: the same MessageSid, correctly signed, is new and delivered once.
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
     receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
 }
 
 /// The refused-request counters of the metrics page.
@@ -256,6 +260,7 @@ async fn signature_over_the_public_url_with_port_variants() {
         assert_eq!(r.status(), 200, "{public}");
     }
     receiver.expect_exactly(2, QUIET).await;
+    app.expect_events(2).await;
     // Signed for the loopback URL instead: not what the public URL says, refused.
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 403);
 }
@@ -277,6 +282,7 @@ async fn unknown_number_is_403_and_stores_nothing() {
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"]["code"], "invalid_signature");
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
     assert_eq!(
         refused(&app).await,
         "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"invalid_signature\"} 1"
@@ -293,6 +299,7 @@ async fn account_sid_routes_when_the_number_is_not_listed() {
     }
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     assert_eq!(got[0].json()["to"], "+14155550111");
 }
 
@@ -304,6 +311,7 @@ async fn same_message_sid_twice_is_one_message_and_one_delivery() {
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     let message_id = got[0].json()["messageId"].as_str().unwrap().to_owned();
     let report: Value = app
         .admin_get(&format!("/v1/messages/{message_id}/deliveries"))
@@ -328,6 +336,7 @@ async fn one_contact_and_conversation_per_number() {
     }
     app.post_twilio(&other, AUTH_TOKEN).await;
     let got = receiver.expect_exactly(3, QUIET).await;
+    app.expect_events(3).await;
     let by_body = |b: &str| {
         got.iter()
             .map(|r| r.json())
@@ -363,6 +372,7 @@ async fn mms_media_become_attachments_in_order() {
     ]);
     assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     assert_eq!(
         got[0].json()["attachments"],
         serde_json::json!([
@@ -440,6 +450,7 @@ async fn malformed_provider_requests_are_4xx_with_a_json_error() {
         assert!(error["error"]["message"].as_str().unwrap().contains(name));
     }
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
     // A parameter Switchboard does not read may hold anything.
     let mut unread = sms_params("SMunreadnul", "fine");
     for q in unread.iter_mut().filter(|q| q.0 == "ToCity") {
@@ -455,6 +466,7 @@ async fn malformed_provider_requests_are_4xx_with_a_json_error() {
         .await;
     assert_eq!(body_nul.status(), 200);
     let got = receiver.expect_exactly(2, QUIET).await;
+    app.expect_events(2).await;
     assert_eq!(got[1].json()["body"], "ab");
 }
 
@@ -475,6 +487,7 @@ async fn the_simulator_posts_exactly_like_twilio() {
     let (status, twiml) = switchboard::simulate::twilio_sms(&sms).await.unwrap();
     assert_eq!(status, 200, "{twiml}");
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     assert_eq!(got[0].json()["body"], "simulated");
     assert_eq!(
         got[0].json()["attachments"],
@@ -520,6 +533,7 @@ async fn concurrent_requests_file_each_message_once_under_its_own_contact() {
         assert_eq!(status, 200);
     }
     let got = receiver.expect_exactly(20, QUIET).await;
+    app.expect_events(20).await;
     let events: Vec<Value> = got.iter().map(|r| r.json()).collect();
     let mut bodies: Vec<&str> = events.iter().map(|e| e["body"].as_str().unwrap()).collect();
     bodies.sort_unstable();
@@ -607,6 +621,7 @@ async fn a_changed_auth_token_applies_to_the_next_request() {
     let moved = sms_params("SMtokenD", "after the move");
     assert_eq!(app.post_twilio(&moved, AUTH_TOKEN).await.status(), 200);
     let got = receiver.expect_exactly(3, QUIET).await;
+    app.expect_events(3).await;
     let locations: Vec<(String, String)> = got
         .iter()
         .map(|r| {

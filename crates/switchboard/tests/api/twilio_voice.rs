@@ -231,6 +231,7 @@ async fn incoming_call_twiml_forwards_to_the_configured_number() {
     .await;
     assert!(twiml.contains("<Hangup/>"));
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
 }
 
 async fn answered_inbound_call_is_one_completed_call_event_on_the_sms_contact() {
@@ -258,6 +259,7 @@ async fn answered_inbound_call_is_one_completed_call_event_on_the_sms_contact() 
     )
     .await;
     receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     post_twiml(
         &app,
         STATUS,
@@ -269,6 +271,7 @@ async fn answered_inbound_call_is_one_completed_call_event_on_the_sms_contact() 
     .await;
 
     let got = receiver.expect_exactly(2, QUIET).await;
+    app.expect_events(2).await;
     let event = got[1].json();
     assert_call_shape(&event, &location_id);
     assert_eq!(event["type"], "InboundMessage");
@@ -321,13 +324,16 @@ async fn voicemail_flow(status_first: bool) {
         post_twiml(&app, STATUS, &status).await;
         // Switchboard asked for a recording: it waits for it.
         receiver.expect_exactly(0, QUIET).await;
+        app.expect_events(0).await;
         post_twiml(&app, RECORDING, &recording).await;
     } else {
         post_twiml(&app, RECORDING, &recording).await;
         receiver.expect_exactly(0, QUIET).await;
+        app.expect_events(0).await;
         post_twiml(&app, STATUS, &status).await;
     }
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     let event = got[0].json();
     assert_call_shape(&event, &location_id);
     assert_eq!(event["type"], "InboundMessage");
@@ -375,6 +381,7 @@ async fn every_callback_twice_is_still_one_event() {
         post_twiml(&app, path, params).await;
     }
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     assert_eq!(got[0].json()["status"], "voicemail");
 }
 
@@ -410,6 +417,7 @@ async fn missed(voice: Value, dial_status: &str, recording: Option<&str>) -> Val
     )
     .await;
     let got = receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
     let event = got[0].json();
     assert_call_shape(&event, &location_id);
     assert_eq!(event["attachments"], json!([]));
@@ -477,6 +485,7 @@ async fn a_recording_that_never_comes_is_waited_for_then_given_up() {
     )
     .await;
     receiver.expect_exactly(1, QUIET).await;
+    app.expect_events(1).await;
 }
 
 /// With `recordAnsweredCalls` and `userId`, an answered call is the source document's Call
@@ -518,6 +527,7 @@ async fn answered_calls_are_recorded_when_asked() {
     )
     .await;
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
     post_twiml(
         &app,
         RECORDING,
@@ -582,6 +592,7 @@ async fn outbound_answered_call() {
     )
     .await;
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
     post_twiml(
         &app,
         STATUS,
@@ -663,6 +674,7 @@ async fn wrong_signature_on_each_voice_endpoint_is_403_and_stores_nothing() {
         assert_eq!(body["error"]["code"], "invalid_signature", "{path}");
     }
     receiver.expect_exactly(0, QUIET).await;
+    app.expect_events(0).await;
     // The real callbacks: a missed call. Had anything forged been kept, it would be answered.
     post_twiml(
         &app,
@@ -1014,6 +1026,7 @@ async fn a_callback_cannot_reach_another_locations_call() {
         let r = app.post_twilio_path(STATUS, &forged, OTHER_TOKEN).await;
         assert_eq!(r.status(), 403);
         receiver.expect_exactly(0, QUIET).await;
+        app.expect_events(0).await;
     })
     .await;
     // The call's own callbacks make its one event, as if the other had never come.
