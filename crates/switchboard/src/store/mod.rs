@@ -368,8 +368,22 @@ pub mod held {
     pub const BREAKER_OPEN: &str = "breaker_open";
 }
 
+/// The events feed, retention and the queue's depth.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Feed: Send + Sync + 'static {
+    /// Events after the cursor (`seq`), in order: (seq, payload).
+    async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>>;
+
+    /// Delete up to `batch` attempts, and events with their finished deliveries, older than
+    /// `before`. Returns how many rows went.
+    async fn prune(&self, before: i64, batch: u32) -> StoreResult<u64>;
+
+    /// Deliveries waiting, by state.
+    async fn queue_depth(&self, now: i64) -> StoreResult<QueueDepth>;
+}
+
+#[async_trait]
+pub trait Store: Feed + Send + Sync + 'static {
     /// The database belongs to this process alone (SQLite).
     fn embedded(&self) -> bool;
 
@@ -543,14 +557,4 @@ pub trait Store: Send + Sync + 'static {
         only_failed: bool,
         now: i64,
     ) -> StoreResult<(u64, u64)>;
-
-    /// Events after the cursor (`seq`), in order: (seq, payload).
-    async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>>;
-
-    /// Delete up to `batch` attempts, and events with their finished deliveries, older than
-    /// `before`. Returns how many rows went.
-    async fn prune(&self, before: i64, batch: u32) -> StoreResult<u64>;
-
-    /// Deliveries waiting, by state.
-    async fn queue_depth(&self, now: i64) -> StoreResult<QueueDepth>;
 }
