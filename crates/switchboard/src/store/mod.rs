@@ -382,8 +382,9 @@ pub trait Feed: Send + Sync + 'static {
     async fn queue_depth(&self, now: i64) -> StoreResult<QueueDepth>;
 }
 
+/// Setup and health: shared secrets, storage faults, wake-ups, leases left by a previous run.
 #[async_trait]
-pub trait Store: Feed + Send + Sync + 'static {
+pub trait Setup: Send + Sync + 'static {
     /// The database belongs to this process alone (SQLite).
     fn embedded(&self) -> bool;
 
@@ -399,13 +400,17 @@ pub trait Store: Feed + Send + Sync + 'static {
 
     /// A server secret shared by every node (signing keys, the generated admin token).
     async fn secret(&self, name: &str) -> StoreResult<Option<String>>;
+
     /// Keep `value` as the secret unless one is there already; returns the one kept.
     async fn put_secret_if_absent(&self, name: &str, value: &str) -> StoreResult<String>;
 
     /// Called once at start by the only node of an embedded store: leases held by a previous
     /// run of this process are released so its unfinished deliveries resume at once.
     async fn release_leases(&self) -> StoreResult<u64>;
+}
 
+#[async_trait]
+pub trait Store: Setup + Feed + Send + Sync + 'static {
     async fn create_location(&self, name: &str, now: i64) -> StoreResult<Location>;
     async fn get_location(&self, id: &str) -> StoreResult<Option<Location>>;
     /// Every location, oldest first.
