@@ -409,10 +409,13 @@ pub trait Setup: Send + Sync + 'static {
     async fn release_leases(&self) -> StoreResult<u64>;
 }
 
+/// Locations and their channel accounts.
 #[async_trait]
-pub trait Store: Setup + Feed + Send + Sync + 'static {
+pub trait Locations: Send + Sync + 'static {
     async fn create_location(&self, name: &str, now: i64) -> StoreResult<Location>;
+
     async fn get_location(&self, id: &str) -> StoreResult<Option<Location>>;
+
     /// Every location, oldest first.
     async fn list_locations(&self) -> StoreResult<Vec<Location>>;
 
@@ -443,7 +446,10 @@ pub trait Store: Setup + Feed + Send + Sync + 'static {
         provider: &str,
         key: &RouteKey,
     ) -> StoreResult<Option<ChannelAccount>>;
+}
 
+#[async_trait]
+pub trait Store: Locations + Setup + Feed + Send + Sync + 'static {
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
     /// Every webhook that is not deleted, disabled ones included.
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
