@@ -448,15 +448,20 @@ pub trait Locations: Send + Sync + 'static {
     ) -> StoreResult<Option<ChannelAccount>>;
 }
 
+/// Webhooks: their settings, secrets, disabled state and breaker.
 #[async_trait]
-pub trait Store: Locations + Setup + Feed + Send + Sync + 'static {
+pub trait Webhooks: Send + Sync + 'static {
     async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+
     /// Every webhook that is not deleted, disabled ones included.
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
+
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>>;
+
     /// Save a webhook's settings (not its secret, disabled state or health, which have their
     /// own calls).
     async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+
     /// A new secret; the current one signs too until `previous_until`.
     /// `secret` replaces the current one, which signs on until `previous_until`; the secrets
     /// replaced before it keep their own ends (at most [`MAX_PREVIOUS_SECRETS`] in all), unless
@@ -468,8 +473,10 @@ pub trait Store: Locations + Setup + Feed + Send + Sync + 'static {
         previous_until: i64,
         now: i64,
     ) -> StoreResult<()>;
+
     /// Soft-deletes; its unfinished deliveries are cancelled. `false` when there was none.
     async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool>;
+
     /// Disable a webhook and emit `WebhookDisabled` to the webhooks that subscribe to it, in
     /// one transaction. Its pending deliveries wait (the backlog resumes when it is enabled).
     /// Returns the new deliveries (leased), or none when it was already disabled.
@@ -480,11 +487,16 @@ pub trait Store: Locations + Setup + Feed + Send + Sync + 'static {
         now: i64,
         lease_until: i64,
     ) -> StoreResult<Vec<DeliveryJob>>;
+
     /// Enable a disabled webhook with fresh health; its pending deliveries become claimable.
     async fn enable_webhook(&self, id: &str) -> StoreResult<()>;
+
     /// Open (`Some`) or close (`None`) a webhook's circuit breaker.
     async fn set_breaker(&self, id: &str, open_until: Option<i64>) -> StoreResult<()>;
+}
 
+#[async_trait]
+pub trait Store: Webhooks + Locations + Setup + Feed + Send + Sync + 'static {
     /// File facts under contacts and conversations and write messages, events and deliveries
     /// in one transaction. A message whose provider id is already stored for the location
     /// changes nothing. Call facts are merged into the call's state; the call is emitted once,

@@ -263,7 +263,7 @@ mod tests {
     use super::hooks::positional;
     use super::*;
     use crate::channels::RouteKey;
-    use crate::store::{ChannelAccountInput, Locations};
+    use crate::store::{ChannelAccountInput, Locations, Webhooks};
 
     #[tokio::test]
     async fn only_connected_numbers_are_cached_whatever_else_a_request_carries() {

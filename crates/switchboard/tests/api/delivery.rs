@@ -177,7 +177,9 @@ async fn deleted_webhook_gets_nothing_more() {
 async fn the_deliveries_of_one_event_share_its_signature() {
     use std::sync::Arc;
     use switchboard::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
-    use switchboard::store::{sqlite::SqliteStore, IngestContext, Locations, Store, Webhook};
+    use switchboard::store::{
+        sqlite::SqliteStore, IngestContext, Locations, Store, Webhook, Webhooks,
+    };
     use switchboard_events::{Direction, EventType, MessageType};
 
     let dir = tempfile::tempdir().unwrap();
