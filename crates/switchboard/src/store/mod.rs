@@ -495,24 +495,9 @@ pub trait Webhooks: Send + Sync + 'static {
     async fn set_breaker(&self, id: &str, open_until: Option<i64>) -> StoreResult<()>;
 }
 
+/// Deliveries: claims and leases, attempts, retries and replays, the per-message report.
 #[async_trait]
-pub trait Store: Webhooks + Locations + Setup + Feed + Send + Sync + 'static {
-    /// File facts under contacts and conversations and write messages, events and deliveries
-    /// in one transaction. A message whose provider id is already stored for the location
-    /// changes nothing. Call facts are merged into the call's state; the call is emitted once,
-    /// when its outcome is final. New deliveries are leased to the caller.
-    async fn ingest(
-        &self,
-        location_id: &str,
-        facts: Vec<Fact>,
-        context: &IngestContext,
-    ) -> StoreResult<IngestOutcome>;
-
-    /// Emit the calls that waited long enough for a recording that never came.
-    async fn emit_due_calls(&self, context: &IngestContext) -> StoreResult<Vec<DeliveryJob>>;
-
-    /// The message's event body as sent (the first event of the message).
-    async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
+pub trait Deliveries: Send + Sync + 'static {
     /// Each delivery of the message's events, as it stands at `now`.
     async fn message_deliveries(
         &self,
@@ -580,4 +565,24 @@ pub trait Store: Webhooks + Locations + Setup + Feed + Send + Sync + 'static {
         only_failed: bool,
         now: i64,
     ) -> StoreResult<(u64, u64)>;
+}
+
+#[async_trait]
+pub trait Store: Deliveries + Webhooks + Locations + Setup + Feed + Send + Sync + 'static {
+    /// File facts under contacts and conversations and write messages, events and deliveries
+    /// in one transaction. A message whose provider id is already stored for the location
+    /// changes nothing. Call facts are merged into the call's state; the call is emitted once,
+    /// when its outcome is final. New deliveries are leased to the caller.
+    async fn ingest(
+        &self,
+        location_id: &str,
+        facts: Vec<Fact>,
+        context: &IngestContext,
+    ) -> StoreResult<IngestOutcome>;
+
+    /// Emit the calls that waited long enough for a recording that never came.
+    async fn emit_due_calls(&self, context: &IngestContext) -> StoreResult<Vec<DeliveryJob>>;
+
+    /// The message's event body as sent (the first event of the message).
+    async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
 }
