@@ -567,8 +567,17 @@ pub trait Deliveries: Send + Sync + 'static {
     ) -> StoreResult<(u64, u64)>;
 }
 
+/// Calls whose outcome waited for a recording.
 #[async_trait]
-pub trait Store: Deliveries + Webhooks + Locations + Setup + Feed + Send + Sync + 'static {
+pub trait Calls: Send + Sync + 'static {
+    /// Emit the calls that waited long enough for a recording that never came.
+    async fn emit_due_calls(&self, context: &IngestContext) -> StoreResult<Vec<DeliveryJob>>;
+}
+
+#[async_trait]
+pub trait Store:
+    Calls + Deliveries + Webhooks + Locations + Setup + Feed + Send + Sync + 'static
+{
     /// File facts under contacts and conversations and write messages, events and deliveries
     /// in one transaction. A message whose provider id is already stored for the location
     /// changes nothing. Call facts are merged into the call's state; the call is emitted once,
@@ -579,9 +588,6 @@ pub trait Store: Deliveries + Webhooks + Locations + Setup + Feed + Send + Sync 
         facts: Vec<Fact>,
         context: &IngestContext,
     ) -> StoreResult<IngestOutcome>;
-
-    /// Emit the calls that waited long enough for a recording that never came.
-    async fn emit_due_calls(&self, context: &IngestContext) -> StoreResult<Vec<DeliveryJob>>;
 
     /// The message's event body as sent (the first event of the message).
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
