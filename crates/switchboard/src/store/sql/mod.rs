@@ -10,6 +10,7 @@ pub(super) mod calls;
 pub(super) mod deliveries;
 pub(super) mod feed;
 pub(super) mod locations;
+pub(super) mod outbox;
 pub(super) mod setup;
 pub(super) mod webhooks;
 
@@ -414,192 +415,6 @@ macro_rules! sql_store {
             Ok(found)
         }
 
-        /// An event to store; its body is frozen as sent.
-        struct NewEvent<'a> {
-            id: String,
-            message_id: Option<&'a str>,
-            location_id: Option<&'a str>,
-            event_type: EventType,
-            payload: Bytes,
-            now: i64,
-        }
-
-        /// Store events; returns their places in the event stream, in the order given.
-        async fn insert_events(
-            tx: &mut Transaction<'_, $db>,
-            events: &[NewEvent<'_>],
-        ) -> StoreResult<Vec<i64>> {
-            $hooks::lock_event_stream(&mut **tx).await?;
-            let mut seq_of: HashMap<String, i64> = HashMap::with_capacity(events.len());
-            for chunk in chunks(&events, rows_per_statement(6, 0)) {
-                let sql = insert_text(
-                    "events",
-                    "id, message_id, location_id, event_type, payload, created_at",
-                    chunk.len(),
-                    "RETURNING id, seq",
-                );
-                let mut query = sqlx::query(&sql);
-                for e in chunk {
-                    query = query
-                        .bind(e.id.as_str())
-                        .bind(e.message_id)
-                        .bind(e.location_id)
-                        .bind(e.event_type.as_str())
-                        .bind(&e.payload[..])
-                        .bind(e.now);
-                }
-                for row in query.fetch_all(&mut **tx).await? {
-                    seq_of.insert(row.get(0), row.get(1));
-                }
-            }
-            events
-                .iter()
-                .map(|e| {
-                    seq_of.get(&e.id).copied().ok_or_else(|| {
-                        StoreError::Internal(anyhow::anyhow!("event {} was not numbered", e.id))
-                    })
-                })
-                .collect()
-        }
-
-        /// A delivery row to insert. It is leased to the caller and returned as a job to send at
-        /// once, unless the webhook cannot take it now (disabled, breaker open), no lease is
-        /// asked (an API-only node), or, for an ordered webhook, an earlier event of the
-        /// conversation is still pending: then a dispatcher claims it in turn.
-        struct NewDelivery<'a> {
-            webhook: &'a Webhook,
-            event_id: &'a str,
-            event_seq: i64,
-            conversation_id: Option<&'a str>,
-            payload: &'a Bytes,
-            now: i64,
-            lease_until: Option<i64>,
-            /// The outcome that receives the job (index into the batch's outcomes).
-            item: usize,
-        }
-
-        async fn queue_deliveries(
-            tx: &mut Transaction<'_, $db>,
-            rows: &[NewDelivery<'_>],
-            outcomes: &mut [IngestOutcome],
-        ) -> StoreResult<()> {
-            let mut send_now: Vec<bool> = rows
-                .iter()
-                .map(|r| {
-                    r.lease_until.is_some()
-                        && r.webhook.disabled_at.is_none()
-                        && r.webhook.health.breaker_open_until.is_none_or(|until| until <= r.now)
-                })
-                .collect();
-            // An ordered webhook sends only the first pending delivery of a conversation.
-            let mut ordered: HashMap<&str, Vec<&str>> = HashMap::new();
-            for r in rows {
-                if let (Ordering::Conversation, Some(c)) = (r.webhook.ordering, r.conversation_id) {
-                    ordered.entry(r.webhook.id.as_str()).or_default().push(c);
-                }
-            }
-            let mut waiting: HashSet<(&str, String)> = HashSet::new();
-            for (webhook_id, mut conversations) in ordered {
-                conversations.sort_unstable();
-                conversations.dedup();
-                for chunk in chunks(&conversations, rows_per_statement(1, 1)) {
-                    let sql = TEXTS.get("pending in conversations", "deliveries", chunk.len(), || {
-                        $hooks::positional(format!(
-                            "SELECT v.column1 FROM (VALUES {}) AS v
-                             WHERE EXISTS (SELECT 1 FROM deliveries d
-                                 WHERE d.conversation_id = v.column1 AND d.webhook_id = ${}
-                                   AND d.status = 'pending')",
-                            tuples(chunk.len(), 1, 1),
-                            chunk.len() + 1
-                        ))
-                    });
-                    let mut query = sqlx::query(&sql);
-                    for c in chunk {
-                        query = query.bind(*c);
-                    }
-                    query = query.bind(webhook_id);
-                    for row in query.fetch_all(&mut **tx).await? {
-                        waiting.insert((webhook_id, row.get(0)));
-                    }
-                }
-            }
-            for (r, now) in rows.iter().zip(send_now.iter_mut()) {
-                if let (Ordering::Conversation, Some(c)) = (r.webhook.ordering, r.conversation_id) {
-                    // The first of the conversation here, and none pending before it.
-                    *now &= waiting.insert((r.webhook.id.as_str(), c.to_owned()));
-                }
-            }
-
-            let ids: Vec<String> = rows.iter().map(|_| new_id()).collect();
-            let all = rows.iter().zip(&ids).zip(&send_now).collect::<Vec<_>>();
-            for chunk in chunks(&all, rows_per_statement(10, 0)) {
-                let sql = insert_text(
-                    "deliveries",
-                    "id, event_id, webhook_id, status, attempts, next_attempt_at, lease_until, \
-                     created_at, conversation_id, event_seq",
-                    chunk.len(),
-                    "",
-                );
-                let mut query = sqlx::query(&sql);
-                for ((r, id), now) in chunk {
-                    query = query
-                        .bind(id.as_str())
-                        .bind(r.event_id)
-                        .bind(r.webhook.id.as_str())
-                        .bind(delivery_status::PENDING)
-                        .bind(0_i64)
-                        .bind(r.now)
-                        .bind(r.lease_until.filter(|_| **now))
-                        .bind(r.now)
-                        .bind(r.conversation_id)
-                        .bind(r.event_seq);
-                }
-                query.execute(&mut **tx).await?;
-            }
-            // Deliveries nobody holds: a dispatcher claims them.
-            if send_now.iter().any(|now| !now) {
-                $hooks::notify_work(&mut **tx).await?;
-            }
-            // One signature cell per event, shared by its deliveries.
-            let mut signatures: HashMap<&str, std::sync::Arc<std::sync::OnceLock<String>>> =
-                HashMap::new();
-            for ((r, id), now) in all {
-                let (true, Some(lease_until)) = (*now, r.lease_until) else {
-                    continue;
-                };
-                outcomes[r.item].jobs.push(DeliveryJob {
-                    delivery_id: id.clone(),
-                    event_id: r.event_id.to_owned(),
-                    webhook_id: r.webhook.id.clone(),
-                    payload: r.payload.clone(),
-                    attempts: 0,
-                    retry_offset: 0,
-                    conversation_id: r.conversation_id.map(str::to_owned),
-                    event_seq: r.event_seq,
-                    lease_until,
-                    is_retry: false,
-                    ghl_signature: signatures.entry(r.event_id).or_default().clone(),
-                });
-            }
-            Ok(())
-        }
-
-        async fn location_webhooks(
-            tx: &mut Transaction<'_, $db>,
-            location_id: &str,
-        ) -> StoreResult<Vec<Webhook>> {
-            Ok(sqlx::query(&format!(
-                "SELECT {WEBHOOK_COLUMNS} FROM webhooks
-                 WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = $1)"
-            ))
-            .bind(location_id)
-            .fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(webhook_from_row)
-            .collect())
-        }
-
         /// `writers` writers for the group-committed writes of this store.
         /// `committed`, if given, is notified after every group commit.
         fn group_commit(
@@ -835,6 +650,7 @@ macro_rules! sql_store {
         $crate::store::sql::deliveries::sql_deliveries!($store, $db, $row, $hooks);
         $crate::store::sql::attempts::sql_attempts!($store, $db, $row, $hooks);
         $crate::store::sql::calls::sql_calls!($store, $db, $row, $hooks);
+        $crate::store::sql::outbox::sql_outbox!($store, $db, $row, $hooks);
     };
 }
 
