@@ -574,10 +574,10 @@ pub trait Calls: Send + Sync + 'static {
     async fn emit_due_calls(&self, context: &IngestContext) -> StoreResult<Vec<DeliveryJob>>;
 }
 
+/// Messages: ingest (facts filed under contacts and conversations with their events and
+/// deliveries) and a message's event as sent.
 #[async_trait]
-pub trait Store:
-    Calls + Deliveries + Webhooks + Locations + Setup + Feed + Send + Sync + 'static
-{
+pub trait Messages: Send + Sync + 'static {
     /// File facts under contacts and conversations and write messages, events and deliveries
     /// in one transaction. A message whose provider id is already stored for the location
     /// changes nothing. Call facts are merged into the call's state; the call is emitted once,
@@ -591,4 +591,16 @@ pub trait Store:
 
     /// The message's event body as sent (the first event of the message).
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
+}
+
+/// The whole store, the sum of its concerns: what the server holds as `Arc<dyn Store>`.
+/// Each concern is implemented once for both backends by its own macro in `sql/`.
+pub trait Store:
+    Setup + Locations + Webhooks + Messages + Calls + Deliveries + Feed + Send + Sync + 'static
+{
+}
+
+impl<T> Store for T where
+    T: Setup + Locations + Webhooks + Messages + Calls + Deliveries + Feed + Send + Sync + 'static
+{
 }

@@ -178,7 +178,7 @@ async fn the_deliveries_of_one_event_share_its_signature() {
     use std::sync::Arc;
     use switchboard::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
     use switchboard::store::{
-        sqlite::SqliteStore, IngestContext, Locations, Store, Webhook, Webhooks,
+        sqlite::SqliteStore, IngestContext, Locations, Messages, Webhook, Webhooks,
     };
     use switchboard_events::{Direction, EventType, MessageType};
 

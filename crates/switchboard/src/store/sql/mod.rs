@@ -2,15 +2,18 @@
 //! placeholders, which PostgreSQL and SQLite (through sqlx) both bind by number; the few
 //! differences (row locks, the event-stream lock, wake-ups) are the backend's `hooks`.
 //!
-//! `sql_store!(Store, Db, Row, hooks)` implements [`super::Store`] for `Store`, a struct with
-//! `writer` and `reader` pools of `Db`.
-
+//! `sql_store!(Store, Db, Row, hooks)` implements every concern of [`super::Store`] for
+//! `Store`, a struct with `writer` and `reader` pools of `Db`, by invoking one macro per
+//! concern, each in its own file. They expand into the backend's module side by side, so the
+//! helpers one concern defines (`file_messages`, `queue_deliveries`, `job_from_row`, …) are
+//! there for the others; the imports and the statement-text cache are here, once.
 pub(super) mod attempts;
 pub(super) mod calls;
 pub(super) mod contacts;
 pub(super) mod deliveries;
 pub(super) mod feed;
 pub(super) mod filing;
+pub(super) mod group_commit;
 pub(super) mod locations;
 pub(super) mod outbox;
 pub(super) mod setup;
@@ -36,8 +39,8 @@ macro_rules! sql_store {
         use $crate::store::statements::{chunks, placeholders, rows_per_statement, tuples};
         use $crate::store::{
             delivery_status, AttemptRecord, AttemptReport, ChannelAccountInput, DeliveryJob,
-            DeliveryReport, IngestContext, IngestOutcome, Location, NextStep, Ordering, Store,
-            StoreError, StoreResult, Webhook, WebhookHealth,
+            DeliveryReport, IngestContext, IngestOutcome, Location, NextStep, Ordering, StoreError,
+            StoreResult, Webhook, WebhookHealth,
         };
 
         /// This backend's statement texts over many rows, each built once.
@@ -69,255 +72,17 @@ macro_rules! sql_store {
                 .collect()
         }
 
-        /// `writers` writers for the group-committed writes of this store.
-        /// `committed`, if given, is notified after every group commit.
-        fn group_commit(
-            pool: &sqlx::Pool<$db>,
-            writers: usize,
-            committed: Option<std::sync::Arc<tokio::sync::Notify>>,
-            faults: std::sync::Arc<$crate::store::StorageFaults>,
-        ) -> $crate::store::GroupCommit {
-            let pool = pool.clone();
-            $crate::store::GroupCommit {
-                writes: $crate::store::Batcher::start(writers, move |items| {
-                    let (pool, committed, faults) =
-                        (pool.clone(), committed.clone(), faults.clone());
-                    async move {
-                        let written = write_batch(&pool, items, &faults).await;
-                        if let Some(committed) = committed {
-                            committed.notify_one();
-                        }
-                        written
-                    }
-                }),
-            }
-        }
-
-        /// One group commit: the attempts and the provider requests that arrived while the
-        /// previous one was being written, in one transaction. When it fails, attempts and
-        /// requests are written apart (and each alone if need be), so one bad write never
-        /// fails the others; but a storage fault (a full disk, a lock, a lost connection)
-        /// fails every write of the batch at once: each would meet it again.
-        async fn write_batch(
-            pool: &sqlx::Pool<$db>,
-            items: Vec<$crate::store::Write>,
-            faults: &$crate::store::StorageFaults,
-        ) -> Vec<StoreResult<$crate::store::Written>> {
-            use $crate::store::{Write, Written};
-            let (mut ingests, mut attempts, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
-            for item in items {
-                kinds.push(matches!(item, Write::Ingest(_)));
-                match item {
-                    Write::Ingest(i) => ingests.push(i),
-                    Write::Attempt(a) => attempts.push(a),
-                }
-            }
-            let together = || async {
-                let mut tx = $hooks::begin_write(pool).await?;
-                let health = attempts_in(&mut tx, &attempts).await?;
-                let outcomes = ingest_in(&mut tx, &ingests).await?;
-                tx.commit().await?;
-                Ok::<_, StoreError>((outcomes, health))
-            };
-            let mut tries = 0;
-            let written = loop {
-                match together().await {
-                    Err(StoreError::Internal(e)) if tries < 3 && is_conflict(&e) => tries += 1,
-                    other => break other,
-                }
-            };
-            faults.observe(&written);
-            let (outcomes, health) = match written {
-                Ok((outcomes, health)) => (
-                    outcomes.into_iter().map(Ok).collect(),
-                    health.into_iter().map(Ok).collect(),
-                ),
-                Err(StoreError::Unavailable(fault)) => {
-                    let each = || StoreError::Unavailable(fault.for_another());
-                    (
-                        (0..ingests.len()).map(|_| Err(each())).collect(),
-                        (0..attempts.len()).map(|_| Err(each())).collect(),
-                    )
-                }
-                Err(_) => (
-                    ingest_batch(pool, ingests).await,
-                    record_attempts(pool, attempts).await,
-                ),
-            };
-            let (mut outcomes, mut health): (Vec<_>, Vec<_>) = (outcomes, health);
-            outcomes.reverse();
-            health.reverse();
-            kinds
-                .into_iter()
-                .map(|ingest| {
-                    let missing =
-                        || StoreError::Internal(anyhow::anyhow!("a write went unanswered"));
-                    if ingest {
-                        outcomes.pop().ok_or_else(missing)?.map(Written::Ingest)
-                    } else {
-                        health.pop().ok_or_else(missing)?.map(Written::Attempt)
-                    }
-                })
-                .collect()
-        }
-
-        /// File several provider requests in one transaction (group commit): one commit, one
-        /// fsync, for everything that arrived while the previous batch was being written. When
-        /// the batch fails as a whole, each request is tried alone, so one bad request never
-        /// fails the others.
-        async fn ingest_batch(
-            pool: &sqlx::Pool<$db>,
-            items: Vec<$crate::store::IngestItem>,
-        ) -> Vec<StoreResult<IngestOutcome>> {
-            if items.len() > 1 {
-                if let Ok(outcomes) = ingest_with_retries(pool, &items).await {
-                    return outcomes.into_iter().map(Ok).collect();
-                }
-            }
-            let mut results = Vec::with_capacity(items.len());
-            for item in items {
-                results.push(
-                    ingest_with_retries(pool, std::slice::from_ref(&item))
-                        .await
-                        .map(|mut o| o.remove(0)),
-                );
-            }
-            results
-        }
-
-        /// Two nodes filing the same provider message at once: one commits; the other hits a
-        /// unique constraint and, tried again, finds what the first stored. Two batches that
-        /// touch the same conversations in another order may deadlock: one is tried again.
-        async fn ingest_with_retries(
-            pool: &sqlx::Pool<$db>,
-            items: &[$crate::store::IngestItem],
-        ) -> StoreResult<Vec<IngestOutcome>> {
-            let mut tries = 0;
-            loop {
-                match ingest_once(pool, items).await {
-                    Err(StoreError::Internal(e)) if tries < 3 && is_conflict(&e) => tries += 1,
-                    other => return other,
-                }
-            }
-        }
-
-        async fn ingest_once(
-            pool: &sqlx::Pool<$db>,
-            items: &[$crate::store::IngestItem],
-        ) -> StoreResult<Vec<IngestOutcome>> {
-            let mut tx = $hooks::begin_write(pool).await?;
-            let outcomes = ingest_in(&mut tx, items).await?;
-            tx.commit().await?;
-            Ok(outcomes)
-        }
-
-        /// File provider requests in the caller's transaction.
-        async fn ingest_in(
-            tx: &mut Transaction<'_, $db>,
-            items: &[$crate::store::IngestItem],
-        ) -> StoreResult<Vec<IngestOutcome>> {
-            let mut outcomes = vec![IngestOutcome::default(); items.len()];
-            // A batch is mostly one location's messages: its webhooks are read once, and its
-            // messages are filed together.
-            let mut locations: Vec<&str> = Vec::new();
-            let mut messages_of: HashMap<&str, Vec<ToFile<'_>>> = HashMap::new();
-            for (i, item) in items.iter().enumerate() {
-                let location_id = item.location_id.as_str();
-                if !messages_of.contains_key(location_id) {
-                    locations.push(location_id);
-                }
-                let messages = messages_of.entry(location_id).or_default();
-                for fact in &item.facts {
-                    if let Fact::Message(message) = fact {
-                        messages.push(ToFile {
-                            message,
-                            ctx: &item.context,
-                            item: i,
-                        });
-                    }
-                }
-            }
-            let mut webhooks_of: HashMap<&str, Vec<Webhook>> = HashMap::new();
-            for location_id in locations {
-                let webhooks = location_webhooks(tx, location_id).await?;
-                file_messages(
-                    tx,
-                    location_id,
-                    &messages_of[location_id],
-                    &webhooks,
-                    &mut outcomes,
-                )
-                .await?;
-                webhooks_of.insert(location_id, webhooks);
-            }
-            // Call callbacks merge one at a time, each under its call's row lock.
-            for (item, outcome) in items.iter().zip(&mut outcomes) {
-                let location_id = item.location_id.as_str();
-                for fact in &item.facts {
-                    if let Fact::Call(update) = fact {
-                        merge_call(
-                            tx,
-                            location_id,
-                            channels::twilio::PROVIDER,
-                            update,
-                            &webhooks_of[location_id],
-                            &item.context,
-                            outcome,
-                        )
-                        .await?;
-                    }
-                }
-            }
-            Ok(outcomes)
-        }
-
-        /// A unique violation, a deadlock or a serialization failure: worth trying again.
-        fn is_conflict(e: &anyhow::Error) -> bool {
-            e.downcast_ref::<sqlx::Error>()
-                .and_then(|e| e.as_database_error())
-                .is_some_and(|e| {
-                    e.is_unique_violation()
-                        || matches!(e.code().as_deref(), Some("40P01" | "40001"))
-                })
-        }
-
-        #[async_trait]
-        impl Store for $store {
-            async fn ingest(
-                &self,
-                location_id: &str,
-                facts: Vec<Fact>,
-                ctx: &IngestContext,
-            ) -> StoreResult<IngestOutcome> {
-                self.batch
-                    .ingest($crate::store::IngestItem {
-                        location_id: location_id.to_owned(),
-                        facts,
-                        context: ctx.clone(),
-                    })
-                    .await
-            }
-
-            async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>> {
-                let payload: Option<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT payload FROM events WHERE message_id = $1 ORDER BY seq LIMIT 1",
-                )
-                .bind(message_id)
-                .fetch_optional(&self.reader)
-                .await?;
-                Ok(payload.map(Bytes::from))
-            }
-        }
-        $crate::store::sql::feed::sql_feed!($store, $db, $row, $hooks);
         $crate::store::sql::setup::sql_setup!($store, $db, $row, $hooks);
         $crate::store::sql::locations::sql_locations!($store, $db, $row, $hooks);
         $crate::store::sql::webhooks::sql_webhooks!($store, $db, $row, $hooks);
-        $crate::store::sql::deliveries::sql_deliveries!($store, $db, $row, $hooks);
-        $crate::store::sql::attempts::sql_attempts!($store, $db, $row, $hooks);
-        $crate::store::sql::calls::sql_calls!($store, $db, $row, $hooks);
-        $crate::store::sql::outbox::sql_outbox!($store, $db, $row, $hooks);
-        $crate::store::sql::contacts::sql_contacts!($store, $db, $row, $hooks);
+        $crate::store::sql::group_commit::sql_group_commit!($store, $db, $row, $hooks);
         $crate::store::sql::filing::sql_filing!($store, $db, $row, $hooks);
+        $crate::store::sql::contacts::sql_contacts!($store, $db, $row, $hooks);
+        $crate::store::sql::outbox::sql_outbox!($store, $db, $row, $hooks);
+        $crate::store::sql::calls::sql_calls!($store, $db, $row, $hooks);
+        $crate::store::sql::attempts::sql_attempts!($store, $db, $row, $hooks);
+        $crate::store::sql::deliveries::sql_deliveries!($store, $db, $row, $hooks);
+        $crate::store::sql::feed::sql_feed!($store, $db, $row, $hooks);
     };
 }
 
