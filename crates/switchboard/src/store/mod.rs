@@ -1,19 +1,19 @@
-//! Durable state behind one trait: locations, channel accounts, contacts, conversations,
-//! messages, their events, and the delivery outbox. A message is stored in the same
+//! Durable state behind one trait, [`Store`] (the sum of one trait per concern, in `traits`):
+//! locations, channel accounts, contacts, conversations, messages, their events, and the
+//! delivery outbox. A message is stored in the same
 //! transaction as its event and one delivery row per matching webhook, so it is never stored
 //! without its deliveries, nor a delivery queued for a message that was rolled back.
 //!
 //! Implementations: [`sqlite::SqliteStore`] (embedded default) and [`postgres::PostgresStore`]
-//! (many nodes on one database), from the one body of SQL in `sql`.
+//! (many nodes on one database), from the one body of SQL in `sql/`, a file per concern. This
+//! file holds the shared types.
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use switchboard_events::{Direction, EventType, MessageType};
 
-use crate::channels::{ChannelAccount, RouteKey};
 use crate::domain::Fact;
 
 mod account_cache;
@@ -24,10 +24,12 @@ pub mod postgres;
 mod sql;
 pub mod sqlite;
 mod statements;
+mod traits;
 
 pub use account_cache::AccountCache;
 pub use faults::{FaultKind, StorageFault, StorageFaults};
 pub use group_commit::{Batcher, GroupCommit, Write, Written};
+pub use traits::{Calls, Deliveries, Feed, Locations, Messages, Setup, Store, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -366,241 +368,4 @@ pub struct QueueDepth {
 pub mod held {
     pub const WEBHOOK_DISABLED: &str = "webhook_disabled";
     pub const BREAKER_OPEN: &str = "breaker_open";
-}
-
-/// The events feed, retention and the queue's depth.
-#[async_trait]
-pub trait Feed: Send + Sync + 'static {
-    /// Events after the cursor (`seq`), in order: (seq, payload).
-    async fn list_events(&self, after: i64, limit: u32) -> StoreResult<Vec<(i64, Bytes)>>;
-
-    /// Delete up to `batch` attempts, and events with their finished deliveries, older than
-    /// `before`. Returns how many rows went.
-    async fn prune(&self, before: i64, batch: u32) -> StoreResult<u64>;
-
-    /// Deliveries waiting, by state.
-    async fn queue_depth(&self, now: i64) -> StoreResult<QueueDepth>;
-}
-
-/// Setup and health: shared secrets, storage faults, wake-ups, leases left by a previous run.
-#[async_trait]
-pub trait Setup: Send + Sync + 'static {
-    /// The database belongs to this process alone (SQLite).
-    fn embedded(&self) -> bool;
-
-    /// Wake-ups when another node queued work for the dispatchers (PostgreSQL `LISTEN`).
-    fn work_notifications(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>>;
-
-    /// The store's storage faults: counted by kind, and whether writes fail now.
-    fn faults(&self) -> &StorageFaults;
-
-    /// Whether the store can take writes: a read while writes succeed; while they have been
-    /// failing, a write, so that readiness comes back once the fault is gone.
-    async fn health(&self) -> StoreResult<()>;
-
-    /// A server secret shared by every node (signing keys, the generated admin token).
-    async fn secret(&self, name: &str) -> StoreResult<Option<String>>;
-
-    /// Keep `value` as the secret unless one is there already; returns the one kept.
-    async fn put_secret_if_absent(&self, name: &str, value: &str) -> StoreResult<String>;
-
-    /// Called once at start by the only node of an embedded store: leases held by a previous
-    /// run of this process are released so its unfinished deliveries resume at once.
-    async fn release_leases(&self) -> StoreResult<u64>;
-}
-
-/// Locations and their channel accounts.
-#[async_trait]
-pub trait Locations: Send + Sync + 'static {
-    async fn create_location(&self, name: &str, now: i64) -> StoreResult<Location>;
-
-    async fn get_location(&self, id: &str) -> StoreResult<Option<Location>>;
-
-    /// Every location, oldest first.
-    async fn list_locations(&self) -> StoreResult<Vec<Location>>;
-
-    /// A location's account for one provider and its addresses (sorted), if any.
-    async fn get_channel_account(
-        &self,
-        location_id: &str,
-        provider: &str,
-    ) -> StoreResult<Option<(ChannelAccount, Vec<String>)>>;
-
-    /// Disconnect a location's account for one provider and free its addresses; false when
-    /// there was none. What was stored under it stays.
-    async fn delete_channel_account(&self, location_id: &str, provider: &str) -> StoreResult<bool>;
-
-    /// Create or replace a location's account for one provider, with its addresses.
-    /// `Conflict` when an address belongs to another location.
-    async fn put_channel_account(
-        &self,
-        location_id: &str,
-        input: &ChannelAccountInput,
-        now: i64,
-    ) -> StoreResult<()>;
-
-    /// The account a provider request claims: by address first, else by account id when
-    /// exactly one location uses it.
-    async fn find_channel_account(
-        &self,
-        provider: &str,
-        key: &RouteKey,
-    ) -> StoreResult<Option<ChannelAccount>>;
-}
-
-/// Webhooks: their settings, secrets, disabled state and breaker.
-#[async_trait]
-pub trait Webhooks: Send + Sync + 'static {
-    async fn create_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
-
-    /// Every webhook that is not deleted, disabled ones included.
-    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
-
-    async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>>;
-
-    /// Save a webhook's settings (not its secret, disabled state or health, which have their
-    /// own calls).
-    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
-
-    /// A new secret; the current one signs too until `previous_until`.
-    /// `secret` replaces the current one, which signs on until `previous_until`; the secrets
-    /// replaced before it keep their own ends (at most [`MAX_PREVIOUS_SECRETS`] in all), unless
-    /// `previous_until <= now`: then every replaced secret stops signing at once.
-    async fn rotate_secret(
-        &self,
-        id: &str,
-        secret: &str,
-        previous_until: i64,
-        now: i64,
-    ) -> StoreResult<()>;
-
-    /// Soft-deletes; its unfinished deliveries are cancelled. `false` when there was none.
-    async fn delete_webhook(&self, id: &str, now: i64) -> StoreResult<bool>;
-
-    /// Disable a webhook and emit `WebhookDisabled` to the webhooks that subscribe to it, in
-    /// one transaction. Its pending deliveries wait (the backlog resumes when it is enabled).
-    /// Returns the new deliveries (leased), or none when it was already disabled.
-    async fn disable_webhook(
-        &self,
-        id: &str,
-        reason: &str,
-        now: i64,
-        lease_until: i64,
-    ) -> StoreResult<Vec<DeliveryJob>>;
-
-    /// Enable a disabled webhook with fresh health; its pending deliveries become claimable.
-    async fn enable_webhook(&self, id: &str) -> StoreResult<()>;
-
-    /// Open (`Some`) or close (`None`) a webhook's circuit breaker.
-    async fn set_breaker(&self, id: &str, open_until: Option<i64>) -> StoreResult<()>;
-}
-
-/// Deliveries: claims and leases, attempts, retries and replays, the per-message report.
-#[async_trait]
-pub trait Deliveries: Send + Sync + 'static {
-    /// Each delivery of the message's events, as it stands at `now`.
-    async fn message_deliveries(
-        &self,
-        message_id: &str,
-        now: i64,
-    ) -> StoreResult<Vec<DeliveryReport>>;
-
-    /// Lease up to `limit` pending deliveries that are due and not leased by anyone alive, of
-    /// webhooks that are enabled and whose breaker is closed and that are not in
-    /// `skip_webhooks` (lanes already full here); for ordered webhooks, only the first pending
-    /// delivery of each conversation, and none while another of it is in flight.
-    async fn claim_due(
-        &self,
-        now: i64,
-        lease_until: i64,
-        limit: u32,
-        skip_webhooks: &[String],
-    ) -> StoreResult<Vec<DeliveryJob>>;
-
-    /// Lease the first pending delivery of one conversation for an ordered webhook, when it is
-    /// due and free.
-    async fn claim_conversation_head(
-        &self,
-        webhook_id: &str,
-        conversation_id: &str,
-        now: i64,
-        lease_until: i64,
-    ) -> StoreResult<Option<DeliveryJob>>;
-
-    /// Extend a lease this node holds (`current`); `false` when another node took it over.
-    async fn extend_lease(&self, delivery_id: &str, current: i64, until: i64) -> StoreResult<bool>;
-
-    /// Give back leases (delivery id, lease) this node holds on deliveries it will not send now.
-    async fn release_leases_of(&self, leases: &[(String, i64)]) -> StoreResult<()>;
-
-    /// Record an attempt and move the delivery on, releasing its lease; update the webhook's
-    /// failure counters in the same transaction and return them (`breaker_open_until` is the
-    /// dispatcher's own and not read here).
-    async fn record_attempt(
-        &self,
-        job: &DeliveryJob,
-        attempt: &AttemptRecord,
-        next: NextStep,
-    ) -> StoreResult<WebhookHealth>;
-
-    /// Resend one delivery now (a finished one in a new retry cycle): leased to the caller and
-    /// returned, or — for an ordered or disabled webhook — left for a claim in turn (`None`).
-    /// `NotFound` when there is none (or its webhook was deleted), `Conflict` while it is
-    /// being sent.
-    async fn retry_delivery(
-        &self,
-        id: &str,
-        now: i64,
-        lease_until: i64,
-    ) -> StoreResult<Option<DeliveryJob>>;
-
-    /// Make a webhook's deliveries of events created in `[since, until]` pending again, due
-    /// now, in a new retry cycle: only failed ones, or all. Returns (how many, how many in the
-    /// range were pending already and were left as they were).
-    async fn replay(
-        &self,
-        webhook_id: &str,
-        since: i64,
-        until: i64,
-        only_failed: bool,
-        now: i64,
-    ) -> StoreResult<(u64, u64)>;
-}
-
-/// Calls whose outcome waited for a recording.
-#[async_trait]
-pub trait Calls: Send + Sync + 'static {
-    /// Emit the calls that waited long enough for a recording that never came.
-    async fn emit_due_calls(&self, context: &IngestContext) -> StoreResult<Vec<DeliveryJob>>;
-}
-
-/// Messages: ingest (facts filed under contacts and conversations with their events and
-/// deliveries) and a message's event as sent.
-#[async_trait]
-pub trait Messages: Send + Sync + 'static {
-    /// File facts under contacts and conversations and write messages, events and deliveries
-    /// in one transaction. A message whose provider id is already stored for the location
-    /// changes nothing. Call facts are merged into the call's state; the call is emitted once,
-    /// when its outcome is final. New deliveries are leased to the caller.
-    async fn ingest(
-        &self,
-        location_id: &str,
-        facts: Vec<Fact>,
-        context: &IngestContext,
-    ) -> StoreResult<IngestOutcome>;
-
-    /// The message's event body as sent (the first event of the message).
-    async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
-}
-
-/// The whole store, the sum of its concerns: what the server holds as `Arc<dyn Store>`.
-/// Each concern is implemented once for both backends by its own macro in `sql/`.
-pub trait Store:
-    Setup + Locations + Webhooks + Messages + Calls + Deliveries + Feed + Send + Sync + 'static
-{
-}
-
-impl<T> Store for T where
-    T: Setup + Locations + Webhooks + Messages + Calls + Deliveries + Feed + Send + Sync + 'static
-{
 }
