@@ -16,6 +16,10 @@ const TERMINAL: [&str; 5] = ["completed", "busy", "no-answer", "failed", "cancel
 /// One callback's worth of knowledge about a call. `None` means "this callback did not say".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CallUpdate {
+    /// The channel that produced it (`Fact::Message`'s `provider`): with `call_sid`, the key
+    /// the callbacks of one call are merged under.
+    #[serde(skip)]
+    pub provider: &'static str,
     pub call_sid: String,
     pub direction: Option<Direction>,
     /// The caller (inbound) or the business number (outbound), as the provider gave it.

@@ -85,16 +85,16 @@ mod tests {
             correlation_id: correlation_id.map(str::to_owned),
             account_id: Some(account_id.into()),
         };
-        let (_, generation) = cache.get("twilio", &key(None, "AC1"));
-        cache.put("twilio", "+14155550100", generation, &account);
+        let (_, generation) = cache.get("acme", &key(None, "AC1"));
+        cache.put("acme", "+14155550100", generation, &account);
         // Whatever account id the request carries, the number finds the account...
-        let (hit, _) = cache.get("twilio", &key(None, "ACother"));
+        let (hit, _) = cache.get("acme", &key(None, "ACother"));
         assert_eq!(hit.unwrap().location_id, "L");
         // ...but a request of a call is looked up by its call first, never from here.
-        assert!(cache.get("twilio", &key(Some("CA1"), "AC1")).0.is_none());
+        assert!(cache.get("acme", &key(Some("CA1"), "AC1")).0.is_none());
         // A change of the accounts empties it, and a lookup begun before cannot refill it.
         cache.clear();
-        cache.put("twilio", "+14155550100", generation, &account);
-        assert!(cache.get("twilio", &key(None, "AC1")).0.is_none());
+        cache.put("acme", "+14155550100", generation, &account);
+        assert!(cache.get("acme", &key(None, "AC1")).0.is_none());
     }
 }

@@ -275,7 +275,7 @@ mod tests {
         let location = store.create_location("L", 0).await.unwrap();
         let account_sid = format!("AC{}", "0".repeat(32));
         let input = ChannelAccountInput {
-            provider: "twilio",
+            provider: "acme",
             account_id: account_sid.clone(),
             secret: "token".into(),
             settings: serde_json::json!({}),
@@ -294,7 +294,7 @@ mod tests {
         for i in 0..50 {
             let found = store
                 .find_channel_account(
-                    "twilio",
+                    "acme",
                     &key("+14155550100", format!("{i}{}", "x".repeat(10_000))),
                 )
                 .await
@@ -306,14 +306,14 @@ mod tests {
         for i in 0..50 {
             let by_account = store
                 .find_channel_account(
-                    "twilio",
+                    "acme",
                     &key(&format!("+1212555{i:04}"), account_sid.clone()),
                 )
                 .await
                 .unwrap();
             assert_eq!(by_account.unwrap().location_id, location.id);
             let unknown = store
-                .find_channel_account("twilio", &key(&format!("+1212555{i:04}"), format!("AC{i}")))
+                .find_channel_account("acme", &key(&format!("+1212555{i:04}"), format!("AC{i}")))
                 .await
                 .unwrap();
             assert!(unknown.is_none());
@@ -387,7 +387,7 @@ mod tests {
             sqlx::query(
                 "INSERT INTO messages (id, location_id, conversation_id, contact_id, provider,
                      provider_message_id, direction, message_type, status, created_at)
-                 VALUES ($1, $2, 'C', 'P', 'twilio', $3, 'inbound', 'SMS', 'delivered', 0)",
+                 VALUES ($1, $2, 'C', 'P', 'acme', $3, 'inbound', 'SMS', 'delivered', 0)",
             )
             .bind(id)
             .bind(location)

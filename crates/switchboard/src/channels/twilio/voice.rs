@@ -164,6 +164,7 @@ fn call_route(parsed: &(TwilioForm, String)) -> RouteKey {
 /// What every voice callback says about the parties.
 fn parties(form: &TwilioForm, call_sid: &str) -> CallUpdate {
     CallUpdate {
+        provider: PROVIDER,
         call_sid: call_sid.to_owned(),
         direction: direction(form),
         from: form.get("From").map(str::to_owned),
@@ -336,6 +337,7 @@ impl VoiceRecording {
                         password: account.secret.clone(),
                     });
                 vec![Fact::Call(CallUpdate {
+                    provider: PROVIDER,
                     call_sid: call_sid.to_owned(),
                     recording: Some(Recording {
                         url,

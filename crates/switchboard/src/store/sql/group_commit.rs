@@ -193,7 +193,7 @@ macro_rules! sql_group_commit {
                         merge_call(
                             tx,
                             location_id,
-                            channels::twilio::PROVIDER,
+                            update.provider,
                             update,
                             &webhooks_of[location_id],
                             &item.context,
