@@ -8,6 +8,7 @@ use reqwest::header::HeaderValue;
 use super::{lane_capacity, store_failed, Dispatcher};
 use crate::store::IngestContext;
 
+/// Retention deletes at most this many rows per statement.
 const RETENTION_BATCH: u32 = 500;
 
 #[derive(Debug, Clone)]
