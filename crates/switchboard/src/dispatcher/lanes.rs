@@ -1,0 +1,292 @@
+//! Lanes and limits: one lane per webhook holding its queue (fresh deliveries ahead of retries),
+//! its in-flight and per-second limits, and its circuit breaker; pumping lanes into sends, and
+//! what a finished send does to its lane (the breaker opens, closes, or probes).
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use tracing::{warn, Instrument};
+
+use super::attempt::send_and_record;
+use super::{store_failed, Command, Completion, Dispatcher, Pump, SendResult};
+use crate::metrics::BreakerState;
+use crate::store::{DeliveryJob, NextStep, Ordering, Webhook, WebhookHealth};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Breaker {
+    Closed,
+    Open {
+        until: i64,
+    },
+    /// One probe decides.
+    HalfOpen,
+}
+
+impl Breaker {
+    pub(super) fn state(self) -> BreakerState {
+        match self {
+            Breaker::Closed => BreakerState::Closed,
+            Breaker::Open { .. } => BreakerState::Open,
+            Breaker::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+}
+
+pub(super) struct Lane {
+    pub(super) fresh: VecDeque<DeliveryJob>,
+    pub(super) retries: VecDeque<DeliveryJob>,
+    /// Deliveries queued or in flight here (a claim can return what a handoff already gave).
+    pub(super) known: HashSet<String>,
+    pub(super) in_flight: u32,
+    /// Conversations with a delivery in flight (ordered webhooks).
+    pub(super) busy: HashSet<String>,
+    pub(super) tokens: f64,
+    pub(super) refilled: Instant,
+    pub(super) breaker: Breaker,
+}
+
+impl Lane {
+    pub(super) fn new(health: &WebhookHealth, now: i64) -> Self {
+        Lane {
+            fresh: VecDeque::new(),
+            retries: VecDeque::new(),
+            known: HashSet::new(),
+            in_flight: 0,
+            busy: HashSet::new(),
+            tokens: 1.0,
+            refilled: Instant::now(),
+            breaker: match health.breaker_open_until {
+                Some(until) if until > now => Breaker::Open { until },
+                Some(_) => Breaker::HalfOpen,
+                None => Breaker::Closed,
+            },
+        }
+    }
+
+    /// Take every queued job out; their (id, lease) pairs, to give back.
+    pub(super) fn drain(&mut self) -> Vec<(String, i64)> {
+        let leases: Vec<(String, i64)> = self
+            .fresh
+            .drain(..)
+            .chain(self.retries.drain(..))
+            .map(|j| (j.delivery_id, j.lease_until))
+            .collect();
+        for (id, _) in &leases {
+            self.known.remove(id);
+        }
+        leases
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.fresh.len() + self.retries.len()
+    }
+}
+
+/// How many deliveries a lane holds before polls stop claiming more for it.
+pub(super) fn lane_capacity(webhook: &Webhook) -> usize {
+    let by_flight = webhook
+        .max_in_flight
+        .map_or(128, |m| (m as usize * 4).max(8));
+    let by_rate = webhook
+        .max_per_second
+        .map_or(usize::MAX, |r| ((r * 2.0).ceil() as usize).max(2));
+    by_flight.min(by_rate)
+}
+
+impl Dispatcher {
+    /// Start what every lane may start now, one delivery per lane per round, so no lane takes
+    /// every free slot. Returns when a rate-limited lane can go on.
+    pub(super) fn pump_all(&mut self) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut active: Vec<String> = self.lanes.keys().cloned().collect();
+        while !active.is_empty() {
+            let mut started = Vec::with_capacity(active.len());
+            for id in active {
+                match self.pump_one(&id) {
+                    Pump::Started => started.push(id),
+                    Pump::WaitUntil(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+                    Pump::Idle => {}
+                }
+            }
+            active = started;
+        }
+        wake
+    }
+
+    /// Start at most one delivery of this lane.
+    pub(super) fn pump_one(&mut self, webhook_id: &str) -> Pump {
+        let Some(target) = self.targets.get(webhook_id).cloned() else {
+            return Pump::Idle;
+        };
+        let now = self.shared.clock.now_ms();
+        let Some(lane) = self.lanes.get_mut(webhook_id) else {
+            return Pump::Idle;
+        };
+        if lane.fresh.is_empty() && lane.retries.is_empty() {
+            return Pump::Idle;
+        }
+        let webhook = &target.webhook;
+        if webhook.disabled_at.is_some() {
+            let leases = lane.drain();
+            self.release(leases);
+            return Pump::Idle;
+        }
+        match lane.breaker {
+            Breaker::Open { until } if now < until => {
+                // Deliveries wait in the store, not here: the breaker may stay open a while.
+                let leases = lane.drain();
+                self.release(leases);
+                return Pump::Idle;
+            }
+            Breaker::Open { .. } => {
+                lane.breaker = Breaker::HalfOpen;
+                self.shared
+                    .metrics
+                    .breaker(webhook_id, BreakerState::HalfOpen);
+            }
+            _ => {}
+        }
+        let ordered = webhook.ordering == Ordering::Conversation;
+        {
+            if self.in_flight >= self.concurrency {
+                return Pump::Idle;
+            }
+            if webhook
+                .max_in_flight
+                .is_some_and(|max| lane.in_flight >= max)
+                || (lane.breaker == Breaker::HalfOpen && lane.in_flight >= 1)
+            {
+                return Pump::Idle;
+            }
+            let startable = |job: &DeliveryJob| {
+                !ordered
+                    || job
+                        .conversation_id
+                        .as_ref()
+                        .is_none_or(|c| !lane.busy.contains(c))
+            };
+            let (queue, index) = match lane.fresh.iter().position(startable) {
+                Some(i) => (&mut lane.fresh, i),
+                None => match lane.retries.iter().position(startable) {
+                    Some(i) => (&mut lane.retries, i),
+                    None => return Pump::Idle,
+                },
+            };
+            if let Some(rate) = webhook.max_per_second {
+                let capacity = rate.max(1.0);
+                let elapsed = lane.refilled.elapsed().as_secs_f64();
+                lane.tokens = (lane.tokens + elapsed * rate).min(capacity);
+                lane.refilled = Instant::now();
+                if lane.tokens < 1.0 {
+                    let wait = Duration::try_from_secs_f64((1.0 - lane.tokens) / rate)
+                        .unwrap_or(Duration::MAX)
+                        .min(Duration::from_secs(3600));
+                    return Pump::WaitUntil(Instant::now() + wait);
+                }
+                lane.tokens -= 1.0;
+            }
+            let job = queue.remove(index).expect("index from position");
+            if ordered {
+                if let Some(c) = &job.conversation_id {
+                    lane.busy.insert(c.clone());
+                }
+            }
+            lane.in_flight += 1;
+            self.in_flight += 1;
+            self.shared.metrics.in_flight(1);
+            let shared = self.shared.clone();
+            let target = target.clone();
+            let span = tracing::info_span!("delivery", delivery_id = %job.delivery_id, webhook_id = %job.webhook_id, event_id = %job.event_id);
+            tokio::spawn(
+                async move {
+                    let done = send_and_record(&shared, &target, job).await;
+                    let _ = shared.tx.send(Command::Done(done));
+                }
+                .instrument(span),
+            );
+        }
+        Pump::Started
+    }
+
+    pub(super) async fn finish(&mut self, done: Completion) {
+        self.in_flight -= 1;
+        self.shared.metrics.in_flight(-1);
+        let now = self.shared.clock.now_ms();
+        let Some(lane) = self.lanes.get_mut(&done.webhook_id) else {
+            return;
+        };
+        lane.in_flight -= 1;
+        lane.known.remove(&done.delivery_id);
+        if let Some(c) = &done.conversation_id {
+            lane.busy.remove(c);
+        }
+        let SendResult::Attempted { next, health } = done.result else {
+            return;
+        };
+        let success = next == NextStep::Delivered;
+        let mut breaker_change = None;
+        if success {
+            if lane.breaker != Breaker::Closed {
+                lane.breaker = Breaker::Closed;
+                breaker_change = Some(None);
+            }
+        } else if lane.breaker == Breaker::HalfOpen
+            || (lane.breaker == Breaker::Closed
+                && health.consecutive_failures >= self.breaker_threshold)
+        {
+            let until = now + self.breaker_cooldown.as_millis() as i64;
+            lane.breaker = Breaker::Open { until };
+            breaker_change = Some(Some(until));
+            warn!(webhook_id = %done.webhook_id, failures = health.consecutive_failures, "circuit breaker open");
+        }
+        let state = lane.breaker.state();
+        if let Some(open_until) = breaker_change {
+            let queued = if open_until.is_some() {
+                lane.drain()
+            } else {
+                vec![]
+            };
+            // Saved in order, before the queued deliveries are given back: no other node may
+            // claim them while the breaker is open.
+            if let Err(e) = self
+                .shared
+                .store
+                .set_breaker(&done.webhook_id, open_until)
+                .await
+            {
+                store_failed(&e, "saving the breaker state failed");
+            }
+            self.release(queued);
+        }
+        // Set after the save: once the metric shows a state, the API shows it too (unless
+        // the save failed, which is logged above).
+        self.shared.metrics.breaker(&done.webhook_id, state);
+        // Ordered: the conversation's next delivery may go now, unless this one will be retried.
+        let ordered = self
+            .targets
+            .get(&done.webhook_id)
+            .is_some_and(|t| t.webhook.ordering == Ordering::Conversation);
+        if let (true, Some(conversation), false) = (
+            ordered,
+            done.conversation_id,
+            matches!(next, NextStep::RetryAt(_)),
+        ) {
+            let shared = self.shared.clone();
+            let webhook_id = done.webhook_id;
+            tokio::spawn(async move {
+                let now = shared.clock.now_ms();
+                match shared
+                    .store
+                    .claim_conversation_head(&webhook_id, &conversation, now, shared.lease_until())
+                    .await
+                {
+                    Ok(Some(job)) => {
+                        let _ = shared.tx.send(Command::Jobs(vec![job]));
+                    }
+                    Ok(None) => {}
+                    Err(e) => store_failed(&e, "claiming the conversation's next delivery failed"),
+                }
+            });
+        }
+    }
+}
