@@ -8,6 +8,11 @@
 //! and its queue, fresh deliveries ahead of retries, so one slow or failing subscriber cannot
 //! starve the others and retries cannot starve fresh traffic. One task owns every lane; sends
 //! run as their own tasks and report back.
+//!
+//! This file holds that task's loop and its handle; the concerns are apart: `claims` (what is
+//! handed over or claimed, and leases given back), `lanes` (queues, limits, the breaker),
+//! `attempt` (sending and recording one attempt), `schedule` (the retry policy, polling,
+//! pruning).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use crate::ssrf::TargetPolicy;
 use crate::store::{DeliveryJob, NextStep, Store, StoreError, Webhook, WebhookHealth};
 
 mod attempt;
+mod claims;
 mod lanes;
 mod schedule;
 
@@ -288,65 +294,6 @@ impl Dispatcher {
                 next_retention = now + retention_every;
             }
         }
-    }
-
-    fn accept(&mut self, jobs: Vec<DeliveryJob>) {
-        let (known, unknown): (Vec<_>, Vec<_>) = jobs
-            .into_iter()
-            .partition(|j| self.targets.contains_key(&j.webhook_id));
-        if !unknown.is_empty() {
-            // A webhook this node has not read yet (created on another node): read the
-            // webhooks, then take these up.
-            self.parked.extend(unknown);
-            self.shared.tx.send(Command::WebhooksChanged).ok();
-        }
-        self.accept_or_release(known);
-    }
-
-    /// Queue jobs in their lanes; give back those whose webhook is gone.
-    fn accept_or_release(&mut self, jobs: Vec<DeliveryJob>) {
-        let now = self.shared.clock.now_ms();
-        let mut orphans = Vec::new();
-        for job in jobs {
-            let Some(target) = self.targets.get(&job.webhook_id) else {
-                orphans.push((job.delivery_id, job.lease_until));
-                continue;
-            };
-            let lane = self
-                .lanes
-                .entry(job.webhook_id.clone())
-                .or_insert_with(|| Lane::new(&target.webhook.health, now));
-            if !lane.known.insert(job.delivery_id.clone()) {
-                // Claimed again while queued here (its old lease ran out): keep the newer lease.
-                if let Some(queued) = lane
-                    .fresh
-                    .iter_mut()
-                    .chain(lane.retries.iter_mut())
-                    .find(|q| q.delivery_id == job.delivery_id)
-                {
-                    queued.lease_until = queued.lease_until.max(job.lease_until);
-                }
-                continue;
-            }
-            if job.is_retry {
-                lane.retries.push_back(job);
-            } else {
-                lane.fresh.push_back(job);
-            }
-        }
-        self.release(orphans);
-    }
-
-    fn release(&self, leases: Vec<(String, i64)>) {
-        if leases.is_empty() {
-            return;
-        }
-        let store = self.shared.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.release_leases_of(&leases).await {
-                store_failed(&e, "releasing leases failed (they expire on their own)");
-            }
-        });
     }
 }
 
