@@ -7,30 +7,31 @@
 //! a relay that only receives each webhook and posts its body on to the sink: the same four
 //! HTTP handlings as Switchboard's path, with no storage, parsing or signing; then the same
 //! relay signing each post as Switchboard signs a delivery.
+//!
+//! This file holds the options, the report and the run; `processes` starts the server and the
+//! relays, `relay` is the relay itself, `sink` the subscriber, `load` what is posted, `table`
+//! the printed report.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::{bail, Context};
-use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::post;
-use rand::Rng;
-use serde_json::json;
 
-use switchboard_events::headers;
-
-use crate::channels::twilio::signature::{self, Algorithm};
 use crate::routes::TWILIO_INBOUND_PATH;
 
+mod load;
 mod processes;
 mod relay;
+mod sink;
+mod table;
 
-use processes::{process_usage, start_relay, start_server};
+use load::{configure, post_all, relay_phase, twilio_requests};
+use processes::{process_usage, start_server};
+use sink::{sink, Sink};
+
 pub use relay::relay;
+pub use table::table;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
@@ -130,266 +131,12 @@ fn slow_windows(requests: &[(f64, f64)], slow_ms: f64) -> Vec<SlowWindow> {
     windows.into_values().filter(|w| w.slow > 0).collect()
 }
 
-/// The sink: records when each message (by the number in its body) arrived, and when the
-/// last post of any kind did.
-#[derive(Default)]
-struct Sink {
-    arrivals: Mutex<HashMap<usize, Instant>>,
-    last: Mutex<Option<Instant>>,
-    total: AtomicUsize,
-    /// Posts that carried both delivery signatures, and posts that did not.
-    signed: AtomicUsize,
-    unsigned: AtomicUsize,
-}
-
-impl Sink {
-    fn reset(&self) {
-        self.arrivals.lock().expect("sink lock").clear();
-        *self.last.lock().expect("sink lock") = None;
-        self.total.store(0, Ordering::Relaxed);
-        self.signed.store(0, Ordering::Relaxed);
-        self.unsigned.store(0, Ordering::Relaxed);
-    }
-
-    /// Wait until `count` reaches `n` (at most 300 s); `what` names what is counted.
-    async fn wait_for(
-        &self,
-        n: usize,
-        what: &str,
-        count: impl Fn(&Sink) -> usize,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let arrived = count(self);
-            if arrived >= n {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("only {arrived} of {n} {what} arrived within 300 s");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-async fn sink(State(sink): State<Arc<Sink>>, request: axum::extract::Request) -> StatusCode {
-    let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
-        return StatusCode::BAD_REQUEST;
-    };
-    let now = Instant::now();
-    let signed = parts.headers.contains_key(headers::GHL_SIGNATURE)
-        && parts.headers.contains_key(headers::WEBHOOK_SIGNATURE);
-    if signed { &sink.signed } else { &sink.unsigned }.fetch_add(1, Ordering::Relaxed);
-    // The latest arrival is kept before the post is counted, so whoever sees the count sees
-    // its time.
-    {
-        let mut last = sink.last.lock().expect("sink lock");
-        *last = (*last).max(Some(now));
-    }
-    sink.total.fetch_add(1, Ordering::Relaxed);
-    // The number follows "bench " in the message body.
-    if let Some(i) = std::str::from_utf8(&body)
-        .ok()
-        .and_then(|t| t.split("\"body\":\"bench ").nth(1))
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse::<usize>().ok())
-    {
-        sink.arrivals
-            .lock()
-            .expect("sink lock")
-            .entry(i)
-            .or_insert(now);
-    }
-    StatusCode::OK
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-async fn configure(client: &reqwest::Client, base: &str, sink_url: &str) -> anyhow::Result<()> {
-    let location: serde_json::Value = client
-        .post(format!("{base}/v1/locations"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "Bench" }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let id = location["id"].as_str().context("location id")?;
-    client
-        .put(format!("{base}/v1/locations/{id}/channels/twilio"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN, "phoneNumbers": [BUSINESS_NUMBER] }))
-        .send()
-        .await?
-        .error_for_status()?;
-    client
-        .post(format!("{base}/v1/webhooks"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "url": sink_url, "events": ["InboundMessage"] }))
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(())
-}
-
-/// Requests as Twilio sends them, built before the clock starts: (form body, signature).
-fn twilio_requests(n: usize, url: &str) -> Vec<(String, String)> {
-    let mut rng = rand::thread_rng();
-    (0..n)
-        .map(|i| {
-            let sid = format!("SM{i:032}");
-            let from = format!("+1212{:07}", i % 5000);
-            let filler_len = rng.gen_range(100..=600usize);
-            let text: String = format!("bench {i} ")
-                .chars()
-                .chain((0..filler_len).map(|k| if k % 7 == 6 { ' ' } else { 'x' }))
-                .take(filler_len)
-                .collect();
-            let params: Vec<(String, String)> = [
-                ("MessageSid", sid.as_str()),
-                ("SmsMessageSid", sid.as_str()),
-                ("AccountSid", ACCOUNT_SID),
-                ("From", from.as_str()),
-                ("To", BUSINESS_NUMBER),
-                ("Body", text.as_str()),
-                ("NumMedia", "0"),
-                ("NumSegments", "1"),
-                ("SmsStatus", "received"),
-                ("ApiVersion", "2010-04-01"),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            let sig = signature::sign(Algorithm::HmacSha1, AUTH_TOKEN.as_bytes(), url, &params);
-            let body = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(&params)
-                .finish();
-            (body, sig)
-        })
-        .collect()
-}
-
-/// Post `requests` at `concurrency` (paced at `rate` a second if given); returns each
-/// request's latency (ms), when each request (by index) was sent — or due, when paced — and
-/// the failures.
-async fn post_all(
-    client: &reqwest::Client,
-    url: &str,
-    requests: Vec<(String, Vec<(&'static str, String)>)>,
-    concurrency: usize,
-    rate: Option<f64>,
-) -> (Vec<f64>, HashMap<usize, Instant>, usize) {
-    let begin = Instant::now();
-    let tickets = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(Mutex::new(HashMap::with_capacity(requests.len())));
-    let queue = Arc::new(Mutex::new(
-        requests.into_iter().enumerate().collect::<Vec<_>>(),
-    ));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.to_owned());
-            let (queue, latencies, failures) = (queue.clone(), latencies.clone(), failures.clone());
-            let (sent, tickets) = (sent.clone(), tickets.clone());
-            tokio::spawn(async move {
-                loop {
-                    let Some((i, (body, headers))) = queue.lock().expect("queue").pop() else {
-                        return;
-                    };
-                    let started = match rate {
-                        Some(rate) => {
-                            let ticket = tickets.fetch_add(1, Ordering::Relaxed);
-                            let due = begin + Duration::from_secs_f64(ticket as f64 / rate);
-                            tokio::time::sleep_until(due.into()).await;
-                            due
-                        }
-                        None => Instant::now(),
-                    };
-                    sent.lock().expect("sent").insert(i, started);
-                    let mut request = client.post(&url).body(body);
-                    for (name, value) in headers {
-                        request = request.header(name, value);
-                    }
-                    match request.send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            latencies
-                                .lock()
-                                .expect("latencies")
-                                .push(started.elapsed().as_secs_f64() * 1000.0);
-                        }
-                        _ => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.await;
-    }
-    let latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    let sent = std::mem::take(&mut *sent.lock().expect("sent"));
-    (latencies, sent, failures.load(Ordering::Relaxed))
-}
-
-/// One relay phase: `requests` posted through a relay (signing each post when `sign`) until
-/// the sink has them all; the relay's delivered/s and CPU seconds.
-async fn relay_phase(
-    sign: bool,
-    sink: &Sink,
-    client: &reqwest::Client,
-    sink_url: &str,
-    requests: &[(String, Vec<(&'static str, String)>)],
-    options: &BenchOptions,
-) -> anyhow::Result<(f64, f64)> {
-    let n = requests.len();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let relay = start_relay(port, sink_url, sign).await?;
-    let started = Instant::now();
-    let url = format!("http://127.0.0.1:{port}{TWILIO_INBOUND_PATH}");
-    let (_, _, failed) = post_all(
-        client,
-        &url,
-        requests.to_vec(),
-        options.concurrency,
-        options.rate,
-    )
-    .await;
-    anyhow::ensure!(failed == 0, "{failed} posts to the relay failed");
-    sink.wait_for(n, "posts", |s| s.total.load(Ordering::Relaxed))
-        .await?;
-    // Counted by kind, so a repeated post (a retried forward) cannot fail the check.
-    if sign {
-        let unsigned = sink.unsigned.load(Ordering::Relaxed);
-        anyhow::ensure!(
-            unsigned == 0,
-            "{unsigned} of the signing relay's posts were not signed"
-        );
-    } else {
-        let signed = sink.signed.load(Ordering::Relaxed);
-        anyhow::ensure!(
-            signed == 0,
-            "{signed} of the plain relay's posts were signed"
-        );
-    }
-    let last = sink.last.lock().expect("sink lock").unwrap_or(started);
-    let per_sec = n as f64 / last.duration_since(started).as_secs_f64();
-    let (_, cpu) = process_usage(relay.child.id());
-    drop(relay);
-    sink.reset();
-    Ok((per_sec, cpu))
 }
 
 pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
@@ -544,56 +291,6 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         repeated_deliveries: state.total.load(Ordering::Relaxed).saturating_sub(n),
         slow_windows,
     })
-}
-
-/// The table for people.
-pub fn table(r: &BenchReport) -> String {
-    let mut table = format!(
-        "store                    {}\n\
-         messages × concurrency   {} × {}{}\n\
-         accepted/s               {:.0}\n\
-         delivered/s              {:.0}  ({:.0} % of the ceiling)\n\
-         ingest latency p50/p99   {:.2} / {:.2} ms\n\
-         ingest→delivery p50/p95/p99  {:.1} / {:.1} / {:.1} ms\n\
-         server peak RSS          {:.1} MiB\n\
-         server CPU               {:.2} s\n\
-         ceiling (HTTP alone)/s   {:.0}\n\
-         relay (HTTP in, out)/s   {:.0}  ({:.0} % of the ceiling), CPU {:.2} s\n\
-         relay, signing/s         {:.0}  ({:.0} % of the ceiling), CPU {:.2} s\n\
-         repeated deliveries      {}",
-        r.store,
-        r.messages,
-        r.concurrency,
-        r.rate
-            .map(|rate| format!(", offered at {rate:.0}/s"))
-            .unwrap_or_default(),
-        r.accepted_per_sec,
-        r.delivered_per_sec,
-        r.delivered_share_of_ceiling * 100.0,
-        r.ingest_p50_ms,
-        r.ingest_p99_ms,
-        r.end_to_end_p50_ms,
-        r.end_to_end_p95_ms,
-        r.end_to_end_p99_ms,
-        r.server_peak_rss_mb,
-        r.server_cpu_seconds,
-        r.ceiling_per_sec,
-        r.relay_per_sec,
-        r.relay_share_of_ceiling * 100.0,
-        r.relay_cpu_seconds,
-        r.signing_relay_per_sec,
-        r.signing_relay_share_of_ceiling * 100.0,
-        r.signing_relay_cpu_seconds,
-        r.repeated_deliveries,
-    );
-    for w in &r.slow_windows {
-        let _ = write!(
-            table,
-            "\nslow, posted at {:.2} s     {} of {}, the slowest {:.1} ms",
-            w.at_s, w.slow, w.posted, w.max_ms
-        );
-    }
-    table
 }
 
 #[cfg(test)]
