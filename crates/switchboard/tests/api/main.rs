@@ -35,6 +35,7 @@ mod feed;
 mod fuzz_regressions;
 mod hardening;
 mod helpers;
+mod isolation;
 mod layout;
 mod multinode;
 mod pg_restart;

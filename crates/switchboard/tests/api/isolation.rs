@@ -1,0 +1,119 @@
+//! Isolation (issue 21, first part): every part of an attempt is bounded. A subscriber that
+//! answers at once and then drips its body a byte at a time is cut off at the delivery timeout,
+//! and the in-flight slot it held is free again for the next delivery.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::engine::{create_webhook, location_with_twilio};
+use crate::helpers::*;
+
+/// A subscriber written on bare TCP: its first request is answered `200` with a 1,000-byte
+/// body sent one byte every 200 ms; every later one is answered `204` at once. Returns its URL
+/// and when each request arrived.
+async fn dripping_subscriber() -> (String, Arc<Mutex<Vec<Instant>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut read = 0;
+                // The request's head and body (the body is small: one read after the head).
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(Instant::now());
+                    seen.len() == 1
+                };
+                if first {
+                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n";
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..1000 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if conn.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let answer = "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    // Keep the connection open for the client's pool.
+                    let _ = conn.read(&mut buf).await;
+                }
+            });
+        }
+    });
+    (url, arrivals)
+}
+
+/// With one delivery in flight at most, the second waits for the dripping first; the first is
+/// cut off at the 1 s delivery timeout, so the second goes out about a second after it, not
+/// after the 200 s the drip would take.
+async fn a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot() {
+    let timeout = Duration::from_secs(1);
+    let app = spawn_app_with(|c| c.delivery_timeout = timeout).await;
+    let (url, arrivals) = dripping_subscriber().await;
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": url, "events": ["InboundMessage"], "maxInFlight": 1 }),
+    )
+    .await;
+    assert_eq!(
+        app.post_twilio(&sms_params("SMdrip1", "first"), AUTH_TOKEN)
+            .await
+            .status(),
+        200
+    );
+    let first = eventually(Duration::from_secs(5), "the first request", || async {
+        arrivals.lock().unwrap().first().copied()
+    })
+    .await;
+    assert_eq!(
+        app.post_twilio(&sms_params("SMdrip2", "second"), AUTH_TOKEN)
+            .await
+            .status(),
+        200
+    );
+    let second = eventually(Duration::from_secs(10), "the second request", || async {
+        arrivals.lock().unwrap().get(1).copied()
+    })
+    .await;
+    let waited = second - first;
+    assert!(
+        waited >= timeout - Duration::from_millis(100) && waited < timeout * 3,
+        "the second delivery started {waited:?} after the first; the timeout is {timeout:?}"
+    );
+
+    // The dripping attempt is recorded as it ended: at the timeout, with what had arrived.
+    let events = app.expect_events(2).await;
+    let message_id = events[0]["messageId"].as_str().unwrap().to_owned();
+    let report = app
+        .get_json(&format!("/v1/messages/{message_id}/deliveries"))
+        .await;
+    let attempt = &report["data"][0]["attempts"][0];
+    let took = attempt["durationMs"].as_u64().unwrap();
+    assert!(
+        (900..3000).contains(&took),
+        "the dripping attempt took {took} ms: {report}"
+    );
+}
+
+crate::both_stores!(a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot);
