@@ -105,10 +105,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Opti
     Ok((Arc::new(store), Some(lock)))
 }
 
-/// File descriptors kept for the database, outbound deliveries and media downloads, whatever
-/// the connections take.
+/// File descriptors kept for the database, outbound deliveries (those of webhooks on probation
+/// too) and media downloads, whatever the connections take.
 fn descriptor_reserve(config: &Config) -> usize {
-    config.dispatcher_concurrency + config.database_max_connections as usize + 64
+    config.dispatcher_concurrency * (1 + crate::dispatcher::PROBATION_FACTOR)
+        + config.database_max_connections as usize
+        + 64
 }
 
 /// `max_connections`, lowered to what the open-file limit leaves after the reserve.

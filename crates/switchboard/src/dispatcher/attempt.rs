@@ -214,7 +214,11 @@ pub(super) async fn send_and_record(
             Err(e) => store_failed(&e, "disabling the webhook failed"),
         }
     }
-    completion(SendResult::Attempted { next, health })
+    completion(SendResult::Attempted {
+        next,
+        health,
+        answered: http_status.is_some(),
+    })
 }
 
 struct Response {

@@ -43,6 +43,9 @@ pub(super) struct Lane {
     pub(super) tokens: f64,
     pub(super) refilled: Instant,
     pub(super) breaker: Breaker,
+    /// Its subscriber answered the last attempt: it may use the shared slots. Until then (and
+    /// after an attempt it did not answer) it is on probation, one attempt at a time.
+    pub(super) proven: bool,
 }
 
 impl Lane {
@@ -55,6 +58,7 @@ impl Lane {
             busy: HashSet::new(),
             tokens: 1.0,
             refilled: Instant::now(),
+            proven: false,
             breaker: match health.breaker_open_until {
                 Some(until) if until > now => Breaker::Open { until },
                 Some(_) => Breaker::HalfOpen,
@@ -148,7 +152,12 @@ impl Dispatcher {
         }
         let ordered = webhook.ordering == Ordering::Conversation;
         {
-            if self.in_flight >= self.concurrency {
+            let slot_free = if lane.proven {
+                self.in_flight < self.concurrency
+            } else {
+                lane.in_flight == 0 && self.probing.len() < self.probation_cap
+            };
+            if !slot_free {
                 return Pump::Idle;
             }
             if webhook
@@ -192,7 +201,11 @@ impl Dispatcher {
                 }
             }
             lane.in_flight += 1;
-            self.in_flight += 1;
+            if lane.proven {
+                self.in_flight += 1;
+            } else {
+                self.probing.insert(job.delivery_id.clone());
+            }
             self.shared.metrics.in_flight(1);
             let shared = self.shared.clone();
             let target = target.clone();
@@ -209,7 +222,9 @@ impl Dispatcher {
     }
 
     pub(super) async fn finish(&mut self, done: Completion) {
-        self.in_flight -= 1;
+        if !self.probing.remove(&done.delivery_id) {
+            self.in_flight -= 1;
+        }
         self.shared.metrics.in_flight(-1);
         let now = self.shared.clock.now_ms();
         let Some(lane) = self.lanes.get_mut(&done.webhook_id) else {
@@ -220,9 +235,15 @@ impl Dispatcher {
         if let Some(c) = &done.conversation_id {
             lane.busy.remove(c);
         }
-        let SendResult::Attempted { next, health } = done.result else {
+        let SendResult::Attempted {
+            next,
+            health,
+            answered,
+        } = done.result
+        else {
             return;
         };
+        lane.proven = answered;
         let success = next == NextStep::Delivered;
         let mut breaker_change = None;
         if success {

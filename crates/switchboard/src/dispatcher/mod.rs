@@ -14,7 +14,7 @@
 //! `attempt` (sending and recording one attempt), `schedule` (the retry policy, polling,
 //! pruning).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ pub use schedule::RetryPolicy;
 
 /// A lease is renewed before sending when less than the timeout plus this is left.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Webhooks on probation may have this many times `dispatcher_concurrency` attempts in flight
+/// in all, one each.
+pub const PROBATION_FACTOR: usize = 4;
 /// Webhook settings are re-read this often (other nodes may have changed them).
 const WEBHOOK_REFRESH: Duration = Duration::from_secs(10);
 /// Retention runs at most this far apart (more often for short retention).
@@ -94,6 +97,9 @@ enum SendResult {
     Attempted {
         next: NextStep,
         health: WebhookHealth,
+        /// The subscriber answered (any HTTP status), rather than timing out or refusing the
+        /// connection: its webhook leaves probation, or enters it when it did not.
+        answered: bool,
     },
 }
 
@@ -124,8 +130,14 @@ pub struct Dispatcher {
     lanes: HashMap<String, Lane>,
     /// Claimed deliveries of webhooks not read yet, until the next reload.
     parked: Vec<DeliveryJob>,
+    /// Attempts in flight for webhooks that have answered (at most `concurrency`).
     in_flight: usize,
     concurrency: usize,
+    /// Attempts in flight for webhooks on probation (not answered yet, or whose last attempt
+    /// got no answer): one per webhook, at most `probation_cap` in all. They do not take the
+    /// slots of webhooks that answer, so a subscriber that hangs delays no one else.
+    probing: HashSet<String>,
+    probation_cap: usize,
     poll_interval: Duration,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
@@ -167,6 +179,8 @@ impl Dispatcher {
                 parked: Vec::new(),
                 in_flight: 0,
                 concurrency: config.dispatcher_concurrency,
+                probing: HashSet::new(),
+                probation_cap: PROBATION_FACTOR * config.dispatcher_concurrency,
                 poll_interval: config.poll_interval,
                 breaker_threshold: config.breaker_threshold,
                 breaker_cooldown: config.breaker_cooldown,

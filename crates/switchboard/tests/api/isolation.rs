@@ -1,6 +1,7 @@
-//! Isolation (issue 21, first part): every part of an attempt is bounded. A subscriber that
-//! answers at once and then drips its body a byte at a time is cut off at the delivery timeout,
-//! and the in-flight slot it held is free again for the next delivery.
+//! Isolation: a subscriber that hangs delays no one else's deliveries (webhooks on probation
+//! send one attempt at a time, outside the slots of webhooks that answer), and every part of
+//! an attempt is bounded: a subscriber that answers at once and then drips its body a byte at
+//! a time is cut off at the delivery timeout, and the slot it held is free again.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,4 +117,71 @@ async fn a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot() {
     );
 }
 
-crate::both_stores!(a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot);
+/// A server that accepts connections and never answers; it holds every connection open.
+async fn hanging_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    url
+}
+
+/// 200 webhooks whose subscriber hangs and one that answers, with the default 256 slots and a
+/// 5 s delivery timeout: from the first message on, every delivery to the healthy webhook
+/// arrives well before any timeout could have freed a slot. Before probation, the second
+/// message's 200 hanging attempts filled the slots and the healthy webhook waited for the
+/// timeouts.
+async fn two_hundred_hanging_webhooks_delay_no_healthy_delivery() {
+    let timeout = Duration::from_secs(5);
+    let app = spawn_app_with(|c| c.delivery_timeout = timeout).await;
+    assert_eq!(switchboard::Config::defaults().dispatcher_concurrency, 256);
+    location_with_twilio(&app).await;
+    let hanging = hanging_server().await;
+    for _ in 0..200 {
+        create_webhook(
+            &app,
+            json!({ "url": hanging, "events": ["InboundMessage"] }),
+        )
+        .await;
+    }
+    let healthy = TestReceiver::start().await;
+    create_webhook(
+        &app,
+        json!({ "url": healthy.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+
+    let messages = 15;
+    let mut posted = Vec::new();
+    for i in 0..messages {
+        let sid = twilio_sid(&format!("SMhang{i}"));
+        let body = format!("message {i}");
+        posted.push(Instant::now());
+        let r = app.post_twilio(&sms_params(&sid, &body), AUTH_TOKEN).await;
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = healthy.wait_for(messages, Duration::from_secs(20)).await;
+    let mut waits = Vec::new();
+    for delivery in &got {
+        let body = delivery.json()["body"].as_str().unwrap().to_owned();
+        let i: usize = body.trim_start_matches("message ").parse().unwrap();
+        waits.push((i, delivery.at - posted[i]));
+    }
+    waits.sort();
+    for (i, waited) in &waits {
+        assert!(
+            *waited < Duration::from_secs(1),
+            "message {i} reached the healthy webhook after {waited:?} (timeout {timeout:?}): {waits:?}"
+        );
+    }
+}
+
+crate::both_stores!(
+    a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot,
+    two_hundred_hanging_webhooks_delay_no_healthy_delivery,
+);
