@@ -5,7 +5,6 @@
 //! first byte read while the connection is idle, and ends when hyper hands the request's
 //! headers to the service.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -78,16 +77,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadDeadline<S> {
             }
             Poll::Pending if phase == HEAD => {
                 let timeout = this.timeout;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("the request's headers did not arrive within {timeout:?}"),
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
+                super::poll_deadline(&mut this.deadline, timeout, cx, || {
+                    format!("the request's headers did not arrive within {timeout:?}")
+                })
             }
             other => other,
         }

@@ -53,16 +53,9 @@ impl Lingering {
             return poll;
         }
         let timeout = self.write_timeout;
-        let stalled = self
-            .write_stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client read nothing of the answer for {timeout:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
+        super::poll_deadline(&mut self.write_stalled, timeout, cx, || {
+            format!("the client read nothing of the answer for {timeout:?}")
+        })
     }
 }
 

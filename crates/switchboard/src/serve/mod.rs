@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io::ErrorKind;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -34,6 +35,22 @@ use body::DeadlineBody;
 pub use body::{BodyBudgetSpent, BodyTimedOut};
 use limits::{BodyBudget, ConnectionSlots, Limits};
 use linger::Lingering;
+
+/// A deadline for a socket operation that waits: started the first time it is polled (kept in
+/// `deadline` until the caller clears it), `Pending` until `timeout` has passed, then the error
+/// `TimedOut` with `what`.
+fn poll_deadline<T>(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+    what: impl FnOnce() -> String,
+) -> Poll<std::io::Result<T>> {
+    let sleep = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+    sleep
+        .as_mut()
+        .poll(cx)
+        .map(|()| Err(std::io::Error::new(ErrorKind::TimedOut, what())))
+}
 
 /// The request line and headers of one request, at most (431 and the connection closed past
 /// it). Providers send a few KiB; hyper's own default is the read buffer's ~400 KiB, which a
