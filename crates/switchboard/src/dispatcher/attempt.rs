@@ -70,16 +70,19 @@ impl Target {
     }
 }
 
-/// Send one delivery, record the attempt, decide what comes next.
+/// Send one delivery, record the attempt, decide what comes next. `on_probation` (the slot it
+/// holds) is handed back with the outcome.
 pub(super) async fn send_and_record(
     shared: &Shared,
     target: &Target,
     mut job: DeliveryJob,
+    on_probation: bool,
 ) -> Completion {
     let webhook = &target.webhook;
     let delivery_id = job.delivery_id.clone();
     let conversation_id = job.conversation_id.clone();
     let completion = |result| Completion {
+        on_probation,
         webhook_id: webhook.id.clone(),
         delivery_id: delivery_id.clone(),
         conversation_id: conversation_id.clone(),

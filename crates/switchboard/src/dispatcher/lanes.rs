@@ -155,7 +155,7 @@ impl Dispatcher {
             let slot_free = if lane.proven {
                 self.in_flight < self.concurrency
             } else {
-                lane.in_flight == 0 && self.probing.len() < self.probation_cap
+                lane.in_flight == 0 && self.probing < self.probation_cap
             };
             if !slot_free {
                 return Pump::Idle;
@@ -201,10 +201,11 @@ impl Dispatcher {
                 }
             }
             lane.in_flight += 1;
-            if lane.proven {
-                self.in_flight += 1;
+            let on_probation = !lane.proven;
+            if on_probation {
+                self.probing += 1;
             } else {
-                self.probing.insert(job.delivery_id.clone());
+                self.in_flight += 1;
             }
             self.shared.metrics.in_flight(1);
             let shared = self.shared.clone();
@@ -212,7 +213,7 @@ impl Dispatcher {
             let span = tracing::info_span!("delivery", delivery_id = %job.delivery_id, webhook_id = %job.webhook_id, event_id = %job.event_id);
             tokio::spawn(
                 async move {
-                    let done = send_and_record(&shared, &target, job).await;
+                    let done = send_and_record(&shared, &target, job, on_probation).await;
                     let _ = shared.tx.send(Command::Done(done));
                 }
                 .instrument(span),
@@ -222,7 +223,9 @@ impl Dispatcher {
     }
 
     pub(super) async fn finish(&mut self, done: Completion) {
-        if !self.probing.remove(&done.delivery_id) {
+        if done.on_probation {
+            self.probing -= 1;
+        } else {
             self.in_flight -= 1;
         }
         self.shared.metrics.in_flight(-1);

@@ -14,7 +14,7 @@
 //! `attempt` (sending and recording one attempt), `schedule` (the retry policy, polling,
 //! pruning).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,8 @@ enum Command {
 }
 
 struct Completion {
+    /// The attempt held a probation slot rather than a shared one.
+    on_probation: bool,
     webhook_id: String,
     delivery_id: String,
     conversation_id: Option<String>,
@@ -136,7 +138,7 @@ pub struct Dispatcher {
     /// Attempts in flight for webhooks on probation (not answered yet, or whose last attempt
     /// got no answer): one per webhook, at most `probation_cap` in all. They do not take the
     /// slots of webhooks that answer, so a subscriber that hangs delays no one else.
-    probing: HashSet<String>,
+    probing: usize,
     probation_cap: usize,
     poll_interval: Duration,
     breaker_threshold: u32,
@@ -179,7 +181,7 @@ impl Dispatcher {
                 parked: Vec::new(),
                 in_flight: 0,
                 concurrency: config.dispatcher_concurrency,
-                probing: HashSet::new(),
+                probing: 0,
                 probation_cap: PROBATION_FACTOR * config.dispatcher_concurrency,
                 poll_interval: config.poll_interval,
                 breaker_threshold: config.breaker_threshold,
