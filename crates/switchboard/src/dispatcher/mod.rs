@@ -280,10 +280,25 @@ impl Dispatcher {
                 command = self.rx.recv() => match command {
                     Some(Command::Jobs(jobs)) => self.accept(jobs),
                     Some(Command::WebhooksChanged) => {
+                        // A burst of changes (an operator creating 200 webhooks) is one reload,
+                        // not one per change: the commands queued behind it wait for it.
+                        let mut behind = Vec::new();
+                        while let Ok(command) = self.rx.try_recv() {
+                            if !matches!(command, Command::WebhooksChanged) {
+                                behind.push(command);
+                            }
+                        }
                         self.reload().await;
                         // Deliveries for a webhook this node had not read yet waited for this.
                         let parked = std::mem::take(&mut self.parked);
                         self.accept_or_release(parked);
+                        for command in behind {
+                            match command {
+                                Command::Jobs(jobs) => self.accept(jobs),
+                                Command::Done(done) => self.finish(done).await,
+                                Command::WebhooksChanged => {}
+                            }
+                        }
                     }
                     Some(Command::Done(done)) => self.finish(done).await,
                     None => return,
