@@ -17,7 +17,15 @@ fn documentation_files(root: &Path) -> Vec<PathBuf> {
         .iter()
         .map(|name| root.join(name))
         .collect();
-    let mut folders = vec![root.join("docs")];
+    files.extend(files_under(&root.join("docs"), "md"));
+    files.sort();
+    files
+}
+
+/// Every file under `dir` (its subfolders too) whose name ends in `.extension`, sorted.
+pub fn files_under(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
     while let Some(folder) = folders.pop() {
         let Ok(entries) = std::fs::read_dir(&folder) else {
             continue;
@@ -26,7 +34,7 @@ fn documentation_files(root: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 folders.push(path);
-            } else if path.extension().is_some_and(|e| e == "md") {
+            } else if path.extension().is_some_and(|e| e == extension) {
                 files.push(path);
             }
         }

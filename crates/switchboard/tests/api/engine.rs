@@ -39,11 +39,6 @@ fn sms_from<'a>(sid: &'a str, body: &'a str, from: &'a str) -> Vec<(&'a str, &'a
     p
 }
 
-fn iso_ms(v: &Value) -> i64 {
-    let t = humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
-    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
 async fn default_schedule_puts_the_first_retry_five_seconds_out_within_jitter() {
     let app = spawn_app_with(|c| {
         c.retry_schedule = switchboard::Config::defaults().retry_schedule;
@@ -81,8 +76,7 @@ async fn default_schedule_puts_the_first_retry_five_seconds_out_within_jitter() 
 
 /// On a `ManualClock`: each retry comes exactly when it is due, not a millisecond before.
 async fn a_webhooks_own_schedule_and_retry_after() {
-    let clock = switchboard::domain::time::ManualClock::new(now_ms());
-    let app = spawn_app_with_clock(|_| {}, std::sync::Arc::new(clock.clone())).await;
+    let (app, clock) = spawn_app_on_manual_clock(|_| {}).await;
     let receiver = TestReceiver::start().await;
     location_with_twilio(&app).await;
     create_webhook(
@@ -129,11 +123,6 @@ async fn a_webhooks_own_schedule_and_retry_after() {
             receiver.wait_for(2, Duration::from_secs(2)).await;
         }
     }
-}
-
-fn now_ms() -> i64 {
-    use switchboard::domain::time::Clock;
-    switchboard::domain::time::SystemClock.now_ms()
 }
 
 async fn redirects_are_not_followed() {
@@ -261,11 +250,17 @@ async fn gone_disables_the_webhook_tells_subscribers_and_the_backlog_resumes_on_
         .await;
     assert_eq!(report["data"][0]["status"], "delivered");
     assert!(report["data"][0].get("held").is_none(), "{report}");
-    // The queue depth is read at most once a second.
+    held_gauge_reads(&app, 0).await;
+}
+
+/// Wait until `/metrics` counts `held` deliveries held (the queue depth is read at most once
+/// a second).
+async fn held_gauge_reads(app: &TestApp, held: u64) {
+    let line = format!("switchboard_delivery_queue{{state=\"held\"}} {held}");
     eventually(Duration::from_secs(3), "the held gauge", || async {
         get_metrics(&app.client, &app.address)
             .await
-            .contains("switchboard_delivery_queue{state=\"held\"} 0")
+            .contains(&line)
             .then_some(())
     })
     .await;
@@ -328,14 +323,7 @@ async fn breaker_opens_waits_probes_and_closes() {
         .get_json(&format!("/v1/messages/{message_id}/deliveries"))
         .await;
     assert_eq!(report["data"][0]["held"], "breaker_open", "{report}");
-    // The queue depth is read at most once a second.
-    eventually(Duration::from_secs(3), "the held gauge", || async {
-        get_metrics(&app.client, &app.address)
-            .await
-            .contains("switchboard_delivery_queue{state=\"held\"} 1")
-            .then_some(())
-    })
-    .await;
+    held_gauge_reads(&app, 1).await;
 
     // The probe, after the cooldown, succeeds and closes it.
     let got = receiver.wait_for(3, Duration::from_secs(5)).await;

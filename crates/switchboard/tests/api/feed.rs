@@ -9,24 +9,13 @@ use std::sync::Arc;
 use crate::helpers::*;
 
 /// The webhook ids of every event after `after`, following the cursor; the last cursor.
-async fn read_from(
-    client: &reqwest::Client,
-    node: &str,
-    mut after: String,
-) -> (Vec<String>, String) {
-    let mut ids = Vec::new();
-    loop {
-        let page = get_json(client, node, &format!("/v1/events?after={after}&limit=100")).await;
-        let data = page["data"].as_array().unwrap();
-        if data.is_empty() {
-            return (ids, after);
-        }
-        ids.extend(
-            data.iter()
-                .map(|e| e["event"]["webhookId"].as_str().unwrap().to_owned()),
-        );
-        after = page["next"].as_str().unwrap().to_owned();
-    }
+async fn read_from(client: &reqwest::Client, node: &str, after: String) -> (Vec<String>, String) {
+    let (events, last) = read_events(client, node, after, 100).await;
+    let ids = events
+        .iter()
+        .map(|e| e["webhookId"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, last)
 }
 
 #[tokio::test]

@@ -50,16 +50,31 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    spawn_app_with_clock(
+    spawn_app_on(
         adjust,
         std::sync::Arc::new(switchboard::domain::time::SystemClock),
     )
     .await
 }
 
-/// A server whose idea of the time is `clock`: with a `ManualClock`, schedules (retries,
-/// breakers, retention) move only when the test advances it, so no test sleeps through them.
-pub async fn spawn_app_with_clock(
+/// A server on a `ManualClock` that starts at the current time: schedules (retries, breakers,
+/// retention) move only when the test advances the clock, so no test sleeps through them.
+pub async fn spawn_app_on_manual_clock(
+    adjust: impl FnOnce(&mut Config),
+) -> (TestApp, switchboard::domain::time::ManualClock) {
+    use switchboard::domain::time::{Clock, ManualClock, SystemClock};
+    let clock = ManualClock::new(SystemClock.now_ms());
+    let app = spawn_app_on(adjust, std::sync::Arc::new(clock.clone())).await;
+    (app, clock)
+}
+
+/// Milliseconds since the epoch of an ISO-8601 time the API wrote.
+pub fn iso_ms(iso: &Value) -> i64 {
+    let t = humantime::parse_rfc3339(iso.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+async fn spawn_app_on(
     adjust: impl FnOnce(&mut Config),
     clock: std::sync::Arc<dyn switchboard::domain::time::Clock>,
 ) -> TestApp {
@@ -129,19 +144,9 @@ impl TestApp {
 
     /// Every event stored so far, from the events feed (`GET /v1/events`), in order.
     pub async fn events(&self) -> Vec<Value> {
-        let mut events = Vec::new();
-        let mut after = String::from("0");
-        loop {
-            let page = self
-                .get_json(&format!("/v1/events?after={after}&limit=1000"))
-                .await;
-            let data = page["data"].as_array().expect("data").clone();
-            if data.is_empty() {
-                return events;
-            }
-            after = page["next"].as_str().expect("next").to_owned();
-            events.extend(data.into_iter().map(|item| item["event"].clone()));
-        }
+        read_events(&self.client, &self.address, "0".into(), 1000)
+            .await
+            .0
     }
 
     /// Assert that exactly `n` events are stored. Unlike a quiet window at a receiver,
@@ -877,6 +882,27 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("switchboard did not answer /healthz on port {port}");
+    }
+}
+
+/// The events after the cursor `after` on the server at `address`, following the cursor in pages
+/// of `limit`, in order; and the last cursor.
+pub async fn read_events(
+    client: &reqwest::Client,
+    address: &str,
+    mut after: String,
+    limit: u32,
+) -> (Vec<Value>, String) {
+    let mut events = Vec::new();
+    loop {
+        let path = format!("/v1/events?after={after}&limit={limit}");
+        let page = get_json(client, address, &path).await;
+        let data = page["data"].as_array().expect("data");
+        if data.is_empty() {
+            return (events, after);
+        }
+        events.extend(data.iter().map(|item| item["event"].clone()));
+        after = page["next"].as_str().expect("next").to_owned();
     }
 }
 

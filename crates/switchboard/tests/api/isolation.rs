@@ -117,19 +117,6 @@ async fn a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot() {
     );
 }
 
-/// A server that accepts connections and never answers; it holds every connection open.
-async fn hanging_server() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((conn, _)) = listener.accept().await {
-            held.push(conn);
-        }
-    });
-    url
-}
-
 /// 200 webhooks whose subscriber hangs and one that answers, with the default 256 slots and a
 /// 5 s delivery timeout: from the first message on, every delivery to the healthy webhook
 /// arrives well before any timeout could have freed a slot. Before probation, the second
@@ -140,11 +127,13 @@ async fn two_hundred_hanging_webhooks_delay_no_healthy_delivery() {
     let app = spawn_app_with(|c| c.delivery_timeout = timeout).await;
     assert_eq!(switchboard::Config::defaults().dispatcher_concurrency, 256);
     location_with_twilio(&app).await;
-    let hanging = hanging_server().await;
+    // A subscriber that takes every request and never answers within the timeout.
+    let hanging = TestReceiver::start().await;
+    hanging.slow(Duration::from_secs(3600));
     for _ in 0..200 {
         create_webhook(
             &app,
-            json!({ "url": hanging, "events": ["InboundMessage"] }),
+            json!({ "url": hanging.url, "events": ["InboundMessage"] }),
         )
         .await;
     }

@@ -5,28 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::docs::{files_under, repo_root};
+
 const MAX_LINES: usize = 600;
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
-}
-
-/// Every `.rs` file under `dir`, sorted.
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut folders = vec![dir.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 /// The providers: one folder each under `src/channels/`.
@@ -77,7 +61,7 @@ fn the_store_names_no_provider() {
         !providers.is_empty(),
         "no channel folder under src/channels"
     );
-    let found = provider_mentions(&rust_files(&src().join("store")), &providers);
+    let found = provider_mentions(&files_under(&src().join("store"), "rs"), &providers);
     assert!(
         found.is_empty(),
         "the store names a provider; key it by the fact's own provider instead:\n{}",
@@ -98,11 +82,13 @@ fn the_store_names_no_provider() {
 
 #[test]
 fn no_source_file_is_over_600_lines() {
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(&crates).unwrap().flatten() {
+    for entry in std::fs::read_dir(repo_root().join("crates"))
+        .unwrap()
+        .flatten()
+    {
         if entry.path().join("src").is_dir() {
-            files.extend(rust_files(&entry.path().join("src")));
+            files.extend(files_under(&entry.path().join("src"), "rs"));
         }
     }
     assert!(files.len() > 50, "only {} source files found", files.len());

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::engine::{subscribed, watched_webhook};
 use crate::helpers::*;
-use switchboard::domain::time::{Clock, ManualClock, SystemClock};
 
 /// `POST /v1/webhooks/{id}/disable`: a `WebhookDisabled` event with reason `manual`, nothing
 /// sent while disabled, and the backlog sent on `enable`.
@@ -63,12 +62,6 @@ async fn a_failed_probe_opens_the_breaker_again() {
     receiver.expect_exactly(4, Duration::from_millis(800)).await;
 }
 
-/// Milliseconds of an ISO-8601 time the API wrote.
-fn ms(iso: &serde_json::Value) -> i64 {
-    let t = humantime::parse_rfc3339(iso.as_str().unwrap()).unwrap();
-    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
 /// The default schedule beyond its first delay: a delivery that keeps failing is tried again
 /// 5 s after its first attempt, then 30 s after its second (no jitter here). The server runs
 /// on a `ManualClock`, so the test moves time rather than sleeping through it, and it can say
@@ -83,14 +76,10 @@ async fn the_default_schedule_waits_5_s_then_30_s() {
             Duration::from_secs(120)
         ]
     );
-    let clock = ManualClock::new(SystemClock.now_ms());
-    let app = spawn_app_with_clock(
-        |c| {
-            c.retry_schedule = defaults.retry_schedule.clone();
-            c.retry_jitter = 0.0;
-        },
-        std::sync::Arc::new(clock.clone()),
-    )
+    let (app, clock) = spawn_app_on_manual_clock(|c| {
+        c.retry_schedule = defaults.retry_schedule.clone();
+        c.retry_jitter = 0.0;
+    })
     .await;
     let (receiver, _) = subscribed(&app).await;
     receiver.fail_when("schedule", 500, 10);
@@ -113,7 +102,7 @@ async fn the_default_schedule_waits_5_s_then_30_s() {
     for (attempts, delay) in [(1, 5_000), (2, 30_000)] {
         let delivery = after(attempts).await;
         let last = &delivery["attempts"][attempts - 1];
-        let wait = ms(&delivery["nextAttemptAt"]) - ms(&last["at"]);
+        let wait = iso_ms(&delivery["nextAttemptAt"]) - iso_ms(&last["at"]);
         assert_eq!(wait, delay, "retry after attempt {attempts}: {delivery}");
         // A millisecond early: not sent, though the dispatcher polls every 50 ms.
         clock.advance(Duration::from_millis(delay as u64 - 1));
@@ -127,7 +116,7 @@ async fn the_default_schedule_waits_5_s_then_30_s() {
     }
     let three = after(3).await;
     assert_eq!(
-        ms(&three["nextAttemptAt"]) - ms(&three["attempts"][2]["at"]),
+        iso_ms(&three["nextAttemptAt"]) - iso_ms(&three["attempts"][2]["at"]),
         120_000
     );
 }
