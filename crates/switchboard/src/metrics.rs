@@ -29,6 +29,25 @@ pub enum BreakerState {
     HalfOpen = 2,
 }
 
+/// A webhook's state in this node's dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookState {
+    pub breaker: BreakerState,
+    /// Its subscriber has not answered yet, or did not answer its last attempt: one attempt
+    /// at a time, outside the shared slots.
+    pub probation: bool,
+}
+
+impl Default for WebhookState {
+    /// A webhook the dispatcher has not tried yet: closed, and on probation.
+    fn default() -> Self {
+        WebhookState {
+            breaker: BreakerState::Closed,
+            probation: true,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     delivered: AtomicU64,
@@ -44,7 +63,10 @@ pub struct Metrics {
     provider_rejected: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Lines of the rejected-request log left this second: outsiders cannot flood the log.
     rejection_log: LogBudget,
-    breakers: Mutex<BTreeMap<String, BreakerState>>,
+    /// Each webhook's breaker and probation, as this node's dispatcher last saw them.
+    webhooks: Mutex<BTreeMap<String, WebhookState>>,
+    /// Of `in_flight`, the attempts for webhooks on probation.
+    probation_in_flight: AtomicI64,
     /// The queue depth last read from the store, and when: scrapes share one reading a second.
     depth: tokio::sync::Mutex<Option<(std::time::Instant, crate::store::QueueDepth)>>,
 }
@@ -98,8 +120,12 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn in_flight(&self, delta: i64) {
+    /// An attempt started (+1) or finished (-1); `on_probation`: in a probation slot.
+    pub fn in_flight(&self, delta: i64, on_probation: bool) {
         self.in_flight.fetch_add(delta, Ordering::Relaxed);
+        if on_probation {
+            self.probation_in_flight.fetch_add(delta, Ordering::Relaxed);
+        }
     }
 
     pub fn provider_request(&self) {
@@ -124,12 +150,32 @@ impl Metrics {
     }
 
     pub fn breaker(&self, webhook_id: &str, state: BreakerState) {
-        let mut breakers = self.breakers.lock().expect("metrics lock");
-        breakers.insert(webhook_id.to_owned(), state);
+        self.update_webhook(webhook_id, |w| w.breaker = state);
+    }
+
+    pub fn probation(&self, webhook_id: &str, on_probation: bool) {
+        self.update_webhook(webhook_id, |w| w.probation = on_probation);
+    }
+
+    fn update_webhook(&self, webhook_id: &str, change: impl FnOnce(&mut WebhookState)) {
+        let mut webhooks = self.webhooks.lock().expect("metrics lock");
+        match webhooks.get_mut(webhook_id) {
+            Some(state) => change(state),
+            None => change(webhooks.entry(webhook_id.to_owned()).or_default()),
+        }
+    }
+
+    /// The webhook's state as this node's dispatcher last saw it; None before it read it.
+    pub fn webhook_state(&self, webhook_id: &str) -> Option<WebhookState> {
+        self.webhooks
+            .lock()
+            .expect("metrics lock")
+            .get(webhook_id)
+            .copied()
     }
 
     pub fn forget_webhook(&self, webhook_id: &str) {
-        self.breakers
+        self.webhooks
             .lock()
             .expect("metrics lock")
             .remove(webhook_id);
@@ -260,14 +306,38 @@ impl Metrics {
             "# HELP {name} Deliveries this node is sending now.\n# TYPE {name} gauge\n{name} {}",
             self.in_flight.load(Ordering::Relaxed)
         );
+        let name = "switchboard_deliveries_sending_on_probation";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Of the deliveries this node is sending, those for webhooks on probation (outside the shared slots).\n# TYPE {name} gauge\n{name} {}",
+            self.probation_in_flight.load(Ordering::Relaxed)
+        );
+        let webhooks = self.webhooks.lock().expect("metrics lock");
         let name = "switchboard_webhook_breaker_state";
         let _ = writeln!(
             out,
             "# HELP {name} Circuit breaker per webhook: 0 closed, 1 open, 2 half-open.\n# TYPE {name} gauge"
         );
-        for (webhook, state) in self.breakers.lock().expect("metrics lock").iter() {
-            let _ = writeln!(out, "{name}{{webhook=\"{webhook}\"}} {}", *state as u8);
+        for (webhook, state) in webhooks.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{webhook=\"{webhook}\"}} {}",
+                state.breaker as u8
+            );
         }
+        let name = "switchboard_webhook_probation";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Per webhook: 1 while on probation (not answered yet, or its last attempt got no answer), else 0.\n# TYPE {name} gauge"
+        );
+        for (webhook, state) in webhooks.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{webhook=\"{webhook}\"}} {}",
+                u8::from(state.probation)
+            );
+        }
+        drop(webhooks);
         out
     }
 }

@@ -207,7 +207,7 @@ impl Dispatcher {
             } else {
                 self.in_flight += 1;
             }
-            self.shared.metrics.in_flight(1);
+            self.shared.metrics.in_flight(1, on_probation);
             let shared = self.shared.clone();
             let target = target.clone();
             let span = tracing::info_span!("delivery", delivery_id = %job.delivery_id, webhook_id = %job.webhook_id, event_id = %job.event_id);
@@ -228,7 +228,7 @@ impl Dispatcher {
         } else {
             self.in_flight -= 1;
         }
-        self.shared.metrics.in_flight(-1);
+        self.shared.metrics.in_flight(-1, done.on_probation);
         let now = self.shared.clock.now_ms();
         let Some(lane) = self.lanes.get_mut(&done.webhook_id) else {
             return;
@@ -246,7 +246,10 @@ impl Dispatcher {
         else {
             return;
         };
-        lane.proven = answered;
+        if lane.proven != answered {
+            lane.proven = answered;
+            self.shared.metrics.probation(&done.webhook_id, !answered);
+        }
         let success = next == NextStep::Delivered;
         let mut breaker_change = None;
         if success {

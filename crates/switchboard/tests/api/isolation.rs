@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::{create_webhook, location_with_twilio};
@@ -170,7 +170,90 @@ async fn two_hundred_hanging_webhooks_delay_no_healthy_delivery() {
     }
 }
 
+/// `health.probation` of a webhook, from `GET /v1/webhooks/{id}`.
+async fn probation_of(app: &TestApp, webhook_id: &str) -> Value {
+    let r = app.admin_get(&format!("/v1/webhooks/{webhook_id}")).await;
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["health"]["probation"].clone()
+}
+
+/// The value of one metric line (`name{labels}` as written), if the scrape has it.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A webhook whose subscriber answers leaves probation, one that hangs stays on it (one
+/// attempt in a probation slot), and the hanging one leaves it once its subscriber answers a
+/// retry: each visible in `GET /v1/webhooks/{id}` and in `/metrics`.
+async fn each_webhooks_probation_shows_in_the_api_and_the_metrics() {
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
+    location_with_twilio(&app).await;
+    let hanging = TestReceiver::start().await;
+    hanging.slow(Duration::from_secs(3600));
+    let stalled = create_webhook(
+        &app,
+        json!({ "url": hanging.url, "events": ["InboundMessage"], "retrySchedule": ["1s"] }),
+    )
+    .await;
+    let stalled = stalled["id"].as_str().unwrap().to_owned();
+    let receiver = TestReceiver::start().await;
+    let healthy = create_webhook(
+        &app,
+        json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let healthy = healthy["id"].as_str().unwrap().to_owned();
+    // Not tried yet: on probation as soon as the dispatcher has read it.
+    eventually(Duration::from_secs(5), "both read", || async {
+        (probation_of(&app, &stalled).await == json!(true)
+            && probation_of(&app, &healthy).await == json!(true))
+        .then_some(())
+    })
+    .await;
+
+    let sid = twilio_sid("SMprobation");
+    let r = app
+        .post_twilio(&sms_params(&sid, "probation"), AUTH_TOKEN)
+        .await;
+    assert_eq!(r.status(), 200);
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    hanging.wait_for(1, Duration::from_secs(5)).await;
+    let healthy_series = format!("switchboard_webhook_probation{{webhook=\"{healthy}\"}}");
+    let stalled_series = format!("switchboard_webhook_probation{{webhook=\"{stalled}\"}}");
+    let text = eventually(Duration::from_secs(5), "the healthy one proven", || async {
+        let text = get_metrics(&app.client, &app.address).await;
+        (metric(&text, &healthy_series) == Some(0.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(metric(&text, &stalled_series), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "switchboard_deliveries_sending_on_probation"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(probation_of(&app, &healthy).await, json!(false));
+    assert_eq!(probation_of(&app, &stalled).await, json!(true));
+
+    // The subscriber recovers: the retry (after the 1 s timeout and the 1 s schedule) is
+    // answered, and the webhook leaves probation.
+    hanging.slow(Duration::ZERO);
+    hanging.wait_for(2, Duration::from_secs(10)).await;
+    eventually(Duration::from_secs(5), "the stalled one proven", || async {
+        (probation_of(&app, &stalled).await == json!(false)).then_some(())
+    })
+    .await;
+    let text = get_metrics(&app.client, &app.address).await;
+    assert_eq!(metric(&text, &stalled_series), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "switchboard_deliveries_sending_on_probation"),
+        Some(0.0),
+        "{text}"
+    );
+}
+
 crate::both_stores!(
     a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot,
     two_hundred_hanging_webhooks_delay_no_healthy_delivery,
+    each_webhooks_probation_shows_in_the_api_and_the_metrics,
 );

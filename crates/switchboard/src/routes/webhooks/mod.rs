@@ -18,6 +18,7 @@ use super::JsonBody;
 use crate::domain::ids::new_id;
 use crate::domain::time::iso_millis;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::ssrf::TargetError;
 use crate::startup::AppState;
 use crate::store::{Ordering, Webhook};
@@ -271,7 +272,9 @@ pub struct WebhookView {
 }
 
 impl WebhookView {
-    fn of(w: &Webhook, with_secret: bool) -> Self {
+    /// `metrics`: where this node's dispatcher publishes each webhook's probation.
+    fn of(w: &Webhook, with_secret: bool, metrics: &Metrics) -> Self {
+        let probation = metrics.webhook_state(&w.id).map(|s| s.probation);
         WebhookView {
             id: w.id.clone(),
             url: w.url.clone(),
@@ -297,6 +300,7 @@ impl WebhookView {
                 "consecutiveFailures": w.health.consecutive_failures,
                 "failingSince": w.health.failing_since.map(iso_millis),
                 "breakerOpenUntil": w.health.breaker_open_until.map(iso_millis),
+                "probation": probation,
             }),
             previous_secret_valid_until: w
                 .previous_secrets
@@ -338,7 +342,10 @@ pub async fn create_webhook(
     input.apply(&state, &mut webhook).await?;
     state.store.create_webhook(&webhook).await?;
     state.dispatch.webhooks_changed();
-    Ok((StatusCode::CREATED, Json(WebhookView::of(&webhook, true))))
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookView::of(&webhook, true, &state.metrics)),
+    ))
 }
 
 pub async fn update_webhook(
@@ -350,14 +357,17 @@ pub async fn update_webhook(
     input.apply(&state, &mut webhook).await?;
     state.store.update_webhook(&webhook).await?;
     state.dispatch.webhooks_changed();
-    Ok(Json(WebhookView::of(&webhook, false)))
+    Ok(Json(WebhookView::of(&webhook, false, &state.metrics)))
 }
 
 pub async fn list_webhooks(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let webhooks = state.store.list_webhooks().await?;
-    let views: Vec<WebhookView> = webhooks.iter().map(|w| WebhookView::of(w, false)).collect();
+    let views: Vec<WebhookView> = webhooks
+        .iter()
+        .map(|w| WebhookView::of(w, false, &state.metrics))
+        .collect();
     Ok(Json(json!({ "data": views })))
 }
 
@@ -376,6 +386,7 @@ pub async fn get_webhook(
     Ok(Json(WebhookView::of(
         &find_webhook(&state, &webhook_id).await?,
         false,
+        &state.metrics,
     )))
 }
 
@@ -406,6 +417,7 @@ pub async fn enable_webhook(
     Ok(Json(WebhookView::of(
         &find_webhook(&state, &webhook_id).await?,
         false,
+        &state.metrics,
     )))
 }
 
@@ -430,5 +442,6 @@ pub async fn disable_webhook(
     Ok(Json(WebhookView::of(
         &find_webhook(&state, &webhook_id).await?,
         false,
+        &state.metrics,
     )))
 }
