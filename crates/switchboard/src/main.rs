@@ -47,9 +47,9 @@ enum Command {
     /// Benchmark: a server and a subscriber sink on loopback, N signed Twilio webhooks at
     /// concurrency C, every event awaited; prints a table and a JSON line.
     Bench {
-        /// How many messages.
-        #[arg(long, default_value_t = 20_000)]
-        messages: usize,
+        /// How many messages [default: 20000; 1000 with --hanging-webhooks].
+        #[arg(long)]
+        messages: Option<usize>,
         /// Requests in flight at once (at most, with --rate).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
@@ -72,6 +72,11 @@ enum Command {
         /// then the command's process's.
         #[arg(long, value_name = "COMMAND")]
         server_wrapper: Option<String>,
+        /// Run the load twice, on fresh servers: without, then with N more webhooks at a
+        /// subscriber that accepts connections and never answers; prints the healthy
+        /// webhook's latencies, peak RSS and open descriptors of both runs side by side.
+        #[arg(long, value_name = "N")]
+        hanging_webhooks: Option<usize>,
     },
     /// The benchmark's relay: answers every POST and posts its body on to --target.
     #[command(hide = true)]
@@ -115,6 +120,7 @@ async fn run() -> anyhow::Result<()> {
             server_env,
             slow_ms,
             server_wrapper,
+            hanging_webhooks,
         } => {
             let server_env = server_env
                 .iter()
@@ -124,8 +130,12 @@ async fn run() -> anyhow::Result<()> {
                         .ok_or_else(|| anyhow::anyhow!("--server-env wants KEY=VALUE, got `{kv}`"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let report = switchboard::bench::run(switchboard::bench::BenchOptions {
-                messages,
+            let options = switchboard::bench::BenchOptions {
+                messages: messages.unwrap_or(if hanging_webhooks.is_some() {
+                    1_000
+                } else {
+                    20_000
+                }),
                 concurrency,
                 rate,
                 database_url,
@@ -134,8 +144,14 @@ async fn run() -> anyhow::Result<()> {
                 server_wrapper: server_wrapper
                     .map(|w| w.split_whitespace().map(str::to_owned).collect())
                     .unwrap_or_default(),
-            })
-            .await?;
+            };
+            if let Some(hanging) = hanging_webhooks {
+                let report = switchboard::bench::run_hanging(options, hanging).await?;
+                println!("{}", switchboard::bench::hanging_table(&report));
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(());
+            }
+            let report = switchboard::bench::run(options).await?;
             println!("{}", switchboard::bench::table(&report));
             println!("{}", serde_json::to_string(&report)?);
             Ok(())

@@ -10,7 +10,7 @@
 //!
 //! This file holds the options, the report and the run; `processes` starts the server and the
 //! relays, `relay` is the relay itself, `sink` the subscriber, `load` what is posted, `table`
-//! the printed report.
+//! the printed report; `hanging` is the variant with subscribers that never answer.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use axum::routing::post;
 
 use crate::routes::TWILIO_INBOUND_PATH;
 
+mod hanging;
 mod load;
 mod processes;
 mod relay;
@@ -30,6 +31,7 @@ use load::{configure, post_all, relay_phase, twilio_requests};
 use processes::{process_usage, start_server};
 use sink::{sink, Sink};
 
+pub use hanging::{hanging_table, run_hanging, HangingReport, HangingRun};
 pub use relay::relay;
 pub use table::table;
 

@@ -46,6 +46,14 @@ fn outside_a_transaction(
 /// pages, SQLite's default is 1,000). Until then the checkpointer does it; the writer's own
 /// checkpoint then has little left to copy and lets the next transaction start the log over.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4_000;
+
+/// The writer's page cache, in KiB (SQLite's default is 2 MiB). Fan-out to many webhooks
+/// inserts each event's deliveries all over the pending-deliveries index; with the default
+/// cache those pages were read back and spilled again on every insert (1,000 webhooks: the
+/// healthy webhook's p99 790 ms, with this cache 212 ms; see docs/performance.md). Taken only
+/// as the database grows.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
 /// How long the checkpointer lets commits gather before it checkpoints.
 const CHECKPOINT_GATHER: Duration = Duration::from_millis(20);
 /// The longest the checkpointer waits without a group commit to wake it.
@@ -148,10 +156,16 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .before_acquire(outside_a_transaction)
-            .connect_with(options.clone().pragma(
-                "wal_autocheckpoint",
-                WRITER_AUTOCHECKPOINT_PAGES.to_string(),
-            ))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma(
+                        "wal_autocheckpoint",
+                        WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                    )
+                    // Negative: KiB rather than pages.
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+            )
             .await
             .with_context(|| format!("opening SQLite database {url}"))?;
         let migrator = super::migrations::migrator(super::migrations::SQLITE).await?;

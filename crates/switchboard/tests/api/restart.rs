@@ -194,6 +194,39 @@ fn the_benchmark_runs_and_every_event_arrives() {
     assert!(stdout.contains("relay, signing/s"), "{stdout}");
 }
 
+/// `--hanging-webhooks`, small: both runs deliver every event to the healthy webhook (it fails
+/// otherwise), the second with the hanging webhooks holding connections the server opened.
+#[test]
+fn the_benchmark_with_hanging_webhooks_compares_two_runs() {
+    let (stdout, json) = run_bench(&[
+        "--hanging-webhooks",
+        "20",
+        "--messages",
+        "40",
+        "--rate",
+        "40",
+    ]);
+    assert_eq!(json["without"]["hanging_webhooks"], 0, "{json}");
+    assert_eq!(json["with"]["hanging_webhooks"], 20, "{json}");
+    assert_eq!(json["without"]["hanging_connections_peak"], 0, "{json}");
+    // Every hanging webhook got its first attempt, each on a connection of its own.
+    assert_eq!(json["with"]["hanging_connections_peak"], 20, "{json}");
+    let fds = |run: &str| json[run]["server_peak_open_fds"].as_u64().unwrap();
+    assert!(fds("with") >= fds("without") + 20, "{json}");
+    for run in ["without", "with"] {
+        assert!(
+            json[run]["healthy_p99_ms"].as_f64().unwrap() > 0.0,
+            "{json}"
+        );
+        assert!(
+            json[run]["server_peak_rss_mb"].as_f64().unwrap() > 0.0,
+            "{json}"
+        );
+    }
+    assert!(json["p99_ratio"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(stdout.contains("healthy p99, with / without"), "{stdout}");
+}
+
 /// `--rate` paces the requests (open loop): never faster than offered, and every event arrives.
 /// This run also puts the server under a wrapper (as one would a profiler), which must run it
 /// and see it stop on SIGTERM.
