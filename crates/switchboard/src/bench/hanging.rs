@@ -172,21 +172,7 @@ async fn one_run(
         hang.peak
             .store(hang.open.load(Ordering::Relaxed), Ordering::Relaxed);
     }
-    let requests: Vec<_> = twilio_requests(n, &url)
-        .into_iter()
-        .map(|(body, sig)| {
-            (
-                body,
-                vec![
-                    (
-                        "content-type",
-                        "application/x-www-form-urlencoded".to_owned(),
-                    ),
-                    ("x-twilio-signature", sig),
-                ],
-            )
-        })
-        .collect();
+    let requests = twilio_requests(n, &url);
 
     // The server's open descriptors, sampled until the run ends.
     let pid = server.child.id();

@@ -47,8 +47,11 @@ pub(super) async fn configure(
     Ok(())
 }
 
-/// Requests as Twilio sends them, built before the clock starts: (form body, signature).
-pub(super) fn twilio_requests(n: usize, url: &str) -> Vec<(String, String)> {
+/// A request to post: its body and headers.
+pub(super) type Request = (String, Vec<(&'static str, String)>);
+
+/// Requests as Twilio sends them, signed, built before the clock starts.
+pub(super) fn twilio_requests(n: usize, url: &str) -> Vec<Request> {
     let mut rng = rand::thread_rng();
     (0..n)
         .map(|i| {
@@ -79,7 +82,14 @@ pub(super) fn twilio_requests(n: usize, url: &str) -> Vec<(String, String)> {
             let body = form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(&params)
                 .finish();
-            (body, sig)
+            let headers = vec![
+                (
+                    "content-type",
+                    "application/x-www-form-urlencoded".to_owned(),
+                ),
+                ("x-twilio-signature", sig),
+            ];
+            (body, headers)
         })
         .collect()
 }
@@ -90,7 +100,7 @@ pub(super) fn twilio_requests(n: usize, url: &str) -> Vec<(String, String)> {
 pub(super) async fn post_all(
     client: &reqwest::Client,
     url: &str,
-    requests: Vec<(String, Vec<(&'static str, String)>)>,
+    requests: Vec<Request>,
     concurrency: usize,
     rate: Option<f64>,
 ) -> (Vec<f64>, HashMap<usize, Instant>, usize) {
@@ -157,7 +167,7 @@ pub(super) async fn relay_phase(
     sink: &Sink,
     client: &reqwest::Client,
     sink_url: &str,
-    requests: &[(String, Vec<(&'static str, String)>)],
+    requests: &[Request],
     options: &BenchOptions,
 ) -> anyhow::Result<(f64, f64)> {
     let n = requests.len();
