@@ -38,7 +38,13 @@ pub struct HangingRun {
     pub server_cpu_seconds: f64,
     /// Connections the hanging sink held open at once, at most.
     pub hanging_connections_peak: usize,
+    /// The slowest messages to the healthy webhook: (posted at, in seconds from the first
+    /// post; ingest→delivery ms), slowest first.
+    pub slowest: Vec<(f64, f64)>,
 }
+
+/// How many of the slowest messages a run lists.
+const SLOWEST: usize = 5;
 
 /// What `--hanging-webhooks` measured: the run without them, then the run with them.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -199,14 +205,21 @@ async fn one_run(
     drop(server);
 
     let arrivals = state.arrivals.lock().expect("sink lock").clone();
-    let mut healthy: Vec<f64> = arrivals
+    // (posted at, ingest→delivery ms) of every message.
+    let mut timed: Vec<(f64, f64)> = arrivals
         .iter()
         .filter_map(|(i, t)| {
-            sent.get(i)
-                .map(|s| t.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+            sent.get(i).map(|s| {
+                (
+                    s.saturating_duration_since(started).as_secs_f64(),
+                    t.saturating_duration_since(*s).as_secs_f64() * 1000.0,
+                )
+            })
         })
         .collect();
-    healthy.sort_by(f64::total_cmp);
+    timed.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let healthy: Vec<f64> = timed.iter().map(|&(_, ms)| ms).collect();
+    let slowest = timed.iter().rev().take(SLOWEST).copied().collect();
     ingest.sort_by(f64::total_cmp);
     Ok(HangingRun {
         hanging_webhooks: count,
@@ -221,6 +234,7 @@ async fn one_run(
         server_peak_open_fds: peak_fds.load(Ordering::Relaxed),
         server_cpu_seconds: cpu,
         hanging_connections_peak: hanging.map_or(0, |(_, _, h)| h.peak.load(Ordering::Relaxed)),
+        slowest,
     })
 }
 

@@ -26,7 +26,6 @@ const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION")
 pub(super) struct Target {
     pub(super) webhook: Webhook,
     pub(super) client: reqwest::Client,
-    pub(super) policy: TargetPolicy,
     /// The webhook's URL, parsed and checked against the target policy once per reload (a
     /// host name is checked again at every connection, by the client's resolver).
     url: Result<reqwest::Url, String>,
@@ -36,7 +35,7 @@ pub(super) struct Target {
 }
 
 impl Target {
-    pub(super) fn new(webhook: Webhook, client: reqwest::Client, policy: TargetPolicy) -> Target {
+    pub(super) fn new(webhook: Webhook, client: reqwest::Client, policy: &TargetPolicy) -> Target {
         let parse = |s: &str| WebhookSecret::parse(s).map_err(|e| e.to_string());
         let secrets = parse(&webhook.secret).and_then(|current| {
             let previous = webhook
@@ -50,7 +49,6 @@ impl Target {
         Target {
             webhook,
             client,
-            policy,
             url,
             secrets,
         }

@@ -20,10 +20,12 @@ impl Dispatcher {
         self.accept_or_release(known);
     }
 
-    /// Queue jobs in their lanes; give back those whose webhook is gone.
+    /// Queue jobs in their lanes; give back those whose webhook is gone, and those of a lane on
+    /// probation beyond what it holds.
     pub(super) fn accept_or_release(&mut self, jobs: Vec<DeliveryJob>) {
         let now = self.shared.clock.now_ms();
         let mut orphans = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
         for job in jobs {
             let Some(target) = self.targets.get(&job.webhook_id) else {
                 orphans.push((job.delivery_id, job.lease_until));
@@ -33,6 +35,14 @@ impl Dispatcher {
                 .lanes
                 .entry(job.webhook_id.clone())
                 .or_insert_with(|| Lane::new(&target.webhook.health, now));
+            if lane.full_on_probation() && !lane.known.contains(&job.delivery_id) {
+                // Its subscriber has not answered: the rest of its backlog waits in the store.
+                orphans.push((job.delivery_id, job.lease_until));
+                continue;
+            }
+            if touched.last() != Some(&job.webhook_id) {
+                touched.push(job.webhook_id.clone());
+            }
             if !lane.known.insert(job.delivery_id.clone()) {
                 // Claimed again while queued here (its old lease ran out): keep the newer lease.
                 if let Some(queued) = lane
@@ -50,6 +60,11 @@ impl Dispatcher {
             } else {
                 lane.fresh.push_back(job);
             }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            self.sync_handoff(&id);
         }
         self.release(orphans);
     }

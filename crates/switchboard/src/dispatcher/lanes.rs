@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::{warn, Instrument};
 
 use super::attempt::send_and_record;
-use super::{store_failed, Command, Completion, Dispatcher, Pump, SendResult};
+use super::{store_failed, Command, Completion, Dispatcher, Pump, SendResult, PROBATION_QUEUE};
 use crate::metrics::BreakerState;
 use crate::store::{DeliveryJob, NextStep, Ordering, Webhook, WebhookHealth};
 
@@ -46,6 +46,8 @@ pub(super) struct Lane {
     /// Its subscriber answered the last attempt: it may use the shared slots. Until then (and
     /// after an attempt it did not answer) it is on probation, one attempt at a time.
     pub(super) proven: bool,
+    /// Its new deliveries are left in the store at ingest (`Handoffs`): on probation and full.
+    pub(super) held: bool,
 }
 
 impl Lane {
@@ -59,6 +61,7 @@ impl Lane {
             tokens: 1.0,
             refilled: Instant::now(),
             proven: false,
+            held: false,
             breaker: match health.breaker_open_until {
                 Some(until) if until > now => Breaker::Open { until },
                 Some(_) => Breaker::HalfOpen,
@@ -84,9 +87,25 @@ impl Lane {
     pub(super) fn queued(&self) -> usize {
         self.fresh.len() + self.retries.len()
     }
+
+    /// Whether polls claim no more for it now: it holds plenty already (a slow subscriber's
+    /// backlog must not fill every claim while the others' retries wait), or it is full on
+    /// probation.
+    pub(super) fn full(&self, webhook: &Webhook) -> bool {
+        if self.proven {
+            self.queued() >= lane_capacity(webhook)
+        } else {
+            self.full_on_probation()
+        }
+    }
+
+    /// On probation with `PROBATION_QUEUE` deliveries queued or in flight: it takes no more.
+    pub(super) fn full_on_probation(&self) -> bool {
+        !self.proven && self.queued() + self.in_flight as usize >= PROBATION_QUEUE
+    }
 }
 
-/// How many deliveries a lane holds before polls stop claiming more for it.
+/// How many deliveries a lane that has answered holds before polls stop claiming more for it.
 pub(super) fn lane_capacity(webhook: &Webhook) -> usize {
     let by_flight = webhook
         .max_in_flight
@@ -98,6 +117,21 @@ pub(super) fn lane_capacity(webhook: &Webhook) -> usize {
 }
 
 impl Dispatcher {
+    /// Hold the lane's new deliveries in the store at ingest while it is full on probation;
+    /// let them come again once it has room or has left probation.
+    pub(super) fn sync_handoff(&mut self, webhook_id: &str) {
+        let Some(lane) = self.lanes.get_mut(webhook_id) else {
+            return;
+        };
+        let hold = lane.full_on_probation();
+        if hold != lane.held {
+            lane.held = hold;
+            self.shared.handoffs.hold(webhook_id, hold);
+            // What it left in the store meanwhile is claimed by a poll.
+            self.poll_soon |= !hold;
+        }
+    }
+
     /// Start what every lane may start now, one delivery per lane per round, so no lane takes
     /// every free slot. Returns when a rate-limited lane can go on.
     pub(super) fn pump_all(&mut self) -> Option<Instant> {
@@ -244,6 +278,7 @@ impl Dispatcher {
             answered,
         } = done.result
         else {
+            self.sync_handoff(&done.webhook_id);
             return;
         };
         if lane.proven != answered {
@@ -288,6 +323,7 @@ impl Dispatcher {
         // Set after the save: once the metric shows a state, the API shows it too (unless
         // the save failed, which is logged above).
         self.shared.metrics.breaker(&done.webhook_id, state);
+        self.sync_handoff(&done.webhook_id);
         // Ordered: the conversation's next delivery may go now, unless this one will be retried.
         let ordered = self
             .targets

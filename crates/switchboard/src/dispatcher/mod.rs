@@ -26,7 +26,7 @@ use crate::domain::time::Clock;
 use crate::keys::SigningKeys;
 use crate::metrics::Metrics;
 use crate::ssrf::TargetPolicy;
-use crate::store::{DeliveryJob, NextStep, Store, StoreError, Webhook, WebhookHealth};
+use crate::store::{DeliveryJob, Handoffs, NextStep, Store, StoreError, WebhookHealth};
 
 mod attempt;
 mod claims;
@@ -34,7 +34,7 @@ mod lanes;
 mod schedule;
 
 use attempt::Target;
-use lanes::{lane_capacity, Breaker, Lane};
+use lanes::{Breaker, Lane};
 
 pub use schedule::RetryPolicy;
 
@@ -43,6 +43,14 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Webhooks on probation may have this many times `dispatcher_concurrency` attempts in flight
 /// in all, one each.
 pub const PROBATION_FACTOR: usize = 4;
+
+/// A lane on probation holds at most this many deliveries, queued or in flight: the rest of
+/// its backlog waits in the store (not leased at ingest, and given back when a claim brings
+/// more), so a subscriber that hangs costs this node no memory for its backlog.
+pub const PROBATION_QUEUE: usize = 16;
+/// A poll asked for because a lane on probation has room again comes at most this soon
+/// after the last one.
+const SOON_POLL_GAP: Duration = Duration::from_millis(100);
 /// Webhook settings are re-read this often (other nodes may have changed them).
 const WEBHOOK_REFRESH: Duration = Duration::from_secs(10);
 /// Retention runs at most this far apart (more often for short retention).
@@ -52,9 +60,15 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct DispatchHandle {
     tx: mpsc::UnboundedSender<Command>,
+    handoffs: Arc<Handoffs>,
 }
 
 impl DispatchHandle {
+    /// The webhooks whose new deliveries this dispatcher does not take at ingest now.
+    pub fn handoffs(&self) -> Arc<Handoffs> {
+        self.handoffs.clone()
+    }
+
     /// Deliveries just committed (and leased to this node): send them now.
     pub fn hand_off(&self, jobs: Vec<DeliveryJob>) {
         if !jobs.is_empty() {
@@ -112,6 +126,8 @@ struct Shared {
     keys: Arc<SigningKeys>,
     metrics: Arc<Metrics>,
     tx: mpsc::UnboundedSender<Command>,
+    /// Lanes on probation that hold enough: their new deliveries wait in the store.
+    handoffs: Arc<Handoffs>,
     retry: RetryPolicy,
     lease: Duration,
     timeout: Duration,
@@ -140,6 +156,11 @@ pub struct Dispatcher {
     /// slots of webhooks that answer, so a subscriber that hangs delays no one else.
     probing: usize,
     probation_cap: usize,
+    /// A lane that held its deliveries in the store takes them again: poll soon, not at the
+    /// next tick.
+    poll_soon: bool,
+    /// HTTP clients by the private networks their webhooks may reach.
+    clients: HashMap<Vec<ipnet::IpNet>, (reqwest::Client, TargetPolicy)>,
     poll_interval: Duration,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
@@ -157,12 +178,14 @@ impl Dispatcher {
         base_policy: TargetPolicy,
     ) -> anyhow::Result<(Dispatcher, DispatchHandle)> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let handoffs = Arc::new(Handoffs::default());
         let shared = Arc::new(Shared {
             store,
             clock,
             keys,
             metrics,
             tx: tx.clone(),
+            handoffs: handoffs.clone(),
             retry: RetryPolicy {
                 schedule: config.retry_schedule.clone(),
                 jitter: config.retry_jitter,
@@ -183,18 +206,32 @@ impl Dispatcher {
                 concurrency: config.dispatcher_concurrency,
                 probing: 0,
                 probation_cap: PROBATION_FACTOR * config.dispatcher_concurrency,
+                poll_soon: false,
+                clients: HashMap::new(),
                 poll_interval: config.poll_interval,
                 breaker_threshold: config.breaker_threshold,
                 breaker_cooldown: config.breaker_cooldown,
                 retention: config.retention,
                 base_policy,
             },
-            DispatchHandle { tx },
+            DispatchHandle { tx, handoffs },
         ))
     }
 
-    fn client_for(&self, webhook: &Webhook) -> (reqwest::Client, TargetPolicy) {
-        let policy = self.base_policy.with_networks(&webhook.allowed_networks);
+    /// The HTTP client for webhooks that may reach `networks`: one per distinct list, shared
+    /// by every webhook with that list (a client holds its own TLS roots and pool: one per
+    /// webhook cost about 100 KiB each, with thousands of webhooks hundreds of MiB).
+    fn client_for(&mut self, networks: &[ipnet::IpNet]) -> (reqwest::Client, TargetPolicy) {
+        if let Some(found) = self.clients.get(networks) {
+            return found.clone();
+        }
+        let made = self.make_client(networks);
+        self.clients.insert(networks.to_vec(), made.clone());
+        made
+    }
+
+    fn make_client(&self, networks: &[ipnet::IpNet]) -> (reqwest::Client, TargetPolicy) {
+        let policy = self.base_policy.with_networks(networks);
         let builder = reqwest::Client::builder()
             .timeout(self.shared.timeout)
             .connect_timeout(self.shared.timeout.min(Duration::from_secs(5)))
@@ -207,7 +244,7 @@ impl Dispatcher {
         (client, policy)
     }
 
-    /// Re-read every webhook; keep the clients of those whose target policy is unchanged.
+    /// Re-read every webhook.
     async fn reload(&mut self) {
         let webhooks = match self.shared.store.list_webhooks().await {
             Ok(w) => w,
@@ -224,12 +261,7 @@ impl Dispatcher {
         let now = self.shared.clock.now_ms();
         let mut targets = HashMap::with_capacity(webhooks.len());
         for webhook in webhooks {
-            let reuse = self
-                .targets
-                .get(&webhook.id)
-                .filter(|t| t.webhook.allowed_networks == webhook.allowed_networks)
-                .map(|t| (t.client.clone(), t.policy.clone()));
-            let (client, policy) = reuse.unwrap_or_else(|| self.client_for(&webhook));
+            let (client, policy) = self.client_for(&webhook.allowed_networks);
             let lane = self
                 .lanes
                 .entry(webhook.id.clone())
@@ -245,7 +277,7 @@ impl Dispatcher {
                 .breaker(&webhook.id, lane.breaker.state());
             targets.insert(
                 webhook.id.clone(),
-                Arc::new(Target::new(webhook, client, policy)),
+                Arc::new(Target::new(webhook, client, &policy)),
             );
         }
         let gone: Vec<String> = self
@@ -259,6 +291,7 @@ impl Dispatcher {
                 let leases = lane.drain();
                 self.release(leases);
             }
+            self.shared.handoffs.hold(&id, false);
             self.shared.metrics.forget_webhook(&id);
         }
         self.targets = targets;
@@ -270,6 +303,7 @@ impl Dispatcher {
         // Another node queued work (PostgreSQL NOTIFY): poll now rather than at the next tick.
         let mut wakeups = self.shared.store.work_notifications();
         let mut next_poll = Instant::now();
+        let mut last_poll = Instant::now();
         let mut next_refresh = Instant::now() + WEBHOOK_REFRESH;
         let retention_every =
             (self.retention / 4).clamp(Duration::from_millis(100), RETENTION_EVERY);
@@ -312,13 +346,18 @@ impl Dispatcher {
                 } => next_poll = Instant::now(),
             }
             let now = Instant::now();
+            if std::mem::take(&mut self.poll_soon) {
+                // At most one such poll per SOON_POLL_GAP, however many lanes open.
+                next_poll = next_poll.min(last_poll + SOON_POLL_GAP);
+            }
             if now >= next_refresh {
                 self.reload().await;
                 next_refresh = now + WEBHOOK_REFRESH;
             }
             if now >= next_poll {
                 self.poll().await;
-                next_poll = Instant::now() + self.poll_interval;
+                last_poll = Instant::now();
+                next_poll = last_poll + self.poll_interval;
             }
             if now >= next_retention {
                 self.prune();

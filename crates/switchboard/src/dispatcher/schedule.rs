@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::header::HeaderValue;
 
-use super::{lane_capacity, store_failed, Dispatcher};
+use super::{store_failed, Dispatcher};
 use crate::store::IngestContext;
 
 /// Retention deletes at most this many rows per statement.
@@ -54,15 +54,18 @@ impl Dispatcher {
             app_id: self.shared.app_id.clone(),
             now,
             lease_until: Some(lease_until),
+            handoffs: Some(self.shared.handoffs.clone()),
             call_recording_wait_ms: 0,
         };
         match self.shared.store.emit_due_calls(&context).await {
             Ok(jobs) => self.accept(jobs),
             Err(e) => store_failed(&e, "emitting calls that waited for a recording failed"),
         }
+        // Lanes on probation hold a few each, counted against their own limit.
         let queued: usize = self
             .lanes
             .values()
+            .filter(|l| l.proven)
             .map(|l| l.fresh.len() + l.retries.len())
             .sum();
         let room = (2 * self.concurrency).saturating_sub(self.in_flight + queued);
@@ -74,11 +77,7 @@ impl Dispatcher {
         let full: Vec<String> = self
             .lanes
             .iter()
-            .filter(|(id, lane)| {
-                self.targets
-                    .get(*id)
-                    .is_some_and(|t| lane.queued() >= lane_capacity(&t.webhook))
-            })
+            .filter(|(id, lane)| self.targets.get(*id).is_some_and(|t| lane.full(&t.webhook)))
             .map(|(id, _)| id.clone())
             .collect();
         match self

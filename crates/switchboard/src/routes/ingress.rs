@@ -177,6 +177,7 @@ async fn ingest_request<C: Channel>(
         lease_until: state
             .dispatch_here
             .then(|| now + state.lease.as_millis() as i64),
+        handoffs: Some(state.dispatch.handoffs()),
         call_recording_wait_ms: state.call_recording_wait.as_millis() as i64,
     };
     let outcome = state

@@ -248,6 +248,35 @@ pub struct DeliveryJob {
     pub ghl_signature: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
+/// The webhooks whose new deliveries this node's dispatcher does not take at ingest: it holds
+/// enough of theirs already (a webhook on probation, one whose subscriber has not answered,
+/// keeps a few). Their deliveries are stored unleased and claimed by a poll once the lane has
+/// room, so a subscriber that hangs cannot fill the node's memory with its backlog.
+#[derive(Debug, Default)]
+pub struct Handoffs {
+    held: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+impl Handoffs {
+    /// Hold (or let go of) the new deliveries to this webhook.
+    pub fn hold(&self, webhook_id: &str, held: bool) {
+        let mut set = self.held.write().expect("handoffs lock");
+        if held {
+            set.insert(webhook_id.to_owned());
+        } else {
+            set.remove(webhook_id);
+        }
+    }
+
+    pub fn takes(&self, webhook_id: &str) -> bool {
+        !self
+            .held
+            .read()
+            .expect("handoffs lock")
+            .contains(webhook_id)
+    }
+}
+
 /// The moment and the limits an ingest works with.
 #[derive(Debug, Clone)]
 pub struct IngestContext {
@@ -257,8 +286,19 @@ pub struct IngestContext {
     /// New deliveries are leased to the caller until then, to be sent by it at once; `None`
     /// (a node without a dispatcher): they wait for a dispatcher to claim them.
     pub lease_until: Option<i64>,
+    /// The webhooks whose deliveries the caller's dispatcher does not take now; None: it
+    /// takes every one.
+    pub handoffs: Option<std::sync::Arc<Handoffs>>,
     /// How long a call waits for a recording Switchboard asked for.
     pub call_recording_wait_ms: i64,
+}
+
+impl IngestContext {
+    /// The lease of a new delivery to this webhook; None: it waits for a claim.
+    pub fn lease_for(&self, webhook_id: &str) -> Option<i64> {
+        self.lease_until
+            .filter(|_| self.handoffs.as_ref().is_none_or(|h| h.takes(webhook_id)))
+    }
 }
 
 /// One provider request waiting for the next group commit.

@@ -225,6 +225,7 @@ async fn the_deliveries_of_one_event_share_its_signature() {
         app_id: None,
         now: 2,
         lease_until: Some(60_000),
+        handoffs: None,
         call_recording_wait_ms: 0,
     };
     let outcome = store

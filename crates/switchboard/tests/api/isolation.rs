@@ -252,7 +252,91 @@ async fn each_webhooks_probation_shows_in_the_api_and_the_metrics() {
     );
 }
 
+/// A hanging subscriber's backlog waits in the store, not in the dispatcher's memory: of 40
+/// deliveries to it, the dispatcher holds (leases) at most `PROBATION_QUEUE`; the others are
+/// due in the store, for a claim once its subscriber answers. Before, every one was leased and
+/// queued in memory at ingest (40 in flight, 0 due).
+async fn a_hanging_subscribers_backlog_waits_in_the_store() {
+    let held = switchboard::dispatcher::PROBATION_QUEUE;
+    let messages = held + 24;
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(60)).await;
+    location_with_twilio(&app).await;
+    let hanging = TestReceiver::start().await;
+    hanging.slow(Duration::from_secs(3600));
+    create_webhook(
+        &app,
+        json!({ "url": hanging.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    for i in 0..messages {
+        let sid = twilio_sid(&format!("SMbacklog{i}"));
+        let r = app
+            .post_twilio(&sms_params(&sid, "backlog"), AUTH_TOKEN)
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    hanging.wait_for(1, Duration::from_secs(5)).await;
+    // The queue depth is read at most once a second.
+    let series = |state: &str| format!("switchboard_delivery_queue{{state=\"{state}\"}}");
+    let text = eventually(
+        Duration::from_secs(5),
+        "the whole backlog counted",
+        || async {
+            let text = get_metrics(&app.client, &app.address).await;
+            let count = |state: &str| metric(&text, &series(state)).unwrap_or(0.0) as usize;
+            (count("due") + count("in_flight") == messages).then_some(text)
+        },
+    )
+    .await;
+    let in_flight = metric(&text, &series("in_flight")).unwrap() as usize;
+    assert!(
+        in_flight <= held,
+        "{in_flight} of {messages} deliveries to a hanging subscriber are leased (at most {held} should be):\n{text}"
+    );
+    // One attempt at a time on probation.
+    assert_eq!(hanging.received().len(), 1);
+}
+
+/// When a subscriber that hung answers again, the backlog it left in the store is claimed and
+/// every delivery arrives, each once.
+async fn a_backlog_left_in_the_store_is_delivered_once_the_subscriber_answers() {
+    let messages = switchboard::dispatcher::PROBATION_QUEUE + 24;
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
+    location_with_twilio(&app).await;
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    create_webhook(
+        &app,
+        json!({ "url": subscriber.url, "events": ["InboundMessage"], "retrySchedule": ["1s"] }),
+    )
+    .await;
+    for i in 0..messages {
+        let sid = twilio_sid(&format!("SMrecover{i}"));
+        let body = format!("recover {i}");
+        let r = app.post_twilio(&sms_params(&sid, &body), AUTH_TOKEN).await;
+        assert_eq!(r.status(), 200);
+    }
+    subscriber.wait_for(1, Duration::from_secs(5)).await;
+    subscriber.slow(Duration::ZERO);
+    // The first attempt times out after 1 s and is retried 1 s later; everything else follows.
+    let got = subscriber
+        .wait_for(messages + 1, Duration::from_secs(15))
+        .await;
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|d| d.json()["body"].as_str().unwrap().to_owned())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), messages, "{bodies:?}");
+    // One timed out and was sent again; nothing else twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(subscriber.received().len(), messages + 1);
+}
+
 crate::both_stores!(
+    a_hanging_subscribers_backlog_waits_in_the_store,
+    a_backlog_left_in_the_store_is_delivered_once_the_subscriber_answers,
     a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot,
     two_hundred_hanging_webhooks_delay_no_healthy_delivery,
     each_webhooks_probation_shows_in_the_api_and_the_metrics,

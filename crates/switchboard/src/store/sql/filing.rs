@@ -145,7 +145,9 @@ macro_rules! sql_filing {
                         conversation_id: Some(conversation_id),
                         payload: &e.payload,
                         now: f.ctx.now,
-                        lease_until: f.ctx.lease_until,
+                        lease_until: f.ctx.lease_for(&webhook.id),
+                        left_for_claim: f.ctx.lease_until.is_some()
+                            && f.ctx.lease_for(&webhook.id).is_none(),
                         item: f.item,
                     });
                 }

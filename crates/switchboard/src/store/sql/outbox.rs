@@ -63,6 +63,9 @@ macro_rules! sql_outbox {
             payload: &'a Bytes,
             now: i64,
             lease_until: Option<i64>,
+            /// Not leased although the caller takes deliveries: its dispatcher holds enough of
+            /// this webhook's already and claims the rest in turn; no one needs telling.
+            left_for_claim: bool,
             /// The outcome that receives the job (index into the batch's outcomes).
             item: usize,
         }
@@ -154,7 +157,11 @@ macro_rules! sql_outbox {
                 query.execute(&mut **tx).await?;
             }
             // Deliveries nobody holds: a dispatcher claims them.
-            if send_now.iter().any(|now| !now) {
+            if rows
+                .iter()
+                .zip(&send_now)
+                .any(|(r, now)| !now && !r.left_for_claim)
+            {
                 $hooks::notify_work(&mut **tx).await?;
             }
             // One signature cell per event, shared by its deliveries.

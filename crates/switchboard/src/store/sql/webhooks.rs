@@ -286,6 +286,7 @@ macro_rules! sql_webhooks {
                         payload: &disabled_event.payload,
                         now,
                         lease_until: Some(lease_until),
+                        left_for_claim: false,
                         item: 0,
                     })
                     .collect();
