@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use crate::channels::twilio::signature::{self, Algorithm};
-use crate::routes::TWILIO_INBOUND_PATH;
+use crate::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 
 /// What to send (also the command's arguments).
 #[derive(Debug, Clone, clap::Args)]

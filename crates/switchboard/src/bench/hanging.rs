@@ -19,7 +19,7 @@ use super::load::{configure, post_all, twilio_requests};
 use super::processes::{process_usage, start_server};
 use super::sink::{sink, Sink};
 use super::{percentile, BenchOptions, ADMIN_TOKEN};
-use crate::routes::TWILIO_INBOUND_PATH;
+use crate::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 
 /// One of the two runs.
 #[derive(Debug, Clone, serde::Serialize)]

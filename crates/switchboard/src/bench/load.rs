@@ -14,7 +14,7 @@ use super::processes::{process_usage, start_relay};
 use super::sink::Sink;
 use super::{BenchOptions, ACCOUNT_SID, ADMIN_TOKEN, AUTH_TOKEN, BUSINESS_NUMBER};
 use crate::channels::twilio::signature::{self, Algorithm};
-use crate::routes::TWILIO_INBOUND_PATH;
+use crate::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 
 pub(super) async fn configure(
     client: &reqwest::Client,

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use axum::routing::post;
 
-use crate::routes::TWILIO_INBOUND_PATH;
+use crate::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 
 mod hanging;
 mod load;

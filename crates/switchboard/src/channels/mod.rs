@@ -2,29 +2,62 @@
 //! names the account it claims to come from, verifies it with that account's secret, and
 //! turns it into normalized [`Fact`]s. They never touch the database; the route, body limit,
 //! account lookup and store call are written once, in `routes::ingress`.
+//!
+//! A channel is a folder here and one line of [`CHANNELS`]: from that list come the provider
+//! routes the router mounts, their part of the OpenAPI document, the persisted provider names
+//! and each provider's credential hosts.
+
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::routing::MethodRouter;
 use bytes::Bytes;
 
 use crate::domain::Fact;
+use crate::startup::AppState;
 
 pub mod twilio;
 
-/// The persisted provider name as the `'static` constant its channel uses.
+/// Every channel, once.
+pub static CHANNELS: &[&dyn Provider] = &[&twilio::TWILIO];
+
+/// One provider as the rest of Switchboard sees it: its name, its endpoints and where its
+/// credentials may go. Each channel folder defines one and [`CHANNELS`] lists it.
+pub trait Provider: Sync {
+    /// The persisted provider name (with every message and channel account; never renamed).
+    fn name(&self) -> &'static str;
+    /// The routes providers call.
+    fn endpoints(&self) -> &'static [Endpoint];
+    /// The origins its credentials may be sent to (see [`crate::credential_hosts`]).
+    fn credential_hosts(&self) -> &'static [&'static str];
+    /// The OpenAPI operation of one of its endpoints (how requests are signed and answered).
+    fn operation(&self, endpoint: &Endpoint) -> serde_json::Value;
+}
+
+/// One route a provider calls.
+pub struct Endpoint {
+    pub path: &'static str,
+    /// For the OpenAPI document.
+    pub summary: &'static str,
+    /// Its handler: the one ingress route for the endpoint's [`Channel`]
+    /// (`crate::routes::provider_route::<C>`).
+    pub handler: fn() -> MethodRouter<Arc<AppState>>,
+}
+
+/// The channel of a persisted provider name.
+pub fn find(name: &str) -> Option<&'static dyn Provider> {
+    CHANNELS.iter().copied().find(|c| c.name() == name)
+}
+
+/// The persisted provider name as the `'static` name its channel gives.
 pub fn provider_name(stored: &str) -> &'static str {
-    match stored {
-        twilio::PROVIDER => twilio::PROVIDER,
-        _ => "unknown",
-    }
+    find(stored).map_or("unknown", |c| c.name())
 }
 
 /// The origins a provider's credentials may be sent to (see [`crate::credential_hosts`]).
 pub fn credential_hosts(provider: &str) -> &'static [&'static str] {
-    match provider {
-        twilio::PROVIDER => twilio::MEDIA_HOSTS,
-        _ => &[],
-    }
+    find(provider).map_or(&[], |c| c.credential_hosts())
 }
 
 /// What a provider sent, with the URL it called (as the provider saw it, for signatures).

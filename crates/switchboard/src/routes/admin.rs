@@ -11,8 +11,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{JsonBody, TWILIO_INBOUND_PATH, TWILIO_VOICE_INCOMING_PATH, TWILIO_VOICE_STATUS_PATH};
+use super::JsonBody;
 use crate::channels::twilio;
+use crate::channels::twilio::{
+    INBOUND_PATH as TWILIO_INBOUND_PATH, VOICE_INCOMING_PATH as TWILIO_VOICE_INCOMING_PATH,
+    VOICE_STATUS_PATH as TWILIO_VOICE_STATUS_PATH,
+};
 use crate::domain::ids::looks_like_id;
 use crate::domain::PhoneNumber;
 use crate::error::ApiError;

@@ -17,9 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncReadExt;
 
-use crate::channels::twilio::{
-    TwilioMessaging, VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceStatus,
-};
+use crate::channels::{Channel, CHANNELS};
 use crate::error::ApiError;
 use crate::media::UrlError;
 use crate::serve::{BodyBudgetSpent, BodyTimedOut};
@@ -32,14 +30,10 @@ mod ingress;
 pub mod openapi;
 pub(crate) mod webhooks;
 
-/// The Twilio Messaging webhook path the source document gives, and its legacy path.
-pub const TWILIO_INBOUND_PATH: &str = "/conversations/providers/twilio/inbound_message";
-pub const TWILIO_LEGACY_INBOUND_PATH: &str = "/appengine/twilio/incoming_message";
-/// Twilio Voice: "A call comes in", the `<Dial>` action, "Call status changes", recordings.
-pub const TWILIO_VOICE_INCOMING_PATH: &str = "/conversations/providers/twilio/voice/incoming";
-pub const TWILIO_VOICE_DIAL_STATUS_PATH: &str = "/conversations/providers/twilio/voice/dial-status";
-pub const TWILIO_VOICE_STATUS_PATH: &str = "/conversations/providers/twilio/voice/status";
-pub const TWILIO_VOICE_RECORDING_PATH: &str = "/conversations/providers/twilio/voice/recording";
+/// The route of a provider endpoint whose requests `C` reads: the one ingress handler.
+pub fn provider_route<C: Channel>() -> axum::routing::MethodRouter<Arc<AppState>> {
+    post(ingress::ingest::<C>)
+}
 
 /// Largest management API request body.
 const MAX_JSON_BYTES: usize = 1 << 20;
@@ -97,31 +91,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 
-    Router::new()
-        .route(
-            TWILIO_INBOUND_PATH,
-            post(ingress::ingest::<TwilioMessaging>),
-        )
-        .route(
-            TWILIO_LEGACY_INBOUND_PATH,
-            post(ingress::ingest::<TwilioMessaging>),
-        )
-        .route(
-            TWILIO_VOICE_INCOMING_PATH,
-            post(ingress::ingest::<VoiceIncoming>),
-        )
-        .route(
-            TWILIO_VOICE_DIAL_STATUS_PATH,
-            post(ingress::ingest::<VoiceDialStatus>),
-        )
-        .route(
-            TWILIO_VOICE_STATUS_PATH,
-            post(ingress::ingest::<VoiceStatus>),
-        )
-        .route(
-            TWILIO_VOICE_RECORDING_PATH,
-            post(ingress::ingest::<VoiceRecording>),
-        )
+    // Every channel's endpoints, from the registry.
+    let mut providers = Router::new();
+    for channel in CHANNELS {
+        for endpoint in channel.endpoints() {
+            providers = providers.route(endpoint.path, (endpoint.handler)());
+        }
+    }
+
+    providers
         .route("/attachments/{file}", get(attachment))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-fn error_response(description: &str) -> Value {
+pub(crate) fn error_response(description: &str) -> Value {
     json!({
         "description": description,
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
@@ -21,33 +21,6 @@ fn ok(description: &str, schema: Value) -> Value {
 
 fn path_param(name: &str) -> Value {
     json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } })
-}
-
-fn twilio_route(summary: &str) -> Value {
-    json!({
-        "post": {
-            "summary": summary,
-            "tags": ["providers"],
-            "security": [],
-            "parameters": [{
-                "name": "X-Twilio-Signature", "in": "header", "required": true,
-                "schema": { "type": "string" },
-                "description": "base64 HMAC-SHA1 (or HMAC-SHA256 with a Webhook Rule) over the public URL and the sorted form parameters"
-            }],
-            "requestBody": {
-                "required": true,
-                "content": { "application/x-www-form-urlencoded": { "schema": { "type": "object", "additionalProperties": { "type": "string" } } } }
-            },
-            "responses": {
-                "200": { "description": "Stored (TwiML answer)", "content": { "text/xml": { "schema": { "type": "string" } } } },
-                "400": error_response("Not a request this route takes"),
-                "403": error_response("Missing or wrong signature"),
-                "404": error_response("No location has this number or account connected"),
-                "413": error_response("Body too large"),
-                "415": error_response("Not a form post")
-            }
-        }
-    })
 }
 
 /// The document.
@@ -89,7 +62,7 @@ pub fn document() -> Value {
         responses
     };
     let any = json!({ "type": "object" });
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Switchboard",
@@ -191,12 +164,6 @@ pub fn document() -> Value {
                 "responses": with(errors(&[("404", "No such message")]), json!({ "200": ok("The event", any.clone()) })) } },
             "/v1/messages/{messageId}/deliveries": { "get": { "summary": "Each delivery of a message with every attempt", "tags": ["messages"], "parameters": [path_param("messageId")],
                 "responses": with(errors(&[("404", "No such message")]), json!({ "200": ok("Deliveries", any.clone()) })) } },
-            "/conversations/providers/twilio/inbound_message": twilio_route("Twilio Messaging: a message comes in"),
-            "/appengine/twilio/incoming_message": twilio_route("Twilio Messaging (legacy path)"),
-            "/conversations/providers/twilio/voice/incoming": twilio_route("Twilio Voice: a call comes in (TwiML)"),
-            "/conversations/providers/twilio/voice/dial-status": twilio_route("Twilio Voice: the <Dial> action (TwiML)"),
-            "/conversations/providers/twilio/voice/status": twilio_route("Twilio Voice: call status changes"),
-            "/conversations/providers/twilio/voice/recording": twilio_route("Twilio Voice: recording status and <Record> action"),
             "/attachments/{file}": { "get": { "summary": "A stored recording by its signed link", "tags": ["providers"], "security": [],
                 "parameters": [path_param("file"),
                     { "name": "expires", "in": "query", "required": true, "schema": { "type": "integer" } },
@@ -207,5 +174,12 @@ pub fn document() -> Value {
             "/metrics": { "get": { "summary": "Prometheus metrics", "tags": ["operations"], "security": [], "responses": { "200": { "description": "Text exposition format", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
             "/openapi.json": { "get": { "summary": "This document", "tags": ["operations"], "security": [], "responses": { "200": ok("OpenAPI 3.1", any) } } }
         }
-    })
+    });
+    // Each channel's endpoints, from the registry.
+    for channel in crate::channels::CHANNELS {
+        for endpoint in channel.endpoints() {
+            document["paths"][endpoint.path] = json!({ "post": channel.operation(endpoint) });
+        }
+    }
+    document
 }

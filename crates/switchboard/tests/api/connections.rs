@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard::routes::TWILIO_INBOUND_PATH;
+use switchboard::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -75,7 +75,7 @@ async fn the_feed_read_while_three_nodes_ingest_skips_no_event() {
                 let url = format!(
                     "{}{}",
                     addresses[i % 3],
-                    switchboard::routes::TWILIO_INBOUND_PATH
+                    switchboard::channels::twilio::INBOUND_PATH
                 );
                 let r = post_twilio_to(&client, &url, &params, AUTH_TOKEN).await;
                 assert_eq!(r.status(), 200);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchboard::routes::TWILIO_INBOUND_PATH;
+use switchboard::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 
 use crate::helpers::*;
 

@@ -13,7 +13,7 @@ use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use switchboard::channels::twilio::signature::{self, Algorithm};
-use switchboard::routes::TWILIO_INBOUND_PATH;
+use switchboard::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 use switchboard::{Application, Config};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;

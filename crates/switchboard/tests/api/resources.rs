@@ -73,7 +73,7 @@ async fn stalled_bodies_and_idle_connections_hold_bounded_memory_and_healthz_ans
     // Ten addresses, each sending its allowance of half bodies (255 KiB of a 256 KiB one).
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 262144\r\n\r\n",
-        switchboard::routes::TWILIO_INBOUND_PATH
+        switchboard::channels::twilio::INBOUND_PATH
     );
     let half = vec![b'a'; 255 * 1024];
     let mut held = Vec::new();
@@ -272,7 +272,7 @@ async fn one_address_stalling_bodies_leaves_the_budget_to_the_others() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 262144\r\n\r\n",
-        switchboard::routes::TWILIO_INBOUND_PATH
+        switchboard::channels::twilio::INBOUND_PATH
     );
     let almost = std::sync::Arc::new(vec![b'a'; 262_143]);
     let mut tasks = tokio::task::JoinSet::new();

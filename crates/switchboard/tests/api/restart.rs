@@ -375,7 +375,7 @@ async fn refused_provider_requests_are_logged_within_a_budget() {
     let url = format!(
         "{}{}",
         node.address,
-        switchboard::routes::TWILIO_INBOUND_PATH
+        switchboard::channels::twilio::INBOUND_PATH
     );
     // A number nobody connected, with a line break in it: the 404 names it.
     let params = sms_params_for(

@@ -73,7 +73,7 @@ async fn the_data_directory_is_the_owners_only_whatever_the_umask() {
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     let client = reqwest::Client::new();
     connect_location(&client, &address, token.trim(), json!({})).await;
-    let url = format!("{address}{}", switchboard::routes::TWILIO_INBOUND_PATH);
+    let url = format!("{address}{}", switchboard::channels::twilio::INBOUND_PATH);
     let r = post_twilio_to(&client, &url, &sms_params("SMmodes", "x"), AUTH_TOKEN).await;
     assert_eq!(r.status(), 200);
     // The database, its journals, keys, the token, the lock: all there, all 0600.
@@ -165,7 +165,7 @@ async fn a_full_run_logs_none_of_its_secrets() {
     let url = format!(
         "{}{}",
         server.address,
-        switchboard::routes::TWILIO_INBOUND_PATH
+        switchboard::channels::twilio::INBOUND_PATH
     );
     let refused = post_twilio_to(
         &client,

@@ -15,7 +15,7 @@ use crate::twilio_voice::{
     DIAL_STATUS, QUIET, RECORDING, STATUS,
 };
 
-const PATH: &str = switchboard::routes::TWILIO_INBOUND_PATH;
+const PATH: &str = switchboard::channels::twilio::INBOUND_PATH;
 
 /// `X-Twilio-Signature` for `url` and `params` (repeated names allowed) as Twilio's own Python
 /// library computes it. `None` (the caller skips, or fails with `CI=true`) without it.

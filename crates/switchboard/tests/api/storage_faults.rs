@@ -131,7 +131,7 @@ pub async fn classify(result: Result<reqwest::Response, reqwest::Error>) -> Answ
 
 /// POST a signed SMS with the given sid, as Twilio would, and classify the answer.
 pub async fn post_sms(client: &reqwest::Client, address: &str, sid: &str, body: &str) -> Answer {
-    let url = format!("{address}{}", switchboard::routes::TWILIO_INBOUND_PATH);
+    let url = format!("{address}{}", switchboard::channels::twilio::INBOUND_PATH);
     let params = sms_params(sid, body);
     let (form, signature) = signed_twilio_form(&url, &params, AUTH_TOKEN);
     classify(
@@ -520,7 +520,7 @@ async fn an_oversized_body_written_before_reading_gets_its_413() {
     // A provider route, and the API with and without its token (401 before the body is read).
     for (path, headers, status) in [
         (
-            switchboard::routes::TWILIO_INBOUND_PATH,
+            switchboard::channels::twilio::INBOUND_PATH,
             form,
             "413 Payload Too Large",
         ),

@@ -11,10 +11,15 @@ use crate::domain::PhoneNumber;
 use signature::Algorithm;
 
 mod messaging;
+mod provider;
 pub mod signature;
 mod voice;
 
 pub use messaging::TwilioMessaging;
+pub use provider::{
+    Twilio, INBOUND_PATH, LEGACY_INBOUND_PATH, TWILIO, VOICE_DIAL_STATUS_PATH, VOICE_INCOMING_PATH,
+    VOICE_RECORDING_PATH, VOICE_STATUS_PATH,
+};
 pub use voice::{VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceSettings, VoiceStatus};
 
 /// The provider name persisted with messages and channel accounts.

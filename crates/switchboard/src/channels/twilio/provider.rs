@@ -1,0 +1,96 @@
+//! Twilio as the registry sees it: its endpoints (the Messaging path the source document
+//! gives, its legacy path, and the Voice callbacks), where its credentials may go, and how its
+//! requests are described in the OpenAPI document.
+
+use serde_json::{json, Value};
+
+use super::{TwilioMessaging, VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceStatus};
+use crate::channels::{Endpoint, Provider};
+use crate::routes::openapi::error_response;
+use crate::routes::provider_route;
+
+/// The Twilio Messaging webhook path the source document gives, and its legacy path.
+pub const INBOUND_PATH: &str = "/conversations/providers/twilio/inbound_message";
+pub const LEGACY_INBOUND_PATH: &str = "/appengine/twilio/incoming_message";
+/// Twilio Voice: "A call comes in", the `<Dial>` action, "Call status changes", recordings.
+pub const VOICE_INCOMING_PATH: &str = "/conversations/providers/twilio/voice/incoming";
+pub const VOICE_DIAL_STATUS_PATH: &str = "/conversations/providers/twilio/voice/dial-status";
+pub const VOICE_STATUS_PATH: &str = "/conversations/providers/twilio/voice/status";
+pub const VOICE_RECORDING_PATH: &str = "/conversations/providers/twilio/voice/recording";
+
+pub struct Twilio;
+
+/// The registry's entry.
+pub static TWILIO: Twilio = Twilio;
+
+static ENDPOINTS: [Endpoint; 6] = [
+    Endpoint {
+        path: INBOUND_PATH,
+        summary: "Twilio Messaging: a message comes in",
+        handler: provider_route::<TwilioMessaging>,
+    },
+    Endpoint {
+        path: LEGACY_INBOUND_PATH,
+        summary: "Twilio Messaging (legacy path)",
+        handler: provider_route::<TwilioMessaging>,
+    },
+    Endpoint {
+        path: VOICE_INCOMING_PATH,
+        summary: "Twilio Voice: a call comes in (TwiML)",
+        handler: provider_route::<VoiceIncoming>,
+    },
+    Endpoint {
+        path: VOICE_DIAL_STATUS_PATH,
+        summary: "Twilio Voice: the <Dial> action (TwiML)",
+        handler: provider_route::<VoiceDialStatus>,
+    },
+    Endpoint {
+        path: VOICE_STATUS_PATH,
+        summary: "Twilio Voice: call status changes",
+        handler: provider_route::<VoiceStatus>,
+    },
+    Endpoint {
+        path: VOICE_RECORDING_PATH,
+        summary: "Twilio Voice: recording status and <Record> action",
+        handler: provider_route::<VoiceRecording>,
+    },
+];
+
+impl Provider for Twilio {
+    fn name(&self) -> &'static str {
+        super::PROVIDER
+    }
+
+    fn endpoints(&self) -> &'static [Endpoint] {
+        &ENDPOINTS
+    }
+
+    fn credential_hosts(&self) -> &'static [&'static str] {
+        super::MEDIA_HOSTS
+    }
+
+    fn operation(&self, endpoint: &Endpoint) -> Value {
+        json!({
+            "summary": endpoint.summary,
+            "tags": ["providers"],
+            "security": [],
+            "parameters": [{
+                "name": "X-Twilio-Signature", "in": "header", "required": true,
+                "schema": { "type": "string" },
+                "description": "base64 HMAC-SHA1 (or HMAC-SHA256 with a Webhook Rule) over the public URL and the sorted form parameters"
+            }],
+            "requestBody": {
+                "required": true,
+                "content": { "application/x-www-form-urlencoded": { "schema": { "type": "object", "additionalProperties": { "type": "string" } } } }
+            },
+            "responses": {
+                "200": { "description": "Stored (TwiML answer)", "content": { "text/xml": { "schema": { "type": "string" } } } },
+                "400": error_response("Not a request this route takes"),
+                "403": error_response("Missing or wrong signature"),
+                "404": error_response("No location has this number or account connected"),
+                "413": error_response("Body too large"),
+                "415": error_response("Not a form post")
+            }
+        })
+    }
+}
