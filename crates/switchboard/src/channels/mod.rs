@@ -15,7 +15,9 @@ use axum::routing::MethodRouter;
 use bytes::Bytes;
 
 use crate::domain::Fact;
+use crate::error::ApiError;
 use crate::startup::AppState;
+use crate::store::ChannelAccountInput;
 
 pub mod twilio;
 
@@ -33,6 +35,32 @@ pub trait Provider: Sync {
     fn credential_hosts(&self) -> &'static [&'static str];
     /// The OpenAPI operation of one of its endpoints (how requests are signed and answered).
     fn operation(&self, endpoint: &Endpoint) -> serde_json::Value;
+    /// For people: "Twilio".
+    fn title(&self) -> &'static str;
+    /// A location's settings (`PUT /v1/locations/{id}/channels/{name}`, JSON), checked at the
+    /// edge: what the store keeps, or the 4xx that names what is wrong. The addresses it
+    /// claims (phone numbers, e-mail addresses, page ids) each belong to one location.
+    fn configure(&self, body: &[u8]) -> Result<ChannelAccountInput, ApiError>;
+    /// What `GET` shows of a stored configuration: never a secret's value; each secret masked
+    /// ([`mask_secret`]) under `secrets`.
+    fn view(
+        &self,
+        account: &ChannelAccount,
+        addresses: &[String],
+        public_url: Option<&str>,
+    ) -> serde_json::Value;
+    /// The settings body's JSON schema, for the OpenAPI document.
+    fn settings_schema(&self) -> serde_json::Value;
+}
+
+/// The shortest secret a provider may sign with (auth tokens, shared signing keys).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// A write-only secret as a GET shows it: that it is set, and its last 4 characters.
+pub fn mask_secret(secret: &str) -> serde_json::Value {
+    let chars: Vec<char> = secret.chars().collect();
+    let last4: String = chars[chars.len().saturating_sub(4)..].iter().collect();
+    serde_json::json!({ "set": !secret.is_empty(), "last4": last4 })
 }
 
 /// One route a provider calls.

@@ -1,7 +1,7 @@
-//! The management API under `/v1` (bearer token checked by the router): locations, channel
-//! accounts, signing keys, and what happened to a message. Webhooks are in `webhooks`.
+//! The management API under `/v1` (bearer token checked by the router): locations, signing
+//! keys, and what happened to a message. Channel accounts are in `channels`, webhooks in
+//! `webhooks`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -12,16 +12,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::JsonBody;
-use crate::channels::twilio;
-use crate::channels::twilio::{
-    INBOUND_PATH as TWILIO_INBOUND_PATH, VOICE_INCOMING_PATH as TWILIO_VOICE_INCOMING_PATH,
-    VOICE_STATUS_PATH as TWILIO_VOICE_STATUS_PATH,
-};
 use crate::domain::ids::looks_like_id;
-use crate::domain::PhoneNumber;
 use crate::error::ApiError;
 use crate::startup::AppState;
-use crate::store::{ChannelAccountInput, Location};
+use crate::store::Location;
 
 const MAX_NAME_LEN: usize = 200;
 
@@ -65,170 +59,6 @@ pub async fn get_location(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no location {location_id}")))
-}
-
-/// The shortest secret a provider may sign with (auth tokens, shared signing keys).
-pub const MIN_SECRET_LEN: usize = 16;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PutTwilioChannel {
-    account_sid: String,
-    auth_token: String,
-    #[serde(default)]
-    phone_numbers: Vec<String>,
-    /// Twilio Webhook Rule shared keys by key id, for HMAC-SHA256 signatures.
-    #[serde(default)]
-    signing_keys: BTreeMap<String, String>,
-    /// Calls: forwarding, voicemail and recording.
-    #[serde(default)]
-    voice: twilio::VoiceSettings,
-}
-
-/// Numbers one location may connect in one Twilio account: far above any business's, and a
-/// bound on what one request makes the store write.
-pub const MAX_PHONE_NUMBERS: usize = 10_000;
-
-pub async fn put_twilio_channel(
-    State(state): State<Arc<AppState>>,
-    Path(location_id): Path<String>,
-    JsonBody(input): JsonBody<PutTwilioChannel>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if !twilio::is_account_sid(&input.account_sid) {
-        return Err(ApiError::unprocessable(
-            "invalid_account_sid",
-            "accountSid must be AC followed by 32 hexadecimal digits",
-        ));
-    }
-    if input.auth_token.trim().len() < MIN_SECRET_LEN || input.auth_token.len() > 256 {
-        return Err(ApiError::unprocessable(
-            "invalid_auth_token",
-            format!("authToken must be {MIN_SECRET_LEN} to 256 characters (Twilio's are 32)"),
-        ));
-    }
-    // Key ids are not secret: a short key would let anyone sign.
-    if let Some((id, _)) = input
-        .signing_keys
-        .iter()
-        .find(|(_, key)| key.trim().len() < MIN_SECRET_LEN || key.len() > 256)
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_signing_key",
-            format!("signingKeys.{id} must be {MIN_SECRET_LEN} to 256 characters"),
-        ));
-    }
-    let mut voice = input.voice;
-    voice
-        .validate()
-        .map_err(|e| ApiError::unprocessable("invalid_voice_settings", e))?;
-    if input.phone_numbers.len() > MAX_PHONE_NUMBERS {
-        return Err(ApiError::unprocessable(
-            "invalid_phone_number",
-            format!("phoneNumbers holds at most {MAX_PHONE_NUMBERS} numbers"),
-        ));
-    }
-    // In the order given, each once: linear, whatever the list holds.
-    let mut seen = std::collections::HashSet::with_capacity(input.phone_numbers.len());
-    let mut numbers = Vec::with_capacity(input.phone_numbers.len());
-    for raw in &input.phone_numbers {
-        let number = PhoneNumber::parse(raw)
-            .map_err(|e| ApiError::unprocessable("invalid_phone_number", e))?;
-        if seen.insert(number.as_str().to_owned()) {
-            numbers.push(number.as_str().to_owned());
-        }
-    }
-    let account = ChannelAccountInput {
-        provider: twilio::PROVIDER,
-        account_id: input.account_sid.clone(),
-        secret: input.auth_token,
-        settings: json!({ "signingKeys": input.signing_keys, "voice": voice }),
-        addresses: numbers.clone(),
-    };
-    state
-        .store
-        .put_channel_account(&location_id, &account, state.clock.now_ms())
-        .await?;
-    Ok(Json(twilio_channel_view(
-        &state,
-        &location_id,
-        &account.account_id,
-        &numbers,
-        &account.settings,
-    )))
-}
-
-/// What a location's Twilio connection is: the PUT's answer, and the GET's. The auth token and
-/// the signing keys' secrets are never shown, only the signing keys' ids.
-fn twilio_channel_view(
-    state: &AppState,
-    location_id: &str,
-    account_sid: &str,
-    numbers: &[String],
-    settings: &serde_json::Value,
-) -> serde_json::Value {
-    let voice: twilio::VoiceSettings =
-        serde_json::from_value(settings["voice"].clone()).unwrap_or_default();
-    let signing_key_ids: Vec<&String> = settings["signingKeys"]
-        .as_object()
-        .map(|keys| keys.keys().collect())
-        .unwrap_or_default();
-    let mut body = json!({
-        "locationId": location_id,
-        "provider": twilio::PROVIDER,
-        "accountSid": account_sid,
-        "phoneNumbers": numbers,
-        "signingKeyIds": signing_key_ids,
-        "voice": voice,
-    });
-    if let Some(base) = &state.public_url {
-        let base = base.trim_end_matches('/');
-        body["webhookUrls"] = json!({
-            "messaging": format!("{base}{TWILIO_INBOUND_PATH}"),
-            "voiceIncoming": format!("{base}{TWILIO_VOICE_INCOMING_PATH}"),
-            "voiceStatus": format!("{base}{TWILIO_VOICE_STATUS_PATH}"),
-        });
-    }
-    body
-}
-
-pub async fn get_twilio_channel(
-    State(state): State<Arc<AppState>>,
-    Path(location_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (account, numbers) = state
-        .store
-        .get_channel_account(&location_id, twilio::PROVIDER)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "location {location_id} has no Twilio account connected"
-            ))
-        })?;
-    Ok(Json(twilio_channel_view(
-        &state,
-        &location_id,
-        &account.account_id,
-        &numbers,
-        &account.settings,
-    )))
-}
-
-/// Disconnect: its numbers are free for another location, and requests for them are 404.
-pub async fn delete_twilio_channel(
-    State(state): State<Arc<AppState>>,
-    Path(location_id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    if state
-        .store
-        .delete_channel_account(&location_id, twilio::PROVIDER)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!(
-            "location {location_id} has no Twilio account connected"
-        )))
-    }
 }
 
 /// The public keys deliveries are signed with: Ed25519 (`x-ghl-signature`) and RSA (the

@@ -25,6 +25,7 @@ use crate::startup::AppState;
 use crate::store::StoreError;
 
 pub(crate) mod admin;
+mod channels;
 pub mod host;
 mod ingress;
 pub mod openapi;
@@ -46,10 +47,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/locations/{location_id}", get(admin::get_location))
         .route(
-            "/locations/{location_id}/channels/twilio",
-            put(admin::put_twilio_channel)
-                .get(admin::get_twilio_channel)
-                .delete(admin::delete_twilio_channel),
+            "/locations/{location_id}/channels",
+            get(channels::list_channels),
+        )
+        .route(
+            "/locations/{location_id}/channels/{provider}",
+            put(channels::put_channel)
+                .get(channels::get_channel)
+                .delete(channels::delete_channel),
         )
         .route(
             "/webhooks",
@@ -392,21 +397,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
-        if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected Content-Type: application/json",
-            ));
-        }
-        let bytes = read_body(req.into_body(), MAX_JSON_BYTES).await?;
-        decode_json(&bytes).map(JsonBody)
+        decode_json(&json_bytes(req).await?).map(JsonBody)
     }
+}
+
+/// The bytes of a JSON request body (415 unless it says it is JSON, 413 past the limit), to
+/// decode with [`decode_json`].
+pub async fn json_bytes(req: Request) -> Result<Bytes, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ));
+    }
+    read_body(req.into_body(), MAX_JSON_BYTES).await
 }
 
 /// A JSON body as `T`, or the [`ApiError`] that says what is wrong with it.

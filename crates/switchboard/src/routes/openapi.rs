@@ -62,6 +62,18 @@ pub fn document() -> Value {
         responses
     };
     let any = json!({ "type": "object" });
+    // The channel-configuration API: one route, each channel's settings.
+    let names: Vec<&str> = crate::channels::CHANNELS.iter().map(|c| c.name()).collect();
+    let provider_param =
+        json!({ "name": "provider", "in": "path", "required": true, "schema": { "enum": names } });
+    let settings_schemas: Vec<Value> = crate::channels::CHANNELS
+        .iter()
+        .map(|c| {
+            let mut schema = c.settings_schema();
+            schema["title"] = json!(c.name());
+            schema
+        })
+        .collect();
     let mut document = json!({
         "openapi": "3.1.0",
         "info": {
@@ -98,26 +110,27 @@ pub fn document() -> Value {
                 "summary": "A location", "tags": ["locations"], "parameters": [path_param("locationId")],
                 "responses": with(errors(&[("404", "No such location")]), json!({ "200": ok("The location", any.clone()) }))
             }},
-            "/v1/locations/{locationId}/channels/twilio": { "put": {
-                "summary": "Connect a Twilio account, numbers and voice settings", "tags": ["locations"],
+            "/v1/locations/{locationId}/channels": { "get": {
+                "summary": "Every channel the location has configured, as each channel's GET shows it: {\"data\":[…]}", "tags": ["locations"],
                 "parameters": [path_param("locationId")],
-                "requestBody": json_body(json!({ "type": "object", "required": ["accountSid", "authToken"], "properties": {
-                    "accountSid": { "type": "string" }, "authToken": { "type": "string" },
-                    "phoneNumbers": { "type": "array", "items": { "type": "string" }, "maxItems": 10000 },
-                    "signingKeys": { "type": "object", "additionalProperties": { "type": "string" } },
-                    "voice": { "type": "object" } } })),
-                "responses": with(errors(&[("404", "No such location"), ("409", "A number belongs to another location"), ("422", "Invalid settings")]),
-                    json!({ "200": ok("Connected", any.clone()) }))
+                "responses": with(errors(&[("404", "No such location")]), json!({ "200": ok("The channels", any.clone()) }))
+            }},
+            "/v1/locations/{locationId}/channels/{provider}": { "put": {
+                "summary": "Configure a channel: its account, the addresses it claims and its settings (secrets are write-only)", "tags": ["locations"],
+                "parameters": [path_param("locationId"), provider_param.clone()],
+                "requestBody": json_body(json!({ "oneOf": settings_schemas })),
+                "responses": with(errors(&[("404", "No such location or channel"), ("409", "An address belongs to another location"), ("422", "Invalid settings (the error names the field)")]),
+                    json!({ "200": ok("Configured", any.clone()) }))
             },
             "get": {
-                "summary": "The connected Twilio account: its numbers, signing key ids and voice settings (never the auth token)", "tags": ["locations"],
-                "parameters": [path_param("locationId")],
-                "responses": with(errors(&[("404", "No Twilio account connected")]), json!({ "200": ok("The connection", any.clone()) }))
+                "summary": "The channel's configuration: secrets masked (set, last 4 characters)", "tags": ["locations"],
+                "parameters": [path_param("locationId"), provider_param.clone()],
+                "responses": with(errors(&[("404", "No such channel, or not configured")]), json!({ "200": ok("The configuration", any.clone()) }))
             },
             "delete": {
-                "summary": "Disconnect the Twilio account: its numbers are freed; what was stored stays", "tags": ["locations"],
-                "parameters": [path_param("locationId")],
-                "responses": with(errors(&[("404", "No Twilio account connected")]), json!({ "204": { "description": "Disconnected" } }))
+                "summary": "Remove the channel: its addresses are freed; what was stored stays", "tags": ["locations"],
+                "parameters": [path_param("locationId"), provider_param],
+                "responses": with(errors(&[("404", "No such channel, or not configured")]), json!({ "204": { "description": "Removed" } }))
             }},
             "/v1/webhooks": {
                 "post": {

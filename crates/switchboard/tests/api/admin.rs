@@ -429,7 +429,8 @@ async fn the_openapi_document_describes_served_routes() {
             .replace("{webhookId}", "AAAAAAAAAAAAAAAAAAAA")
             .replace("{deliveryId}", "AAAAAAAAAAAAAAAAAAAA")
             .replace("{messageId}", "AAAAAAAAAAAAAAAAAAAA")
-            .replace("{file}", "AAAAAAAAAAAAAAAAAAAA.mp3");
+            .replace("{file}", "AAAAAAAAAAAAAAAAAAAA.mp3")
+            .replace("{provider}", "twilio");
         for method in operations.as_object().unwrap().keys() {
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = app

@@ -12,6 +12,7 @@ use signature::Algorithm;
 
 mod messaging;
 mod provider;
+mod settings;
 pub mod signature;
 mod voice;
 
@@ -20,6 +21,7 @@ pub use provider::{
     Twilio, INBOUND_PATH, LEGACY_INBOUND_PATH, TWILIO, VOICE_DIAL_STATUS_PATH, VOICE_INCOMING_PATH,
     VOICE_RECORDING_PATH, VOICE_STATUS_PATH,
 };
+pub use settings::MAX_PHONE_NUMBERS;
 pub use voice::{VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceSettings, VoiceStatus};
 
 /// The provider name persisted with messages and channel accounts.

@@ -5,9 +5,11 @@
 use serde_json::{json, Value};
 
 use super::{TwilioMessaging, VoiceDialStatus, VoiceIncoming, VoiceRecording, VoiceStatus};
-use crate::channels::{Endpoint, Provider};
+use crate::channels::{ChannelAccount, Endpoint, Provider};
+use crate::error::ApiError;
 use crate::routes::openapi::error_response;
 use crate::routes::provider_route;
+use crate::store::ChannelAccountInput;
 
 /// The Twilio Messaging webhook path the source document gives, and its legacy path.
 pub const INBOUND_PATH: &str = "/conversations/providers/twilio/inbound_message";
@@ -67,6 +69,27 @@ impl Provider for Twilio {
 
     fn credential_hosts(&self) -> &'static [&'static str] {
         super::MEDIA_HOSTS
+    }
+
+    fn title(&self) -> &'static str {
+        "Twilio"
+    }
+
+    fn configure(&self, body: &[u8]) -> Result<ChannelAccountInput, ApiError> {
+        super::settings::configure(body)
+    }
+
+    fn view(
+        &self,
+        account: &ChannelAccount,
+        addresses: &[String],
+        public_url: Option<&str>,
+    ) -> Value {
+        super::settings::view(account, addresses, public_url)
+    }
+
+    fn settings_schema(&self) -> Value {
+        super::settings::schema()
     }
 
     fn operation(&self, endpoint: &Endpoint) -> Value {
