@@ -79,7 +79,7 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub retention: Duration,
     /// Per provider, the origins its credentials may be sent to, replacing the channel's own
-    /// list (TOML only: `[credential_hosts]` `twilio = ["https://api.twilio.com", …]`).
+    /// list (TOML only: `[credential_hosts]` `<provider> = ["https://api.example.com", …]`).
     #[serde(default)]
     pub credential_hosts: std::collections::HashMap<String, Vec<String>>,
     #[serde(default)]

@@ -1,12 +1,12 @@
 //! Where a provider's credentials may be sent. A download made with a provider's secret (a
-//! Twilio recording fetched with the account's auth token) goes only to that provider's own
+//! call recording fetched with the account's auth token) goes only to that provider's own
 //! media hosts over HTTPS; any other URL a request names stays a plain link and is never
 //! fetched with the secret. Each channel names its hosts; the operator may replace the list
 //! (`[credential_hosts]` in the configuration: other regions, or a test's own server).
 
 use std::collections::HashMap;
 
-/// The allowed origins per provider: `https://api.twilio.com`, `https://*.twilio.com` (any
+/// The allowed origins per provider: `https://api.example.com`, `https://*.example.com` (any
 /// subdomain), `http://127.0.0.1:4567` (an explicit scheme and port, for tests).
 #[derive(Debug, Clone, Default)]
 pub struct CredentialHosts {
@@ -98,41 +98,48 @@ fn default_port(scheme: &str) -> u16 {
 mod tests {
     use super::*;
 
+    fn acme() -> CredentialHosts {
+        let mut configured = HashMap::new();
+        configured.insert(
+            "acme".to_owned(),
+            vec![
+                "https://api.acme.test".to_owned(),
+                "https://*.acme.test".to_owned(),
+            ],
+        );
+        CredentialHosts::new(configured)
+    }
+
     #[test]
-    fn only_the_providers_own_https_hosts() {
-        let hosts = CredentialHosts::default();
+    fn only_the_listed_https_origins() {
+        let hosts = acme();
         for ok in [
-            "https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1.mp3",
-            "https://api.dublin.ie1.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1.mp3",
-            "https://API.TWILIO.COM:443/x",
+            "https://api.acme.test/2010-04-01/Accounts/AC1/Recordings/RE1.mp3",
+            "https://api.dublin.ie1.acme.test/Recordings/RE1.mp3",
+            "https://API.ACME.TEST:443/x",
         ] {
-            assert_eq!(hosts.check("twilio", ok), Ok(()), "{ok}");
+            assert_eq!(hosts.check("acme", ok), Ok(()), "{ok}");
         }
         for refused in [
-            "http://api.twilio.com/x",
-            "https://api.twilio.com.evil.test/x",
-            "https://eviltwilio.com/x",
-            "https://twilio.com.evil.test/x",
-            "https://api.twilio.com:8443/x",
-            "https://user:pass@api.twilio.com/x",
+            "http://api.acme.test/x",
+            "https://api.acme.test.evil.test/x",
+            "https://evilacme.test/x",
+            "https://acme.test.evil.test/x",
+            "https://api.acme.test:8443/x",
+            "https://user:pass@api.acme.test/x",
             "https://127.0.0.1/x",
             "not a url",
         ] {
-            assert!(hosts.check("twilio", refused).is_err(), "{refused}");
+            assert!(hosts.check("acme", refused).is_err(), "{refused}");
         }
         // A provider without hosts sends its credentials nowhere.
-        assert!(hosts.check("unknown", "https://api.twilio.com/x").is_err());
-        // The operator's list replaces the channel's.
+        assert!(hosts.check("unknown", "https://api.acme.test/x").is_err());
+        // An explicit scheme and port, as a test's own server has.
         let mut configured = HashMap::new();
-        configured.insert(
-            "twilio".to_owned(),
-            vec!["http://127.0.0.1:4567".to_owned()],
-        );
+        configured.insert("acme".to_owned(), vec!["http://127.0.0.1:4567".to_owned()]);
         let hosts = CredentialHosts::new(configured);
-        assert_eq!(hosts.check("twilio", "http://127.0.0.1:4567/r.mp3"), Ok(()));
-        assert!(hosts
-            .check("twilio", "http://127.0.0.1:4568/r.mp3")
-            .is_err());
-        assert!(hosts.check("twilio", "https://api.twilio.com/x").is_err());
+        assert_eq!(hosts.check("acme", "http://127.0.0.1:4567/r.mp3"), Ok(()));
+        assert!(hosts.check("acme", "http://127.0.0.1:4568/r.mp3").is_err());
+        assert!(hosts.check("acme", "https://api.acme.test/x").is_err());
     }
 }

@@ -276,18 +276,18 @@ mod tests {
     fn media_ids_follow_the_url_and_the_credentials() {
         let media = store();
         let fetch = |url: &str, username: &str, password: &str| MediaFetch {
-            provider: "twilio",
+            provider: "acme",
             url: url.into(),
             username: username.into(),
             password: password.into(),
         };
-        let url = "https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1";
+        let url = "https://api.acme.test/Accounts/AC1/Recordings/RE1";
         let a = media.id_for(&fetch(url, "AC1", "token"));
         assert!(looks_like_id(&a), "{a}");
         assert_eq!(a, media.id_for(&fetch(url, "AC1", "token")));
         for other in [
             fetch(
-                "https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE2",
+                "https://api.acme.test/Accounts/AC1/Recordings/RE2",
                 "AC1",
                 "token",
             ),

@@ -377,19 +377,19 @@ mod tests {
     fn rejections_are_counted_by_reason_and_logged_within_a_budget() {
         let m = Metrics::default();
         let logged: Vec<Option<u64>> = (0..12)
-            .map(|_| m.provider_rejected("twilio", "invalid_signature", 100))
+            .map(|_| m.provider_rejected("acme", "invalid_signature", 100))
             .collect();
         // Ten lines in second 100, then none; the next second's first line tells of the two.
         assert!(logged[..10].iter().all(|l| *l == Some(0)), "{logged:?}");
         assert_eq!(&logged[10..], &[None, None]);
-        assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(2));
-        assert_eq!(m.provider_rejected("twilio", "not_found", 101), Some(0));
+        assert_eq!(m.provider_rejected("acme", "not_found", 101), Some(2));
+        assert_eq!(m.provider_rejected("acme", "not_found", 101), Some(0));
         let text = m.render(None, &crate::store::StorageFaults::default());
         assert!(text.contains(
-            "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"invalid_signature\"} 12"
+            "switchboard_provider_requests_rejected_total{provider=\"acme\",reason=\"invalid_signature\"} 12"
         ), "{text}");
         assert!(text.contains(
-            "switchboard_provider_requests_rejected_total{provider=\"twilio\",reason=\"not_found\"} 2"
+            "switchboard_provider_requests_rejected_total{provider=\"acme\",reason=\"not_found\"} 2"
         ), "{text}");
     }
 }

@@ -19,10 +19,16 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::ChannelAccountInput;
 
+#[cfg(feature = "test-channel")]
+pub mod testchannel;
 pub mod twilio;
 
 /// Every channel, once.
-pub static CHANNELS: &[&dyn Provider] = &[&twilio::TWILIO];
+pub static CHANNELS: &[&dyn Provider] = &[
+    &twilio::TWILIO,
+    #[cfg(feature = "test-channel")]
+    &testchannel::TESTCHANNEL,
+];
 
 /// One provider as the rest of Switchboard sees it: its name, its endpoints and where its
 /// credentials may go. Each channel folder defines one and [`CHANNELS`] lists it.

@@ -10,7 +10,7 @@ use switchboard_events::{Direction, MessageType};
 
 use super::{ContactIdentity, NewMessage, PhoneNumber};
 
-/// Final call statuses (Twilio's `CallStatus` / `DialCallStatus` values).
+/// Final call statuses (as a voice provider's call and dial callbacks give them).
 const TERMINAL: [&str; 5] = ["completed", "busy", "no-answer", "failed", "canceled"];
 
 /// One callback's worth of knowledge about a call. `None` means "this callback did not say".
@@ -364,7 +364,7 @@ mod tests {
             ] {
                 s.apply(&u, 2_000);
             }
-            s.message("twilio").user_id
+            s.message("acme").user_id
         };
         assert_eq!(with_user("completed", 37).as_deref(), Some("staff-7"));
         assert_eq!(with_user("no-answer", 0), None);
@@ -372,7 +372,7 @@ mod tests {
         // Without the setting, an answered call names nobody.
         let mut s = inbound();
         s.apply(&update(|u| u.dial_status = Some("completed".into())), 2_000);
-        assert_eq!(s.message("twilio").user_id, None);
+        assert_eq!(s.message("acme").user_id, None);
         // An outbound call is not "answered by" the forwarding user.
         let mut out = CallState::new("CA2", 1_000);
         out.apply(
@@ -383,7 +383,7 @@ mod tests {
             }),
             1_000,
         );
-        assert_eq!(out.message("twilio").user_id, None);
+        assert_eq!(out.message("acme").user_id, None);
     }
 
     #[test]

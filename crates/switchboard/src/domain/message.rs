@@ -34,7 +34,8 @@ impl ContactIdentity {
 /// A message as a channel understood it, before it is filed under a contact and conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
-    /// The channel that produced it (`twilio`, …): with `provider_message_id`, the idempotency key.
+    /// The channel that produced it (its registry name): with `provider_message_id`, the
+    /// idempotency key.
     pub provider: &'static str,
     pub provider_message_id: String,
     pub direction: Direction,

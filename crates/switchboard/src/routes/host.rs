@@ -1,5 +1,5 @@
 //! The URL a provider signed, rebuilt so that an outsider cannot shape it. Provider signatures
-//! cover the URL the provider called, and Twilio's runs the URL and the parameters together
+//! cover the URL the provider called, and some run the URL and the parameters together
 //! with no separator: a `Host` holding `/` or `?` would move that boundary and let a signature
 //! made for another URL verify. So `Host` must be a plain authority (`host[:port]`, RFC 3986)
 //! on every request, and `X-Forwarded-Proto` / `X-Forwarded-Host` count only from the proxies

@@ -62,7 +62,7 @@ pub async fn ingest<C: Channel>(
         Ok(response) => return Ok(response),
         Err(refusal) => refusal,
     };
-    // A provider does not tell anyone when it is refused (Twilio does not retry a 403): a wrong
+    // A provider does not tell anyone when it is refused (most do not retry a 403): a wrong
     // auth token or URL would lose every message without a trace. Counted, and logged within a
     // budget so that outsiders cannot flood the log.
     let (answer, reason, detail) = match refusal {

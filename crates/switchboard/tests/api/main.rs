@@ -42,6 +42,7 @@ mod multinode;
 mod pg_restart;
 mod promises;
 mod quick_start;
+mod registry;
 mod resources;
 mod restart;
 mod rotation;

@@ -117,3 +117,42 @@ impl Provider for Twilio {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use crate::credential_hosts::CredentialHosts;
+
+    #[test]
+    fn the_auth_token_goes_only_to_twilios_own_https_hosts() {
+        let hosts = CredentialHosts::default();
+        for ok in [
+            "https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1.mp3",
+            "https://api.dublin.ie1.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1.mp3",
+            "https://API.TWILIO.COM:443/x",
+        ] {
+            assert_eq!(hosts.check("twilio", ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://api.twilio.com/x",
+            "https://api.twilio.com.evil.test/x",
+            "https://eviltwilio.com/x",
+            "https://twilio.com.evil.test/x",
+            "https://api.twilio.com:8443/x",
+            "https://user:pass@api.twilio.com/x",
+            "https://127.0.0.1/x",
+        ] {
+            assert!(hosts.check("twilio", refused).is_err(), "{refused}");
+        }
+        // The operator's list replaces the channel's.
+        let mut configured = HashMap::new();
+        configured.insert(
+            "twilio".to_owned(),
+            vec!["http://127.0.0.1:4567".to_owned()],
+        );
+        let hosts = CredentialHosts::new(configured);
+        assert_eq!(hosts.check("twilio", "http://127.0.0.1:4567/r.mp3"), Ok(()));
+        assert!(hosts.check("twilio", "https://api.twilio.com/x").is_err());
+    }
+}

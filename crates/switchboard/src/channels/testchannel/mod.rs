@@ -1,0 +1,235 @@
+//! A channel that exists only to prove the registry's seam: compiled with the `test-channel`
+//! feature, which only the tests turn on. It lives in this folder and one line of
+//! `CHANNELS`, and from that alone it gets its route, its configuration API, its OpenAPI
+//! entry and its metric labels (`tests/api/registry.rs` shows each).
+//!
+//! A request is a JSON POST `{"id","to","from","text"}` signed with `X-Testchannel-Signature`:
+//! base64 HMAC-SHA256 of the body under the location's secret. `to` is the address a location
+//! claims. Settings: `{"secret","addresses":[…]}`.
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use switchboard_events::{Direction, MessageType, CONTENT_TYPE_TEXT_PLAIN};
+
+use crate::channels::{
+    mask_secret, Channel, ChannelAccount, ChannelError, Endpoint, Handled, Provider,
+    ProviderRequest, RouteKey, MIN_SECRET_LEN,
+};
+use crate::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
+use crate::error::ApiError;
+use crate::routes::openapi::error_response;
+use crate::routes::{decode_json, provider_route};
+use crate::store::ChannelAccountInput;
+
+/// The provider name persisted with its messages and accounts.
+pub const PROVIDER: &str = "testchannel";
+pub const INBOUND_PATH: &str = "/conversations/providers/testchannel/inbound";
+pub const SIGNATURE_HEADER: &str = "x-testchannel-signature";
+
+/// The one account id every location's test channel has (the address routes requests).
+const ACCOUNT_ID: &str = "testchannel";
+/// Longest address a location may claim.
+const MAX_ADDRESS_LEN: usize = 200;
+
+pub struct TestChannel;
+
+/// The registry's entry.
+pub static TESTCHANNEL: TestChannel = TestChannel;
+
+static ENDPOINTS: [Endpoint; 1] = [Endpoint {
+    path: INBOUND_PATH,
+    summary: "Test channel: a message comes in (tests only)",
+    handler: provider_route::<TestChannel>,
+}];
+
+/// The signature of `body` under `secret`, as the test channel's provider sends it.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    id: String,
+    to: String,
+    from: String,
+    text: String,
+}
+
+impl Channel for TestChannel {
+    const PROVIDER: &'static str = PROVIDER;
+    type Parsed = Inbound;
+
+    fn parse(req: &ProviderRequest) -> Result<Inbound, ChannelError> {
+        let inbound: Inbound = serde_json::from_slice(&req.body)
+            .map_err(|e| ChannelError::Malformed(format!("not a test channel message: {e}")))?;
+        if inbound.id.is_empty() || inbound.id.len() > MAX_ADDRESS_LEN {
+            return Err(ChannelError::Malformed(
+                "`id` must be 1 to 200 bytes".into(),
+            ));
+        }
+        Ok(inbound)
+    }
+
+    fn route(parsed: &Inbound) -> RouteKey {
+        RouteKey {
+            address: Some(parsed.to.clone()),
+            correlation_id: None,
+            account_id: None,
+        }
+    }
+
+    fn verify(
+        req: &ProviderRequest,
+        _parsed: &Inbound,
+        account: &ChannelAccount,
+    ) -> Result<(), ChannelError> {
+        let given = req
+            .header(SIGNATURE_HEADER)
+            .ok_or_else(|| ChannelError::BadSignature(format!("missing {SIGNATURE_HEADER}")))?;
+        let given = base64::engine::general_purpose::STANDARD
+            .decode(given)
+            .map_err(|_| ChannelError::BadSignature(format!("{SIGNATURE_HEADER} is not base64")))?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(account.secret.as_bytes()).expect("any key length");
+        mac.update(&req.body);
+        // Constant time.
+        mac.verify_slice(&given)
+            .map_err(|_| ChannelError::BadSignature("signature does not match".into()))
+    }
+
+    fn handle(
+        _req: &ProviderRequest,
+        parsed: Inbound,
+        _account: &ChannelAccount,
+        now_ms: i64,
+    ) -> Result<Handled, ChannelError> {
+        let contact = match PhoneNumber::parse(&parsed.from) {
+            Ok(phone) => ContactIdentity::phone(&phone),
+            Err(_) => ContactIdentity::address(PROVIDER, &parsed.from),
+        };
+        let message = NewMessage {
+            provider: PROVIDER,
+            provider_message_id: parsed.id,
+            direction: Direction::Inbound,
+            message_type: MessageType::Sms,
+            status: "delivered".to_owned(),
+            body: Some(parsed.text.replace('\0', "")),
+            content_type: Some(CONTENT_TYPE_TEXT_PLAIN.to_owned()),
+            attachments: vec![],
+            contact,
+            contact_name: None,
+            from: Some(parsed.from),
+            to: Some(parsed.to),
+            user_id: None,
+            call: None,
+            received_at_ms: now_ms,
+        };
+        Ok(Handled {
+            facts: vec![Fact::Message(message)],
+            reply: (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{\"stored\":true}",
+            )
+                .into_response(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    secret: String,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+impl Provider for TestChannel {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    fn endpoints(&self) -> &'static [Endpoint] {
+        &ENDPOINTS
+    }
+
+    fn credential_hosts(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn operation(&self, endpoint: &Endpoint) -> Value {
+        json!({
+            "summary": endpoint.summary,
+            "tags": ["providers"],
+            "security": [],
+            "parameters": [{
+                "name": "X-Testchannel-Signature", "in": "header", "required": true,
+                "schema": { "type": "string" },
+                "description": "base64 HMAC-SHA256 of the body"
+            }],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } },
+            "responses": {
+                "200": { "description": "Stored" },
+                "400": error_response("Not a test channel message"),
+                "403": error_response("Missing or wrong signature")
+            }
+        })
+    }
+
+    fn title(&self) -> &'static str {
+        "test channel"
+    }
+
+    fn configure(&self, body: &[u8]) -> Result<ChannelAccountInput, ApiError> {
+        let settings: Settings = decode_json(body)?;
+        if settings.secret.trim().len() < MIN_SECRET_LEN || settings.secret.len() > 256 {
+            return Err(ApiError::unprocessable(
+                "invalid_secret",
+                format!("secret must be {MIN_SECRET_LEN} to 256 characters"),
+            ));
+        }
+        if let Some(bad) = settings
+            .addresses
+            .iter()
+            .find(|a| a.is_empty() || a.len() > MAX_ADDRESS_LEN)
+        {
+            return Err(ApiError::unprocessable(
+                "invalid_address",
+                format!("addresses: `{bad}` must be 1 to {MAX_ADDRESS_LEN} bytes"),
+            ));
+        }
+        let mut addresses = settings.addresses;
+        addresses.sort();
+        addresses.dedup();
+        Ok(ChannelAccountInput {
+            provider: PROVIDER,
+            account_id: ACCOUNT_ID.to_owned(),
+            secret: settings.secret,
+            settings: json!({}),
+            addresses,
+        })
+    }
+
+    fn view(&self, account: &ChannelAccount, addresses: &[String], _: Option<&str>) -> Value {
+        json!({
+            "locationId": account.location_id,
+            "provider": PROVIDER,
+            "addresses": addresses,
+            "secrets": { "secret": mask_secret(&account.secret) },
+        })
+    }
+
+    fn settings_schema(&self) -> Value {
+        json!({ "type": "object", "required": ["secret"], "additionalProperties": false, "properties": {
+            "secret": { "type": "string", "writeOnly": true },
+            "addresses": { "type": "array", "items": { "type": "string" } } } })
+    }
+}
