@@ -16,6 +16,7 @@ pub mod event;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ingest;
 pub mod keys;
 pub mod media;
 pub mod metrics;

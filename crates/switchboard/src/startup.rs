@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, Role};
 use crate::dispatcher::{DispatchHandle, Dispatcher};
 use crate::domain::time::{Clock, SystemClock};
+use crate::ingest::Ingest;
 use crate::keys::{self, SecretSource, SigningKeys};
 use crate::media::MediaStore;
 use crate::metrics::Metrics;
@@ -38,16 +39,13 @@ pub struct AppState {
     pub trusted_proxies: crate::routes::host::TrustedProxies,
     pub max_body_bytes: usize,
     pub lease: Duration,
-    pub call_recording_wait: Duration,
-    pub app_id: Option<Arc<str>>,
     pub media: Arc<MediaStore>,
     pub metrics: Arc<Metrics>,
     /// Where webhooks may point (checked again at every connection).
     pub targets: TargetPolicy,
-    /// This node sends deliveries itself (role `all`); otherwise it leaves them to the
-    /// dispatchers.
-    pub dispatch_here: bool,
     pub dispatch: DispatchHandle,
+    /// From a provider request to a stored message: every receiver of provider traffic uses it.
+    pub ingest: Ingest,
 }
 
 pub struct Application {
@@ -203,7 +201,28 @@ impl Application {
             metrics.clone(),
             targets.clone(),
         )?;
+        // This node sends deliveries itself (role `all`); otherwise it leaves them to the
+        // dispatchers.
         let sends = config.role != Role::Api;
+        let media = MediaStore::new(
+            &config.data_dir,
+            keys::attachment_url_key(&secrets).await?,
+            config.attachment_url_ttl,
+            config.max_attachment_bytes,
+            targets.clone(),
+            crate::credential_hosts::CredentialHosts::new(config.credential_hosts.clone()),
+        )?;
+        let ingest = Ingest {
+            store: store.clone(),
+            clock: clock.clone(),
+            media: media.clone(),
+            metrics: metrics.clone(),
+            dispatch: dispatch.clone(),
+            app_id: config.app_id.as_deref().map(Arc::from),
+            lease: config.delivery_lease,
+            dispatch_here: sends,
+            call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
+        };
         let state = Arc::new(AppState {
             store,
             clock,
@@ -217,20 +236,11 @@ impl Application {
             trusted_proxies: crate::routes::host::TrustedProxies(config.trusted_proxies.clone()),
             max_body_bytes: config.max_body_bytes,
             lease: config.delivery_lease,
-            call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
-            app_id: config.app_id.as_deref().map(Arc::from),
-            media: MediaStore::new(
-                &config.data_dir,
-                keys::attachment_url_key(&secrets).await?,
-                config.attachment_url_ttl,
-                config.max_attachment_bytes,
-                targets.clone(),
-                crate::credential_hosts::CredentialHosts::new(config.credential_hosts.clone()),
-            )?,
+            media,
             metrics,
             targets,
-            dispatch_here: sends,
             dispatch,
+            ingest,
         });
         let local_addr = listener.local_addr()?;
         if config.public_url.is_none() && !local_addr.ip().is_loopback() {

@@ -1,6 +1,8 @@
 //! The one provider route, written once for every channel: read the body within its limit,
-//! rebuild the URL the provider called, find the account, verify, normalize, store in one
-//! transaction, hand the deliveries to the dispatcher, and only then acknowledge.
+//! rebuild the URL the provider called, and give the request to the ingest service (find the
+//! account, verify, normalize, store in one transaction, hand the deliveries to the
+//! dispatcher); acknowledge only with what it returns after the commit. A refusal is answered,
+//! counted and logged here.
 
 use std::sync::Arc;
 
@@ -12,12 +14,11 @@ use axum::Extension;
 
 use super::host::public_url;
 use super::read_body;
-use crate::channels::{Channel, ChannelError, ProviderRequest};
-use crate::domain::Fact;
+use crate::channels::{Channel, ProviderRequest};
 use crate::error::ApiError;
+use crate::ingest;
 use crate::serve::ClientAddr;
 use crate::startup::AppState;
-use crate::store::IngestContext;
 
 /// Why a provider request was refused: what the provider is answered, and — for a request
 /// that could not be verified — what only the log and the metric may say.
@@ -135,85 +136,19 @@ async fn ingest_request<C: Channel>(
         path_and_query,
     )?;
     let request = ProviderRequest { url, headers, body };
-
-    let parsed = C::parse(&request)?;
-    let key = C::route(&parsed);
-    let unverified = |reason, detail| Refusal::Unverified {
-        reason,
-        detail,
-        url: request.url.clone(),
-        since,
-    };
-    let account = state
-        .store
-        .find_channel_account(C::PROVIDER, &key)
-        .await?
-        .ok_or_else(|| {
-            unverified(
-                "not_connected",
-                format!(
-                    "no location has {} connected for {}",
-                    C::PROVIDER,
-                    key.address
-                        .as_deref()
-                        .or(key.account_id.as_deref())
-                        .unwrap_or("this request")
-                ),
-            )
-        })?;
-    C::verify(&request, &parsed, &account).map_err(|e| match e {
-        ChannelError::BadSignature(detail) => unverified("invalid_signature", detail),
-        other => Refusal::Answered(other.into()),
-    })?;
-
-    let now = state.clock.now_ms();
-    let mut handled = C::handle(&request, parsed, &account, now)?;
     // The public base is the URL the provider called, without its path and query.
     let base = &request.url[..request.url.len() - path_and_query.len()];
-    keep_media(state, &mut handled.facts, base, now).await;
-    let context = IngestContext {
-        app_id: state.app_id.clone(),
-        now,
-        lease_until: state
-            .dispatch_here
-            .then(|| now + state.lease.as_millis() as i64),
-        handoffs: Some(state.dispatch.handoffs()),
-        call_recording_wait_ms: state.call_recording_wait.as_millis() as i64,
-    };
-    let outcome = state
-        .store
-        .ingest(&account.location_id, handled.facts, &context)
-        .await?;
-    tracing::info!(
-        provider = C::PROVIDER,
-        location_id = %account.location_id,
-        messages = ?outcome.message_ids,
-        deliveries = outcome.jobs.len(),
-        "provider request stored"
-    );
-    state.metrics.provider_request();
-    state.dispatch.hand_off(outcome.jobs);
-    Ok(handled.reply)
-}
-
-/// Download the media a channel asked to keep and point the facts at signed links to the
-/// copies. A failed download keeps the provider's URL (logged), so the message is not lost.
-async fn keep_media(state: &AppState, facts: &mut [Fact], base: &str, now_ms: i64) {
-    for fact in facts {
-        let Fact::Call(update) = fact else { continue };
-        let Some(recording) = update.recording.as_mut() else {
-            continue;
-        };
-        let Some(fetch) = recording.download.take() else {
-            continue;
-        };
-        match state.media.download(&fetch).await {
-            Ok(file) => recording.url = state.media.signed_url(base, &file, now_ms / 1000),
-            Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
-                call_sid = %update.call_sid,
-                "keeping the recording failed; the event carries the provider's URL"
-            ),
-        }
-    }
+    state
+        .ingest
+        .receive::<C>(&request, base)
+        .await
+        .map_err(|refusal| match refusal {
+            ingest::Refusal::Answered(e) => Refusal::Answered(e),
+            ingest::Refusal::Unverified { reason, detail } => Refusal::Unverified {
+                reason,
+                detail,
+                url: request.url.clone(),
+                since,
+            },
+        })
 }

@@ -1,0 +1,155 @@
+//! The ingest service: from a provider request a channel reads to a stored message handed to
+//! the dispatcher. Find the account the request claims, verify it with that account's secret,
+//! turn it into facts, keep the media it asks for, store everything in one transaction, hand
+//! the deliveries to the dispatcher, and only then give the caller the answer to acknowledge
+//! with. The HTTP provider route calls it; anything else that receives provider traffic (an
+//! SMTP listener, the live-chat API) calls it the same way, so acknowledgement means the same
+//! everywhere: the answer exists only after the commit, and a storage fault is an error the
+//! caller turns into "try again" (HTTP 503 with `Retry-After`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::Response;
+
+use crate::channels::{Channel, ChannelError, ProviderRequest};
+use crate::dispatcher::DispatchHandle;
+use crate::domain::time::Clock;
+use crate::domain::Fact;
+use crate::error::ApiError;
+use crate::media::MediaStore;
+use crate::metrics::Metrics;
+use crate::store::{IngestContext, IngestOutcome, Store, StoreError};
+
+/// Everything the path from a verified request to a stored message needs.
+#[derive(Clone)]
+pub struct Ingest {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub media: Arc<MediaStore>,
+    pub metrics: Arc<Metrics>,
+    pub dispatch: DispatchHandle,
+    /// `appId` put in every event.
+    pub app_id: Option<Arc<str>>,
+    /// How long this node's lease on a new delivery lasts.
+    pub lease: Duration,
+    /// This node sends deliveries itself; otherwise it leaves them to the dispatchers.
+    pub dispatch_here: bool,
+    pub call_recording_wait: Duration,
+}
+
+/// Why a provider request was not stored.
+pub enum Refusal {
+    /// Answered as the error says (a malformed request, a storage fault).
+    Answered(ApiError),
+    /// Nothing is connected for the request, or its signature is wrong: answered alike, so
+    /// that an unsigned request learns nothing of what is connected. `reason` is the metric's
+    /// label (`not_connected`, `invalid_signature`), `detail` the log's.
+    Unverified {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+impl<E: Into<ApiError>> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        Refusal::Answered(e.into())
+    }
+}
+
+impl Ingest {
+    /// A request `C` reads, from finding its account to the answer to give once it is stored.
+    /// `base`: the public URL the provider called, without its path (signed media links
+    /// start with it).
+    pub async fn receive<C: Channel>(
+        &self,
+        request: &ProviderRequest,
+        base: &str,
+    ) -> Result<Response, Refusal> {
+        let parsed = C::parse(request)?;
+        let key = C::route(&parsed);
+        let account = self
+            .store
+            .find_channel_account(C::PROVIDER, &key)
+            .await?
+            .ok_or_else(|| Refusal::Unverified {
+                reason: "not_connected",
+                detail: format!(
+                    "no location has {} connected for {}",
+                    C::PROVIDER,
+                    key.address
+                        .as_deref()
+                        .or(key.account_id.as_deref())
+                        .unwrap_or("this request")
+                ),
+            })?;
+        C::verify(request, &parsed, &account).map_err(|e| match e {
+            ChannelError::BadSignature(detail) => Refusal::Unverified {
+                reason: "invalid_signature",
+                detail,
+            },
+            other => Refusal::Answered(other.into()),
+        })?;
+        let now = self.clock.now_ms();
+        let handled = C::handle(request, parsed, &account, now)?;
+        self.file(C::PROVIDER, &account.location_id, handled.facts, base, now)
+            .await?;
+        Ok(handled.reply)
+    }
+
+    /// Verified facts of `provider` for one location, as of `now` (when they were received):
+    /// their media kept, stored in one transaction, the deliveries handed to the dispatcher.
+    /// Returns once committed.
+    pub async fn file(
+        &self,
+        provider: &'static str,
+        location_id: &str,
+        mut facts: Vec<Fact>,
+        base: &str,
+        now: i64,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.keep_media(&mut facts, base, now).await;
+        let context = IngestContext {
+            app_id: self.app_id.clone(),
+            now,
+            lease_until: self
+                .dispatch_here
+                .then(|| now + self.lease.as_millis() as i64),
+            handoffs: Some(self.dispatch.handoffs()),
+            call_recording_wait_ms: self.call_recording_wait.as_millis() as i64,
+        };
+        let mut outcome = self.store.ingest(location_id, facts, &context).await?;
+        tracing::info!(
+            provider,
+            location_id,
+            messages = ?outcome.message_ids,
+            deliveries = outcome.jobs.len(),
+            "provider request stored"
+        );
+        self.metrics.provider_request();
+        self.dispatch.hand_off(std::mem::take(&mut outcome.jobs));
+        Ok(outcome)
+    }
+
+    /// Download the media a channel asked to keep and point the facts at signed links to the
+    /// copies. A failed download keeps the provider's URL (logged), so the message is not lost.
+    async fn keep_media(&self, facts: &mut [Fact], base: &str, now_ms: i64) {
+        for fact in facts {
+            let Fact::Call(update) = fact else { continue };
+            let Some(recording) = update.recording.as_mut() else {
+                continue;
+            };
+            let Some(fetch) = recording.download.take() else {
+                continue;
+            };
+            match self.media.download(&fetch).await {
+                Ok(file) => recording.url = self.media.signed_url(base, &file, now_ms / 1000),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    call_sid = %update.call_sid,
+                    "keeping the recording failed; the event carries the provider's URL"
+                ),
+            }
+        }
+    }
+}
