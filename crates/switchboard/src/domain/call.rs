@@ -263,6 +263,7 @@ impl CallState {
             content_type: None,
             attachments: outcome.attachments,
             contact,
+            other_identities: vec![],
             contact_name: None,
             from: normalize(&self.from),
             to: normalize(&self.to),

@@ -6,5 +6,5 @@ pub mod message;
 pub mod phone;
 pub mod time;
 
-pub use message::{ContactIdentity, Fact, NewMessage};
+pub use message::{ContactIdentity, Fact, NewMessage, OtherIdentity};
 pub use phone::PhoneNumber;

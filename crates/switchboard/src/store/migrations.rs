@@ -51,6 +51,11 @@ pub const SQLITE: Embedded = &[
         "provider message id unique",
         include_str!("../../migrations/sqlite/0008_provider_message_id_unique.sql"),
     ),
+    (
+        9,
+        "contact identities",
+        include_str!("../../migrations/sqlite/0009_contact_identities.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -83,6 +88,11 @@ pub const POSTGRES: Embedded = &[
         6,
         "provider message id unique",
         include_str!("../../migrations/postgres/0006_provider_message_id_unique.sql"),
+    ),
+    (
+        7,
+        "contact identities",
+        include_str!("../../migrations/postgres/0007_contact_identities.sql"),
     ),
 ];
 

@@ -213,6 +213,7 @@ async fn the_deliveries_of_one_event_share_its_signature() {
             content_type: Some("text/plain".into()),
             attachments: vec![],
             contact: ContactIdentity::phone(&PhoneNumber::parse(CUSTOMER_NUMBER).unwrap()),
+            other_identities: vec![],
             contact_name: None,
             from: Some(CUSTOMER_NUMBER.into()),
             to: Some(BUSINESS_NUMBER.into()),

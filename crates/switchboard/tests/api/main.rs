@@ -28,6 +28,7 @@ macro_rules! both_stores {
 mod admin;
 mod channel_api;
 mod connections;
+mod contacts;
 mod delivery;
 mod docs;
 mod engine;

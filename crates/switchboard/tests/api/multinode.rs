@@ -187,6 +187,23 @@ async fn three_nodes_2000_messages_one_killed_nothing_lost_nothing_doubled() {
         .map(|e| e["messageId"].as_str().unwrap())
         .collect();
     assert_eq!(message_ids.len(), TOTAL);
+    // One contact per sender, whichever nodes raced to file its first messages.
+    let mut contacts_of: HashMap<usize, HashSet<&str>> = HashMap::new();
+    for e in &events {
+        let i: usize = e["body"].as_str().unwrap()["cluster message ".len()..]
+            .parse()
+            .unwrap();
+        contacts_of
+            .entry(i % 500)
+            .or_default()
+            .insert(e["contactId"].as_str().unwrap());
+    }
+    assert_eq!(contacts_of.len(), 500);
+    let split: Vec<_> = contacts_of.values().filter(|c| c.len() > 1).collect();
+    assert!(
+        split.is_empty(),
+        "senders filed under more than one contact: {split:?}"
+    );
 
     // Repeats after the kill are the same delivery again (same webhookId), counted here.
     let mut per_id: HashMap<&str, usize> = HashMap::new();
@@ -202,17 +219,85 @@ async fn three_nodes_2000_messages_one_killed_nothing_lost_nothing_doubled() {
     );
 }
 
-#[tokio::test]
-async fn the_same_twilio_request_at_two_nodes_at_once_is_one_message() {
-    let Some(database) = postgres_schema_for_nodes().await else {
-        return;
-    };
+/// Two nodes on one PostgreSQL schema, configured with a webhook to the receiver; None when
+/// PostgreSQL is not there (the suite says so).
+async fn two_nodes() -> Option<(TestReceiver, Node, Node, Vec<tempfile::TempDir>)> {
+    let database = postgres_schema_for_nodes().await?;
     let receiver = TestReceiver::start().await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let env = cluster_env(&database);
     let a = Node::start(dirs[0].path(), free_port(), &env).await;
     let b = Node::start(dirs[1].path(), free_port(), &env).await;
     a.configure(&receiver).await;
+    Some((receiver, a, b, dirs))
+}
+
+/// A new sender's first messages arrive at two nodes at the same moment: each node's
+/// transaction creates a contact for the phone number, one of them finds the number taken when
+/// it writes it and files its message under the other's contact. One contact per sender.
+#[tokio::test]
+async fn a_new_sender_at_two_nodes_at_once_is_one_contact() {
+    let Some((receiver, a, b, _dirs)) = two_nodes().await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    const SENDERS: usize = 30;
+    for sender in 0..SENDERS {
+        let from = format!("+1212666{sender:04}");
+        let posts = (0..4).map(|k| {
+            let node = if k % 2 == 0 { &a } else { &b };
+            let url = format!(
+                "{}/conversations/providers/twilio/inbound_message",
+                node.address
+            );
+            let sid = format!("SMnew{sender}x{k}");
+            let body = format!("sender {sender} message {k}");
+            let from = from.clone();
+            let client = client.clone();
+            async move {
+                let mut params = sms_params(&sid, &body);
+                for p in params.iter_mut().filter(|p| p.0 == "From") {
+                    p.1 = &from;
+                }
+                post_twilio_to(&client, &url, &params, AUTH_TOKEN)
+                    .await
+                    .status()
+            }
+        });
+        for status in futures_util::future::join_all(posts).await {
+            assert_eq!(status, 200);
+        }
+    }
+    let got = receiver
+        .wait_for(SENDERS * 4, Duration::from_secs(20))
+        .await;
+    let mut contacts_of: HashMap<usize, HashSet<String>> = HashMap::new();
+    for d in &got {
+        let event = d.json();
+        let sender: usize = event["body"].as_str().unwrap()["sender ".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        contacts_of
+            .entry(sender)
+            .or_default()
+            .insert(event["contactId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(contacts_of.len(), SENDERS);
+    let split: Vec<_> = contacts_of.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(
+        split.is_empty(),
+        "senders filed under more than one contact: {split:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_twilio_request_at_two_nodes_at_once_is_one_message() {
+    let Some((receiver, a, b, _dirs)) = two_nodes().await else {
+        return;
+    };
     let client = reqwest::Client::new();
     for round in 0..20 {
         let sid = format!("SMrace{round}");

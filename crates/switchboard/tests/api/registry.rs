@@ -11,9 +11,9 @@ use switchboard::channels::testchannel::{sign, INBOUND_PATH, SIGNATURE_HEADER};
 use crate::engine::create_webhook;
 use crate::helpers::*;
 
-const SECRET: &str = "test-channel-secret-0123456789";
+pub(crate) const SECRET: &str = "test-channel-secret-0123456789";
 
-async fn post_signed(app: &TestApp, body: &Value, secret: &str) -> reqwest::Response {
+pub(crate) async fn post_signed(app: &TestApp, body: &Value, secret: &str) -> reqwest::Response {
     let bytes = serde_json::to_vec(body).unwrap();
     app.client
         .post(app.url(INBOUND_PATH))

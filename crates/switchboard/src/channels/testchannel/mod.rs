@@ -3,9 +3,11 @@
 //! `CHANNELS`, and from that alone it gets its route, its configuration API, its OpenAPI
 //! entry and its metric labels (`tests/api/registry.rs` shows each).
 //!
-//! A request is a JSON POST `{"id","to","from","text"}` signed with `X-Testchannel-Signature`:
-//! base64 HMAC-SHA256 of the body under the location's secret. `to` is the address a location
-//! claims. Settings: `{"secret","addresses":[…]}`.
+//! A request is a JSON POST `{"id","to","from","text","also"?}` signed with
+//! `X-Testchannel-Signature`: base64 HMAC-SHA256 of the body under the location's secret. `to`
+//! is the address a location claims; `from` is the sender's verified identity (a phone number,
+//! an e-mail address, else an id of this channel), `also` more identities of the sender
+//! (`[{"kind":"phone"|"email","value","verified"}]`). Settings: `{"secret","addresses":[…]}`.
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -20,7 +22,7 @@ use crate::channels::{
     mask_secret, Channel, ChannelAccount, ChannelError, Endpoint, Handled, Provider,
     ProviderRequest, RouteKey, MIN_SECRET_LEN,
 };
-use crate::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
+use crate::domain::{ContactIdentity, Fact, NewMessage, OtherIdentity, PhoneNumber};
 use crate::error::ApiError;
 use crate::routes::openapi::error_response;
 use crate::routes::{decode_json, provider_route};
@@ -61,6 +63,26 @@ pub struct Inbound {
     to: String,
     from: String,
     text: String,
+    #[serde(default)]
+    also: Vec<Also>,
+}
+
+/// One more identity of the sender.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Also {
+    kind: String,
+    value: String,
+    verified: bool,
+}
+
+/// A phone number or an e-mail address as an identity; anything else as an id of this channel.
+fn identity(value: &str) -> ContactIdentity {
+    match PhoneNumber::parse(value) {
+        Ok(phone) => ContactIdentity::phone(&phone),
+        Err(_) if value.contains('@') => ContactIdentity::email(value),
+        Err(_) => ContactIdentity::address(PROVIDER, value),
+    }
 }
 
 impl Channel for TestChannel {
@@ -111,10 +133,20 @@ impl Channel for TestChannel {
         _account: &ChannelAccount,
         now_ms: i64,
     ) -> Result<Handled, ChannelError> {
-        let contact = match PhoneNumber::parse(&parsed.from) {
-            Ok(phone) => ContactIdentity::phone(&phone),
-            Err(_) => ContactIdentity::address(PROVIDER, &parsed.from),
-        };
+        let contact = identity(&parsed.from);
+        let other_identities = parsed
+            .also
+            .iter()
+            .map(|a| match a.kind.as_str() {
+                "phone" | "email" => Ok(OtherIdentity {
+                    identity: identity(&a.value),
+                    verified: a.verified,
+                }),
+                other => Err(ChannelError::Malformed(format!(
+                    "`also`: unknown kind `{other}`"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let message = NewMessage {
             provider: PROVIDER,
             provider_message_id: parsed.id,
@@ -125,6 +157,7 @@ impl Channel for TestChannel {
             content_type: Some(CONTENT_TYPE_TEXT_PLAIN.to_owned()),
             attachments: vec![],
             contact,
+            other_identities,
             contact_name: None,
             from: Some(parsed.from),
             to: Some(parsed.to),

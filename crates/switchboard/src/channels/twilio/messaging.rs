@@ -122,6 +122,7 @@ impl Channel for TwilioMessaging {
             content_type: Some(CONTENT_TYPE_TEXT_PLAIN.to_owned()),
             attachments,
             contact,
+            other_identities: vec![],
             contact_name,
             from: Some(normalize_address(from_raw)),
             to: Some(normalize_address(to_raw)),

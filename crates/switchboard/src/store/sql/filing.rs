@@ -40,15 +40,18 @@ macro_rules! sql_filing {
                 return Ok(());
             };
 
-            let mut identities: Vec<(&str, &str, Option<&str>)> = Vec::new();
-            let mut seen = HashSet::new();
-            for (f, _) in &fresh {
-                let c = &f.message.contact;
-                if seen.insert((c.kind, c.value.as_str())) {
-                    identities.push((c.kind, c.value.as_str(), f.message.contact_name.as_deref()));
-                }
-            }
-            let contacts = contacts_of(tx, location_id, &identities, now).await?;
+            let senders: Vec<Sender<'_>> = fresh
+                .iter()
+                .map(|(f, _)| Sender {
+                    identities: f
+                        .message
+                        .verified_identities()
+                        .map(|i| (i.kind, i.value.as_str()))
+                        .collect(),
+                    name: f.message.contact_name.as_deref(),
+                })
+                .collect();
+            let contacts = contacts_of(tx, location_id, &senders, now).await?;
             let not_filed = |what: &str, m: &NewMessage| {
                 StoreError::Internal(anyhow::anyhow!(
                     "no {what} was found or created for {} message {}",
@@ -56,14 +59,7 @@ macro_rules! sql_filing {
                     m.provider_message_id
                 ))
             };
-            let mut contact_ids = Vec::with_capacity(fresh.len());
-            for (f, _) in &fresh {
-                let m = f.message;
-                let key = (m.contact.kind.to_owned(), m.contact.value.clone());
-                contact_ids.push(
-                    contacts.get(&key).map(String::as_str).ok_or_else(|| not_filed("contact", m))?,
-                );
-            }
+            let contact_ids: Vec<&str> = contacts.iter().map(String::as_str).collect();
             let mut distinct = contact_ids.clone();
             distinct.sort_unstable();
             distinct.dedup();
@@ -169,7 +165,8 @@ macro_rules! sql_filing {
         }
 
         /// For each of `keys`, the id of the row of `table` whose `key` column holds it and whose
-        /// `fixed` columns hold the values given, where there is one: (key, id) pairs.
+        /// `fixed` columns hold the values given, where there is one: (key, id) pairs. The id
+        /// is the `id` column, or for `contact_identities` the contact's.
         /// Written `SELECT v.column1, (SELECT … = v.column1) FROM (VALUES …) AS v`: one
         /// unique-index probe per key whatever the planner believes of the table
         /// (PostgreSQL's generic plan for `… AND key IN (…)` scanned the whole location's rows
@@ -189,8 +186,9 @@ macro_rules! sql_filing {
                     for (i, (column, _)) in fixed.iter().enumerate() {
                         let _ = write!(conditions, "t.{column} = ${} AND ", i + 1);
                     }
+                    let id = if table == "contact_identities" { "contact_id" } else { "id" };
                     $hooks::positional(format!(
-                        "SELECT v.column1, (SELECT t.id FROM {table} t WHERE {conditions}t.{key} = v.column1)
+                        "SELECT v.column1, (SELECT t.{id} FROM {table} t WHERE {conditions}t.{key} = v.column1)
                          FROM (VALUES {}) AS v",
                         tuples(chunk.len(), 1, fixed.len() + 1)
                     ))
