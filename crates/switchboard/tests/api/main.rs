@@ -55,3 +55,4 @@ mod takeover;
 mod targets;
 mod twilio_sms;
 mod twilio_voice;
+mod upgrade;
