@@ -304,8 +304,9 @@ impl IngestContext {
 /// One provider request waiting for the next group commit.
 #[derive(Debug)]
 pub struct IngestItem {
-    pub location_id: String,
-    pub facts: Vec<Fact>,
+    /// Each location's facts: one request may carry facts for several (a provider secret
+    /// several locations share). They commit together or not at all.
+    pub parts: Vec<(String, Vec<Fact>)>,
     pub context: IngestContext,
 }
 

@@ -138,6 +138,18 @@ pub trait Messages: Send + Sync + 'static {
         location_id: &str,
         facts: Vec<Fact>,
         context: &IngestContext,
+    ) -> StoreResult<IngestOutcome> {
+        self.ingest_parts(vec![(location_id.to_owned(), facts)], context)
+            .await
+    }
+
+    /// As [`Messages::ingest`], for the facts of one request that belong to several
+    /// locations (`(location id, facts)`): everything commits in one transaction, or nothing
+    /// does.
+    async fn ingest_parts(
+        &self,
+        parts: Vec<(String, Vec<Fact>)>,
+        context: &IngestContext,
     ) -> StoreResult<IngestOutcome>;
 
     /// The message's event body as sent (the first event of the message).

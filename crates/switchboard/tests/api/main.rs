@@ -40,6 +40,7 @@ mod helpers;
 mod isolation;
 mod layout;
 mod multinode;
+mod parts;
 mod pg_restart;
 mod promises;
 mod quick_start;

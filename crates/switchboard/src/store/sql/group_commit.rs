@@ -157,18 +157,20 @@ macro_rules! sql_group_commit {
             let mut locations: Vec<&str> = Vec::new();
             let mut messages_of: HashMap<&str, Vec<ToFile<'_>>> = HashMap::new();
             for (i, item) in items.iter().enumerate() {
-                let location_id = item.location_id.as_str();
-                if !messages_of.contains_key(location_id) {
-                    locations.push(location_id);
-                }
-                let messages = messages_of.entry(location_id).or_default();
-                for fact in &item.facts {
-                    if let Fact::Message(message) = fact {
-                        messages.push(ToFile {
-                            message,
-                            ctx: &item.context,
-                            item: i,
-                        });
+                for (location_id, facts) in &item.parts {
+                    let location_id = location_id.as_str();
+                    if !messages_of.contains_key(location_id) {
+                        locations.push(location_id);
+                    }
+                    let messages = messages_of.entry(location_id).or_default();
+                    for fact in facts {
+                        if let Fact::Message(message) = fact {
+                            messages.push(ToFile {
+                                message,
+                                ctx: &item.context,
+                                item: i,
+                            });
+                        }
                     }
                 }
             }
@@ -187,19 +189,21 @@ macro_rules! sql_group_commit {
             }
             // Call callbacks merge one at a time, each under its call's row lock.
             for (item, outcome) in items.iter().zip(&mut outcomes) {
-                let location_id = item.location_id.as_str();
-                for fact in &item.facts {
-                    if let Fact::Call(update) = fact {
-                        merge_call(
-                            tx,
-                            location_id,
-                            update.provider,
-                            update,
-                            &webhooks_of[location_id],
-                            &item.context,
-                            outcome,
-                        )
-                        .await?;
+                for (location_id, facts) in &item.parts {
+                    let location_id = location_id.as_str();
+                    for fact in facts {
+                        if let Fact::Call(update) = fact {
+                            merge_call(
+                                tx,
+                                location_id,
+                                update.provider,
+                                update,
+                                &webhooks_of[location_id],
+                                &item.context,
+                                outcome,
+                            )
+                            .await?;
+                        }
                     }
                 }
             }
@@ -218,16 +222,14 @@ macro_rules! sql_group_commit {
 
         #[async_trait]
         impl $crate::store::Messages for $store {
-            async fn ingest(
+            async fn ingest_parts(
                 &self,
-                location_id: &str,
-                facts: Vec<Fact>,
+                parts: Vec<(String, Vec<Fact>)>,
                 ctx: &IngestContext,
             ) -> StoreResult<IngestOutcome> {
                 self.batch
                     .ingest($crate::store::IngestItem {
-                        location_id: location_id.to_owned(),
-                        facts,
+                        parts,
                         context: ctx.clone(),
                     })
                     .await
