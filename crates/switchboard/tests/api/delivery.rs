@@ -176,11 +176,11 @@ async fn deleted_webhook_gets_nothing_more() {
 #[tokio::test]
 async fn the_deliveries_of_one_event_share_its_signature() {
     use std::sync::Arc;
-    use switchboard::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
+    use switchboard::domain::Fact;
     use switchboard::store::{
         sqlite::SqliteStore, IngestContext, Locations, Messages, Webhook, Webhooks,
     };
-    use switchboard_events::{Direction, EventType, MessageType};
+    use switchboard_events::EventType;
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
@@ -202,26 +202,7 @@ async fn the_deliveries_of_one_event_share_its_signature() {
         );
         store.create_webhook(&webhook).await.unwrap();
     }
-    let message = |sid: &str| {
-        Fact::Message(NewMessage {
-            provider: "twilio",
-            provider_message_id: sid.into(),
-            direction: Direction::Inbound,
-            message_type: MessageType::Sms,
-            status: "delivered".into(),
-            body: Some("hello".into()),
-            content_type: Some("text/plain".into()),
-            attachments: vec![],
-            contact: ContactIdentity::phone(&PhoneNumber::parse(CUSTOMER_NUMBER).unwrap()),
-            other_identities: vec![],
-            contact_name: None,
-            from: Some(CUSTOMER_NUMBER.into()),
-            to: Some(BUSINESS_NUMBER.into()),
-            user_id: None,
-            call: None,
-            received_at_ms: 2,
-        })
-    };
+    let message = |sid: &str| Fact::Message(new_sms("twilio", sid, "hello"));
     let context = IngestContext {
         app_id: None,
         now: 2,

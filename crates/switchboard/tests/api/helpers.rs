@@ -1021,3 +1021,27 @@ fn run_with_stdin(
     child.stdin.take().unwrap().write_all(input).unwrap();
     Some(child.wait_with_output().unwrap())
 }
+
+/// An inbound SMS from the customer to the business, as a channel would hand it to the store.
+pub fn new_sms(provider: &'static str, sid: &str, body: &str) -> switchboard::domain::NewMessage {
+    use switchboard::domain::{ContactIdentity, NewMessage, PhoneNumber};
+    use switchboard_events::{Direction, MessageType};
+    NewMessage {
+        provider,
+        provider_message_id: sid.into(),
+        direction: Direction::Inbound,
+        message_type: MessageType::Sms,
+        status: "delivered".into(),
+        body: Some(body.into()),
+        content_type: Some("text/plain".into()),
+        attachments: vec![],
+        contact: ContactIdentity::phone(&PhoneNumber::parse(CUSTOMER_NUMBER).unwrap()),
+        other_identities: vec![],
+        contact_name: None,
+        from: Some(CUSTOMER_NUMBER.into()),
+        to: Some(BUSINESS_NUMBER.into()),
+        user_id: None,
+        call: None,
+        received_at_ms: 2,
+    }
+}

@@ -3,31 +3,13 @@
 //! part cannot be filed the others are rolled back with it. Checked on each store directly.
 
 use serde_json::Value;
-use switchboard::domain::{ContactIdentity, Fact, NewMessage, PhoneNumber};
+use switchboard::domain::Fact;
 use switchboard::store::{IngestContext, Store};
-use switchboard_events::{Direction, MessageType};
 
 use crate::helpers::*;
 
 fn message(sid: &str) -> Fact {
-    Fact::Message(NewMessage {
-        provider: "parts",
-        provider_message_id: sid.into(),
-        direction: Direction::Inbound,
-        message_type: MessageType::Sms,
-        status: "delivered".into(),
-        body: Some(format!("part {sid}")),
-        content_type: Some("text/plain".into()),
-        attachments: vec![],
-        contact: ContactIdentity::phone(&PhoneNumber::parse(CUSTOMER_NUMBER).unwrap()),
-        other_identities: vec![],
-        contact_name: None,
-        from: Some(CUSTOMER_NUMBER.into()),
-        to: Some(BUSINESS_NUMBER.into()),
-        user_id: None,
-        call: None,
-        received_at_ms: 2,
-    })
+    Fact::Message(new_sms("parts", sid, &format!("part {sid}")))
 }
 
 /// The bodies of every stored event with the location each was filed under.
