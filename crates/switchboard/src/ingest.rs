@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use axum::response::Response;
 
-use crate::channels::{Channel, ChannelError, ProviderRequest};
+use subtle::ConstantTimeEq;
+
+use crate::channels::{Channel, ChannelError, ProviderRequest, RouteKey};
 use crate::dispatcher::DispatchHandle;
 use crate::domain::time::Clock;
 use crate::domain::Fact;
@@ -92,9 +94,50 @@ impl Ingest {
         })?;
         let now = self.clock.now_ms();
         let handled = C::handle(request, parsed, &account, now)?;
-        self.file(C::PROVIDER, &account.location_id, handled.facts, base, now)
-            .await?;
+        let mut parts = vec![(account.location_id.clone(), handled.facts)];
+        for (key, fact) in handled.routed {
+            let Some(location) = self.route::<C>(&key, &account.secret).await? else {
+                continue;
+            };
+            match parts.iter_mut().find(|(l, _)| *l == location) {
+                Some((_, facts)) => facts.push(fact),
+                None => parts.push((location, vec![fact])),
+            }
+        }
+        self.file_parts(C::PROVIDER, parts, base, now).await?;
         Ok(handled.reply)
+    }
+
+    /// The location of a fact the request carries for another account: found by `key`, and
+    /// only when that account holds `secret`, the one that verified the request (compared in
+    /// constant time). Otherwise the fact is skipped: counted, and logged within a budget.
+    async fn route<C: Channel>(
+        &self,
+        key: &RouteKey,
+        secret: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let why = match self.store.find_channel_account(C::PROVIDER, key).await? {
+            Some(other) if bool::from(other.secret.as_bytes().ct_eq(secret.as_bytes())) => {
+                return Ok(Some(other.location_id));
+            }
+            Some(_) => "its account holds another secret than the one that verified the request",
+            None => "no location claims it",
+        };
+        let second = u64::try_from(self.clock.now_ms() / 1000).unwrap_or_default();
+        if let Some(not_logged) = self.metrics.fact_skipped(C::PROVIDER, second) {
+            let address = key
+                .address
+                .as_deref()
+                .or(key.account_id.as_deref())
+                .unwrap_or("(none)");
+            let shown: String = address.chars().take(100).collect();
+            tracing::warn!(
+                provider = C::PROVIDER,
+                not_logged,
+                "a fact for {shown:?} skipped: {why}"
+            );
+        }
+        Ok(None)
     }
 
     /// Verified facts of `provider` for one location, as of `now` (when they were received):
@@ -104,11 +147,26 @@ impl Ingest {
         &self,
         provider: &'static str,
         location_id: &str,
-        mut facts: Vec<Fact>,
+        facts: Vec<Fact>,
         base: &str,
         now: i64,
     ) -> Result<IngestOutcome, StoreError> {
-        self.keep_media(&mut facts, base, now).await;
+        self.file_parts(provider, vec![(location_id.to_owned(), facts)], base, now)
+            .await
+    }
+
+    /// As [`Ingest::file`], for facts of several locations from one request: all of them
+    /// commit together, or none does.
+    pub async fn file_parts(
+        &self,
+        provider: &'static str,
+        mut parts: Vec<(String, Vec<Fact>)>,
+        base: &str,
+        now: i64,
+    ) -> Result<IngestOutcome, StoreError> {
+        for (_, facts) in &mut parts {
+            self.keep_media(facts, base, now).await;
+        }
         let context = IngestContext {
             app_id: self.app_id.clone(),
             now,
@@ -118,10 +176,11 @@ impl Ingest {
             handoffs: Some(self.dispatch.handoffs()),
             call_recording_wait_ms: self.call_recording_wait.as_millis() as i64,
         };
-        let mut outcome = self.store.ingest(location_id, facts, &context).await?;
+        let locations: Vec<String> = parts.iter().map(|(l, _)| l.clone()).collect();
+        let mut outcome = self.store.ingest_parts(parts, &context).await?;
         tracing::info!(
             provider,
-            location_id,
+            locations = ?locations,
             messages = ?outcome.message_ids,
             deliveries = outcome.jobs.len(),
             "provider request stored"

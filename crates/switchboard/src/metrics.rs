@@ -63,6 +63,9 @@ pub struct Metrics {
     provider_rejected: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Lines of the rejected-request log left this second: outsiders cannot flood the log.
     rejection_log: LogBudget,
+    /// Facts a verified request carried for an address no location claims (or one whose
+    /// account holds another secret), skipped, by provider.
+    facts_skipped: Mutex<BTreeMap<&'static str, u64>>,
     /// Each webhook's breaker and probation, as this node's dispatcher last saw them.
     webhooks: Mutex<BTreeMap<String, WebhookState>>,
     /// Of `in_flight`, the attempts for webhooks on probation.
@@ -145,6 +148,19 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .entry((provider, code))
+            .or_default() += 1;
+        self.rejection_log.take(second)
+    }
+
+    /// A fact skipped because no location it may go to claims its address. Returns whether
+    /// to log it, with how many log lines were left out before it (the same budget as
+    /// refused requests).
+    pub fn fact_skipped(&self, provider: &'static str, second: u64) -> Option<u64> {
+        *self
+            .facts_skipped
+            .lock()
+            .expect("metrics lock")
+            .entry(provider)
             .or_default() += 1;
         self.rejection_log.take(second)
     }
@@ -245,6 +261,17 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "switchboard_provider_requests_rejected_total{{provider=\"{provider}\",reason=\"{code}\"}} {n}"
+            );
+        }
+        counter(
+            &mut out,
+            "switchboard_provider_facts_skipped_total",
+            "Facts a verified request carried for another location that were not filed: no location claims their address, or its account holds another secret.",
+        );
+        for (provider, n) in self.facts_skipped.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "switchboard_provider_facts_skipped_total{{provider=\"{provider}\"}} {n}"
             );
         }
         let name = "switchboard_delivery_attempt_duration_seconds";

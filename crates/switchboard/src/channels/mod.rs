@@ -169,6 +169,12 @@ pub trait Channel: Send + Sync + 'static {
 
 /// The facts of one provider request and the provider's answer.
 pub struct Handled {
+    /// For the location of the account that verified the request.
     pub facts: Vec<Fact>,
+    /// Facts for other accounts of this provider that the request carries (one provider
+    /// secret that several locations share signs entries for all of them), each with the key
+    /// that finds its account. Each is filed under that account's location when that account
+    /// holds the secret that verified the request; otherwise it is skipped and counted.
+    pub routed: Vec<(RouteKey, Fact)>,
     pub reply: Response,
 }

@@ -48,6 +48,7 @@ mod registry;
 mod resources;
 mod restart;
 mod rotation;
+mod routing;
 mod secrets_at_rest;
 mod security;
 mod skips;

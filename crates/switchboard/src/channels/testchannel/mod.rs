@@ -7,7 +7,8 @@
 //! `X-Testchannel-Signature`: base64 HMAC-SHA256 of the body under the location's secret. `to`
 //! is the address a location claims; `from` is the sender's verified identity (a phone number,
 //! an e-mail address, else an id of this channel), `also` more identities of the sender
-//! (`[{"kind":"phone"|"email","value","verified"}]`). Settings: `{"secret","addresses":[…]}`.
+//! (`[{"kind":"phone"|"email","value","verified"}]`), `others` messages for other addresses in
+//! the same request (`[{"id","to","from","text"}]`). Settings: `{"secret","addresses":[…]}`.
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -65,6 +66,19 @@ pub struct Inbound {
     text: String,
     #[serde(default)]
     also: Vec<Also>,
+    /// Messages for other addresses, carried in the same signed request.
+    #[serde(default)]
+    others: Vec<Other>,
+}
+
+/// A message for another address in the same request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Other {
+    id: String,
+    to: String,
+    from: String,
+    text: String,
 }
 
 /// One more identity of the sender.
@@ -83,6 +97,35 @@ fn identity(value: &str) -> ContactIdentity {
         Err(_) if value.contains('@') => ContactIdentity::email(value),
         Err(_) => ContactIdentity::address(PROVIDER, value),
     }
+}
+
+/// The message a request (or one of its `others`) holds.
+fn message(
+    id: &str,
+    from: &str,
+    to: &str,
+    text: &str,
+    other_identities: Vec<OtherIdentity>,
+    now_ms: i64,
+) -> Fact {
+    Fact::Message(NewMessage {
+        provider: PROVIDER,
+        provider_message_id: id.to_owned(),
+        direction: Direction::Inbound,
+        message_type: MessageType::Sms,
+        status: "delivered".to_owned(),
+        body: Some(text.replace('\0', "")),
+        content_type: Some(CONTENT_TYPE_TEXT_PLAIN.to_owned()),
+        attachments: vec![],
+        contact: identity(from),
+        other_identities,
+        contact_name: None,
+        from: Some(from.to_owned()),
+        to: Some(to.to_owned()),
+        user_id: None,
+        call: None,
+        received_at_ms: now_ms,
+    })
 }
 
 impl Channel for TestChannel {
@@ -133,7 +176,19 @@ impl Channel for TestChannel {
         _account: &ChannelAccount,
         now_ms: i64,
     ) -> Result<Handled, ChannelError> {
-        let contact = identity(&parsed.from);
+        let routed = parsed
+            .others
+            .iter()
+            .map(|o| {
+                let key = RouteKey {
+                    address: Some(o.to.clone()),
+                    correlation_id: None,
+                    account_id: None,
+                };
+                let fact = message(&o.id, &o.from, &o.to, &o.text, vec![], now_ms);
+                (key, fact)
+            })
+            .collect();
         let other_identities = parsed
             .also
             .iter()
@@ -147,26 +202,17 @@ impl Channel for TestChannel {
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let message = NewMessage {
-            provider: PROVIDER,
-            provider_message_id: parsed.id,
-            direction: Direction::Inbound,
-            message_type: MessageType::Sms,
-            status: "delivered".to_owned(),
-            body: Some(parsed.text.replace('\0', "")),
-            content_type: Some(CONTENT_TYPE_TEXT_PLAIN.to_owned()),
-            attachments: vec![],
-            contact,
+        let own = message(
+            &parsed.id,
+            &parsed.from,
+            &parsed.to,
+            &parsed.text,
             other_identities,
-            contact_name: None,
-            from: Some(parsed.from),
-            to: Some(parsed.to),
-            user_id: None,
-            call: None,
-            received_at_ms: now_ms,
-        };
+            now_ms,
+        );
         Ok(Handled {
-            facts: vec![Fact::Message(message)],
+            facts: vec![own],
+            routed,
             reply: (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],

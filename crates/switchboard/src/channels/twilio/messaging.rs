@@ -133,6 +133,7 @@ impl Channel for TwilioMessaging {
         Ok(Handled {
             facts: vec![Fact::Message(message)],
             // No reply message: empty TwiML.
+            routed: Vec::new(),
             reply: twiml(""),
         })
     }

@@ -253,6 +253,7 @@ impl VoiceIncoming {
         };
         Ok(Handled {
             facts: vec![Fact::Call(update)],
+            routed: Vec::new(),
             reply: twiml(&reply),
         })
     }
@@ -283,6 +284,7 @@ impl VoiceDialStatus {
         };
         Ok(Handled {
             facts: vec![Fact::Call(update)],
+            routed: Vec::new(),
             reply: twiml(&reply),
         })
     }
@@ -305,6 +307,7 @@ impl VoiceStatus {
         update.answered_by = form.get("AnsweredBy").map(str::to_owned);
         Ok(Handled {
             facts: vec![Fact::Call(update)],
+            routed: Vec::new(),
             reply: twiml(""),
         })
     }
@@ -352,6 +355,7 @@ impl VoiceRecording {
         };
         Ok(Handled {
             facts,
+            routed: Vec::new(),
             reply: twiml("<Hangup/>"),
         })
     }
