@@ -42,6 +42,9 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// The PostgreSQL database (with its schema) the app stores in; None: the embedded
+    /// SQLite file under its data directory (`sqlite_path`).
+    pub database_url: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -91,6 +94,7 @@ async fn spawn_app_on(
         );
     }
     adjust(&mut config);
+    let database_url = config.database_url.clone();
     let app = Application::build_with_clock(config, clock)
         .await
         .expect("app builds");
@@ -99,11 +103,17 @@ async fn spawn_app_on(
     TestApp {
         address,
         client: reqwest::Client::new(),
+        database_url,
         _dir: dir,
     }
 }
 
 impl TestApp {
+    /// The embedded database's file (when `database_url` is None).
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("switchboard.db")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
