@@ -117,6 +117,51 @@ async fn a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot() {
     );
 }
 
+/// A subscriber that takes the TCP connection and never answers the TLS handshake (it reads
+/// the ClientHello and stays silent): the attempt ends at the delivery timeout, and the next
+/// delivery goes out about a second after the first, not never.
+async fn a_stalled_tls_handshake_ends_at_the_timeout() {
+    let timeout = Duration::from_secs(1);
+    let app = spawn_app_with(|c| c.delivery_timeout = timeout).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let connections = Arc::new(Mutex::new(Vec::new()));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            seen.lock().unwrap().push(Instant::now());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(1..) = conn.read(&mut buf).await {}
+            });
+        }
+    });
+    location_with_twilio(&app).await;
+    create_webhook(
+        &app,
+        json!({ "url": url, "events": ["InboundMessage"], "maxInFlight": 1 }),
+    )
+    .await;
+    for sid in ["SMtls1", "SMtls2"] {
+        assert_eq!(
+            app.post_twilio(&sms_params(sid, "tls"), AUTH_TOKEN)
+                .await
+                .status(),
+            200
+        );
+    }
+    let times = eventually(Duration::from_secs(10), "two connections", || async {
+        let times = connections.lock().unwrap().clone();
+        (times.len() >= 2).then_some(times)
+    })
+    .await;
+    let waited = times[1] - times[0];
+    assert!(
+        waited >= timeout - Duration::from_millis(100) && waited < timeout * 3,
+        "the second attempt started {waited:?} after the first; the timeout is {timeout:?}"
+    );
+}
+
 /// 200 webhooks whose subscriber hangs and one that answers, with the default 256 slots and a
 /// 5 s delivery timeout: from the first message on, every delivery to the healthy webhook
 /// arrives well before any timeout could have freed a slot. Before probation, the second
@@ -335,6 +380,7 @@ async fn a_backlog_left_in_the_store_is_delivered_once_the_subscriber_answers() 
 }
 
 crate::both_stores!(
+    a_stalled_tls_handshake_ends_at_the_timeout,
     a_hanging_subscribers_backlog_waits_in_the_store,
     a_backlog_left_in_the_store_is_delivered_once_the_subscriber_answers,
     a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot,
