@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::post;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use super::load::{configure, post_all, twilio_requests};
 use super::processes::{process_usage, start_server};
-use super::sink::{sink, Sink};
-use super::{percentile, BenchOptions, ADMIN_TOKEN};
+use super::sink::{start_sink, timed, Sink};
+use super::{load_client, percentile, BenchOptions, ADMIN_TOKEN};
 use crate::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 
 /// One of the two runs.
@@ -104,18 +103,9 @@ pub async fn run_hanging(options: BenchOptions, hanging: usize) -> anyhow::Resul
         "--hanging-webhooks runs on the embedded SQLite only (each of its two runs needs an \
          empty store of its own)"
     );
-    let state = Arc::new(Sink::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sink_url = format!("http://{}/hook", listener.local_addr()?);
-    let app = axum::Router::new()
-        .route("/hook", post(sink))
-        .with_state(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (state, sink_url) = start_sink().await?;
     let (hang_url, hang) = hanging_sink().await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency)
-        .tcp_nodelay(true)
-        .build()?;
+    let client = load_client(options.concurrency)?;
 
     let without = one_run(&options, &client, &state, &sink_url, None).await?;
     state.reset();
@@ -206,17 +196,7 @@ async fn one_run(
 
     let arrivals = state.arrivals.lock().expect("sink lock").clone();
     // (posted at, ingest→delivery ms) of every message.
-    let mut timed: Vec<(f64, f64)> = arrivals
-        .iter()
-        .filter_map(|(i, t)| {
-            sent.get(i).map(|s| {
-                (
-                    s.saturating_duration_since(started).as_secs_f64(),
-                    t.saturating_duration_since(*s).as_secs_f64() * 1000.0,
-                )
-            })
-        })
-        .collect();
+    let mut timed = timed(&arrivals, &sent, started);
     timed.sort_by(|a, b| a.1.total_cmp(&b.1));
     let healthy: Vec<f64> = timed.iter().map(|&(_, ms)| ms).collect();
     let slowest = timed.iter().rev().take(SLOWEST).copied().collect();

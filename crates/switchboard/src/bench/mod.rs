@@ -13,10 +13,7 @@
 //! the printed report; `hanging` is the variant with subscribers that never answer.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
-
-use axum::routing::post;
 
 use crate::channels::twilio::INBOUND_PATH as TWILIO_INBOUND_PATH;
 
@@ -29,7 +26,7 @@ mod table;
 
 use load::{configure, post_all, relay_phase, twilio_requests};
 use processes::{process_usage, start_server};
-use sink::{sink, Sink};
+use sink::{start_sink, timed};
 
 pub use hanging::{hanging_table, run_hanging, HangingReport, HangingRun};
 pub use relay::relay;
@@ -133,6 +130,14 @@ fn slow_windows(requests: &[(f64, f64)], slow_ms: f64) -> Vec<SlowWindow> {
     windows.into_values().filter(|w| w.slow > 0).collect()
 }
 
+/// The client that posts the load: keep-alive connections for `concurrency` requests at once.
+fn load_client(concurrency: usize) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -151,18 +156,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         options.rate.is_none_or(|r| r.is_finite() && r > 0.0),
         "rate must be above 0"
     );
-    let state = Arc::new(Sink::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sink_url = format!("http://{}/hook", listener.local_addr()?);
-    let app = axum::Router::new()
-        .route("/hook", post(sink))
-        .with_state(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency)
-        .tcp_nodelay(true)
-        .build()?;
+    let (state, sink_url) = start_sink().await?;
+    let client = load_client(options.concurrency)?;
 
     // The ceiling: ~500-byte JSON posts straight to the sink at the same concurrency; at
     // least CEILING_POSTS of them, so a short run still measures it steadily.
@@ -230,17 +225,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     drop(server);
 
     // Ingest → delivery: from when a message's request was sent to when its event arrived.
-    let timed: Vec<(f64, f64)> = arrivals
-        .iter()
-        .filter_map(|(i, t)| {
-            sent.get(i).map(|s| {
-                (
-                    s.saturating_duration_since(started).as_secs_f64(),
-                    t.saturating_duration_since(*s).as_secs_f64() * 1000.0,
-                )
-            })
-        })
-        .collect();
+    let timed = timed(&arrivals, &sent, started);
     let slow_windows = options
         .slow_ms
         .map(|ms| slow_windows(&timed, ms))

@@ -54,10 +54,39 @@ impl Sink {
     }
 }
 
-pub(super) async fn sink(
-    State(sink): State<Arc<Sink>>,
-    request: axum::extract::Request,
-) -> StatusCode {
+/// Start the sink on a loopback port: its state and the URL to deliver to.
+pub(super) async fn start_sink() -> anyhow::Result<(Arc<Sink>, String)> {
+    let state = Arc::new(Sink::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(sink))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((state, url))
+}
+
+/// `(posted at, in seconds from `started`; ingest→delivery ms)` of each message that arrived,
+/// from when each was sent (`sent`, by message number).
+pub(super) fn timed(
+    arrivals: &HashMap<usize, Instant>,
+    sent: &HashMap<usize, Instant>,
+    started: Instant,
+) -> Vec<(f64, f64)> {
+    arrivals
+        .iter()
+        .filter_map(|(i, t)| {
+            sent.get(i).map(|s| {
+                (
+                    s.saturating_duration_since(started).as_secs_f64(),
+                    t.saturating_duration_since(*s).as_secs_f64() * 1000.0,
+                )
+            })
+        })
+        .collect()
+}
+
+async fn sink(State(sink): State<Arc<Sink>>, request: axum::extract::Request) -> StatusCode {
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return StatusCode::BAD_REQUEST;
