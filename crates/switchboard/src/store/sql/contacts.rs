@@ -28,8 +28,15 @@ macro_rules! sql_contacts {
                     .map(|i| i.1)
                     .collect();
                 let fixed = [("location_id", location_id), ("kind", kind)];
-                for (value, contact) in
-                    probe_ids(tx, "contact_identities", &fixed, "value", &values).await?
+                for (value, contact) in probe_ids(
+                    tx,
+                    "contact_identities",
+                    "contact_id",
+                    &fixed,
+                    "value",
+                    &values,
+                )
+                .await?
                 {
                     owners.insert((kind.to_owned(), value), contact);
                 }
@@ -191,7 +198,7 @@ macro_rules! sql_contacts {
             ) -> StoreResult<()> {
                 let fixed = [("location_id", location_id)];
                 found.extend(
-                    probe_ids(tx, "conversations", &fixed, "contact_id", contact_ids).await?,
+                    probe_ids(tx, "conversations", "id", &fixed, "contact_id", contact_ids).await?,
                 );
                 Ok(())
             }

@@ -164,9 +164,10 @@ macro_rules! sql_filing {
             file_messages(tx, location_id, &one, webhooks, std::slice::from_mut(outcome)).await
         }
 
-        /// For each of `keys`, the id of the row of `table` whose `key` column holds it and whose
-        /// `fixed` columns hold the values given, where there is one: (key, id) pairs. The id
-        /// is the `id` column, or for `contact_identities` the contact's.
+        /// For each of `keys`, the `id` column of the row of `table` whose `key` column holds it
+        /// and whose `fixed` columns hold the values given, where there is one: (key, id)
+        /// pairs. `id` is determined by the table (the statement text is cached by table, key
+        /// and count).
         /// Written `SELECT v.column1, (SELECT … = v.column1) FROM (VALUES …) AS v`: one
         /// unique-index probe per key whatever the planner believes of the table
         /// (PostgreSQL's generic plan for `… AND key IN (…)` scanned the whole location's rows
@@ -174,6 +175,7 @@ macro_rules! sql_filing {
         async fn probe_ids(
             tx: &mut Transaction<'_, $db>,
             table: &'static str,
+            id: &'static str,
             fixed: &[(&str, &str)],
             key: &'static str,
             keys: &[&str],
@@ -186,7 +188,6 @@ macro_rules! sql_filing {
                     for (i, (column, _)) in fixed.iter().enumerate() {
                         let _ = write!(conditions, "t.{column} = ${} AND ", i + 1);
                     }
-                    let id = if table == "contact_identities" { "contact_id" } else { "id" };
                     $hooks::positional(format!(
                         "SELECT v.column1, (SELECT t.{id} FROM {table} t WHERE {conditions}t.{key} = v.column1)
                          FROM (VALUES {}) AS v",
@@ -228,7 +229,7 @@ macro_rules! sql_filing {
                     .collect();
                 let fixed = [("provider", provider)];
                 let found =
-                    probe_ids(tx, "messages", &fixed, "provider_message_id", &of_provider).await?;
+                    probe_ids(tx, "messages", "id", &fixed, "provider_message_id", &of_provider).await?;
                 for (provider_message_id, id) in found {
                     known.insert((provider.to_owned(), provider_message_id), id);
                 }
