@@ -39,7 +39,10 @@ pub trait Provider: Sync {
     fn endpoints(&self) -> &'static [Endpoint];
     /// The origins its credentials may be sent to (see [`crate::credential_hosts`]).
     fn credential_hosts(&self) -> &'static [&'static str];
-    /// The OpenAPI operation of one of its endpoints (how requests are signed and answered).
+    /// The OpenAPI operation of one of its endpoints: how requests are signed (`parameters`),
+    /// what they hold (`requestBody`) and how they are answered (`responses`). The summary,
+    /// the tag and the absence of bearer security are the same for every endpoint and are
+    /// added by the document.
     fn operation(&self, endpoint: &Endpoint) -> serde_json::Value;
     /// For people: "Twilio".
     fn title(&self) -> &'static str;

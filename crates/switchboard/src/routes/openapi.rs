@@ -191,7 +191,12 @@ pub fn document() -> Value {
     // Each channel's endpoints, from the registry.
     for channel in crate::channels::CHANNELS {
         for endpoint in channel.endpoints() {
-            document["paths"][endpoint.path] = json!({ "post": channel.operation(endpoint) });
+            let mut operation = channel.operation(endpoint);
+            operation["summary"] = json!(endpoint.summary);
+            operation["tags"] = json!(["providers"]);
+            // Providers sign their requests; no bearer token.
+            operation["security"] = json!([]);
+            document["paths"][endpoint.path] = json!({ "post": operation });
         }
     }
     document

@@ -92,11 +92,8 @@ impl Provider for Twilio {
         super::settings::schema()
     }
 
-    fn operation(&self, endpoint: &Endpoint) -> Value {
+    fn operation(&self, _endpoint: &Endpoint) -> Value {
         json!({
-            "summary": endpoint.summary,
-            "tags": ["providers"],
-            "security": [],
             "parameters": [{
                 "name": "X-Twilio-Signature", "in": "header", "required": true,
                 "schema": { "type": "string" },
