@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::engine::create_webhook;
 use crate::helpers::*;
-use crate::registry::{post_signed, SECRET};
+use crate::registry::{configure_test_channel, post_signed, SECRET};
 
 /// A location with Twilio (the business number) and the test channel (`room-1`), and a
 /// webhook to the returned receiver.
@@ -22,13 +22,7 @@ async fn setup(app: &TestApp) -> TestReceiver {
             .status(),
         200
     );
-    let r = app
-        .admin_send(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{location}/channels/testchannel"),
-            json!({ "secret": SECRET, "addresses": ["room-1"] }),
-        )
-        .await;
+    let r = configure_test_channel(app, &location, SECRET, &["room-1"]).await;
     assert_eq!(r.status(), 200);
     let receiver = TestReceiver::start().await;
     create_webhook(

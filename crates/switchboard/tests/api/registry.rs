@@ -13,6 +13,21 @@ use crate::helpers::*;
 
 pub(crate) const SECRET: &str = "test-channel-secret-0123456789";
 
+/// `PUT /v1/locations/{location}/channels/testchannel` with `secret` and `addresses`.
+pub(crate) async fn configure_test_channel(
+    app: &TestApp,
+    location: &str,
+    secret: &str,
+    addresses: &[&str],
+) -> reqwest::Response {
+    app.admin_send(
+        reqwest::Method::PUT,
+        &format!("/v1/locations/{location}/channels/testchannel"),
+        json!({ "secret": secret, "addresses": addresses }),
+    )
+    .await
+}
+
 pub(crate) async fn post_signed(app: &TestApp, body: &Value, secret: &str) -> reqwest::Response {
     let bytes = serde_json::to_vec(body).unwrap();
     app.client
@@ -30,21 +45,9 @@ async fn the_test_channel_gets_its_route_configuration_openapi_and_metrics() {
     let location = app.create_location("Seam").await;
 
     // Its configuration API, through the generic route.
-    let r = app
-        .admin_send(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{location}/channels/testchannel"),
-            json!({ "secret": SECRET, "addresses": ["room-1"] }),
-        )
-        .await;
+    let r = configure_test_channel(&app, &location, SECRET, &["room-1"]).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let short = app
-        .admin_send(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{location}/channels/testchannel"),
-            json!({ "secret": "short", "addresses": ["room-1"] }),
-        )
-        .await;
+    let short = configure_test_channel(&app, &location, "short", &["room-1"]).await;
     assert_eq!(short.status(), 422);
     let listed: Value = app
         .admin_get(&format!("/v1/locations/{location}/channels"))
@@ -59,13 +62,7 @@ async fn the_test_channel_gets_its_route_configuration_openapi_and_metrics() {
     assert!(!listed.to_string().contains(SECRET));
     // Its addresses are claimed like phone numbers.
     let other = app.create_location("Other").await;
-    let taken = app
-        .admin_send(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{other}/channels/testchannel"),
-            json!({ "secret": SECRET, "addresses": ["room-1"] }),
-        )
-        .await;
+    let taken = configure_test_channel(&app, &other, SECRET, &["room-1"]).await;
     assert_eq!(taken.status(), 409);
 
     // Its route: a signed message is stored and delivered; a wrong signature is 403.

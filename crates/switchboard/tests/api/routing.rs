@@ -11,17 +11,11 @@ use serde_json::{json, Value};
 
 use crate::engine::create_webhook;
 use crate::helpers::*;
-use crate::registry::{post_signed, SECRET};
+use crate::registry::{configure_test_channel, post_signed, SECRET};
 
 async fn location_with(app: &TestApp, name: &str, secret: &str, address: &str) -> String {
     let location = app.create_location(name).await;
-    let r = app
-        .admin_send(
-            reqwest::Method::PUT,
-            &format!("/v1/locations/{location}/channels/testchannel"),
-            json!({ "secret": secret, "addresses": [address] }),
-        )
-        .await;
+    let r = configure_test_channel(app, &location, secret, &[address]).await;
     assert_eq!(r.status(), 200);
     location
 }
