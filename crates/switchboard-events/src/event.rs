@@ -209,10 +209,54 @@ pub struct MessageEvent {
     pub bcc_list: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Email: the text part, or the HTML part converted to text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_text: Option<String>,
+    /// Email: an automatic reply (`Auto-Submitted`, `X-Autoreply`, `Precedence: bulk`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_reply: Option<bool>,
+    /// Email: a delivery status notification, filed under the recipient it bounced for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<Bounce>,
+    /// Email: the receiving provider's verdicts (`spf`, `dkim`, `spamScore`, …), as it sent
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<std::collections::BTreeMap<String, String>>,
+    /// Email: attachments too large to keep, listed rather than dropped silently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted_attachments: Option<Vec<OmittedAttachment>>,
+    /// Email: another mail with different content was filed before under the same
+    /// `emailMessageId` (senders do reuse them); this one is a message of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id_reused: Option<bool>,
     /// When the event was emitted (ISO-8601 UTC, milliseconds); unchanged across retries.
     pub timestamp: String,
     /// The event's unique id; unchanged across retries. Deduplicate on it.
     pub webhook_id: String,
+}
+
+/// What a delivery status notification says of the mail that bounced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bounce {
+    /// The address the mail could not be delivered to (`Final-Recipient`).
+    pub recipient: String,
+    /// The RFC 3463 status code (`5.1.1`), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `failed`, `delayed`, `delivered`, `relayed` or `expanded`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+/// An attachment listed but not kept (larger than the server keeps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OmittedAttachment {
+    pub name: String,
+    pub content_type: String,
+    /// Bytes, decoded.
+    pub size: u64,
 }
 
 /// The `WebhookDisabled` operational event, sent to webhooks that subscribe to it.

@@ -10,8 +10,8 @@ mod event;
 pub mod standard;
 
 pub use event::{
-    Direction, EventType, MessageEvent, MessageType, StringOrList, WebhookDisabledEvent,
-    CONTENT_TYPE_TEXT_PLAIN,
+    Bounce, Direction, EventType, MessageEvent, MessageType, OmittedAttachment, StringOrList,
+    WebhookDisabledEvent, CONTENT_TYPE_TEXT_PLAIN,
 };
 
 /// The headers every delivery carries.

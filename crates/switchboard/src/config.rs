@@ -40,6 +40,8 @@ pub struct Config {
     pub allow_private_targets: bool,
     pub log: String,
     pub max_body_bytes: usize,
+    /// Largest mail the e-mail routes take (their body limit instead of `max_body_bytes`).
+    pub max_email_bytes: usize,
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -215,13 +217,14 @@ impl Config {
         if self.max_connections == 0 || self.max_connections_per_client == 0 {
             bail!("max_connections and max_connections_per_client must be at least 1");
         }
-        if self.max_buffered_body_bytes < self.max_body_bytes {
-            bail!("max_buffered_body_bytes must be at least max_body_bytes");
+        let largest_body = self.max_body_bytes.max(self.max_email_bytes);
+        if self.max_buffered_body_bytes < largest_body {
+            bail!("max_buffered_body_bytes must be at least max_body_bytes and max_email_bytes");
         }
-        if self.max_buffered_body_bytes_per_client < self.max_body_bytes
+        if self.max_buffered_body_bytes_per_client < largest_body
             || self.max_buffered_body_bytes_per_client > self.max_buffered_body_bytes
         {
-            bail!("max_buffered_body_bytes_per_client must be at least max_body_bytes and at most max_buffered_body_bytes");
+            bail!("max_buffered_body_bytes_per_client must be at least max_body_bytes and max_email_bytes, and at most max_buffered_body_bytes");
         }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url).context("public_url is not a URL")?;

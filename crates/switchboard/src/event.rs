@@ -4,7 +4,7 @@
 use switchboard_events::{MessageEvent, MessageType, StringOrList};
 
 use crate::domain::time::iso_millis;
-use crate::domain::NewMessage;
+use crate::domain::{EmailDetails, NewMessage};
 
 /// A message with the ids the store gave it.
 pub struct Filed<'a> {
@@ -16,6 +16,16 @@ pub struct Filed<'a> {
     pub event_id: &'a str,
     pub emitted_at: i64,
     pub app_id: Option<&'a str>,
+    /// E-mail: the thread the store resolved (else the mail's own references decide).
+    pub thread: Option<&'a Thread>,
+}
+
+/// Where the store filed a mail: its thread, and whether its Message-ID was seen before with
+/// other content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub thread_id: String,
+    pub message_id_reused: bool,
 }
 
 pub fn build(f: &Filed<'_>) -> MessageEvent {
@@ -26,7 +36,7 @@ pub fn build(f: &Filed<'_>) -> MessageEvent {
     } else {
         m.message_type.type_id()
     };
-    MessageEvent {
+    let mut event = MessageEvent {
         event_type: m.direction.event_type(),
         location_id: f.location_id.to_owned(),
         app_id: f.app_id.map(str::to_owned),
@@ -55,9 +65,48 @@ pub fn build(f: &Filed<'_>) -> MessageEvent {
         cc_list: None,
         bcc_list: None,
         subject: None,
+        plain_text: None,
+        auto_reply: None,
+        bounce: None,
+        authentication: None,
+        omitted_attachments: None,
+        message_id_reused: None,
         timestamp: iso_millis(f.emitted_at),
         webhook_id: f.event_id.to_owned(),
+    };
+    if let Some(email) = &m.email {
+        add_email(&mut event, email, f.thread);
     }
+    event
+}
+
+/// The source document's e-mail fields: no `contentType` or `status` (its example has
+/// neither), `to` a list, `cc` and `bcc` comma-separated with `ccList` / `bccList` beside.
+fn add_email(event: &mut MessageEvent, email: &EmailDetails, thread: Option<&Thread>) {
+    let joined = |list: &[String]| (!list.is_empty()).then(|| list.join(", "));
+    let listed = |list: &[String]| (!list.is_empty()).then(|| list.to_vec());
+    event.content_type = None;
+    event.status = None;
+    event.email_message_id = Some(email.message_id.clone());
+    event.thread_id = Some(
+        thread
+            .map_or(email.thread_root(), |t| t.thread_id.as_str())
+            .to_owned(),
+    );
+    event.message_id_reused = thread.and_then(|t| t.message_id_reused.then_some(true));
+    event.provider = Some(email.via.to_owned());
+    event.to = Some(StringOrList::Many(email.to.clone()));
+    event.cc = joined(&email.cc);
+    event.bcc = joined(&email.bcc);
+    event.cc_list = listed(&email.cc);
+    event.bcc_list = listed(&email.bcc);
+    event.subject = email.subject.clone();
+    event.plain_text = Some(email.plain_text.clone());
+    event.auto_reply = email.auto_reply.then_some(true);
+    event.bounce = email.bounce.clone();
+    event.authentication = (!email.authentication.is_empty()).then(|| email.authentication.clone());
+    event.omitted_attachments =
+        (!email.omitted_attachments.is_empty()).then(|| email.omitted_attachments.clone());
 }
 
 /// Compact JSON: no spaces, UTF-8 as is, `/` unescaped (what `JSON.stringify` produces, so

@@ -14,7 +14,7 @@ use axum::response::Response;
 
 use subtle::ConstantTimeEq;
 
-use crate::channels::{Channel, ChannelError, ProviderRequest, RouteKey};
+use crate::channels::{Channel, ChannelAccount, ChannelError, ProviderRequest, RouteKey};
 use crate::dispatcher::DispatchHandle;
 use crate::domain::time::Clock;
 use crate::domain::Fact;
@@ -70,21 +70,20 @@ impl Ingest {
     ) -> Result<Response, Refusal> {
         let parsed = C::parse(request)?;
         let key = C::route(&parsed);
-        let account = self
-            .store
-            .find_channel_account(C::PROVIDER, &key)
-            .await?
-            .ok_or_else(|| Refusal::Unverified {
-                reason: "not_connected",
-                detail: format!(
-                    "no location has {} connected for {}",
-                    C::PROVIDER,
-                    key.address
-                        .as_deref()
-                        .or(key.account_id.as_deref())
-                        .unwrap_or("this request")
-                ),
-            })?;
+        let account =
+            self.account(C::PROVIDER, &key)
+                .await?
+                .ok_or_else(|| Refusal::Unverified {
+                    reason: "not_connected",
+                    detail: format!(
+                        "no location has {} connected for {}",
+                        C::PROVIDER,
+                        key.address
+                            .as_deref()
+                            .or(key.account_id.as_deref())
+                            .unwrap_or("this request")
+                    ),
+                })?;
         C::verify(request, &parsed, &account).map_err(|e| match e {
             ChannelError::BadSignature(detail) => Refusal::Unverified {
                 reason: "invalid_signature",
@@ -108,6 +107,32 @@ impl Ingest {
         Ok(handled.reply)
     }
 
+    /// The account `key` finds: by its address and the rest of its key, else by each of its
+    /// other addresses in order.
+    async fn account(
+        &self,
+        provider: &str,
+        key: &RouteKey,
+    ) -> Result<Option<ChannelAccount>, StoreError> {
+        if let Some(account) = self.store.find_channel_account(provider, key).await? {
+            return Ok(Some(account));
+        }
+        for address in &key.also {
+            let by_address = RouteKey {
+                address: Some(address.clone()),
+                ..RouteKey::default()
+            };
+            if let Some(account) = self
+                .store
+                .find_channel_account(provider, &by_address)
+                .await?
+            {
+                return Ok(Some(account));
+            }
+        }
+        Ok(None)
+    }
+
     /// The location of a fact the request carries for another account: found by `key`, and
     /// only when that account holds `secret`, the one that verified the request (compared in
     /// constant time). Otherwise the fact is skipped: counted, and logged within a budget.
@@ -116,7 +141,7 @@ impl Ingest {
         key: &RouteKey,
         secret: &str,
     ) -> Result<Option<String>, StoreError> {
-        let why = match self.store.find_channel_account(C::PROVIDER, key).await? {
+        let why = match self.account(C::PROVIDER, key).await? {
             Some(other) if bool::from(other.secret.as_bytes().ct_eq(secret.as_bytes())) => {
                 return Ok(Some(other.location_id));
             }

@@ -38,6 +38,8 @@ pub struct AppState {
     /// Proxies whose `X-Forwarded-Proto` / `X-Forwarded-Host` count.
     pub trusted_proxies: crate::routes::host::TrustedProxies,
     pub max_body_bytes: usize,
+    /// The body limit of mail routes.
+    pub max_email_bytes: usize,
     pub lease: Duration,
     pub media: Arc<MediaStore>,
     pub metrics: Arc<Metrics>,
@@ -235,6 +237,7 @@ impl Application {
             public_url: config.public_url.clone(),
             trusted_proxies: crate::routes::host::TrustedProxies(config.trusted_proxies.clone()),
             max_body_bytes: config.max_body_bytes,
+            max_email_bytes: config.max_email_bytes,
             lease: config.delivery_lease,
             media,
             metrics,

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::store::ChannelAccountInput;
 
+pub mod email;
 #[cfg(feature = "test-channel")]
 pub mod testchannel;
 pub mod twilio;
@@ -26,6 +27,7 @@ pub mod twilio;
 /// Every channel, once.
 pub static CHANNELS: &[&dyn Provider] = &[
     &twilio::TWILIO,
+    &email::EMAIL,
     #[cfg(feature = "test-channel")]
     &testchannel::TESTCHANNEL,
 ];
@@ -46,6 +48,11 @@ pub trait Provider: Sync {
     fn operation(&self, endpoint: &Endpoint) -> serde_json::Value;
     /// For people: "Twilio".
     fn title(&self) -> &'static str;
+    /// The third-party names only this channel's folder may say: its own name where that is
+    /// a vendor's (`twilio`), or the vendors whose routes it holds (the e-mail channel's
+    /// `mailgun`, `sendgrid`, `postmark`). The project's layout test holds the rest of the
+    /// code to it.
+    fn vendors(&self) -> &'static [&'static str];
     /// A location's settings (`PUT /v1/locations/{id}/channels/{name}`, JSON), checked at the
     /// edge: what the store keeps, or the 4xx that names what is wrong. The addresses it
     /// claims (phone numbers, e-mail addresses, page ids) each belong to one location.
@@ -119,6 +126,9 @@ impl ProviderRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteKey {
     pub address: Option<String>,
+    /// More addresses, tried in order when `address` finds no account (a mail's other
+    /// recipients, a recipient's domain).
+    pub also: Vec<String>,
     pub correlation_id: Option<String>,
     pub account_id: Option<String>,
 }
@@ -151,6 +161,9 @@ pub enum ChannelError {
 pub trait Channel: Send + Sync + 'static {
     /// The provider's name (persisted with every message; never renamed).
     const PROVIDER: &'static str;
+    /// A mail route: its bodies may be as large as `max_email_bytes` rather than
+    /// `max_body_bytes`.
+    const MAIL: bool = false;
     /// The request decoded but not yet trusted.
     type Parsed: Send;
 

@@ -276,6 +276,7 @@ impl CallState {
                 call_status: outcome.call_status,
                 duration: outcome.duration,
             }),
+            email: None,
             received_at_ms: self.started_at,
         }
     }

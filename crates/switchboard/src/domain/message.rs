@@ -88,6 +88,8 @@ pub struct NewMessage {
     pub user_id: Option<String>,
     /// Calls only.
     pub call: Option<CallDetails>,
+    /// E-mail only.
+    pub email: Option<Box<super::EmailDetails>>,
     /// When Switchboard received it (ms since the epoch): the event's `dateAdded`.
     pub received_at_ms: i64,
 }

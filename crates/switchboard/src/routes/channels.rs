@@ -50,11 +50,12 @@ pub async fn put_channel(
         secret: input.secret,
         settings: input.settings,
     };
-    Ok(Json(channel.view(
-        &account,
-        &input.addresses,
-        state.public_url.as_deref(),
-    )))
+    let mut view = channel.view(&account, &input.addresses, state.public_url.as_deref());
+    // A generated secret: in this answer only.
+    if let (Some(Value::Object(once)), Some(body)) = (input.shown_once, view.as_object_mut()) {
+        body.extend(once);
+    }
+    Ok(Json(view))
 }
 
 pub async fn get_channel(

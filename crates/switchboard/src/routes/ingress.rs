@@ -125,7 +125,12 @@ async fn ingest_request<C: Channel>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let body = read_body(body, state.max_body_bytes).await?;
+    let limit = if C::MAIL {
+        state.max_email_bytes
+    } else {
+        state.max_body_bytes
+    };
+    let body = read_body(body, limit).await?;
     let since = tokio::time::Instant::now();
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url = public_url(

@@ -82,6 +82,7 @@ mod tests {
         };
         let key = |correlation_id: Option<&str>, account_id: &str| RouteKey {
             address: Some("+14155550100".into()),
+            also: Vec::new(),
             correlation_id: correlation_id.map(str::to_owned),
             account_id: Some(account_id.into()),
         };

@@ -56,6 +56,11 @@ pub const SQLITE: Embedded = &[
         "contact identities",
         include_str!("../../migrations/sqlite/0009_contact_identities.sql"),
     ),
+    (
+        10,
+        "email messages",
+        include_str!("../../migrations/sqlite/0010_email_messages.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -93,6 +98,11 @@ pub const POSTGRES: Embedded = &[
         7,
         "contact identities",
         include_str!("../../migrations/postgres/0007_contact_identities.sql"),
+    ),
+    (
+        8,
+        "email messages",
+        include_str!("../../migrations/postgres/0008_email_messages.sql"),
     ),
 ];
 

@@ -93,6 +93,9 @@ pub struct ChannelAccountInput {
     pub settings: serde_json::Value,
     /// Addresses (phone numbers, …) routed to this location; each belongs to one location.
     pub addresses: Vec<String>,
+    /// What the configuration answer shows once and never again (a generated secret): not
+    /// stored beyond `secret`.
+    pub shown_once: Option<serde_json::Value>,
 }
 
 /// How a webhook receives the events of one conversation.

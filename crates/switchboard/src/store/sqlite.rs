@@ -294,6 +294,7 @@ mod tests {
             secret: "token".into(),
             settings: serde_json::json!({}),
             addresses: vec!["+14155550100".into()],
+            shown_once: None,
         };
         store
             .put_channel_account(&location.id, &input, 0)
@@ -301,6 +302,7 @@ mod tests {
             .unwrap();
         let key = |address: &str, account_id: String| RouteKey {
             address: Some(address.to_owned()),
+            also: Vec::new(),
             correlation_id: None,
             account_id: Some(account_id),
         };

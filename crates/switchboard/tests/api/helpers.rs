@@ -1052,6 +1052,7 @@ pub fn new_sms(provider: &'static str, sid: &str, body: &str) -> switchboard::do
         to: Some(BUSINESS_NUMBER.into()),
         user_id: None,
         call: None,
+        email: None,
         received_at_ms: 2,
     }
 }

@@ -13,13 +13,25 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// The providers: one folder each under `src/channels/`.
+/// The names only a channel's folder may say: each registered channel's vendors
+/// (`Provider::vendors`). Every folder under `src/channels/` is a registered channel.
 fn providers() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(src().join("channels"))
+    let folders: Vec<String> = std::fs::read_dir(src().join("channels"))
         .unwrap()
         .flatten()
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for folder in &folders {
+        assert!(
+            switchboard::channels::find(folder).is_some(),
+            "src/channels/{folder} is not a channel of the registry"
+        );
+    }
+    let mut names: Vec<String> = switchboard::channels::CHANNELS
+        .iter()
+        .flat_map(|c| c.vendors())
+        .map(|v| v.to_string())
         .collect();
     names.sort();
     names
@@ -78,8 +90,8 @@ fn core_files() -> Vec<PathBuf> {
 fn nothing_outside_the_channels_names_a_provider() {
     let providers = providers();
     assert!(
-        providers.len() >= 2,
-        "expected the Twilio and the test channel folders under src/channels: {providers:?}"
+        providers.len() >= 5,
+        "expected the vendors of the Twilio, e-mail and test channels: {providers:?}"
     );
     let files = core_files();
     assert!(

@@ -31,6 +31,8 @@ mod connections;
 mod contacts;
 mod delivery;
 mod docs;
+mod email;
+mod email_threads;
 mod engine;
 mod fairness;
 mod feed;

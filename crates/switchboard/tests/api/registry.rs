@@ -110,7 +110,7 @@ async fn the_test_channel_gets_its_route_configuration_openapi_and_metrics() {
     );
     let providers = &doc["paths"]["/v1/locations/{locationId}/channels/{provider}"]["put"]
         ["parameters"][1]["schema"]["enum"];
-    assert_eq!(providers, &json!(["twilio", "testchannel"]));
+    assert_eq!(providers, &json!(["twilio", "email", "testchannel"]));
 }
 
 crate::both_stores!(the_test_channel_gets_its_route_configuration_openapi_and_metrics);

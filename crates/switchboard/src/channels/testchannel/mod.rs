@@ -124,6 +124,7 @@ fn message(
         to: Some(to.to_owned()),
         user_id: None,
         call: None,
+        email: None,
         received_at_ms: now_ms,
     })
 }
@@ -146,6 +147,7 @@ impl Channel for TestChannel {
     fn route(parsed: &Inbound) -> RouteKey {
         RouteKey {
             address: Some(parsed.to.clone()),
+            also: Vec::new(),
             correlation_id: None,
             account_id: None,
         }
@@ -182,6 +184,7 @@ impl Channel for TestChannel {
             .map(|o| {
                 let key = RouteKey {
                     address: Some(o.to.clone()),
+                    also: Vec::new(),
                     correlation_id: None,
                     account_id: None,
                 };
@@ -264,6 +267,10 @@ impl Provider for TestChannel {
         "test channel"
     }
 
+    fn vendors(&self) -> &'static [&'static str] {
+        &[PROVIDER]
+    }
+
     fn configure(&self, body: &[u8]) -> Result<ChannelAccountInput, ApiError> {
         let settings: Settings = decode_json(body)?;
         if settings.secret.trim().len() < MIN_SECRET_LEN || settings.secret.len() > 256 {
@@ -291,6 +298,7 @@ impl Provider for TestChannel {
             secret: settings.secret,
             settings: json!({}),
             addresses,
+            shown_once: None,
         })
     }
 

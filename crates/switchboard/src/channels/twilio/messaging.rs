@@ -54,6 +54,7 @@ impl Channel for TwilioMessaging {
     fn route(parsed: &ParsedMessage) -> RouteKey {
         RouteKey {
             address: Some(normalize_address(strip_whatsapp(&parsed.to).0)),
+            also: Vec::new(),
             correlation_id: None,
             account_id: Some(parsed.account_sid.clone()),
         }
@@ -128,6 +129,7 @@ impl Channel for TwilioMessaging {
             to: Some(normalize_address(to_raw)),
             user_id: None,
             call: None,
+            email: None,
             received_at_ms: now_ms,
         };
         Ok(Handled {

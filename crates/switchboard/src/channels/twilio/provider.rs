@@ -75,6 +75,10 @@ impl Provider for Twilio {
         "Twilio"
     }
 
+    fn vendors(&self) -> &'static [&'static str] {
+        &[super::PROVIDER]
+    }
+
     fn configure(&self, body: &[u8]) -> Result<ChannelAccountInput, ApiError> {
         super::settings::configure(body)
     }

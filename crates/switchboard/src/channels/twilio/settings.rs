@@ -85,6 +85,7 @@ pub(super) fn configure(body: &[u8]) -> Result<ChannelAccountInput, ApiError> {
         secret: input.auth_token,
         settings: json!({ "signingKeys": input.signing_keys, "voice": voice }),
         addresses: numbers,
+        shown_once: None,
     })
 }
 

@@ -156,6 +156,7 @@ fn call_route(parsed: &(TwilioForm, String)) -> RouteKey {
     };
     RouteKey {
         address: business.map(normalize_address),
+        also: Vec::new(),
         correlation_id: Some(call_sid.clone()),
         account_id: form.get("AccountSid").map(str::to_owned),
     }

@@ -100,9 +100,21 @@ macro_rules! sql_filing {
                 query.execute(&mut **tx).await?;
             }
 
+            // Mail: its thread, from the mails stored before it (and before it in this batch).
+            let mut threads = Vec::with_capacity(filed.len());
+            for (f, message_id, _, _) in &filed {
+                threads.push(match &f.message.email {
+                    Some(email) => Some(
+                        file_in_thread(tx, location_id, message_id, email, f.ctx.now).await?,
+                    ),
+                    None => None,
+                });
+            }
+
             let events: Vec<NewEvent<'_>> = filed
                 .iter()
-                .map(|(f, message_id, contact_id, conversation_id)| {
+                .zip(&threads)
+                .map(|((f, message_id, contact_id, conversation_id), thread)| {
                     let m = f.message;
                     let id = new_id();
                     let payload = Bytes::from(event::render(&Filed {
@@ -114,6 +126,7 @@ macro_rules! sql_filing {
                         event_id: &id,
                         emitted_at: f.ctx.now,
                         app_id: f.ctx.app_id.as_deref(),
+                        thread: thread.as_ref(),
                     }));
                     NewEvent {
                         id,

@@ -17,6 +17,7 @@ pub(super) mod group_commit;
 pub(super) mod locations;
 pub(super) mod outbox;
 pub(super) mod setup;
+pub(super) mod threads;
 pub(super) mod webhooks;
 
 macro_rules! sql_store {
@@ -78,6 +79,7 @@ macro_rules! sql_store {
         $crate::store::sql::group_commit::sql_group_commit!($store, $db, $row, $hooks);
         $crate::store::sql::filing::sql_filing!($store, $db, $row, $hooks);
         $crate::store::sql::contacts::sql_contacts!($store, $db, $row, $hooks);
+        $crate::store::sql::threads::sql_threads!($store, $db, $row, $hooks);
         $crate::store::sql::outbox::sql_outbox!($store, $db, $row, $hooks);
         $crate::store::sql::calls::sql_calls!($store, $db, $row, $hooks);
         $crate::store::sql::attempts::sql_attempts!($store, $db, $row, $hooks);

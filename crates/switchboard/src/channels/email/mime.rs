@@ -1,0 +1,350 @@
+//! One normalization for every e-mail route: a mail, as raw RFC 5322 / MIME bytes, read with
+//! `mail-parser` (never by hand) into the message Switchboard files. Every charset the crate
+//! knows is decoded (ISO-8859-x, windows-125x, Shift_JIS, ISO-2022-JP, GB18030, KOI8-R,
+//! UTF-7, …); what cannot be decoded is replaced, so the event is always valid UTF-8.
+
+use std::collections::BTreeMap;
+
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+use sha2::{Digest, Sha256};
+use switchboard_events::{Bounce, Direction, MessageType};
+
+use crate::channels::ChannelError;
+use crate::domain::{ContactIdentity, EmailDetails, Fact, NewMessage};
+
+/// One attachment or inline part of a mail, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub name: String,
+    pub content_type: String,
+    /// `Content-ID` without angle brackets (an inline image the HTML refers to by `cid:`).
+    pub content_id: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// A mail as every route ends: what Switchboard files of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    pub from_address: String,
+    pub from_name: Option<String>,
+    /// Without angle brackets; derived from the content when the mail has none.
+    pub message_id: String,
+    /// `References` in order, then the `In-Reply-To` ids not already in it.
+    pub references: Vec<String>,
+    pub subject: Option<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    /// `Delivered-To`, for routing when the provider gives no envelope.
+    pub delivered_to: Vec<String>,
+    pub html: String,
+    pub text: String,
+    pub auto_reply: bool,
+    pub bounce: Option<Bounce>,
+    pub attachments: Vec<Attachment>,
+    pub content_hash: String,
+}
+
+/// Why bytes are not a mail.
+fn not_mail(why: &str) -> ChannelError {
+    ChannelError::Malformed(format!("the body is not an e-mail message: {why}"))
+}
+
+/// No NUL (the databases' text refuses it), nothing but valid UTF-8 (Rust strings are).
+fn clean(s: &str) -> String {
+    s.replace('\0', "")
+}
+
+/// The addresses of an address header, lower-cased domain kept as written (display only).
+fn addresses(value: Option<&Address<'_>>) -> Vec<String> {
+    value
+        .map(|a| {
+            a.iter()
+                .filter_map(|a| a.address())
+                .map(|a| clean(a.trim()))
+                .filter(|a| !a.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Message ids of a header (`References`, `In-Reply-To`): without angle brackets, in order.
+fn ids(value: &HeaderValue<'_>) -> Vec<String> {
+    match value {
+        HeaderValue::Text(t) => vec![clean(t.trim())],
+        HeaderValue::TextList(l) => l.iter().map(|t| clean(t.trim())).collect(),
+        _ => vec![],
+    }
+    .into_iter()
+    .filter(|id| !id.is_empty())
+    .collect()
+}
+
+/// HTML of a plain-text mail: escaped, its line breaks kept.
+pub fn text_to_html(text: &str) -> String {
+    let mut html = String::with_capacity(text.len() + 16);
+    html.push_str("<div>");
+    for (i, line) in text.lines().enumerate() {
+        if i > 0 {
+            html.push_str("<br>\n");
+        }
+        for c in line.chars() {
+            match c {
+                '&' => html.push_str("&amp;"),
+                '<' => html.push_str("&lt;"),
+                '>' => html.push_str("&gt;"),
+                '"' => html.push_str("&quot;"),
+                '\'' => html.push_str("&#39;"),
+                c => html.push(c),
+            }
+        }
+    }
+    html.push_str("</div>");
+    html
+}
+
+/// What makes two mails the same mail, whichever route brought them: the From address, the
+/// Date, the Subject and the decoded text, whitespace-normalized.
+pub fn content_hash(from: &str, date: Option<i64>, subject: Option<&str>, text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(from.to_lowercase().as_bytes());
+    h.update([0]);
+    h.update(date.map(|d| d.to_string()).unwrap_or_default().as_bytes());
+    h.update([0]);
+    for word in subject.unwrap_or_default().split_whitespace() {
+        h.update(word.as_bytes());
+        h.update([b' ']);
+    }
+    h.update([0]);
+    for word in text.split_whitespace() {
+        h.update(word.as_bytes());
+        h.update([b' ']);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `Auto-Submitted` other than `no`, `X-Autoreply`, `X-Autorespond`, `Precedence:
+/// auto_reply|bulk|junk`.
+fn is_auto_reply(message: &mail_parser::Message<'_>) -> bool {
+    let raw = |name: &str| {
+        message
+            .header_raw(name)
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    raw("Auto-Submitted").is_some_and(|v| !v.is_empty() && v != "no")
+        || raw("X-Autoreply").is_some()
+        || raw("X-Autorespond").is_some()
+        || raw("Precedence").is_some_and(|v| matches!(v.as_str(), "auto_reply" | "bulk" | "junk"))
+}
+
+/// A delivery status notification (`multipart/report; report-type=delivery-status`): the
+/// first recipient it reports, with its status and action.
+fn bounce(message: &mail_parser::Message<'_>) -> Option<Bounce> {
+    let root = message.root_part().content_type()?;
+    let is_report = root.ctype().eq_ignore_ascii_case("multipart")
+        && root
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+        && root
+            .attribute("report-type")
+            .is_some_and(|t| t.eq_ignore_ascii_case("delivery-status"));
+    if !is_report {
+        return None;
+    }
+    let status_part = message.parts.iter().find(|p| {
+        p.content_type().is_some_and(|c| {
+            c.ctype().eq_ignore_ascii_case("message")
+                && c.subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("delivery-status"))
+        })
+    })?;
+    // RFC 3464 fields: per-message, then per-recipient groups. The first recipient's.
+    let text = String::from_utf8_lossy(status_part.contents());
+    let (mut recipient, mut original, mut status, mut action) = (None, None, None, None);
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        // `rfc822; ana@example.com`: the address after the type.
+        let typed = || value.split_once(';').map_or(value, |(_, a)| a).trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "final-recipient" if recipient.is_none() => recipient = Some(clean(typed())),
+            "original-recipient" if original.is_none() => original = Some(clean(typed())),
+            "status" if status.is_none() => status = Some(clean(value)),
+            "action" if action.is_none() => action = Some(clean(&value.to_ascii_lowercase())),
+            _ => {}
+        }
+    }
+    let recipient = original
+        .filter(|o| o.contains('@'))
+        .or(recipient)
+        .filter(|r| r.contains('@'))?;
+    Some(Bounce {
+        recipient,
+        status,
+        action,
+    })
+}
+
+/// Read raw mail bytes. Fails only when they are not mail at all (nothing parses, or no
+/// `From` address); a mail that parses only in part is kept with what could be read.
+pub fn read(raw: &[u8]) -> Result<Mail, ChannelError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(not_mail("it is empty"));
+    }
+    let message = MessageParser::default()
+        .parse(raw)
+        .ok_or_else(|| not_mail("no header could be read"))?;
+    let from = message
+        .from()
+        .and_then(|f| {
+            f.iter()
+                .find(|a| a.address().is_some_and(|a| a.contains('@')))
+        })
+        .ok_or_else(|| not_mail("it has no From address"))?;
+    let from_address = clean(from.address().unwrap_or_default().trim());
+    let from_name = from
+        .name()
+        .map(|n| clean(n.trim()))
+        .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&from_address));
+
+    // Lines end in `\n`, as text does everywhere else in an event.
+    let text = message
+        .body_text(0)
+        .map(|t| clean(&t).replace("\r\n", "\n"))
+        .unwrap_or_default();
+    let html = match message.html_part(0).map(|p| &p.body) {
+        Some(PartType::Html(html)) => clean(html),
+        _ => text_to_html(&text),
+    };
+    let subject = message.subject().map(|s| clean(s.trim()));
+    let date = message.date().map(|d| d.to_timestamp());
+    let content_hash = content_hash(&from_address, date, subject.as_deref(), &text);
+
+    let mut references = ids(message.references());
+    for id in ids(message.in_reply_to()) {
+        if !references.contains(&id) {
+            references.push(id);
+        }
+    }
+    let message_id = message
+        .message_id()
+        .map(|id| clean(id.trim()))
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("{}@content.invalid", &content_hash[..32]));
+
+    let attachments = message
+        .attachments()
+        .filter(|p| !p.is_message() || p.attachment_name().is_some())
+        .enumerate()
+        .map(|(i, part)| {
+            let content_type = part.content_type().map_or_else(
+                || "application/octet-stream".to_owned(),
+                |c| match c.subtype() {
+                    Some(sub) => format!("{}/{}", c.ctype(), sub).to_ascii_lowercase(),
+                    None => c.ctype().to_ascii_lowercase(),
+                },
+            );
+            Attachment {
+                name: part
+                    .attachment_name()
+                    .map(clean)
+                    .unwrap_or_else(|| format!("attachment-{}", i + 1)),
+                content_type,
+                content_id: part
+                    .content_id()
+                    .map(|id| clean(id.trim().trim_start_matches('<').trim_end_matches('>'))),
+                bytes: part.contents().to_vec(),
+            }
+        })
+        .collect();
+
+    Ok(Mail {
+        from_address,
+        from_name,
+        message_id,
+        references,
+        subject,
+        to: addresses(message.to()),
+        cc: addresses(message.cc()),
+        bcc: addresses(message.bcc()),
+        delivered_to: message
+            .header_values("Delivered-To")
+            .filter_map(|v| v.as_text())
+            .map(|v| clean(v.trim()))
+            .collect(),
+        html,
+        text,
+        auto_reply: is_auto_reply(&message),
+        bounce: bounce(&message),
+        attachments,
+        content_hash,
+    })
+}
+
+impl Mail {
+    /// The message filed for this mail. A bounce is filed under the recipient it reports
+    /// (not under `MAILER-DAEMON`); the provider id is per location (one message per
+    /// location for one mail), from the Message-ID and the content.
+    pub fn into_fact(
+        self,
+        provider: &'static str,
+        via: &'static str,
+        location_id: &str,
+        authentication: BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Fact {
+        let mut key = Sha256::new();
+        for part in [location_id, &self.message_id, &self.content_hash] {
+            key.update(part.as_bytes());
+            key.update([0]);
+        }
+        let provider_message_id: String =
+            key.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let (contact, contact_name) = match &self.bounce {
+            Some(b) => (ContactIdentity::email(&b.recipient), None),
+            None => (
+                ContactIdentity::email(&self.from_address),
+                self.from_name.clone(),
+            ),
+        };
+        let from = match &self.from_name {
+            Some(name) => format!("{name} <{}>", self.from_address),
+            None => self.from_address.clone(),
+        };
+        Fact::Message(NewMessage {
+            provider,
+            provider_message_id,
+            direction: Direction::Inbound,
+            message_type: MessageType::Email,
+            status: "delivered".to_owned(),
+            body: Some(self.html),
+            content_type: None,
+            attachments: vec![],
+            contact,
+            other_identities: vec![],
+            contact_name,
+            from: Some(from),
+            to: None,
+            user_id: None,
+            call: None,
+            email: Some(Box::new(EmailDetails {
+                message_id: self.message_id,
+                references: self.references,
+                via,
+                subject: self.subject,
+                to: self.to,
+                cc: self.cc,
+                bcc: self.bcc,
+                plain_text: self.text,
+                auto_reply: self.auto_reply,
+                bounce: self.bounce,
+                authentication,
+                omitted_attachments: vec![],
+                content_hash: self.content_hash,
+            })),
+            received_at_ms: now_ms,
+        })
+    }
+}
