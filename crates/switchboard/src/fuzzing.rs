@@ -83,6 +83,7 @@ pub fn twilio_form(data: &[u8]) {
             url: URL.into(),
             headers,
             body: Bytes::copy_from_slice(body),
+            received_at_ms: 0,
         };
         run::<TwilioMessaging>(&req);
         run::<VoiceIncoming>(&req);

@@ -93,6 +93,15 @@ impl Ingest {
         })?;
         let now = self.clock.now_ms();
         let handled = C::handle(request, parsed, &account, now)?;
+        if let Some(nonce) = &handled.nonce {
+            if self.store.nonce_seen(C::PROVIDER, nonce).await? {
+                return Err(Refusal::Unverified {
+                    reason: "replayed",
+                    detail: format!("a request with this nonce ({nonce:.40}) was stored before"),
+                });
+            }
+        }
+        let nonce = handled.nonce.map(|n| (C::PROVIDER, n));
         let mut parts = vec![(account.location_id.clone(), handled.facts)];
         for (key, fact) in handled.routed {
             let Some(location) = self.route::<C>(&key, &account.secret).await? else {
@@ -103,7 +112,8 @@ impl Ingest {
                 None => parts.push((location, vec![fact])),
             }
         }
-        self.file_parts(C::PROVIDER, parts, base, now).await?;
+        self.file_parts_once(C::PROVIDER, parts, base, now, nonce)
+            .await?;
         Ok(handled.reply)
     }
 
@@ -185,9 +195,21 @@ impl Ingest {
     pub async fn file_parts(
         &self,
         provider: &'static str,
+        parts: Vec<(String, Vec<Fact>)>,
+        base: &str,
+        now: i64,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.file_parts_once(provider, parts, base, now, None).await
+    }
+
+    /// As [`Ingest::file_parts`], storing `nonce` (provider, value) with the facts.
+    async fn file_parts_once(
+        &self,
+        provider: &'static str,
         mut parts: Vec<(String, Vec<Fact>)>,
         base: &str,
         now: i64,
+        nonce: Option<(&'static str, String)>,
     ) -> Result<IngestOutcome, StoreError> {
         for (_, facts) in &mut parts {
             self.keep_media(facts, base, now).await;
@@ -200,6 +222,7 @@ impl Ingest {
                 .then(|| now + self.lease.as_millis() as i64),
             handoffs: Some(self.dispatch.handoffs()),
             call_recording_wait_ms: self.call_recording_wait.as_millis() as i64,
+            nonce,
         };
         let locations: Vec<String> = parts.iter().map(|(l, _)| l.clone()).collect();
         let mut outcome = self.store.ingest_parts(parts, &context).await?;

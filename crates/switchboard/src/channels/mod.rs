@@ -111,6 +111,8 @@ pub struct ProviderRequest {
     pub url: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it was received (ms since the epoch): a signed timestamp is checked against it.
+    pub received_at_ms: i64,
 }
 
 impl ProviderRequest {
@@ -192,5 +194,8 @@ pub struct Handled {
     /// that finds its account. Each is filed under that account's location when that account
     /// holds the secret that verified the request; otherwise it is skipped and counted.
     pub routed: Vec<(RouteKey, Fact)>,
+    /// A value the provider sends once (Mailgun's `token`): stored with the facts, and a
+    /// request carrying one already stored is refused as a replay (403).
+    pub nonce: Option<String>,
     pub reply: Response,
 }

@@ -56,6 +56,7 @@ impl Dispatcher {
             lease_until: Some(lease_until),
             handoffs: Some(self.shared.handoffs.clone()),
             call_recording_wait_ms: 0,
+            nonce: None,
         };
         match self.shared.store.emit_due_calls(&context).await {
             Ok(jobs) => self.accept(jobs),

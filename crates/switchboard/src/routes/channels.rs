@@ -39,7 +39,18 @@ pub async fn put_channel(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&provider)?;
-    let input = channel.configure(&json_bytes(request).await?)?;
+    let mut input = channel.configure(&json_bytes(request).await?)?;
+    // A secret generated because none was given replaces nothing: the stored one stays.
+    if input.shown_once.is_some() {
+        if let Some((stored, _)) = state
+            .store
+            .get_channel_account(&location_id, channel.name())
+            .await?
+        {
+            input.secret = stored.secret;
+            input.shown_once = None;
+        }
+    }
     state
         .store
         .put_channel_account(&location_id, &input, state.clock.now_ms())

@@ -140,7 +140,12 @@ async fn ingest_request<C: Channel>(
         &headers,
         path_and_query,
     )?;
-    let request = ProviderRequest { url, headers, body };
+    let request = ProviderRequest {
+        url,
+        headers,
+        body,
+        received_at_ms: state.clock.now_ms(),
+    };
     // The public base is the URL the provider called, without its path and query.
     let base = &request.url[..request.url.len() - path_and_query.len()];
     state

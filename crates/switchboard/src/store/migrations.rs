@@ -61,6 +61,11 @@ pub const SQLITE: Embedded = &[
         "email messages",
         include_str!("../../migrations/sqlite/0010_email_messages.sql"),
     ),
+    (
+        11,
+        "provider nonces",
+        include_str!("../../migrations/sqlite/0011_provider_nonces.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -103,6 +108,11 @@ pub const POSTGRES: Embedded = &[
         8,
         "email messages",
         include_str!("../../migrations/postgres/0008_email_messages.sql"),
+    ),
+    (
+        9,
+        "provider nonces",
+        include_str!("../../migrations/postgres/0009_provider_nonces.sql"),
     ),
 ];
 

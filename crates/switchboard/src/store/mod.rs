@@ -294,6 +294,8 @@ pub struct IngestContext {
     pub handoffs: Option<std::sync::Arc<Handoffs>>,
     /// How long a call waits for a recording Switchboard asked for.
     pub call_recording_wait_ms: i64,
+    /// A value the provider sends once, stored with the request's facts: (provider, value).
+    pub nonce: Option<(&'static str, String)>,
 }
 
 impl IngestContext {

@@ -154,6 +154,10 @@ pub trait Messages: Send + Sync + 'static {
 
     /// The message's event body as sent (the first event of the message).
     async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>>;
+
+    /// Whether a request carrying this nonce of `provider` was stored
+    /// ([`IngestContext::nonce`]).
+    async fn nonce_seen(&self, provider: &str, nonce: &str) -> StoreResult<bool>;
 }
 
 /// Calls whose outcome waited for a recording.

@@ -209,6 +209,7 @@ async fn the_deliveries_of_one_event_share_its_signature() {
         lease_until: Some(60_000),
         handoffs: None,
         call_recording_wait_ms: 0,
+        nonce: None,
     };
     let outcome = store
         .ingest(

@@ -127,6 +127,19 @@ async fn the_configuration_claims_addresses_and_shows_a_generated_token_once() {
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(!text.contains(given), "{text}");
+    // A PUT without a token keeps the stored one (nothing generated, nothing shown).
+    let kept = configure_email(
+        &app,
+        &location,
+        json!({ "addresses": ["support@acme.test"], "domains": ["example.org"] }),
+    )
+    .await;
+    let kept: Value = kept.json().await.unwrap();
+    assert!(kept.get("inboundToken").is_none(), "{kept}");
+    assert_eq!(
+        kept["secrets"]["inboundToken"]["last4"],
+        &given[given.len() - 4..]
+    );
     let short = configure_email(&app, &location, json!({ "inboundToken": "too-short" })).await;
     assert_eq!(short.status(), 422);
     let plus = configure_email(&app, &location, json!({ "addresses": ["a+b@acme.test"] })).await;

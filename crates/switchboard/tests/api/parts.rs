@@ -40,6 +40,7 @@ async fn parts_commit_together_or_not_at_all(store: &dyn Store) {
         lease_until: None,
         handoffs: None,
         call_recording_wait_ms: 0,
+        nonce: None,
     };
     // Both locations' facts in one write: each filed under its own location.
     let outcome = store

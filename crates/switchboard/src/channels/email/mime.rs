@@ -43,6 +43,26 @@ pub struct Mail {
     pub bounce: Option<Bounce>,
     pub attachments: Vec<Attachment>,
     pub content_hash: String,
+    /// The `X-` header fields (receiving services put their verdicts there), the first 100.
+    pub x_headers: Vec<(String, String)>,
+}
+
+impl Mail {
+    /// The receiving service's verdicts from its `X-` headers: (header, key in the event).
+    pub fn verdicts(&self, names: &[(&str, &str)]) -> BTreeMap<String, String> {
+        names
+            .iter()
+            .filter_map(|(h, k)| self.header(h).map(|v| ((*k).to_owned(), v.to_owned())))
+            .collect()
+    }
+
+    /// The first `X-` header field named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.x_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Why bytes are not a mail.
@@ -280,6 +300,12 @@ pub fn read(raw: &[u8]) -> Result<Mail, ChannelError> {
         bounce: bounce(&message),
         attachments,
         content_hash,
+        x_headers: message
+            .headers_raw()
+            .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
+            .take(100)
+            .map(|(name, value)| (name.to_owned(), clean(value.trim())))
+            .collect(),
     })
 }
 
@@ -346,5 +372,136 @@ impl Mail {
             })),
             received_at_ms: now_ms,
         })
+    }
+}
+
+/// What a route that parsed the mail itself gives: its header fields in order, its text and
+/// HTML, its files. Written back into one MIME entity ([`compose`]) so that it is read by the
+/// same code as raw mail.
+#[derive(Debug, Default)]
+pub struct ParsedParts<'a> {
+    pub headers: Vec<(String, String)>,
+    pub text: Option<&'a str>,
+    pub html: Option<&'a str>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// Headers a composed entity sets itself.
+const OWN_HEADERS: [&str; 4] = [
+    "content-type",
+    "content-transfer-encoding",
+    "mime-version",
+    "content-disposition",
+];
+
+/// The parts a provider parsed, as one MIME entity: the provider's header fields (the entity's
+/// own content headers replaced), then `multipart/mixed` of the text and HTML
+/// (`multipart/alternative`, UTF-8) and the files, every body base64 (so no content can hold a
+/// boundary, whose `=_` base64 never writes).
+pub fn compose(parts: &ParsedParts<'_>) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut lines = String::with_capacity(encoded.len() + encoded.len() / 38);
+        for (i, chunk) in encoded.as_bytes().chunks(76).enumerate() {
+            if i > 0 {
+                lines.push_str("\r\n");
+            }
+            lines.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        }
+        lines
+    };
+    // A header value on one line (folded where it had line breaks), no control characters.
+    let one_line = |v: &str| -> String {
+        v.lines()
+            .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\r\n ")
+    };
+    let mut out = String::new();
+    for (name, value) in &parts.headers {
+        let valid = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            && !OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+        if valid {
+            out.push_str(&format!("{name}: {}\r\n", one_line(value)));
+        }
+    }
+    out.push_str(
+        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"=_mixed\"\r\n\r\n",
+    );
+    out.push_str("--=_mixed\r\nContent-Type: multipart/alternative; boundary=\"=_alt\"\r\n\r\n");
+    for (subtype, body) in [("plain", parts.text), ("html", parts.html)] {
+        if let Some(body) = body {
+            out.push_str(&format!(
+                "--=_alt\r\nContent-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+                b64(body.as_bytes())
+            ));
+        }
+    }
+    out.push_str("--=_alt--\r\n");
+    for a in &parts.attachments {
+        let name = one_line(&a.name).replace(['"', '\\'], "_");
+        let content_type = if a.content_type.bytes().all(|b| b.is_ascii_graphic()) {
+            a.content_type.as_str()
+        } else {
+            "application/octet-stream"
+        };
+        out.push_str(&format!(
+            "--=_mixed\r\nContent-Type: {content_type}; name=\"{name}\"\r\nContent-Disposition: {}; filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n",
+            if a.content_id.is_some() { "inline" } else { "attachment" }
+        ));
+        if let Some(id) = &a.content_id {
+            out.push_str(&format!("Content-ID: <{}>\r\n", one_line(id)));
+        }
+        out.push_str(&format!("\r\n{}\r\n", b64(&a.bytes)));
+    }
+    out.push_str("--=_mixed--\r\n");
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_composed_entity_reads_back_as_the_same_mail() {
+        let raw = read(include_bytes!("../../../tests/data/email/latin1.eml")).unwrap();
+        let parts = ParsedParts {
+            headers: vec![
+                (
+                    "From".into(),
+                    "=?iso-8859-1?q?Andr=E9_M=FCller?= <andre@example.fr>".into(),
+                ),
+                ("To".into(), "support@acme.test".into()),
+                ("Subject".into(), "Réservation: café crème".into()),
+                ("Date".into(), "Thu, 2 May 2024 09:30:00 +0200".into()),
+                ("Message-ID".into(), "<latin1-1@mail.example.fr>".into()),
+                (
+                    "Content-Type".into(),
+                    "text/plain; charset=ISO-8859-1".into(),
+                ),
+                ("Bad Name".into(), "dropped".into()),
+            ],
+            text: Some(&raw.text),
+            html: None,
+            attachments: vec![Attachment {
+                name: "a \"quoted\" name.pdf".into(),
+                content_type: "application/pdf".into(),
+                content_id: None,
+                bytes: b"%PDF-1.4 \x00\xff".to_vec(),
+            }],
+        };
+        let composed = read(&compose(&parts)).unwrap();
+        assert_eq!(composed.from_address, raw.from_address);
+        assert_eq!(composed.from_name, raw.from_name);
+        assert_eq!(composed.subject, raw.subject);
+        assert_eq!(composed.message_id, raw.message_id);
+        assert_eq!(composed.text, raw.text);
+        assert_eq!(composed.content_hash, raw.content_hash);
+        assert_eq!(composed.attachments.len(), 1);
+        assert_eq!(composed.attachments[0].bytes, b"%PDF-1.4 \x00\xff");
+        assert_eq!(composed.attachments[0].name, "a _quoted_ name.pdf");
     }
 }

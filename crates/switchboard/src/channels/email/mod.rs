@@ -16,31 +16,66 @@ use crate::routes::openapi::error_response;
 use crate::routes::provider_route;
 use crate::store::ChannelAccountInput;
 
+mod form;
+mod mailgun;
 pub mod mime;
+mod postmark;
 mod raw;
+mod sendgrid;
 mod settings;
 
+pub use mailgun::{sign as mailgun_sign, Mailgun};
+pub use postmark::Postmark;
 pub use raw::RawMime;
+pub use sendgrid::SendGrid;
 pub use settings::MIN_TOKEN_LEN;
 
 /// The channel's name (persisted with its messages and accounts; never renamed).
 pub const PROVIDER: &str = "email";
 /// Raw RFC 5322 mail, `Authorization: Bearer <inboundToken>`.
 pub const RAW_PATH: &str = "/conversations/providers/email/inbound";
+/// Mailgun Routes `forward()`, signed with the location's Mailgun signing key.
+pub const MAILGUN_PATH: &str = "/conversations/providers/mailgun/inbound";
+/// SendGrid Inbound Parse, HTTP Basic auth with the inbound token as the password.
+pub const SENDGRID_PATH: &str = "/conversations/providers/sendgrid/inbound";
+/// Postmark's inbound webhook, HTTP Basic auth with the inbound token as the password.
+pub const POSTMARK_PATH: &str = "/conversations/providers/postmark/inbound";
 
 /// Each route's `provider` value and path (the configuration answer lists them).
-const ROUTES: &[(&str, &str)] = &[(raw::VIA, RAW_PATH)];
+const ROUTES: &[(&str, &str)] = &[
+    (raw::VIA, RAW_PATH),
+    (mailgun::VIA, MAILGUN_PATH),
+    (sendgrid::VIA, SENDGRID_PATH),
+    (postmark::VIA, POSTMARK_PATH),
+];
 
 pub struct Email;
 
 /// The registry's entry.
 pub static EMAIL: Email = Email;
 
-static ENDPOINTS: [Endpoint; 1] = [Endpoint {
-    path: RAW_PATH,
-    summary: "E-mail: a raw RFC 5322 message (message/rfc822)",
-    handler: provider_route::<RawMime>,
-}];
+static ENDPOINTS: [Endpoint; 4] = [
+    Endpoint {
+        path: RAW_PATH,
+        summary: "E-mail: a raw RFC 5322 message (message/rfc822)",
+        handler: provider_route::<RawMime>,
+    },
+    Endpoint {
+        path: MAILGUN_PATH,
+        summary: "E-mail: Mailgun Routes forward() (parsed or raw MIME)",
+        handler: provider_route::<Mailgun>,
+    },
+    Endpoint {
+        path: SENDGRID_PATH,
+        summary: "E-mail: SendGrid Inbound Parse (parsed or raw)",
+        handler: provider_route::<SendGrid>,
+    },
+    Endpoint {
+        path: POSTMARK_PATH,
+        summary: "E-mail: Postmark inbound webhook (JSON)",
+        handler: provider_route::<Postmark>,
+    },
+];
 
 /// The local part without its `+tag`, and the domain, lower-cased: `support@acme.test` and
 /// `acme.test` for `Support+Orders@Acme.test`.
@@ -77,6 +112,28 @@ pub fn route_to<'a>(recipients: impl IntoIterator<Item = &'a String>) -> RouteKe
     }
 }
 
+/// The password of `Authorization: Basic …` (the user name is not checked).
+fn basic_password(req: &crate::channels::ProviderRequest) -> Option<String> {
+    use base64::Engine;
+    let (scheme, credentials) = req.header("authorization")?.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_owned())
+}
+
+/// The Basic credentials of the SendGrid and Postmark routes, for the OpenAPI document.
+fn basic_auth() -> Value {
+    json!([{ "name": "Authorization", "in": "header", "required": true,
+        "schema": { "type": "string" },
+        "description": "Basic: any user name, the inbound token as the password (put them in the URL given to the service: https://user:<inboundToken>@host/…)" }])
+}
+
 /// The inbound token, compared in constant time.
 fn check_token(given: Option<&str>, account: &ChannelAccount) -> Result<(), ChannelError> {
     let given = given.ok_or_else(|| ChannelError::BadSignature("no inbound token given".into()))?;
@@ -105,6 +162,9 @@ impl Provider for Email {
     fn operation(&self, endpoint: &Endpoint) -> Value {
         let (parameters, content_type) = match endpoint.path {
             RAW_PATH => (raw::parameters(), "message/rfc822"),
+            MAILGUN_PATH => (json!([]), "multipart/form-data"),
+            SENDGRID_PATH => (basic_auth(), "multipart/form-data"),
+            POSTMARK_PATH => (basic_auth(), "application/json"),
             _ => (json!([]), "application/octet-stream"),
         };
         json!({

@@ -55,6 +55,25 @@ pub fn parameters() -> serde_json::Value {
     ])
 }
 
+/// What every e-mail route gives once a mail is read and verified: its message, filed under
+/// the account's location with the route's verdicts, and the reply for once it is stored.
+pub fn handled(
+    mail: Mail,
+    via: &'static str,
+    account: &ChannelAccount,
+    authentication: std::collections::BTreeMap<String, String>,
+    nonce: Option<String>,
+    now_ms: i64,
+) -> Handled {
+    let fact = mail.into_fact(PROVIDER, via, &account.location_id, authentication, now_ms);
+    Handled {
+        facts: vec![fact],
+        routed: vec![],
+        nonce,
+        reply: stored(),
+    }
+}
+
 /// The reply every e-mail route gives once the mail is stored.
 pub fn stored() -> axum::response::Response {
     (
@@ -105,17 +124,13 @@ impl Channel for RawMime {
         account: &ChannelAccount,
         now_ms: i64,
     ) -> Result<Handled, ChannelError> {
-        let fact = parsed.mail.into_fact(
-            PROVIDER,
+        Ok(handled(
+            parsed.mail,
             VIA,
-            &account.location_id,
+            account,
             Default::default(),
+            None,
             now_ms,
-        );
-        Ok(Handled {
-            facts: vec![fact],
-            routed: vec![],
-            reply: stored(),
-        })
+        ))
     }
 }

@@ -214,6 +214,7 @@ impl Channel for TestChannel {
             now_ms,
         );
         Ok(Handled {
+            nonce: None,
             facts: vec![own],
             routed,
             reply: (

@@ -133,6 +133,7 @@ impl Channel for TwilioMessaging {
             received_at_ms: now_ms,
         };
         Ok(Handled {
+            nonce: None,
             facts: vec![Fact::Message(message)],
             // No reply message: empty TwiML.
             routed: Vec::new(),

@@ -284,6 +284,7 @@ fn form_request(body: &str) -> ProviderRequest {
         url: "https://hooks.example.com/conversations/providers/twilio/inbound_message".into(),
         headers,
         body: bytes::Bytes::from(body.to_owned()),
+        received_at_ms: 0,
     }
 }
 

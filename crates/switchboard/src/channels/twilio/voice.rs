@@ -253,6 +253,7 @@ impl VoiceIncoming {
             }
         };
         Ok(Handled {
+            nonce: None,
             facts: vec![Fact::Call(update)],
             routed: Vec::new(),
             reply: twiml(&reply),
@@ -284,6 +285,7 @@ impl VoiceDialStatus {
             "<Hangup/>".to_owned()
         };
         Ok(Handled {
+            nonce: None,
             facts: vec![Fact::Call(update)],
             routed: Vec::new(),
             reply: twiml(&reply),
@@ -307,6 +309,7 @@ impl VoiceStatus {
         update.call_duration = form.seconds("CallDuration")?;
         update.answered_by = form.get("AnsweredBy").map(str::to_owned);
         Ok(Handled {
+            nonce: None,
             facts: vec![Fact::Call(update)],
             routed: Vec::new(),
             reply: twiml(""),
@@ -355,6 +358,7 @@ impl VoiceRecording {
             }
         };
         Ok(Handled {
+            nonce: None,
             facts,
             routed: Vec::new(),
             reply: twiml("<Hangup/>"),

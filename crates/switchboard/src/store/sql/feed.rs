@@ -43,6 +43,15 @@ macro_rules! sql_feed {
                 .fetch_all(&mut *tx)
                 .await?;
                 let mut rows = attempts;
+                rows += sqlx::query(
+                    "DELETE FROM provider_nonces WHERE (provider, nonce) IN
+                         (SELECT provider, nonce FROM provider_nonces WHERE created_at < $1 LIMIT $2)",
+                )
+                .bind(before)
+                .bind(i64::from(batch))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 for event_id in &old_events {
                     rows += sqlx::query(
                         "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = $1)",

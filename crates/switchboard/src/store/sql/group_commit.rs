@@ -187,6 +187,21 @@ macro_rules! sql_group_commit {
                 .await?;
                 webhooks_of.insert(location_id, webhooks);
             }
+            // Nonces, stored with what their requests carried (two requests with one nonce at
+            // once: both were checked before; the messages they carry are the same, filed once).
+            for item in items {
+                if let Some((provider, nonce)) = &item.context.nonce {
+                    sqlx::query(
+                        "INSERT INTO provider_nonces (provider, nonce, created_at)
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(*provider)
+                    .bind(nonce)
+                    .bind(item.context.now)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
             // Call callbacks merge one at a time, each under its call's row lock.
             for (item, outcome) in items.iter().zip(&mut outcomes) {
                 for (location_id, facts) in &item.parts {
@@ -233,6 +248,17 @@ macro_rules! sql_group_commit {
                         context: ctx.clone(),
                     })
                     .await
+            }
+
+            async fn nonce_seen(&self, provider: &str, nonce: &str) -> StoreResult<bool> {
+                let seen: Option<i64> = sqlx::query_scalar(
+                    "SELECT created_at FROM provider_nonces WHERE provider = $1 AND nonce = $2",
+                )
+                .bind(provider)
+                .bind(nonce)
+                .fetch_optional(&self.reader)
+                .await?;
+                Ok(seen.is_some())
             }
 
             async fn message_event(&self, message_id: &str) -> StoreResult<Option<Bytes>> {
