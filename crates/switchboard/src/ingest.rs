@@ -17,11 +17,11 @@ use subtle::ConstantTimeEq;
 use crate::channels::{Channel, ChannelAccount, ChannelError, ProviderRequest, RouteKey};
 use crate::dispatcher::DispatchHandle;
 use crate::domain::time::Clock;
-use crate::domain::Fact;
+use crate::domain::{Fact, NewMessage};
 use crate::error::ApiError;
 use crate::media::MediaStore;
 use crate::metrics::Metrics;
-use crate::store::{IngestContext, IngestOutcome, Store, StoreError};
+use crate::store::{FaultKind, IngestContext, IngestOutcome, StorageFault, Store, StoreError};
 
 /// Everything the path from a verified request to a stored message needs.
 #[derive(Clone)]
@@ -212,7 +212,7 @@ impl Ingest {
         nonce: Option<(&'static str, String)>,
     ) -> Result<IngestOutcome, StoreError> {
         for (_, facts) in &mut parts {
-            self.keep_media(facts, base, now).await;
+            self.keep_media(facts, base, now).await?;
         }
         let context = IngestContext {
             app_id: self.app_id.clone(),
@@ -238,11 +238,74 @@ impl Ingest {
         Ok(outcome)
     }
 
+    /// Keep the files a request carried (a mail's attachments): each becomes a signed link in
+    /// the message's `attachments`, in order, and the HTML's `cid:` references point to it; a
+    /// file over `max_attachment_bytes` is listed in `omittedAttachments` instead. A file that
+    /// cannot be written fails the request as a storage fault: nothing is acknowledged
+    /// without its attachments.
+    async fn keep_files(
+        &self,
+        message: &mut NewMessage,
+        base: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let Some(email) = message.email.as_mut() else {
+            return Ok(());
+        };
+        for file in std::mem::take(&mut email.files) {
+            if file.bytes.len() > self.media.max_bytes() {
+                email
+                    .omitted_attachments
+                    .push(switchboard_events::OmittedAttachment {
+                        name: file.name,
+                        content_type: file.content_type,
+                        size: file.bytes.len() as u64,
+                    });
+                continue;
+            }
+            let kept = self
+                .media
+                .keep(&file.bytes, &file.content_type)
+                .await
+                .map_err(|e| {
+                    let kind = match e.raw_os_error() {
+                        Some(28) => FaultKind::DiskFull,
+                        Some(30) => FaultKind::ReadOnly,
+                        _ => FaultKind::Io,
+                    };
+                    StoreError::Unavailable(StorageFault {
+                        kind,
+                        source: anyhow::Error::new(e).context("keeping an attachment"),
+                    })
+                })?;
+            let url = self
+                .media
+                .signed_url_named(base, &kept, &file.name, now_ms / 1000);
+            if let (Some(id), Some(body)) = (&file.content_id, message.body.as_mut()) {
+                *body = body.replace(&format!("cid:{id}"), &url.replace('&', "&amp;"));
+            }
+            message.attachments.push(url);
+        }
+        Ok(())
+    }
+
     /// Download the media a channel asked to keep and point the facts at signed links to the
-    /// copies. A failed download keeps the provider's URL (logged), so the message is not lost.
-    async fn keep_media(&self, facts: &mut [Fact], base: &str, now_ms: i64) {
+    /// copies; keep the files a request carried ([`Ingest::keep_files`]). A failed download
+    /// keeps the provider's URL (logged), so the message is not lost.
+    async fn keep_media(
+        &self,
+        facts: &mut [Fact],
+        base: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         for fact in facts {
-            let Fact::Call(update) = fact else { continue };
+            let update = match fact {
+                Fact::Message(message) => {
+                    self.keep_files(message, base, now_ms).await?;
+                    continue;
+                }
+                Fact::Call(update) => update,
+            };
             let Some(recording) = update.recording.as_mut() else {
                 continue;
             };
@@ -258,5 +321,6 @@ impl Ingest {
                 ),
             }
         }
+        Ok(())
     }
 }

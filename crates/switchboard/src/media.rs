@@ -1,9 +1,11 @@
 //! Attachment storage: provider media (call recordings) downloaded with the provider's
-//! credentials, kept in `<data_dir>/attachments/`, and served from signed, expiring URLs, so
-//! subscribers never need the provider's credentials.
+//! credentials, and files a request carried (a mail's attachments), kept in
+//! `<data_dir>/attachments/` and served from signed, expiring URLs, so subscribers never need
+//! the provider's credentials.
 //!
 //! A URL is `<base>/attachments/<file>?expires=<unix seconds>&signature=<base64url HMAC-SHA256
-//! over "<file>:<expires>">`, keyed by a secret kept in the data directory.
+//! over "<file>:<expires>">`, keyed by a secret kept in the data directory; a file with a name
+//! adds `&name=<name>` and the signature covers `"<file>:<expires>:<name>"`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,12 +48,40 @@ pub struct MediaStore {
     client: reqwest::Client,
 }
 
-/// The content types Switchboard stores, by file extension.
-const KINDS: [(&str, &str); 3] = [
+/// The content types Switchboard serves as what they are, by file extension; anything else
+/// is kept as `bin` and served as `application/octet-stream` (never HTML or script from this
+/// origin).
+const KINDS: [(&str, &str); 9] = [
     ("mp3", "audio/mpeg"),
     ("wav", "audio/wav"),
+    ("pdf", "application/pdf"),
+    ("png", "image/png"),
+    ("jpg", "image/jpeg"),
+    ("gif", "image/gif"),
+    ("webp", "image/webp"),
+    ("txt", "text/plain"),
     ("bin", "application/octet-stream"),
 ];
+
+/// A `Content-Type` without its parameters, lower-cased: `text/plain` of
+/// `Text/Plain; charset=utf-8`.
+pub fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The extension a file of `content_type` is kept under.
+fn extension(content_type: &str) -> &'static str {
+    let essence = essence(content_type);
+    KINDS
+        .iter()
+        .find(|(_, ct)| *ct == essence)
+        .map_or("bin", |(ext, _)| *ext)
+}
 
 impl MediaStore {
     pub fn new(
@@ -151,6 +181,46 @@ impl MediaStore {
         Ok(file)
     }
 
+    /// Largest file kept, in bytes (`max_attachment_bytes`).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Keep `bytes` a request carried; returns the stored file name (`<id>.<ext>`). The id is
+    /// a MAC of the content, so the same file kept twice (a mail delivered again) is one copy.
+    /// Written to a file of its own, synced, then renamed into place: a file name returned
+    /// always names the whole file.
+    pub async fn keep(&self, bytes: &[u8], content_type: &str) -> std::io::Result<String> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("HMAC takes any key");
+        mac.update(b"content id:");
+        mac.update(bytes);
+        let id: String = mac.finalize().into_bytes()[..10]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let file = format!("{id}.{}", extension(content_type));
+        if tokio::fs::try_exists(self.dir.join(&file)).await? {
+            return Ok(file);
+        }
+        crate::files::private_dir(&self.dir).map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!(".{file}.{}.part", new_id()));
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let written = async {
+            let mut out = options.open(&tmp).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut out, bytes).await?;
+            out.sync_all().await?;
+            tokio::fs::rename(&tmp, self.dir.join(&file)).await
+        }
+        .await;
+        if written.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        written.map(|()| file)
+    }
+
     /// The stored id for `fetch`: 20 hex digits of a MAC of its URL and credentials, so ids
     /// cannot be guessed, and a kept copy is only found again by a request that carries the
     /// credentials it was fetched with.
@@ -165,11 +235,15 @@ impl MediaStore {
         digest[..10].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn mac(&self, file: &str, expires: i64) -> Hmac<Sha256> {
+    fn mac(&self, file: &str, expires: i64, name: Option<&str>) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("HMAC takes any key");
         mac.update(file.as_bytes());
         mac.update(b":");
         mac.update(expires.to_string().as_bytes());
+        if let Some(name) = name {
+            mac.update(b":");
+            mac.update(name.as_bytes());
+        }
         mac
     }
 
@@ -179,7 +253,19 @@ impl MediaStore {
         format!(
             "{}/attachments/{file}?expires={expires}&signature={}",
             base.trim_end_matches('/'),
-            B64URL.encode(self.mac(file, expires).finalize().into_bytes())
+            B64URL.encode(self.mac(file, expires, None).finalize().into_bytes())
+        )
+    }
+
+    /// As [`MediaStore::signed_url`], for a file served under `name` (a mail attachment's
+    /// file name, which the signature covers).
+    pub fn signed_url_named(&self, base: &str, file: &str, name: &str, now_secs: i64) -> String {
+        let expires = now_secs + self.ttl.as_secs() as i64;
+        let name_param: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        format!(
+            "{}/attachments/{file}?expires={expires}&name={name_param}&signature={}",
+            base.trim_end_matches('/'),
+            B64URL.encode(self.mac(file, expires, Some(name)).finalize().into_bytes())
         )
     }
 
@@ -188,13 +274,14 @@ impl MediaStore {
         &self,
         file: &str,
         expires: i64,
+        name: Option<&str>,
         signature: &str,
         now_secs: i64,
     ) -> Result<(), UrlError> {
         let given = B64URL
             .decode(signature)
             .map_err(|_| UrlError::BadSignature)?;
-        self.mac(file, expires)
+        self.mac(file, expires, name)
             .verify_slice(&given)
             .map_err(|_| UrlError::BadSignature)?;
         if now_secs > expires {
@@ -245,21 +332,21 @@ mod tests {
         assert_eq!(expires, 1_060);
         let sig = &params["signature"];
         let file = "AAAAAAAAAAAAAAAAAAAA.mp3";
-        assert_eq!(media.verify(file, expires, sig, 1_050), Ok(()));
+        assert_eq!(media.verify(file, expires, None, sig, 1_050), Ok(()));
         assert_eq!(
-            media.verify(file, expires, sig, 1_061),
+            media.verify(file, expires, None, sig, 1_061),
             Err(UrlError::Expired)
         );
         assert_eq!(
-            media.verify(file, expires + 1, sig, 1_050),
+            media.verify(file, expires + 1, None, sig, 1_050),
             Err(UrlError::BadSignature)
         );
         assert_eq!(
-            media.verify("BBBBBBBBBBBBBBBBBBBB.mp3", expires, sig, 1_050),
+            media.verify("BBBBBBBBBBBBBBBBBBBB.mp3", expires, None, sig, 1_050),
             Err(UrlError::BadSignature)
         );
         assert_eq!(
-            media.verify(file, expires, "!!", 1_050),
+            media.verify(file, expires, None, "!!", 1_050),
             Err(UrlError::BadSignature)
         );
     }

@@ -28,9 +28,23 @@ pub struct EmailDetails {
     /// The provider's own verdicts, as it sent them.
     pub authentication: BTreeMap<String, String>,
     pub omitted_attachments: Vec<OmittedAttachment>,
+    /// The attachments and inline parts, in the mail's order, until the ingest service keeps
+    /// them (then the message's `attachments` are their signed URLs).
+    pub files: Vec<EmailFile>,
     /// Hex SHA-256 of what makes two mails the same mail: From address, Date, Subject and
     /// the decoded text, whitespace-normalized.
     pub content_hash: String,
+}
+
+/// One attachment or inline part of a mail, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailFile {
+    /// Its file name (RFC 2231 and encoded-word names decoded).
+    pub name: String,
+    pub content_type: String,
+    /// `Content-ID` without angle brackets (an inline image the HTML refers to by `cid:`).
+    pub content_id: Option<String>,
+    pub bytes: Vec<u8>,
 }
 
 impl EmailDetails {

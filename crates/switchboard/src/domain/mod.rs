@@ -7,6 +7,6 @@ pub mod message;
 pub mod phone;
 pub mod time;
 
-pub use email::EmailDetails;
+pub use email::{EmailDetails, EmailFile};
 pub use message::{ContactIdentity, Fact, NewMessage, OtherIdentity};
 pub use phone::PhoneNumber;

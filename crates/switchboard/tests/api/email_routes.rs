@@ -364,6 +364,20 @@ async fn postmark_json_with_and_without_the_raw_mail() {
         event["authentication"],
         json!({ "spamScore": "-0.1", "spamStatus": "No" })
     );
+    // Its attachment is kept, and the HTML's cid: points at the copy.
+    let url = event["attachments"][0].as_str().unwrap();
+    let kept = app
+        .client
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(kept.as_ref(), png);
+    let body = event["body"].as_str().unwrap();
+    assert!(body.contains(&url.replace('&', "&amp;")), "{event}");
 
     // RawEmail is read as raw mail: the same event as the raw route's (one location, so the
     // raw route's copy is the same message).
@@ -465,6 +479,153 @@ async fn sendgrid_raw_and_parsed_with_charsets() {
         403
     );
     app.expect_events(2).await;
+}
+
+/// The four routes, for tests that run over each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Route {
+    Raw,
+    Mailgun,
+    SendGrid,
+    Postmark,
+}
+
+pub(crate) const ROUTES: [Route; 4] =
+    [Route::Raw, Route::Mailgun, Route::SendGrid, Route::Postmark];
+
+/// Post a raw mail by `route` as its service posts one (Mailgun: signed now with `nonce` as the
+/// token; SendGrid: raw mode; Postmark: `RawEmail`), for support@acme.test.
+pub(crate) async fn post_via(
+    app: &TestApp,
+    route: Route,
+    mail: Vec<u8>,
+    token: &str,
+    nonce: &str,
+) -> reqwest::Response {
+    let envelope = json!({ "to": ["support@acme.test"], "from": "x@example.com" }).to_string();
+    match route {
+        Route::Raw => post_raw(app, mail, token, Some("support@acme.test")).await,
+        Route::Mailgun => {
+            let mut parts = mailgun_signature(MAILGUN_KEY, None, nonce);
+            parts.push(("recipient", b"support@acme.test".to_vec(), None));
+            parts.push(("body-mime", mail, None));
+            post_form(app, MAILGUN_PATH, &parts).await
+        }
+        Route::SendGrid => {
+            let parts: Vec<Part<'_>> = vec![
+                ("email", mail, None),
+                ("envelope", envelope.into_bytes(), None),
+            ];
+            post_sendgrid(app, &parts, token).await
+        }
+        Route::Postmark => {
+            let body = json!({ "OriginalRecipient": "support@acme.test",
+                               "RawEmail": String::from_utf8(mail).unwrap() });
+            post_postmark(app, &body, token).await
+        }
+    }
+}
+
+/// A full disk, on every route: each mail answered 200 is stored and delivered, each answered
+/// 503 is not (no message, no thread record, no Mailgun token half-written: the same post
+/// again once space is back is stored, as a mail never seen).
+#[tokio::test]
+async fn a_full_disk_answers_503_on_every_route_and_stores_no_part_of_a_mail() {
+    let Some(fs) = crate::storage_faults::SmallFs::mount("8m") else {
+        return;
+    };
+    let app = spawn_app_with(|c| {
+        c.data_dir = fs.path.join("data");
+        c.sqlite_busy_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (_, token, receiver) = mailgun_setup(&app).await;
+    let text = "All work and no play. ".repeat(1000);
+    let mail = |id: &str| {
+        format!("Message-ID: <{id}>\r\nFrom: Ana <ana@example.com>\r\nTo: support@acme.test\r\nSubject: full\r\n\r\n{text}\r\n")
+            .into_bytes()
+    };
+    let mut expected = Vec::new();
+    let started = std::time::Instant::now();
+    for route in ROUTES {
+        let filler = fs.fill(1024 * 1024);
+        let (mut stored, mut refused) = (Vec::new(), Vec::new());
+        for n in 0..300 {
+            let id = format!("full-{route:?}-{n}@example.com");
+            let r = post_via(
+                &app,
+                route,
+                mail(&id),
+                &token,
+                &format!("{route:?}-{n:0>46}"),
+            )
+            .await;
+            match r.status().as_u16() {
+                200 => stored.push((n, id)),
+                503 => {
+                    assert!(r.headers().contains_key("retry-after"), "{route:?}");
+                    refused.push((n, id));
+                    if refused.len() == 5 {
+                        break;
+                    }
+                }
+                other => panic!("{route:?} mail {n}: {other} {}", r.text().await.unwrap()),
+            }
+        }
+        eprintln!(
+            "{:?} {route:?} on a full disk: {} stored, {} refused",
+            started.elapsed(),
+            stored.len(),
+            refused.len()
+        );
+        assert!(
+            !refused.is_empty() && !stored.is_empty(),
+            "{route:?}: the disk filled at once or never"
+        );
+        std::fs::remove_file(&filler).unwrap();
+        for (n, id) in &refused {
+            let r = post_via(
+                &app,
+                route,
+                mail(id),
+                &token,
+                &format!("{route:?}-{n:0>46}"),
+            )
+            .await;
+            assert_eq!(r.status(), 200, "{route:?}: the refused post again");
+        }
+        expected.extend(stored.into_iter().chain(refused).map(|(_, id)| id));
+    }
+    eprintln!("{:?} all posted", started.elapsed());
+    // The feed holds each mail once, none marked reused.
+    expected.sort();
+    let events = app.expect_events(expected.len()).await;
+    let mut stored: Vec<String> = events
+        .iter()
+        .map(|e| {
+            assert!(e.get("messageIdReused").is_none(), "{e}");
+            e["emailMessageId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    stored.sort();
+    assert_eq!(stored, expected);
+    // Each is delivered (at least once: an attempt whose outcome could not be written while
+    // the disk was full is sent again).
+    eventually(
+        Duration::from_secs(30),
+        "every stored mail delivered",
+        || async {
+            let mut delivered: Vec<String> = receiver
+                .received()
+                .iter()
+                .map(|d| d.json()["emailMessageId"].as_str().unwrap().to_owned())
+                .collect();
+            delivered.sort();
+            delivered.dedup();
+            (delivered == expected).then_some(())
+        },
+    )
+    .await;
 }
 
 crate::both_stores!(

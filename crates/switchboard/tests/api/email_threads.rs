@@ -3,10 +3,6 @@
 //! that came before its parent keeps the parent in its thread, and two different mails under
 //! one Message-ID are two messages, the second marked `messageIdReused`.
 
-use std::time::Duration;
-
-use serde_json::Value;
-
 use crate::email::{deliver as send, post_raw, setup};
 use crate::helpers::*;
 
@@ -168,81 +164,3 @@ crate::both_stores!(
     a_reply_that_arrives_before_its_parent_threads_with_it,
     two_different_mails_with_one_message_id_are_two_messages,
 );
-
-/// A full disk: every mail answered 200 is stored and delivered, every one answered 503 is
-/// not (no message, no thread record half-written: sent again once space is back, it is a
-/// message of its own, not marked `messageIdReused`).
-#[tokio::test]
-async fn a_full_disk_answers_503_and_stores_no_part_of_a_mail() {
-    let Some(fs) = crate::storage_faults::SmallFs::mount("4m") else {
-        return;
-    };
-    let app = spawn_app_with(|c| {
-        c.data_dir = fs.path.join("data");
-        c.sqlite_busy_timeout = Duration::from_secs(2);
-    })
-    .await;
-    let (_, token, receiver) = setup(&app).await;
-    let filler = fs.fill(1024 * 1024);
-    let text = "All work and no play. ".repeat(1000);
-    let numbered = |n: usize| mail(&format!("Message-ID: <full-{n}@example.com>\r\n"), &text);
-    let (mut stored, mut refused) = (Vec::new(), Vec::new());
-    for n in 0..300 {
-        let r = post_raw(&app, numbered(n), &token, None).await;
-        match r.status().as_u16() {
-            200 => stored.push(n),
-            503 => {
-                assert!(r.headers().contains_key("retry-after"));
-                refused.push(n);
-                if refused.len() == 5 {
-                    break;
-                }
-            }
-            other => panic!("mail {n}: {other} {}", r.text().await.unwrap()),
-        }
-    }
-    eprintln!(
-        "full disk: {} stored, {} refused",
-        stored.len(),
-        refused.len()
-    );
-    assert!(!refused.is_empty(), "the disk never filled");
-    assert!(
-        !stored.is_empty(),
-        "nothing was stored before the disk filled"
-    );
-
-    std::fs::remove_file(&filler).unwrap();
-    let ids = |events: &[Value]| -> Vec<String> {
-        events
-            .iter()
-            .map(|e| e["emailMessageId"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    let events = eventually(
-        Duration::from_secs(10),
-        "the acknowledged mails in the feed",
-        || async {
-            let events = app.events().await;
-            (events.len() == stored.len()).then_some(events)
-        },
-    )
-    .await;
-    let expected: Vec<String> = stored
-        .iter()
-        .map(|n| format!("full-{n}@example.com"))
-        .collect();
-    assert_eq!(ids(&events), expected);
-    // Each refused mail, sent again, is stored once, as a mail never seen.
-    for n in &refused {
-        let r = post_raw(&app, numbered(*n), &token, None).await;
-        assert_eq!(r.status(), 200);
-    }
-    let all = stored.len() + refused.len();
-    let got = receiver.wait_for(all, Duration::from_secs(20)).await;
-    for delivery in &got[stored.len()..] {
-        let event = delivery.json();
-        assert!(event.get("messageIdReused").is_none(), "{event}");
-    }
-    app.expect_events(all).await;
-}

@@ -32,6 +32,7 @@ mod contacts;
 mod delivery;
 mod docs;
 mod email;
+mod email_files;
 mod email_routes;
 mod email_threads;
 mod engine;

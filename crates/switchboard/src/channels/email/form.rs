@@ -62,13 +62,7 @@ impl Form {
 /// Read a form post, whichever of the two encodings it came in.
 pub fn read(req: &ProviderRequest) -> Result<Form, ChannelError> {
     let content_type = req.header("content-type").unwrap_or_default();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
+    match crate::media::essence(content_type).as_str() {
         "application/x-www-form-urlencoded" => Ok(Form(
             form_urlencoded::parse(&req.body)
                 .map(|(k, v)| (k.into_owned(), Field::Text(v.into_owned().into_bytes())))

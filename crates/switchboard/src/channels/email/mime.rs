@@ -13,14 +13,7 @@ use crate::channels::ChannelError;
 use crate::domain::{ContactIdentity, EmailDetails, Fact, NewMessage};
 
 /// One attachment or inline part of a mail, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
-    pub name: String,
-    pub content_type: String,
-    /// `Content-ID` without angle brackets (an inline image the HTML refers to by `cid:`).
-    pub content_id: Option<String>,
-    pub bytes: Vec<u8>,
-}
+pub use crate::domain::EmailFile as Attachment;
 
 /// A mail as every route ends: what Switchboard files of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +200,29 @@ fn bounce(message: &mail_parser::Message<'_>) -> Option<Bounce> {
     })
 }
 
+/// An attachment's bytes as the sender attached them: transfer-decoded, never re-encoded
+/// (a text attachment the parser decoded into UTF-8 is read again from the raw mail).
+fn file_bytes(message: &mail_parser::Message<'_>, part: &mail_parser::MessagePart<'_>) -> Vec<u8> {
+    use mail_parser::decoders::{base64::base64_decode, quoted_printable::quoted_printable_decode};
+    if !matches!(part.body, PartType::Text(_) | PartType::Html(_)) {
+        return part.contents().to_vec();
+    }
+    let raw = message
+        .raw_message()
+        .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)
+        .unwrap_or_default();
+    let encoding = part
+        .content_transfer_encoding()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let decoded = match encoding.trim() {
+        "base64" => base64_decode(raw),
+        "quoted-printable" => quoted_printable_decode(raw),
+        _ => Some(raw.to_vec()),
+    };
+    decoded.unwrap_or_else(|| part.contents().to_vec())
+}
+
 /// Read raw mail bytes. Fails only when they are not mail at all (nothing parses, or no
 /// `From` address); a mail that parses only in part is kept with what could be read.
 pub fn read(raw: &[u8]) -> Result<Mail, ChannelError> {
@@ -275,7 +291,7 @@ pub fn read(raw: &[u8]) -> Result<Mail, ChannelError> {
                 content_id: part
                     .content_id()
                     .map(|id| clean(id.trim().trim_start_matches('<').trim_end_matches('>'))),
-                bytes: part.contents().to_vec(),
+                bytes: file_bytes(&message, part),
             }
         })
         .collect();
@@ -368,6 +384,7 @@ impl Mail {
                 bounce: self.bounce,
                 authentication,
                 omitted_attachments: vec![],
+                files: self.attachments,
                 content_hash: self.content_hash,
             })),
             received_at_ms: now_ms,

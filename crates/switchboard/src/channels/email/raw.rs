@@ -91,8 +91,8 @@ impl Channel for RawMime {
 
     fn parse(req: &ProviderRequest) -> Result<Received, ChannelError> {
         let content_type = req.header("content-type").unwrap_or_default();
-        let essence = content_type.split(';').next().unwrap_or_default().trim();
-        if !essence.eq_ignore_ascii_case("message/rfc822") {
+        let essence = crate::media::essence(content_type);
+        if essence != "message/rfc822" {
             return Err(ChannelError::UnsupportedMediaType(format!(
                 "this route takes raw mail as message/rfc822, not `{essence}`"
             )));
