@@ -98,6 +98,9 @@ enum Command {
 enum Simulate {
     /// An inbound SMS (or MMS with --media) from Twilio's "A message comes in" webhook.
     TwilioSms(switchboard::simulate::SimulatedSms),
+    /// A mail by one of the e-mail routes (raw MIME, Mailgun, SendGrid, Postmark), signed or
+    /// authenticated as that service does it.
+    Email(switchboard::simulate::email::SimulatedEmail),
 }
 
 #[tokio::main]
@@ -176,6 +179,19 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
             let (status, text) = switchboard::simulate::twilio_sms(&sms).await?;
+            println!("{status} {text}");
+            anyhow::ensure!(
+                (200..300).contains(&status),
+                "Switchboard answered {status}"
+            );
+            Ok(())
+        }
+        Command::Simulate(Simulate::Email(mut mail)) => {
+            if mail.server.is_none() {
+                let config = load()?;
+                mail.server = Some(switchboard::simulate::local_url(&config.listen));
+            }
+            let (status, text) = switchboard::simulate::email::email(&mail).await?;
             println!("{status} {text}");
             anyhow::ensure!(
                 (200..300).contains(&status),

@@ -110,7 +110,86 @@ async fn a_mail_with_a_broken_part_is_filed_with_what_could_be_read() {
     assert_eq!(event["subject"], "broken");
 }
 
+/// `switchboard simulate email` reaches a subscriber by every route, with an attachment and a
+/// reply threaded to the first mail.
+async fn simulate_email_reaches_a_subscriber_by_every_route() {
+    let app = spawn_app().await;
+    let (location, token, receiver) = setup(&app).await;
+    let r = crate::email::configure_email(
+        &app,
+        &location,
+        json!({ "addresses": ["support@acme.test"], "inboundToken": token,
+                "mailgunSigningKey": crate::email_routes::MAILGUN_KEY }),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let attachment =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/email/factura.pdf");
+    for (n, via) in ["raw", "mailgun", "sendgrid", "postmark"]
+        .iter()
+        .enumerate()
+    {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
+            .args(["simulate", "email", "--server", &app.address, "--via", via])
+            .args([
+                "--inbound-token",
+                &token,
+                "--mailgun-signing-key",
+                crate::email_routes::MAILGUN_KEY,
+            ])
+            .args([
+                "--from",
+                "Ana Pérez <ana@example.com>",
+                "--to",
+                "support+sim@acme.test",
+            ])
+            .args([
+                "--subject",
+                &format!("Hola por {via}"),
+                "--body",
+                "¿Abren hoy?\nGracias",
+            ])
+            .args([
+                "--message-id",
+                &format!("sim-{via}@example.com"),
+                "--in-reply-to",
+                "sim-raw@example.com",
+            ])
+            .arg("--attach")
+            .arg(&attachment);
+        // Off the runtime's thread: the server under test runs on it.
+        let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{via}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let event = receiver
+            .wait_for(n + 1, std::time::Duration::from_secs(10))
+            .await[n]
+            .json();
+        assert_eq!(event["provider"], *via, "{event:#}");
+        assert_eq!(event["subject"], format!("Hola por {via}"));
+        assert_eq!(event["from"], "Ana Pérez <ana@example.com>");
+        assert_eq!(event["plainText"], "¿Abren hoy?\nGracias");
+        assert_eq!(event["threadId"], "sim-raw@example.com", "{via}");
+        let urls = urls(&event);
+        assert_eq!(urls.len(), 1, "{via}: {event:#}");
+        assert_eq!(
+            fetch(&app, &urls[0]).await.3,
+            fixture("factura.pdf"),
+            "{via}"
+        );
+    }
+    app.expect_events(4).await;
+}
+
 crate::both_stores!(
+    simulate_email_reaches_a_subscriber_by_every_route,
     attachments_and_inline_images_are_kept_and_served_byte_identical,
     an_attachment_over_the_limit_is_listed_not_dropped,
     a_mail_with_a_broken_part_is_filed_with_what_could_be_read,

@@ -68,7 +68,7 @@ fn long_files(files: &[PathBuf]) -> Vec<(PathBuf, usize)> {
 
 /// The source files outside `src/channels/` that may name a provider: the tools that play
 /// one (the benchmark, `simulate`, the fuzz entry points) and the command line that runs them.
-const TOOLS: [&str; 4] = ["bench", "simulate.rs", "fuzzing.rs", "main.rs"];
+const TOOLS: [&str; 4] = ["bench", "simulate", "fuzzing.rs", "main.rs"];
 
 /// Every source file outside `src/channels/` and the tools.
 fn core_files() -> Vec<PathBuf> {

@@ -143,7 +143,11 @@ fn the_quick_start_runs_as_pasted() {
             &format!("\"127.0.0.1\", {subscriber_port})"),
         )
     };
-    let (server_block, terminal) = (&blocks[0], blocks[1..].concat());
+    // Then the e-mail channel's quick start, in the same terminal (it builds on LOC and auth).
+    let email_doc = std::fs::read_to_string(repo_root().join("docs/channels/email.md")).unwrap();
+    let email_blocks = fenced_blocks(section(&email_doc, "Quick start"), "sh");
+    assert_eq!(email_blocks.len(), 1, "the e-mail quick start is one block");
+    let (server_block, terminal) = (&blocks[0], blocks[1..].concat() + &email_blocks[0]);
     require(server_block, "cargo run --release -- serve");
     for expected in ["127.0.0.1:8080", "127.0.0.1:9000", "\"127.0.0.1\", 9000)"] {
         require(&terminal, expected);
@@ -233,4 +237,46 @@ fn the_quick_start_runs_as_pasted() {
     );
     // `simulate` printed the provider's answer: 200 and empty TwiML.
     assert!(printed.lines().any(|l| l.starts_with("200 ")), "{printed}");
+
+    // The e-mail quick start: one mail by each route, under one contact.
+    let mut mails = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the subscriber to print four mails",
+        || {
+            mails = printed_events(&terminal_log, "Email");
+            mails.len() == 4
+        },
+    );
+    let providers: Vec<&str> = mails
+        .iter()
+        .map(|m| m["provider"].as_str().unwrap())
+        .collect();
+    assert_eq!(providers.len(), 4);
+    for via in ["raw", "mailgun", "sendgrid", "postmark"] {
+        assert!(providers.contains(&via), "{providers:?}");
+    }
+    assert!(
+        mails
+            .iter()
+            .all(|m| m["contactId"] == mails[0]["contactId"]),
+        "{mails:#?}"
+    );
+    assert!(
+        mails
+            .iter()
+            .all(|m| m["body"] == "<div>Is the shop open today?</div>"),
+        "{mails:#?}"
+    );
+}
+
+/// The events of `messageType` the subscriber printed.
+fn printed_events(log: &Path, message_type: &str) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("{\"type\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["messageType"] == message_type)
+        .collect()
 }

@@ -1,5 +1,8 @@
 //! `switchboard simulate twilio-sms`: post an inbound SMS to a Switchboard exactly as Twilio
-//! would (same form fields, same `X-Twilio-Signature`), to try a setup without a phone.
+//! would (same form fields, same `X-Twilio-Signature`), to try a setup without a phone; and
+//! `switchboard simulate email` ([`email`]), a mail by any of the e-mail routes.
+
+pub mod email;
 
 use anyhow::Context;
 
@@ -103,7 +106,7 @@ pub async fn twilio_sms(sms: &SimulatedSms) -> anyhow::Result<(u16, String)> {
 }
 
 /// 32 random hexadecimal digits: the part of a Twilio SID after its two letters.
-fn hex_id() -> String {
+pub(crate) fn hex_id() -> String {
     (0..16)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
