@@ -188,7 +188,48 @@ async fn simulate_email_reaches_a_subscriber_by_every_route() {
     app.expect_events(4).await;
 }
 
+/// The attachments of one mail are the same by every route: the same names, the same bytes.
+async fn attachments_arrive_alike_by_every_route() {
+    let app = spawn_app().await;
+    let (_, token, receiver) = crate::email_routes::mailgun_setup(&app).await;
+    let files = ["logo.png", "factura.pdf", "resume.txt"];
+    for (n, route) in crate::email_routes::ROUTES.into_iter().enumerate() {
+        let mail = String::from_utf8(fixture("attachments.eml"))
+            .unwrap()
+            .replace("att-1@", &format!("att-{route:?}@"));
+        let r = crate::email_routes::post_via(
+            &app,
+            route,
+            mail.into_bytes(),
+            &token,
+            &format!("att-{n:0>46}"),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{route:?}");
+        let event = receiver
+            .wait_for(n + 1, std::time::Duration::from_secs(10))
+            .await[n]
+            .json();
+        let urls = urls(&event);
+        assert_eq!(urls.len(), 3, "{route:?}: {event:#}");
+        for (url, file) in urls.iter().zip(files) {
+            assert_eq!(fetch(&app, url).await.3, fixture(file), "{route:?} {file}");
+        }
+        assert!(
+            urls[1].contains("name=Factura+n%C2%BA+1.pdf"),
+            "{route:?}: {}",
+            urls[1]
+        );
+        assert!(
+            urls[2].contains("name=r%C3%A9sum%C3%A9.txt"),
+            "{route:?}: {}",
+            urls[2]
+        );
+    }
+}
+
 crate::both_stores!(
+    attachments_arrive_alike_by_every_route,
     simulate_email_reaches_a_subscriber_by_every_route,
     attachments_and_inline_images_are_kept_and_served_byte_identical,
     an_attachment_over_the_limit_is_listed_not_dropped,

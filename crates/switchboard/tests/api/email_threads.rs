@@ -1,10 +1,30 @@
 //! E-mail threading and duplicates against the location's stored mail: a reply joins the
 //! thread of any stored id of its chain (even when its headers name only its parent), a reply
 //! that came before its parent keeps the parent in its thread, and two different mails under
-//! one Message-ID are two messages, the second marked `messageIdReused`.
+//! one Message-ID are two messages, the second marked `messageIdReused`. The mails take the
+//! four routes in turn: threading and duplicates do not depend on the route.
 
-use crate::email::{deliver as send, post_raw, setup};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::email::post_raw;
+use crate::email_routes::{mailgun_setup as setup, post_via, ROUTES};
 use crate::helpers::*;
+
+/// Post a mail by the `n`th route in turn and return its event (the `n`th the receiver got).
+async fn send(
+    app: &TestApp,
+    receiver: &TestReceiver,
+    token: &str,
+    mail: Vec<u8>,
+    n: usize,
+) -> Value {
+    let route = ROUTES[n % ROUTES.len()];
+    let r = post_via(app, route, mail, token, &format!("thread-{n:0>43}")).await;
+    assert_eq!(r.status(), 200, "{route:?}: {}", r.text().await.unwrap());
+    receiver.wait_for(n, Duration::from_secs(10)).await[n - 1].json()
+}
 
 /// A mail from ana@example.com to support@acme.test with these extra headers.
 fn mail(headers: &str, text: &str) -> Vec<u8> {
