@@ -70,20 +70,28 @@ impl Ingest {
     ) -> Result<Response, Refusal> {
         let parsed = C::parse(request)?;
         let key = C::route(&parsed);
-        let account =
-            self.account(C::PROVIDER, &key)
-                .await?
-                .ok_or_else(|| Refusal::Unverified {
-                    reason: "not_connected",
-                    detail: format!(
-                        "no location has {} connected for {}",
-                        C::PROVIDER,
-                        key.address
-                            .as_deref()
-                            .or(key.account_id.as_deref())
-                            .unwrap_or("this request")
-                    ),
-                })?;
+        let Some(account) = self.account(C::PROVIDER, &key).await? else {
+            let address = key
+                .address
+                .as_deref()
+                .or(key.account_id.as_deref())
+                .unwrap_or("this request");
+            // Mail for an address nobody claims: 404, which the mail services retry (for
+            // hours to days), so mail sent before its address is connected is not lost. Which
+            // addresses receive mail is public anyway (MX records, the addresses themselves),
+            // unlike which phone numbers are connected.
+            if C::MAIL {
+                return Err(Refusal::Answered(ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "unknown_recipient",
+                    format!("no location receives mail for {address} (nor for its domain)"),
+                )));
+            }
+            return Err(Refusal::Unverified {
+                reason: "not_connected",
+                detail: format!("no location has {} connected for {address}", C::PROVIDER),
+            });
+        };
         C::verify(request, &parsed, &account).map_err(|e| match e {
             ChannelError::BadSignature(detail) => Refusal::Unverified {
                 reason: "invalid_signature",

@@ -381,9 +381,11 @@ async fn recipients_route_by_address_then_domain_and_plus_tags_are_ignored() {
     assert_eq!(r.status(), 200);
     let got = receiver.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(got[2].json()["locationId"], sales.as_str());
-    // Nobody's: refused, nothing stored.
+    // Nobody's: 404 (which the mail services retry), nothing stored.
     let r = post_raw(&app, mail("someone@elsewhere.test"), &token, None).await;
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_recipient", "{body}");
     app.expect_events(3).await;
 }
 

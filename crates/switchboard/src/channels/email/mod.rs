@@ -174,7 +174,8 @@ impl Provider for Email {
             "responses": {
                 "200": { "description": "Stored" },
                 "400": error_response("Not an e-mail message"),
-                "403": error_response("Missing or wrong credentials, or no location receives mail for the recipients"),
+                "403": error_response("Missing or wrong credentials"),
+                "404": error_response("No location receives mail for the recipients (the services retry)"),
                 "413": error_response("Larger than max_email_bytes"),
                 "415": error_response("Not the content type this route takes")
             }
