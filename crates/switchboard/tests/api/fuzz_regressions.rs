@@ -31,3 +31,8 @@ fn http_host() {
 fn api_json() {
     replay("api_json", fuzzing::api_json);
 }
+
+#[test]
+fn email_mail() {
+    replay("email_mail", fuzzing::email_mail);
+}

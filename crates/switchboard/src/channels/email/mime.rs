@@ -318,7 +318,9 @@ pub fn read(raw: &[u8]) -> Result<Mail, ChannelError> {
         content_hash,
         x_headers: message
             .headers_raw()
-            .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
+            .filter(|(name, _)| {
+                name.len() > 2 && name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
+            })
             .take(100)
             .map(|(name, value)| (name.to_owned(), clean(value.trim())))
             .collect(),
@@ -481,6 +483,29 @@ pub fn compose(parts: &ParsedParts<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_header(header: &str) -> Mail {
+        read(format!("From: a@example.com\r\n{header}\r\nSubject: s\r\n\r\nbody\r\n").as_bytes())
+            .unwrap()
+    }
+
+    #[test]
+    fn every_auto_reply_mark_is_seen_and_no_is_not_one() {
+        for header in [
+            "Auto-Submitted: auto-replied",
+            "Auto-Submitted: auto-generated; owner-email=x@example.com",
+            "X-Autoreply: yes",
+            "X-Autorespond: vacation",
+            "Precedence: bulk",
+            "Precedence: junk",
+            "Precedence: auto_reply",
+        ] {
+            assert!(with_header(header).auto_reply, "{header}");
+        }
+        for header in ["Auto-Submitted: no", "Precedence: list", "X-Other: yes"] {
+            assert!(!with_header(header).auto_reply, "{header}");
+        }
+    }
 
     #[test]
     fn a_composed_entity_reads_back_as_the_same_mail() {
