@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::credential_hosts::CredentialHosts;
-use crate::domain::ids::{looks_like_id, new_id};
+use crate::domain::ids::{hex, looks_like_id, new_id};
 use crate::ssrf::TargetPolicy;
 
 /// Where to fetch a provider's media, with the credentials it needs.
@@ -166,42 +166,14 @@ impl MediaStore {
             .or_else(|| fetch.url.ends_with(".mp3").then_some("mp3"))
             .unwrap_or("bin");
         let file = format!("{id}.{ext}");
-        crate::files::private_dir(&self.dir)?;
-        // Its own name per download: two of the same media at once each write their own.
-        let tmp = self.dir.join(format!(".{file}.{}.part", new_id()));
-        let mut options = tokio::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        options.mode(0o600);
-        let mut out = options.open(&tmp).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut out, &body).await?;
-        out.sync_all().await?;
-        drop(out);
-        tokio::fs::rename(&tmp, self.dir.join(&file)).await?;
+        self.write(&file, &body).await?;
         Ok(file)
     }
 
-    /// Largest file kept, in bytes (`max_attachment_bytes`).
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
-    }
-
-    /// Keep `bytes` a request carried; returns the stored file name (`<id>.<ext>`). The id is
-    /// a MAC of the content, so the same file kept twice (a mail delivered again) is one copy.
-    /// Written to a file of its own, synced, then renamed into place: a file name returned
-    /// always names the whole file.
-    pub async fn keep(&self, bytes: &[u8], content_type: &str) -> std::io::Result<String> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("HMAC takes any key");
-        mac.update(b"content id:");
-        mac.update(bytes);
-        let id: String = mac.finalize().into_bytes()[..10]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let file = format!("{id}.{}", extension(content_type));
-        if tokio::fs::try_exists(self.dir.join(&file)).await? {
-            return Ok(file);
-        }
+    /// Write `bytes` as `file`: to a file of its own (two writers of the same file at once
+    /// each write their own), synced, then renamed into place, so that a file name always
+    /// names a whole file; the partial file is removed when writing fails.
+    async fn write(&self, file: &str, bytes: &[u8]) -> std::io::Result<()> {
         crate::files::private_dir(&self.dir).map_err(std::io::Error::other)?;
         let tmp = self.dir.join(format!(".{file}.{}.part", new_id()));
         let mut options = tokio::fs::OpenOptions::new();
@@ -212,13 +184,33 @@ impl MediaStore {
             let mut out = options.open(&tmp).await?;
             tokio::io::AsyncWriteExt::write_all(&mut out, bytes).await?;
             out.sync_all().await?;
-            tokio::fs::rename(&tmp, self.dir.join(&file)).await
+            tokio::fs::rename(&tmp, self.dir.join(file)).await
         }
         .await;
         if written.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
-        written.map(|()| file)
+        written
+    }
+
+    /// Largest file kept, in bytes (`max_attachment_bytes`).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Keep `bytes` a request carried; returns the stored file name (`<id>.<ext>`). The id is
+    /// a MAC of the content, so the same file kept twice (a mail delivered again) is one copy.
+    pub async fn keep(&self, bytes: &[u8], content_type: &str) -> std::io::Result<String> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.url_key).expect("HMAC takes any key");
+        mac.update(b"content id:");
+        mac.update(bytes);
+        let id = hex(&mac.finalize().into_bytes()[..10]);
+        let file = format!("{id}.{}", extension(content_type));
+        if tokio::fs::try_exists(self.dir.join(&file)).await? {
+            return Ok(file);
+        }
+        self.write(&file, bytes).await?;
+        Ok(file)
     }
 
     /// The stored id for `fetch`: 20 hex digits of a MAC of its URL and credentials, so ids
@@ -232,7 +224,7 @@ impl MediaStore {
             mac.update(part.as_bytes());
         }
         let digest = mac.finalize().into_bytes();
-        digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&digest[..10])
     }
 
     fn mac(&self, file: &str, expires: i64, name: Option<&str>) -> Hmac<Sha256> {

@@ -39,6 +39,16 @@ fn id_at(ms: u64, rng: &mut impl Rng) -> String {
 }
 
 /// Whether `s` has the shape of an id this generator makes (cheap guard for path parameters).
+/// Lower-case hexadecimal of `bytes` (digests, MACs, ids derived from them).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 pub fn looks_like_id(s: &str) -> bool {
     s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }

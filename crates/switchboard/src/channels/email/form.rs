@@ -105,13 +105,7 @@ fn multipart(content_type: &str, body: &[u8]) -> Result<Form, ChannelError> {
         let field = match part.attachment_name() {
             Some(filename) => Field::File {
                 filename: filename.to_owned(),
-                content_type: part.content_type().map_or_else(
-                    || "application/octet-stream".to_owned(),
-                    |c| match c.subtype() {
-                        Some(sub) => format!("{}/{sub}", c.ctype()).to_ascii_lowercase(),
-                        None => c.ctype().to_ascii_lowercase(),
-                    },
-                ),
+                content_type: super::mime::media_type(part),
                 bytes: raw_contents(&message, part).to_vec(),
             },
             // As sent: not decoded by a charset the part does not declare.

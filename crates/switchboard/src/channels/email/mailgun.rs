@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use super::form::{self, Form};
 use super::mime::{self, Attachment, Mail, ParsedParts};
@@ -34,11 +35,7 @@ pub fn sign(key: &str, timestamp: &str, token: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
     mac.update(timestamp.as_bytes());
     mac.update(token.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::domain::ids::hex(&mac.finalize().into_bytes())
 }
 
 fn malformed(why: &str) -> ChannelError {
@@ -138,15 +135,17 @@ impl Channel for Mailgun {
             .ok_or_else(|| ChannelError::BadSignature("no mailgunSigningKey is set".into()))?;
         let field = |n: &str| parsed.form.text(n).unwrap_or_default();
         let (timestamp, token) = (field("timestamp"), field("token"));
-        let given: Vec<u8> = (0..field("signature").len() / 2)
-            .filter_map(|i| u8::from_str_radix(field("signature").get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
-        mac.update(timestamp.as_bytes());
-        mac.update(token.as_bytes());
-        // Constant time.
-        mac.verify_slice(&given)
-            .map_err(|_| ChannelError::BadSignature("signature does not match".into()))?;
+        // Hex either case, compared in constant time.
+        let given = field("signature").to_ascii_lowercase();
+        if !bool::from(
+            sign(key, timestamp, token)
+                .as_bytes()
+                .ct_eq(given.as_bytes()),
+        ) {
+            return Err(ChannelError::BadSignature(
+                "signature does not match".into(),
+            ));
+        }
         let signed_at = timestamp
             .parse::<i64>()
             .map_err(|_| ChannelError::BadSignature("timestamp is not a number".into()))?;

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use switchboard_events::{Bounce, Direction, MessageType};
 
 use crate::channels::ChannelError;
+use crate::domain::ids::hex;
 use crate::domain::{ContactIdentity, EmailDetails, Fact, NewMessage};
 
 /// One attachment or inline part of a mail, decoded.
@@ -133,7 +134,7 @@ pub fn content_hash(from: &str, date: Option<i64>, subject: Option<&str>, text: 
         h.update(word.as_bytes());
         h.update([b' ']);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&h.finalize())
 }
 
 /// `Auto-Submitted` other than `no`, `X-Autoreply`, `X-Autorespond`, `Precedence:
@@ -223,6 +224,17 @@ fn file_bytes(message: &mail_parser::Message<'_>, part: &mail_parser::MessagePar
     decoded.unwrap_or_else(|| part.contents().to_vec())
 }
 
+/// A MIME part's media type, lower-cased (`application/octet-stream` when it gives none).
+pub fn media_type(part: &mail_parser::MessagePart<'_>) -> String {
+    part.content_type().map_or_else(
+        || "application/octet-stream".to_owned(),
+        |c| match c.subtype() {
+            Some(sub) => format!("{}/{sub}", c.ctype()).to_ascii_lowercase(),
+            None => c.ctype().to_ascii_lowercase(),
+        },
+    )
+}
+
 /// Read raw mail bytes. Fails only when they are not mail at all (nothing parses, or no
 /// `From` address); a mail that parses only in part is kept with what could be read.
 pub fn read(raw: &[u8]) -> Result<Mail, ChannelError> {
@@ -275,13 +287,7 @@ pub fn read(raw: &[u8]) -> Result<Mail, ChannelError> {
         .filter(|p| !p.is_message() || p.attachment_name().is_some())
         .enumerate()
         .map(|(i, part)| {
-            let content_type = part.content_type().map_or_else(
-                || "application/octet-stream".to_owned(),
-                |c| match c.subtype() {
-                    Some(sub) => format!("{}/{}", c.ctype(), sub).to_ascii_lowercase(),
-                    None => c.ctype().to_ascii_lowercase(),
-                },
-            );
+            let content_type = media_type(part);
             Attachment {
                 name: part
                     .attachment_name()
@@ -344,8 +350,7 @@ impl Mail {
             key.update(part.as_bytes());
             key.update([0]);
         }
-        let provider_message_id: String =
-            key.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let provider_message_id = hex(&key.finalize());
         let (contact, contact_name) = match &self.bounce {
             Some(b) => (ContactIdentity::email(&b.recipient), None),
             None => (

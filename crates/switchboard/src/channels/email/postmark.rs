@@ -124,10 +124,7 @@ impl Channel for Postmark {
 
     fn parse(req: &ProviderRequest) -> Result<Posted, ChannelError> {
         let content_type = req.header("content-type").unwrap_or_default();
-        if !content_type
-            .to_ascii_lowercase()
-            .starts_with("application/json")
-        {
+        if crate::media::essence(content_type) != "application/json" {
             return Err(ChannelError::UnsupportedMediaType(format!(
                 "this route takes Postmark's JSON, not `{content_type}`"
             )));

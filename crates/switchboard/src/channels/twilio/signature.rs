@@ -96,10 +96,7 @@ pub fn verify_json(algorithm: Algorithm, key: &[u8], url: &str, body: &[u8], hea
     else {
         return false;
     };
-    let actual: String = Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let actual = crate::domain::ids::hex(&Sha256::digest(body));
     ct_eq(&actual, &expected) && verify_form(algorithm, key, url, &[], header)
 }
 
