@@ -14,12 +14,16 @@ pub const DEFAULTS_TOML: &str = include_str!("../config.default.toml");
 const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Keys that have no default value and are strings when set.
-const OPTIONAL_KEYS: [&str; 5] = [
+const OPTIONAL_KEYS: [&str; 9] = [
     "database_url",
     "admin_token",
     "public_url",
     "app_id",
     "metrics_token",
+    "smtp_listen",
+    "smtp_hostname",
+    "smtp_tls_cert",
+    "smtp_tls_key",
 ];
 
 #[derive(Clone, Deserialize)]
@@ -42,6 +46,17 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest mail the e-mail routes take (their body limit instead of `max_body_bytes`).
     pub max_email_bytes: usize,
+    /// The SMTP listener's address; None: no SMTP listener.
+    pub smtp_listen: Option<String>,
+    pub smtp_hostname: Option<String>,
+    pub smtp_tls_cert: Option<PathBuf>,
+    pub smtp_tls_key: Option<PathBuf>,
+    pub smtp_max_connections: usize,
+    pub smtp_max_connections_per_client: usize,
+    pub smtp_max_recipients: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub smtp_idle_timeout: Duration,
+    pub smtp_max_line_bytes: usize,
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -225,6 +240,21 @@ impl Config {
             || self.max_buffered_body_bytes_per_client > self.max_buffered_body_bytes
         {
             bail!("max_buffered_body_bytes_per_client must be at least max_body_bytes and max_email_bytes, and at most max_buffered_body_bytes");
+        }
+        if self.smtp_tls_cert.is_some() != self.smtp_tls_key.is_some() {
+            bail!("smtp_tls_cert and smtp_tls_key are set together or not at all");
+        }
+        if self.smtp_max_connections == 0 || self.smtp_max_connections_per_client == 0 {
+            bail!("smtp_max_connections and smtp_max_connections_per_client must be at least 1");
+        }
+        if self.smtp_max_recipients == 0 {
+            bail!("smtp_max_recipients must be at least 1");
+        }
+        if self.smtp_idle_timeout.is_zero() {
+            bail!("smtp_idle_timeout must be above zero");
+        }
+        if self.smtp_max_line_bytes < 512 {
+            bail!("smtp_max_line_bytes must be at least 512 (RFC 5321)");
         }
         if let Some(url) = &self.public_url {
             let parsed = url::Url::parse(url).context("public_url is not a URL")?;
@@ -475,5 +505,14 @@ mod tests {
         let err =
             Config::from_layers(None, env(&[("SWITCHBOARD_REQUEST_TIMEOUT", "0s")])).unwrap_err();
         assert!(format!("{err:#}").contains("request_timeout"));
+        let err =
+            Config::from_layers(None, env(&[("SWITCHBOARD_SMTP_TLS_CERT", "/x.pem")])).unwrap_err();
+        assert!(format!("{err:#}").contains("smtp_tls_key"), "{err:#}");
+        let err = Config::from_layers(None, env(&[("SWITCHBOARD_SMTP_MAX_LINE_BYTES", "100")]))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("smtp_max_line_bytes"),
+            "{err:#}"
+        );
     }
 }

@@ -127,7 +127,7 @@ impl Ingest {
 
     /// The account `key` finds: by its address and the rest of its key, else by each of its
     /// other addresses in order.
-    async fn account(
+    pub async fn account(
         &self,
         provider: &str,
         key: &RouteKey,

@@ -58,6 +58,8 @@ pub struct Application {
     local_addr: SocketAddr,
     timeouts: serve::Timeouts,
     limits: serve::limits::Limits,
+    /// The channels' own servers (the SMTP listener), bound.
+    listeners: Vec<Box<dyn crate::channels::Listener>>,
     // Held for the life of the process: one server per embedded database.
     _data_lock: Option<File>,
 }
@@ -258,6 +260,21 @@ impl Application {
                 "metrics_token is not set: anyone who reaches this address can read /metrics (queue depths, webhook ids, request counts); set metrics_token"
             );
         }
+        let mut listeners = vec![];
+        if config.role != Role::Dispatcher {
+            let base = config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{local_addr}"));
+            let context = crate::channels::ListenerContext {
+                config: &config,
+                ingest: &state.ingest,
+                base: base.trim_end_matches('/'),
+            };
+            for channel in crate::channels::CHANNELS {
+                listeners.extend(channel.listeners(&context)?);
+            }
+        }
         let router = match config.role {
             Role::Dispatcher => routes::health_router(state),
             Role::Api | Role::All => routes::router(state),
@@ -282,12 +299,21 @@ impl Application {
                     config.trusted_proxies.clone(),
                 ),
             },
+            listeners,
             _data_lock: data_lock,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of a channel's own server by its protocol (`smtp`), when it runs.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.name() == name)
+            .map(|l| l.local_addr())
     }
 
     /// Serve until Ctrl-C or SIGTERM.
@@ -302,6 +328,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr, "switchboard listening");
         let dispatcher = self.dispatcher.map(|d| tokio::spawn(d.run()));
+        let listeners: Vec<_> = self
+            .listeners
+            .into_iter()
+            .map(|l| tokio::spawn(l.run()))
+            .collect();
         serve::serve(
             self.listener,
             self.router,
@@ -310,6 +341,10 @@ impl Application {
             shutdown,
         )
         .await;
+        // A conversation cut off here has been acknowledged nothing it was not stored for.
+        for listener in listeners {
+            listener.abort();
+        }
         // Deliveries still in flight keep their leases and resume at the next start.
         if let Some(dispatcher) = dispatcher {
             dispatcher.abort();

@@ -67,6 +67,30 @@ pub trait Provider: Sync {
     ) -> serde_json::Value;
     /// The settings body's JSON schema, for the OpenAPI document.
     fn settings_schema(&self) -> serde_json::Value;
+    /// Servers of its own beside the HTTP routes (the e-mail channel's SMTP listener), bound
+    /// as the application is built (a port in use fails the start) and run with it.
+    fn listeners(&self, _context: &ListenerContext<'_>) -> anyhow::Result<Vec<Box<dyn Listener>>> {
+        Ok(vec![])
+    }
+}
+
+/// What a channel's own server is built from.
+pub struct ListenerContext<'a> {
+    pub config: &'a crate::config::Config,
+    /// The path to a stored message every receiver of provider traffic takes.
+    pub ingest: &'a crate::ingest::Ingest,
+    /// The public URL of the HTTP server, without a path: signed media links start with it.
+    pub base: &'a str,
+}
+
+/// A channel's own server, bound and ready to serve.
+pub trait Listener: Send {
+    /// Its protocol, for logs and `Application::listener_addr` ("smtp").
+    fn name(&self) -> &'static str;
+    fn local_addr(&self) -> std::net::SocketAddr;
+    /// Serve until the task is dropped. What it has acknowledged is stored; a conversation cut
+    /// off by the stop acknowledges nothing more.
+    fn run(self: Box<Self>) -> futures_util::future::BoxFuture<'static, ()>;
 }
 
 /// The shortest secret a provider may sign with (auth tokens, shared signing keys).

@@ -45,6 +45,8 @@ pub struct TestApp {
     /// The PostgreSQL database (with its schema) the app stores in; None: the embedded
     /// SQLite file under its data directory (`sqlite_path`).
     pub database_url: Option<String>,
+    /// The SMTP listener's address (host:port), when `smtp_listen` is set.
+    pub smtp: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -99,11 +101,13 @@ async fn spawn_app_on(
         .await
         .expect("app builds");
     let address = format!("http://{}", app.local_addr());
+    let smtp = app.listener_addr("smtp").map(|a| a.to_string());
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         address,
         client: reqwest::Client::new(),
         database_url,
+        smtp,
         _dir: dir,
     }
 }

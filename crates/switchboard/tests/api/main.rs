@@ -56,6 +56,8 @@ mod routing;
 mod secrets_at_rest;
 mod security;
 mod skips;
+mod smtp;
+mod smtp_faults;
 mod storage_faults;
 mod takeover;
 mod targets;

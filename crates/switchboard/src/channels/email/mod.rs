@@ -23,6 +23,7 @@ mod postmark;
 mod raw;
 mod sendgrid;
 mod settings;
+mod smtp;
 
 pub use mailgun::{sign as mailgun_sign, Mailgun};
 pub use postmark::Postmark;
@@ -205,6 +206,13 @@ impl Provider for Email {
 
     fn settings_schema(&self) -> Value {
         settings::schema()
+    }
+
+    fn listeners(
+        &self,
+        context: &crate::channels::ListenerContext<'_>,
+    ) -> anyhow::Result<Vec<Box<dyn crate::channels::Listener>>> {
+        smtp::listeners(context)
     }
 }
 
