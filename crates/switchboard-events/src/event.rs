@@ -229,6 +229,10 @@ pub struct MessageEvent {
     /// `emailMessageId` (senders do reuse them); this one is a message of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id_reused: Option<bool>,
+    /// Email: over its conversation's flood cap (an auto-reply loop): stored, and readable in
+    /// the events feed, but not delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<bool>,
     /// When the event was emitted (ISO-8601 UTC, milliseconds); unchanged across retries.
     pub timestamp: String,
     /// The event's unique id; unchanged across retries. Deduplicate on it.

@@ -57,6 +57,7 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub smtp_idle_timeout: Duration,
     pub smtp_max_line_bytes: usize,
+    pub max_mails_per_conversation_per_minute: u32,
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]

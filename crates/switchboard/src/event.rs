@@ -26,6 +26,8 @@ pub struct Filed<'a> {
 pub struct Thread {
     pub thread_id: String,
     pub message_id_reused: bool,
+    /// Over its conversation's flood cap: stored, not delivered.
+    pub suppressed: bool,
 }
 
 pub fn build(f: &Filed<'_>) -> MessageEvent {
@@ -71,6 +73,7 @@ pub fn build(f: &Filed<'_>) -> MessageEvent {
         authentication: None,
         omitted_attachments: None,
         message_id_reused: None,
+        suppressed: None,
         timestamp: iso_millis(f.emitted_at),
         webhook_id: f.event_id.to_owned(),
     };
@@ -94,6 +97,7 @@ fn add_email(event: &mut MessageEvent, email: &EmailDetails, thread: Option<&Thr
             .to_owned(),
     );
     event.message_id_reused = thread.and_then(|t| t.message_id_reused.then_some(true));
+    event.suppressed = thread.and_then(|t| t.suppressed.then_some(true));
     event.provider = Some(email.via.to_owned());
     event.to = Some(StringOrList::Many(email.to.clone()));
     event.cc = joined(&email.cc);

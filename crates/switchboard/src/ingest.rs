@@ -38,6 +38,8 @@ pub struct Ingest {
     /// This node sends deliveries itself; otherwise it leaves them to the dispatchers.
     pub dispatch_here: bool,
     pub call_recording_wait: Duration,
+    /// `max_mails_per_conversation_per_minute`; None: no cap.
+    pub mail_flood_cap: Option<u32>,
 }
 
 /// Why a provider request was not stored.
@@ -231,6 +233,7 @@ impl Ingest {
             handoffs: Some(self.dispatch.handoffs()),
             call_recording_wait_ms: self.call_recording_wait.as_millis() as i64,
             nonce,
+            mail_flood_cap: self.mail_flood_cap,
         };
         let locations: Vec<String> = parts.iter().map(|(l, _)| l.clone()).collect();
         let mut outcome = self.store.ingest_parts(parts, &context).await?;
@@ -242,8 +245,28 @@ impl Ingest {
             "provider request stored"
         );
         self.metrics.provider_request();
+        if !outcome.suppressed.is_empty() {
+            self.suppressed(provider, &outcome.suppressed);
+        }
         self.dispatch.hand_off(std::mem::take(&mut outcome.jobs));
         Ok(outcome)
+    }
+
+    /// Mails stored over their conversation's flood cap: counted, and logged within a budget.
+    fn suppressed(&self, provider: &'static str, suppressed: &[(String, String)]) {
+        let second = u64::try_from(self.clock.now_ms() / 1000).unwrap_or_default();
+        for (message_id, conversation_id) in suppressed {
+            if let Some(not_logged) = self.metrics.mail_suppressed(second) {
+                tracing::warn!(
+                    provider,
+                    message_id,
+                    conversation_id,
+                    not_logged,
+                    cap = self.mail_flood_cap,
+                    "mail stored but not delivered: its conversation is over max_mails_per_conversation_per_minute (an auto-reply loop?)"
+                );
+            }
+        }
     }
 
     /// Keep the files a request carried (a mail's attachments): each becomes a signed link in

@@ -66,6 +66,8 @@ pub struct Metrics {
     /// Facts a verified request carried for an address no location claims (or one whose
     /// account holds another secret), skipped, by provider.
     facts_skipped: Mutex<BTreeMap<&'static str, u64>>,
+    /// Mails stored over their conversation's flood cap, not delivered.
+    mails_suppressed: AtomicU64,
     /// Each webhook's breaker and probation, as this node's dispatcher last saw them.
     webhooks: Mutex<BTreeMap<String, WebhookState>>,
     /// Of `in_flight`, the attempts for webhooks on probation.
@@ -162,6 +164,13 @@ impl Metrics {
             .expect("metrics lock")
             .entry(provider)
             .or_default() += 1;
+        self.rejection_log.take(second)
+    }
+
+    /// A mail stored over its conversation's flood cap. Returns whether to log it, with how
+    /// many lines were not logged before it (outsiders choose how often this happens).
+    pub fn mail_suppressed(&self, second: u64) -> Option<u64> {
+        self.mails_suppressed.fetch_add(1, Ordering::Relaxed);
         self.rejection_log.take(second)
     }
 
@@ -263,6 +272,16 @@ impl Metrics {
                 "switchboard_provider_requests_rejected_total{{provider=\"{provider}\",reason=\"{code}\"}} {n}"
             );
         }
+        counter(
+            &mut out,
+            "switchboard_mails_suppressed_total",
+            "Mails stored but not delivered: over max_mails_per_conversation_per_minute in their conversation (an auto-reply loop).",
+        );
+        let _ = writeln!(
+            out,
+            "switchboard_mails_suppressed_total {}",
+            self.mails_suppressed.load(Ordering::Relaxed)
+        );
         counter(
             &mut out,
             "switchboard_provider_facts_skipped_total",

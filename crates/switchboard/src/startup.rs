@@ -226,6 +226,8 @@ impl Application {
             lease: config.delivery_lease,
             dispatch_here: sends,
             call_recording_wait: Duration::from_secs(config.call_recording_wait_seconds),
+            mail_flood_cap: (config.max_mails_per_conversation_per_minute > 0)
+                .then_some(config.max_mails_per_conversation_per_minute),
         };
         let state = Arc::new(AppState {
             store,

@@ -57,6 +57,7 @@ impl Dispatcher {
             handoffs: Some(self.shared.handoffs.clone()),
             call_recording_wait_ms: 0,
             nonce: None,
+            mail_flood_cap: None,
         };
         match self.shared.store.emit_due_calls(&context).await {
             Ok(jobs) => self.accept(jobs),

@@ -66,6 +66,11 @@ pub const SQLITE: Embedded = &[
         "provider nonces",
         include_str!("../../migrations/sqlite/0011_provider_nonces.sql"),
     ),
+    (
+        12,
+        "mail flood",
+        include_str!("../../migrations/sqlite/0012_mail_flood.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -113,6 +118,11 @@ pub const POSTGRES: Embedded = &[
         9,
         "provider nonces",
         include_str!("../../migrations/postgres/0009_provider_nonces.sql"),
+    ),
+    (
+        10,
+        "mail flood",
+        include_str!("../../migrations/postgres/0010_mail_flood.sql"),
     ),
 ];
 

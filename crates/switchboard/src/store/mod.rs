@@ -296,6 +296,9 @@ pub struct IngestContext {
     pub call_recording_wait_ms: i64,
     /// A value the provider sends once, stored with the request's facts: (provider, value).
     pub nonce: Option<(&'static str, String)>,
+    /// Mails one conversation may receive in a minute and have delivered; past it a mail is
+    /// stored as `suppressed` and not delivered. None: no cap.
+    pub mail_flood_cap: Option<u32>,
 }
 
 impl IngestContext {
@@ -330,6 +333,9 @@ pub struct IngestOutcome {
     pub message_ids: Vec<String>,
     /// Deliveries created by this call, already leased to the caller until `lease_until`.
     pub jobs: Vec<DeliveryJob>,
+    /// New mails stored as `suppressed` (over the flood cap of their conversation): (message
+    /// id, conversation id).
+    pub suppressed: Vec<(String, String)>,
 }
 
 /// One attempt as the dispatcher saw it.

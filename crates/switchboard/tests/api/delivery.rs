@@ -210,6 +210,7 @@ async fn the_deliveries_of_one_event_share_its_signature() {
         handoffs: None,
         call_recording_wait_ms: 0,
         nonce: None,
+        mail_flood_cap: None,
     };
     let outcome = store
         .ingest(

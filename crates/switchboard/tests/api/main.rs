@@ -33,6 +33,7 @@ mod delivery;
 mod docs;
 mod email;
 mod email_files;
+mod email_flood;
 mod email_routes;
 mod email_threads;
 mod engine;

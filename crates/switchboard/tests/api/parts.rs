@@ -41,6 +41,7 @@ async fn parts_commit_together_or_not_at_all(store: &dyn Store) {
         handoffs: None,
         call_recording_wait_ms: 0,
         nonce: None,
+        mail_flood_cap: None,
     };
     // Both locations' facts in one write: each filed under its own location.
     let outcome = store

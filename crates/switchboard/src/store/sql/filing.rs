@@ -102,13 +102,33 @@ macro_rules! sql_filing {
 
             // Mail: its thread, from the mails stored before it (and before it in this batch).
             let mut threads = Vec::with_capacity(filed.len());
-            for (f, message_id, _, _) in &filed {
-                threads.push(match &f.message.email {
-                    Some(email) => Some(
-                        file_in_thread(tx, location_id, message_id, email, f.ctx.now).await?,
-                    ),
-                    None => None,
-                });
+            for (f, message_id, _, conversation_id) in &filed {
+                let Some(email) = &f.message.email else {
+                    threads.push(None);
+                    continue;
+                };
+                let thread = file_in_thread(
+                    tx,
+                    location_id,
+                    message_id,
+                    conversation_id,
+                    email,
+                    f.ctx.now,
+                    f.ctx.mail_flood_cap,
+                )
+                .await?;
+                if thread.suppressed {
+                    sqlx::query(&$hooks::positional(
+                        "UPDATE messages SET status = 'suppressed' WHERE id = $1".to_owned(),
+                    ))
+                    .bind(*message_id)
+                    .execute(&mut **tx)
+                    .await?;
+                    outcomes[f.item]
+                        .suppressed
+                        .push(((*message_id).to_owned(), (*conversation_id).to_owned()));
+                }
+                threads.push(Some(thread));
             }
 
             let events: Vec<NewEvent<'_>> = filed
@@ -141,7 +161,12 @@ macro_rules! sql_filing {
             let seqs = insert_events(tx, &events).await?;
 
             let mut deliveries = Vec::new();
-            for (((f, _, _, conversation_id), e), seq) in filed.iter().zip(&events).zip(seqs) {
+            for ((((f, _, _, conversation_id), e), seq), thread) in
+                filed.iter().zip(&events).zip(seqs).zip(&threads)
+            {
+                if thread.as_ref().is_some_and(|t| t.suppressed) {
+                    continue;
+                }
                 let m = f.message;
                 let targets = webhooks.iter().filter(|w| {
                     w.matches(e.event_type, Some(location_id), Some((&m.message_type, m.direction)))

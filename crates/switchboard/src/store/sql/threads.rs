@@ -12,14 +12,32 @@ macro_rules! sql_threads {
         /// chain of hundreds costs no more than this.
         const MAX_CHAIN: usize = 100;
 
-        /// The thread of a mail being filed as `message_id`, recorded for the mails after it.
+        /// The thread of a mail being filed as `message_id` in `conversation_id`, recorded for
+        /// the mails after it; and whether it is over the conversation's flood cap (`cap`
+        /// mails in the minute before it, suppressed ones included).
         async fn file_in_thread(
             tx: &mut Transaction<'_, $db>,
             location_id: &str,
             message_id: &str,
+            conversation_id: &str,
             email: &$crate::domain::EmailDetails,
             now: i64,
+            cap: Option<u32>,
         ) -> StoreResult<$crate::event::Thread> {
+            let suppressed = match cap {
+                Some(cap) => {
+                    let recent: i64 = sqlx::query_scalar(&$hooks::positional(
+                        "SELECT COUNT(*) FROM email_messages
+                         WHERE conversation_id = $1 AND created_at > $2".to_owned(),
+                    ))
+                    .bind(conversation_id)
+                    .bind(now - 60_000)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    recent >= i64::from(cap)
+                }
+                None => false,
+            };
             let own = email.message_id.as_str();
             let mut chain: Vec<&str> = email
                 .references
@@ -66,19 +84,21 @@ macro_rules! sql_threads {
             let thread_id = thread_id.unwrap_or_else(|| email.thread_root().to_owned());
             sqlx::query(
                 "INSERT INTO email_messages
-                   (location_id, email_message_id, message_id, thread_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                   (location_id, email_message_id, message_id, thread_id, created_at, conversation_id)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(location_id)
             .bind(own)
             .bind(message_id)
             .bind(&thread_id)
             .bind(now)
+            .bind(conversation_id)
             .execute(&mut **tx)
             .await?;
             Ok($crate::event::Thread {
                 thread_id,
                 message_id_reused,
+                suppressed,
             })
         }
     };

@@ -403,7 +403,7 @@ impl Conversation<'_> {
         {
             Ok(_) => reply(out, 250, [2, 0, 0], "Stored"),
             Err(e) => {
-                tracing::warn!(peer = %self.peer, error = %e, "smtp: storing a mail failed; answered 451");
+                tracing::warn!(peer = %self.peer, error = format!("{e:#}"), "smtp: storing a mail failed; answered 451");
                 reply(
                     out,
                     451,

@@ -1,0 +1,114 @@
+//! Flood and loop protection: an auto-responder answering the business's auto-responder 100
+//! times in a minute (by SMTP and by a route alike) is stored whole, but subscribers receive
+//! only `max_mails_per_conversation_per_minute` of it; the rest is marked `suppressed`,
+//! counted and logged. Another sender's conversation is not held back, and a minute later the
+//! looping sender's mail is delivered again.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::email::{post_raw, setup};
+use crate::helpers::*;
+use crate::smtp::Wire;
+
+/// The looping robot's `n`th auto-reply, each answering the one before.
+fn auto_reply(n: usize) -> Vec<u8> {
+    let previous = if n == 0 {
+        String::new()
+    } else {
+        format!("In-Reply-To: <loop-{}@robot.example.net>\r\n", n - 1)
+    };
+    format!(
+        "Message-ID: <loop-{n}@robot.example.net>\r\n{previous}From: Robot <robot@example.net>\r\nTo: support@acme.test\r\nSubject: Auto: Re: Your ticket\r\nAuto-Submitted: auto-replied\r\n\r\nThank you for your message ({n}). We will answer soon.\r\n"
+    )
+    .into_bytes()
+}
+
+/// Send `mail` over an open SMTP connection: pipelined envelope, then the mail; its code.
+async fn over_smtp(wire: &mut Wire, mail: &[u8]) -> u16 {
+    wire.send(b"MAIL FROM:<robot@example.net>\r\nRCPT TO:<support@acme.test>\r\nDATA\r\n")
+        .await;
+    assert_eq!(wire.codes(3).await, [250, 250, 354]);
+    wire.send(mail).await;
+    wire.send(b".\r\n").await;
+    wire.reply().await.0
+}
+
+async fn an_auto_reply_loop_is_stored_but_delivered_only_up_to_the_cap() {
+    let (app, clock) = spawn_app_on_manual_clock(|c| {
+        c.smtp_listen = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let cap = switchboard::Config::defaults().max_mails_per_conversation_per_minute as usize;
+    assert_eq!(cap, 20);
+    let (_, token, receiver) = setup(&app).await;
+    let (mut wire, _) = Wire::connect(app.smtp.as_deref().unwrap()).await;
+    wire.send(b"EHLO robot.example.net\r\n").await;
+    assert_eq!(wire.reply().await.0, 250);
+    // 100 mails within the minute (the clock does not move), half by SMTP, half raw: every
+    // one acknowledged.
+    for n in 0..100 {
+        if n % 2 == 0 {
+            assert_eq!(over_smtp(&mut wire, &auto_reply(n)).await, 250, "mail {n}");
+        } else {
+            let r = post_raw(&app, auto_reply(n), &token, None).await;
+            assert_eq!(r.status(), 200, "mail {n}");
+        }
+    }
+    // A person writing in the same minute is another conversation: delivered.
+    let r = post_raw(
+        &app,
+        crate::smtp::mail_to("support@acme.test", "person-1@example.com", "a question"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+
+    let got = receiver
+        .expect_exactly(cap + 1, Duration::from_millis(800))
+        .await;
+    let delivered: Vec<Value> = got.iter().map(|d| d.json()).collect();
+    for (n, event) in delivered
+        .iter()
+        .filter(|e| e["from"] == "Robot <robot@example.net>")
+        .enumerate()
+    {
+        assert_eq!(
+            event["emailMessageId"],
+            format!("loop-{n}@robot.example.net"),
+            "the first {cap} are delivered, in order"
+        );
+        assert!(event.get("suppressed").is_none(), "{event}");
+    }
+    assert!(delivered
+        .iter()
+        .any(|e| e["emailMessageId"] == "person-1@example.com"));
+
+    // The store holds all of them; the ones past the cap are marked.
+    let events = app.events().await;
+    assert_eq!(events.len(), 101);
+    let suppressed: Vec<&Value> = events.iter().filter(|e| e["suppressed"] == true).collect();
+    assert_eq!(suppressed.len(), 100 - cap);
+    for event in &suppressed {
+        assert_eq!(event["from"], "Robot <robot@example.net>");
+        assert_eq!(event["autoReply"], true);
+    }
+    let metrics = get_metrics(&app.client, &app.address).await;
+    assert!(
+        metrics.contains(&format!("switchboard_mails_suppressed_total {}", 100 - cap)),
+        "{metrics}"
+    );
+
+    // A minute later the robot's mail is delivered again (it may have stopped looping).
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(over_smtp(&mut wire, &auto_reply(100)).await, 250);
+    let got = receiver.wait_for(cap + 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[cap + 1].json()["emailMessageId"],
+        "loop-100@robot.example.net"
+    );
+}
+
+crate::both_stores!(an_auto_reply_loop_is_stored_but_delivered_only_up_to_the_cap);
