@@ -57,6 +57,9 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub smtp_idle_timeout: Duration,
     pub smtp_max_line_bytes: usize,
+    #[serde(deserialize_with = "de_dns_servers")]
+    pub smtp_dns_servers: Vec<std::net::SocketAddr>,
+    pub smtp_refuse_dmarc_rejects: bool,
     pub max_mails_per_conversation_per_minute: u32,
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
@@ -363,6 +366,24 @@ fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Err
     Vec::<String>::deserialize(d)?
         .iter()
         .map(|s| parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// DNS servers: `10.0.0.53` (port 53) or `10.0.0.53:5353`, `[fd00::53]:53`.
+fn de_dns_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<std::net::SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a DNS server address (10.0.0.53 or 10.0.0.53:5353)"
+                    ))
+                })
+        })
         .collect()
 }
 

@@ -36,8 +36,10 @@ async fn over_smtp(wire: &mut Wire, mail: &[u8]) -> u16 {
 }
 
 async fn an_auto_reply_loop_is_stored_but_delivered_only_up_to_the_cap() {
+    let dns = crate::dns::TestDns::start().await;
     let (app, clock) = spawn_app_on_manual_clock(|c| {
         c.smtp_listen = Some("127.0.0.1:0".into());
+        c.smtp_dns_servers = vec![dns.addr];
     })
     .await;
     let cap = switchboard::Config::defaults().max_mails_per_conversation_per_minute as usize;

@@ -14,10 +14,21 @@ use tokio::net::TcpStream;
 use crate::email::{fixture, post_raw, setup};
 use crate::helpers::*;
 
-/// A server with the SMTP listener on a loopback port, and `adjust` on top.
+/// A server with the SMTP listener on a loopback port, its SPF, DKIM and DMARC lookups
+/// answered by a DNS server of the test's with no records, and `adjust` on top.
 pub(crate) async fn smtp_app(adjust: impl FnOnce(&mut switchboard::config::Config)) -> TestApp {
+    // The server's task goes on when the handle is dropped.
+    smtp_app_with_dns(&crate::dns::TestDns::start().await, adjust).await
+}
+
+/// As [`smtp_app`], the lookups answered by `dns`.
+pub(crate) async fn smtp_app_with_dns(
+    dns: &crate::dns::TestDns,
+    adjust: impl FnOnce(&mut switchboard::config::Config),
+) -> TestApp {
     spawn_app_with(|c| {
         c.smtp_listen = Some("127.0.0.1:0".into());
+        c.smtp_dns_servers = vec![dns.addr];
         adjust(c);
     })
     .await
@@ -205,6 +216,7 @@ async fn a_mail_by_smtp_is_stored_delivered_and_the_same_as_by_a_route() {
             "dateAdded",
             "timestamp",
             "attachments",
+            "authentication",
         ];
         assert!(
             ids.contains(&key.as_str()),
@@ -213,9 +225,15 @@ async fn a_mail_by_smtp_is_stored_delivered_and_the_same_as_by_a_route() {
             by_raw[key]
         );
     }
+    // What SMTP adds: the sender's authentication (nothing published for example.com here).
+    assert_eq!(
+        by_smtp["authentication"],
+        json!({ "spf": "none", "dkim": "none", "dmarc": "none" })
+    );
+    assert!(by_raw.get("authentication").is_none());
     assert_eq!(
         by_smtp.as_object().unwrap().len(),
-        by_raw.as_object().unwrap().len()
+        by_raw.as_object().unwrap().len() + 1
     );
 }
 

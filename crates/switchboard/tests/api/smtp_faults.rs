@@ -102,8 +102,11 @@ async fn a_mail_acknowledged_by_smtp_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (port, smtp_port) = (free_port(), free_port());
     let smtp = format!("127.0.0.1:{smtp_port}");
+    let dns = crate::dns::TestDns::start().await;
+    let dns = dns.addr.to_string();
     let env = [
         ("SWITCHBOARD_SMTP_LISTEN", smtp.as_str()),
+        ("SWITCHBOARD_SMTP_DNS_SERVERS", dns.as_str()),
         (
             "SWITCHBOARD_RETRY_SCHEDULE",
             "300ms,300ms,300ms,300ms,300ms,300ms",

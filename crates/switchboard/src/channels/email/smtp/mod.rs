@@ -16,6 +16,7 @@ use crate::channels::{Listener, ListenerContext};
 use crate::ingest::Ingest;
 use crate::serve::limits::{BodyBudget, ConnectionSlots, Limits};
 
+mod auth;
 mod session;
 mod tls;
 
@@ -35,6 +36,10 @@ struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Mail bytes being received, across every connection and per client address.
     budget: Arc<BodyBudget>,
+    /// SPF, DKIM and DMARC.
+    auth: auth::Authenticator,
+    /// Refuse mail that fails DMARC under a reject policy.
+    refuse_dmarc_rejects: bool,
 }
 
 pub struct SmtpListener {
@@ -65,6 +70,7 @@ pub fn listeners(context: &ListenerContext<'_>) -> anyhow::Result<Vec<Box<dyn Li
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_else(|| "localhost".to_owned())
     });
+    let auth = auth::Authenticator::new(&config.smtp_dns_servers, &hostname)?;
     let slots = ConnectionSlots::new(Limits {
         max_connections: config.smtp_max_connections,
         max_connections_per_client: config.smtp_max_connections_per_client,
@@ -85,6 +91,8 @@ pub fn listeners(context: &ListenerContext<'_>) -> anyhow::Result<Vec<Box<dyn Li
             config.max_buffered_body_bytes,
             config.max_buffered_body_bytes_per_client,
         ),
+        auth,
+        refuse_dmarc_rejects: config.smtp_refuse_dmarc_rejects,
     });
     Ok(vec![Box::new(SmtpListener {
         listener,

@@ -25,9 +25,10 @@ enum End<S> {
     StartTls(S),
 }
 
-/// The mail being sent: the recipients accepted so far, each with the location that
-/// claims it.
+/// The mail being sent: its sender (empty for a bounce) and the recipients accepted so far,
+/// each with the location that claims it.
 struct Envelope {
+    mail_from: String,
     recipients: Vec<(String, String)>,
 }
 
@@ -142,7 +143,8 @@ impl Conversation<'_> {
         if !tls {
             out = format!("220 {} ESMTP Switchboard\r\n", shared.hostname).into_bytes();
         }
-        let mut greeted = false;
+        // The HELO / EHLO name; set: the client greeted.
+        let mut helo: Option<String> = None;
         let mut envelope: Option<Envelope> = None;
         let mut errors = 0;
         let mut line = Vec::new();
@@ -183,8 +185,8 @@ impl Conversation<'_> {
                 }
             };
             match request {
-                Request::Ehlo { .. } => {
-                    greeted = true;
+                Request::Ehlo { host } => {
+                    helo = Some(host);
                     envelope = None;
                     let mut ehlo = EhloResponse::new(shared.hostname.as_str());
                     ehlo.capabilities = smtp_proto::EXT_SIZE
@@ -198,13 +200,13 @@ impl Conversation<'_> {
                     ehlo.size = shared.max_bytes;
                     let _ = ehlo.write(&mut out);
                 }
-                Request::Helo { .. } => {
-                    greeted = true;
+                Request::Helo { host } => {
+                    helo = Some(host);
                     envelope = None;
                     out.extend_from_slice(format!("250 {}\r\n", shared.hostname).as_bytes());
                 }
                 Request::Mail { from } => {
-                    if !greeted {
+                    if helo.is_none() {
                         errors += 1;
                         reply(&mut out, 503, [5, 5, 1], "Send EHLO or HELO first");
                     } else if envelope.is_some() {
@@ -218,7 +220,10 @@ impl Conversation<'_> {
                             &format!("Mail larger than {} bytes is not taken", shared.max_bytes),
                         );
                     } else {
-                        envelope = Some(Envelope { recipients: vec![] });
+                        envelope = Some(Envelope {
+                            mail_from: from.address,
+                            recipients: vec![],
+                        });
                         reply(&mut out, 250, [2, 1, 0], "OK");
                     }
                 }
@@ -248,7 +253,10 @@ impl Conversation<'_> {
                     io.flush().await?;
                     out.clear();
                     match self.read_data(&mut io).await? {
-                        Data::Mail(raw) => self.file(&mut out, &e, raw).await,
+                        Data::Mail(raw) => {
+                            let helo = helo.as_deref().unwrap_or_default();
+                            self.file(&mut out, &e, helo, raw).await
+                        }
                         Data::TooLarge => reply(
                             &mut out,
                             552,
@@ -375,9 +383,9 @@ impl Conversation<'_> {
         result
     }
 
-    /// File the mail under each location that claims a recipient, in one transaction; `250`
-    /// once it is committed.
-    async fn file(&self, out: &mut Vec<u8>, envelope: &Envelope, raw: Vec<u8>) {
+    /// File the mail under each location that claims a recipient, in one transaction, with
+    /// its SPF, DKIM and DMARC verdicts; `250` once it is committed.
+    async fn file(&self, out: &mut Vec<u8>, envelope: &Envelope, helo: &str, raw: Vec<u8>) {
         let mail = match mime::read(&raw) {
             Ok(mail) => mail,
             Err(e) => {
@@ -385,6 +393,29 @@ impl Conversation<'_> {
                 return;
             }
         };
+        let verdicts = self
+            .shared
+            .auth
+            .verify(
+                &raw,
+                &super::auth::Envelope {
+                    ip: self.peer.ip(),
+                    helo,
+                    mail_from: &envelope.mail_from,
+                },
+            )
+            .await;
+        if verdicts.dmarc_rejects && self.shared.refuse_dmarc_rejects {
+            let domain = mail.from_address.rsplit_once('@').map_or("", |(_, d)| d);
+            tracing::info!(peer = %self.peer, from_domain = domain, "smtp: a mail failing DMARC under a reject policy refused");
+            reply(
+                out,
+                550,
+                [5, 7, 1],
+                "The sender's domain's DMARC policy rejects this mail",
+            );
+            return;
+        }
         let ingest = &self.shared.ingest;
         let now = ingest.clock.now_ms();
         let mut parts: Vec<(String, Vec<Fact>)> = vec![];
@@ -392,9 +423,9 @@ impl Conversation<'_> {
             if parts.iter().any(|(l, _)| l == location) {
                 continue;
             }
-            let fact = mail
-                .clone()
-                .into_fact(PROVIDER, VIA, location, Default::default(), now);
+            let fact =
+                mail.clone()
+                    .into_fact(PROVIDER, VIA, location, verdicts.results.clone(), now);
             parts.push((location.clone(), vec![fact]));
         }
         match ingest
