@@ -189,7 +189,15 @@ async fn run() -> anyhow::Result<()> {
         Command::Simulate(Simulate::Email(mut mail)) => {
             if mail.server.is_none() {
                 let config = load()?;
-                mail.server = Some(switchboard::simulate::local_url(&config.listen));
+                mail.server = Some(if mail.via == switchboard::simulate::email::Via::Smtp {
+                    let listen = anyhow::Context::context(
+                        config.smtp_listen,
+                        "--via smtp needs --server HOST:PORT, or smtp_listen in the configuration",
+                    )?;
+                    switchboard::simulate::local_addr(&listen)
+                } else {
+                    switchboard::simulate::local_url(&config.listen)
+                });
             }
             let (status, text) = switchboard::simulate::email::email(&mail).await?;
             println!("{status} {text}");

@@ -1,7 +1,8 @@
-//! `switchboard simulate email --via raw|mailgun|sendgrid|postmark`: post a mail to a
+//! `switchboard simulate email --via raw|mailgun|sendgrid|postmark|smtp`: post a mail to a
 //! Switchboard as that route's service posts one: raw MIME with the bearer token, Mailgun's
 //! signed parsed form, SendGrid's parsed Inbound Parse form and Postmark's JSON, both with the
-//! token as the Basic-auth password.
+//! token as the Basic-auth password; or hand it to Switchboard's SMTP server as a sending mail
+//! server does ([`super::smtp`]).
 
 use anyhow::Context;
 use base64::Engine;
@@ -17,13 +18,15 @@ pub enum Via {
     Mailgun,
     Sendgrid,
     Postmark,
+    Smtp,
 }
 
 /// What to send (also the command's arguments).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulatedEmail {
     /// The Switchboard to post to [default: the configured `listen` address, on loopback when
-    /// it listens on every interface].
+    /// it listens on every interface]; with `--via smtp`, its SMTP server's host:port
+    /// [default: the configured `smtp_listen`, likewise].
     #[arg(long)]
     pub server: Option<String>,
     #[arg(long, value_enum)]
@@ -108,7 +111,8 @@ fn token(given: &Option<String>, what: &str) -> anyhow::Result<String> {
     })
 }
 
-/// Post it and return the HTTP status and response body.
+/// Post it and return the HTTP status and response body (with `--via smtp`, the SMTP reply's
+/// code and text).
 pub async fn email(mail: &SimulatedEmail) -> anyhow::Result<(u16, String)> {
     let server = mail
         .server
@@ -146,6 +150,15 @@ pub async fn email(mail: &SimulatedEmail) -> anyhow::Result<(u16, String)> {
     }
     let client = reqwest::Client::new();
     let request = match mail.via {
+        Via::Smtp => {
+            let raw = compose(&ParsedParts {
+                headers,
+                text: Some(&mail.body),
+                html: None,
+                attachments: files,
+            });
+            return super::smtp::send(server, &mail.from, &mail.to, &raw).await;
+        }
         Via::Raw => {
             let raw = compose(&ParsedParts {
                 headers,

@@ -3,6 +3,7 @@
 //! `switchboard simulate email` ([`email`]), a mail by any of the e-mail routes.
 
 pub mod email;
+mod smtp;
 
 use anyhow::Context;
 
@@ -40,6 +41,12 @@ pub struct SimulatedSms {
 /// The URL to reach a server listening on `listen` from this machine: an address that means
 /// "every interface" becomes the loopback address of its family.
 pub fn local_url(listen: &str) -> String {
+    format!("http://{}", local_addr(listen))
+}
+
+/// A listen address as a client reaches it: host:port, on loopback when it is every
+/// interface.
+pub fn local_addr(listen: &str) -> String {
     match listen.parse::<std::net::SocketAddr>() {
         Ok(mut addr) => {
             if addr.ip().is_unspecified() {
@@ -48,9 +55,9 @@ pub fn local_url(listen: &str) -> String {
                     std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                 });
             }
-            format!("http://{addr}")
+            addr.to_string()
         }
-        Err(_) => format!("http://{listen}"),
+        Err(_) => listen.to_owned(),
     }
 }
 

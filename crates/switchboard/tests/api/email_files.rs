@@ -110,10 +110,10 @@ async fn a_mail_with_a_broken_part_is_filed_with_what_could_be_read() {
     assert_eq!(event["subject"], "broken");
 }
 
-/// `switchboard simulate email` reaches a subscriber by every route, with an attachment and a
-/// reply threaded to the first mail.
+/// `switchboard simulate email` reaches a subscriber by every route and by SMTP, with an
+/// attachment and a reply threaded to the first mail.
 async fn simulate_email_reaches_a_subscriber_by_every_route() {
-    let app = spawn_app().await;
+    let app = crate::smtp::smtp_app(|_| {}).await;
     let (location, token, receiver) = setup(&app).await;
     let r = crate::email::configure_email(
         &app,
@@ -125,13 +125,17 @@ async fn simulate_email_reaches_a_subscriber_by_every_route() {
     assert_eq!(r.status(), 200);
     let attachment =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/email/factura.pdf");
-    for (n, via) in ["raw", "mailgun", "sendgrid", "postmark"]
+    for (n, via) in ["raw", "mailgun", "sendgrid", "postmark", "smtp"]
         .iter()
         .enumerate()
     {
+        let server = match *via {
+            "smtp" => app.smtp.clone().unwrap(),
+            _ => app.address.clone(),
+        };
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
-            .args(["simulate", "email", "--server", &app.address, "--via", via])
+            .args(["simulate", "email", "--server", &server, "--via", via])
             .args([
                 "--inbound-token",
                 &token,
@@ -185,7 +189,7 @@ async fn simulate_email_reaches_a_subscriber_by_every_route() {
             "{via}"
         );
     }
-    app.expect_events(4).await;
+    app.expect_events(5).await;
 }
 
 /// The attachments of one mail are the same by every route: the same names, the same bytes.

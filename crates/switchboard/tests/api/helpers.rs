@@ -1020,6 +1020,16 @@ where
 }
 
 /// Run `command` with `input` on its standard input; `None` when it cannot be started.
+/// `python3` with `args`, `input` on its stdin, off the runtime's thread (the server under
+/// test runs on it); `None` when python3 cannot be started.
+pub async fn python(args: Vec<std::ffi::OsString>, input: Vec<u8>) -> Option<std::process::Output> {
+    tokio::task::spawn_blocking(move || {
+        run_with_stdin(std::process::Command::new("python3").args(args), &input)
+    })
+    .await
+    .unwrap()
+}
+
 fn run_with_stdin(
     command: &mut std::process::Command,
     input: &[u8],

@@ -52,22 +52,7 @@ pub(crate) async fn smtplib(address: &str, mut request: Value, mail: Vec<u8>) ->
         request["cafile"] = json!(data_path("tests/data/smtp/cert.pem"));
     }
     let script = data_path("tests/smtp_client.py");
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = std::process::Command::new("python3")
-            .arg(script)
-            .arg(request.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .ok()?;
-        child.stdin.take().unwrap().write_all(&mail).unwrap();
-        Some(child.wait_with_output().unwrap())
-    })
-    .await
-    .unwrap();
-    let Some(out) = out else {
+    let Some(out) = python(vec![script.into(), request.to_string().into()], mail).await else {
         skip("the SMTP tests need python3 (its smtplib is the client)");
         return None;
     };

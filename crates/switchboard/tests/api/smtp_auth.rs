@@ -40,22 +40,7 @@ fn records(dns: &TestDns) {
 async fn dkim_signed(mail: Vec<u8>) -> Option<Vec<u8>> {
     const SIGN: &str = "import sys, dkim\nkey = open(sys.argv[1], 'rb').read()\nmail = sys.stdin.buffer.read()\nsys.stdout.buffer.write(dkim.sign(mail, b'sel', b'example.com', key, include_headers=[b'from', b'to', b'subject', b'message-id']) + mail)\n";
     let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smtp/dkim.key");
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", SIGN])
-            .arg(key)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .ok()?;
-        child.stdin.take().unwrap().write_all(&mail).unwrap();
-        Some(child.wait_with_output().unwrap())
-    })
-    .await
-    .unwrap();
-    match out {
+    match python(vec!["-c".into(), SIGN.into(), key.into()], mail).await {
         Some(out) if out.status.success() => Some(out.stdout),
         _ => {
             skip("the DKIM tests sign with dkimpy (pip install dkimpy)");
