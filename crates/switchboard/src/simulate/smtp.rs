@@ -90,8 +90,9 @@ fn dot_stuffed(raw: &[u8]) -> Vec<u8> {
 /// text of the answer that decided (a refused recipient's, or the answer to the mail).
 pub async fn send(server: &str, from: &str, to: &str, raw: &[u8]) -> anyhow::Result<(u16, String)> {
     let server = server.trim_start_matches("smtp://").trim_end_matches('/');
-    let stream = TcpStream::connect(server)
+    let stream = tokio::time::timeout(Duration::from_secs(30), TcpStream::connect(server))
         .await
+        .with_context(|| format!("connecting to the SMTP server at {server} timed out"))?
         .with_context(|| format!("connecting to the SMTP server at {server}"))?;
     let mut client = Client {
         stream: BufReader::new(stream),

@@ -61,6 +61,7 @@ mod skips;
 mod smtp;
 mod smtp_auth;
 mod smtp_faults;
+mod smtp_garbage;
 mod storage_faults;
 mod takeover;
 mod targets;

@@ -376,6 +376,11 @@ async fn pipelined_commands_are_answered_in_order() {
     assert_eq!(wire.codes(3).await, [250, 250, 221]);
     let event = receiver.wait_for(1, Duration::from_secs(10)).await[0].json();
     assert_eq!(event["plainText"], ".a line that starts with a dot\nÜber\n");
+
+    // An empty mail: its `.` right after DATA ends it (answered at once, not by a timeout).
+    let (mut wire, _) = Wire::connect(app.smtp.as_deref().unwrap()).await;
+    wire.send(b"EHLO x\r\nMAIL FROM:<ana@example.com>\r\nRCPT TO:<support@acme.test>\r\nDATA\r\n.\r\nQUIT\r\n").await;
+    assert_eq!(wire.codes(6).await, [250, 250, 250, 354, 554, 221]);
     assert_eq!(event["from"], "Zoë <zoe@example.com>");
     assert_eq!(
         stored(&app).await.len(),

@@ -18,6 +18,9 @@ use mail_auth::hickory_resolver::config::{
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfResult};
 
+/// DKIM signatures of one mail checked at most (the first ones).
+const MAX_SIGNATURES: usize = 5;
+
 /// How long one mail's lookups may take in all; past it the verdicts are `temperror`.
 const LOOKUPS_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -88,27 +91,33 @@ impl Authenticator {
     }
 
     async fn lookups(&self, raw: &[u8], envelope: &Envelope<'_>) -> Verdicts {
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
+        let Some(mut message) = AuthenticatedMessage::parse(raw) else {
             return Verdicts::default();
         };
+        // Each signature costs hashing and an RSA check: a mail may not make us do that
+        // thousands of times.
+        message.dkim_headers.truncate(MAX_SIGNATURES);
+        // Domains compare in lower case (mail-auth lower-cases the From and d= domains).
+        let helo = envelope.helo.to_ascii_lowercase();
         // A bounce has no envelope sender: SPF checks the HELO name (RFC 7208 §2.4).
-        let helo_sender = format!("postmaster@{}", envelope.helo);
         let sender = if envelope.mail_from.is_empty() {
-            helo_sender.as_str()
+            format!("postmaster@{helo}")
         } else {
-            envelope.mail_from
+            envelope.mail_from.to_ascii_lowercase()
         };
+        let sender = sender.as_str();
+        let helo = helo.as_str();
         let spf = self
             .inner
             .verify_spf(SpfParameters::verify_mail_from(
                 envelope.ip,
-                envelope.helo,
+                helo,
                 &self.hostname,
                 sender,
             ))
             .await;
         let dkim = self.inner.verify_dkim(&message).await;
-        let mail_from_domain = sender.rsplit_once('@').map_or(envelope.helo, |(_, d)| d);
+        let mail_from_domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
         let dmarc = self
             .inner
             .verify_dmarc(
@@ -187,27 +196,11 @@ fn dmarc_word(output: &mail_auth::DmarcOutput) -> &'static str {
     }
 }
 
-/// Second-level labels under which country-code registries hand out domains (`example.co.uk`).
-const REGISTRY_LABELS: &[&str] = &[
-    "ac", "co", "com", "edu", "gob", "gov", "govt", "ltd", "me", "mil", "net", "ne", "nhs", "or",
-    "org", "plc", "sch",
-];
-
-/// The organizational domain (RFC 7489 §3.2) for relaxed alignment and the DMARC policy
-/// lookup: the last two labels, or three under a country's registry label (`co.uk`,
-/// `com.au`). An approximation of the Public Suffix List that errs towards the longer
-/// domain, which makes alignment stricter, never looser.
+/// The organizational domain (RFC 7489 §3.2) for relaxed alignment: the registrable domain
+/// by the Public Suffix List (`example.co.uk`, `victim.eu.org`); the domain itself when it
+/// has none (a public suffix, a name the list does not know).
 fn organizational_domain(domain: &str) -> &str {
-    let labels: Vec<&str> = domain.trim_end_matches('.').rsplitn(4, '.').collect();
-    let keep = match labels.as_slice() {
-        [tld, second, _, ..] if tld.len() == 2 && REGISTRY_LABELS.contains(second) => 3,
-        _ => 2,
-    };
-    if labels.len() <= keep {
-        return domain;
-    }
-    let cut: usize = labels[..keep].iter().map(|l| l.len() + 1).sum::<usize>() - 1;
-    &domain.trim_end_matches('.')[domain.trim_end_matches('.').len() - cut..]
+    psl::domain_str(domain).unwrap_or(domain)
 }
 
 #[cfg(test)]
@@ -224,6 +217,8 @@ mod tests {
             ("example.co.uk", "example.co.uk"),
             ("shop.example.com.au", "example.com.au"),
             ("mail.example.de", "example.de"),
+            ("attacker.eu.org", "attacker.eu.org"),
+            ("mail.victim.eu.org", "victim.eu.org"),
             ("com", "com"),
         ] {
             assert_eq!(organizational_domain(domain), org, "{domain}");

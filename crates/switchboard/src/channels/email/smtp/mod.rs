@@ -71,6 +71,13 @@ pub fn listeners(context: &ListenerContext<'_>) -> anyhow::Result<Vec<Box<dyn Li
             .unwrap_or_else(|| "localhost".to_owned())
     });
     let auth = auth::Authenticator::new(&config.smtp_dns_servers, &hostname)?;
+    if config.public_url.is_none() {
+        tracing::warn!(
+            base = context.base,
+            "smtp_listen is set but public_url is not: links to mail attachments start with {} (there is no request to take the host from); set public_url",
+            context.base
+        );
+    }
     let slots = ConnectionSlots::new(Limits {
         max_connections: config.smtp_max_connections,
         max_connections_per_client: config.smtp_max_connections_per_client,
@@ -130,6 +137,8 @@ impl SmtpListener {
                     continue;
                 }
             };
+            // Pipelined answers go out when written, not after a delayed ACK.
+            let _ = stream.set_nodelay(true);
             let Some(slot) = self.slots.admit(peer) else {
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
-use smtp_proto::{EhloResponse, Request, Response};
+use smtp_proto::{Request, Response};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::{Shared, VIA};
@@ -61,6 +61,29 @@ pub(super) async fn serve(
         Err(e) => tracing::debug!(%peer, error = %e, "smtp: connection ended"),
     }
 }
+
+/// Write and flush `out` (then clear it), within `limit`: a client that does not read its
+/// answers is cut off rather than holding its connection.
+async fn send<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let written = tokio::time::timeout(limit, async {
+        io.write_all(out).await?;
+        io.flush().await
+    })
+    .await;
+    out.clear();
+    match written {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Answers held back for a pipelined batch at most, in bytes: past it they are sent at once,
+/// so a client that never ends its batch cannot grow them.
+const MAX_HELD_ANSWERS: usize = 4096;
 
 /// An SMTP reply, appended to what will be written.
 fn reply(out: &mut Vec<u8>, code: u16, esc: [u8; 3], text: &str) {
@@ -116,9 +139,34 @@ async fn idle_read<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// Bytes of the memory budget a conversation holds; given back when dropped.
+struct Held<'a> {
+    shared: &'a Shared,
+    client: Option<IpAddr>,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// `n` more bytes, or false (nothing taken) past the budget.
+    fn take(&mut self, n: usize) -> bool {
+        let taken = self.shared.budget.take(self.client, n);
+        if taken {
+            self.bytes += n;
+        }
+        taken
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.shared.budget.give_back(self.client, self.bytes);
+    }
+}
+
 /// What reading a mail after `DATA` gave.
-enum Data {
-    Mail(Vec<u8>),
+enum Data<'a> {
+    /// The mail, and the budget it holds until it is filed.
+    Mail(Vec<u8>, Held<'a>),
     /// Read to its end and dropped: larger than `max_email_bytes`.
     TooLarge,
     /// Read to its end and dropped: the memory budget for mail being received is spent.
@@ -149,15 +197,14 @@ impl Conversation<'_> {
         let mut errors = 0;
         let mut line = Vec::new();
         loop {
-            // Pipelining: answers wait until the client's batch is read, then go in one write.
-            if io.buffer().is_empty() && !out.is_empty() {
-                io.write_all(&out).await?;
-                io.flush().await?;
-                out.clear();
+            // Pipelining: answers wait while the client's batch holds another whole command,
+            // then go in one write.
+            if !out.is_empty() && (!io.buffer().contains(&b'\n') || out.len() > MAX_HELD_ANSWERS) {
+                send(&mut io, &mut out, shared.idle).await?;
             }
             if errors >= MAX_ERRORS {
                 reply(&mut out, 421, [4, 7, 0], "Too many errors, closing");
-                io.write_all(&out).await?;
+                send(&mut io, &mut out, shared.idle).await?;
                 return Ok(End::Closed);
             }
             line.clear();
@@ -171,7 +218,7 @@ impl Conversation<'_> {
                 Ok(Line::Eof) => return Ok(End::Closed),
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     reply(&mut out, 421, [4, 4, 2], "Idle for too long, closing");
-                    io.write_all(&out).await?;
+                    send(&mut io, &mut out, shared.idle).await?;
                     return Ok(End::Closed);
                 }
                 Err(e) => return Err(e),
@@ -188,17 +235,18 @@ impl Conversation<'_> {
                 Request::Ehlo { host } => {
                     helo = Some(host);
                     envelope = None;
-                    let mut ehlo = EhloResponse::new(shared.hostname.as_str());
-                    ehlo.capabilities = smtp_proto::EXT_SIZE
-                        | smtp_proto::EXT_8BIT_MIME
-                        | smtp_proto::EXT_PIPELINING
-                        | smtp_proto::EXT_SMTP_UTF8
-                        | smtp_proto::EXT_ENHANCED_STATUS_CODES;
-                    if shared.tls.is_some() && !tls {
-                        ehlo.capabilities |= smtp_proto::EXT_START_TLS;
-                    }
-                    ehlo.size = shared.max_bytes;
-                    let _ = ehlo.write(&mut out);
+                    let starttls = if shared.tls.is_some() && !tls {
+                        "250-STARTTLS\r\n"
+                    } else {
+                        ""
+                    };
+                    out.extend_from_slice(
+                        format!(
+                            "250-{} at your service\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-PIPELINING\r\n250-SMTPUTF8\r\n{starttls}250 ENHANCEDSTATUSCODES\r\n",
+                            shared.hostname, shared.max_bytes
+                        )
+                        .as_bytes(),
+                    );
                 }
                 Request::Helo { host } => {
                     helo = Some(host);
@@ -233,9 +281,16 @@ impl Conversation<'_> {
                         reply(&mut out, 503, [5, 5, 1], "Send MAIL first");
                     }
                     Some(e) if e.recipients.len() >= shared.max_recipients => {
+                        errors += 1;
                         reply(&mut out, 452, [4, 5, 3], "Too many recipients");
                     }
-                    Some(e) => self.recipient(&mut out, e, to.address).await,
+                    Some(e) => {
+                        // A refused recipient counts as an error: probing for addresses costs
+                        // the connection after a few.
+                        if !self.recipient(&mut out, e, to.address).await {
+                            errors += 1;
+                        }
+                    }
                 },
                 Request::Data => {
                     let Some(e) = envelope.take() else {
@@ -249,13 +304,11 @@ impl Conversation<'_> {
                     }
                     // With the answers to the commands pipelined before it.
                     out.extend_from_slice(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
-                    io.write_all(&out).await?;
-                    io.flush().await?;
-                    out.clear();
+                    send(&mut io, &mut out, shared.idle).await?;
                     match self.read_data(&mut io).await? {
-                        Data::Mail(raw) => {
+                        Data::Mail(raw, held) => {
                             let helo = helo.as_deref().unwrap_or_default();
-                            self.file(&mut out, &e, helo, raw).await
+                            self.file(&mut out, &e, helo, raw, held).await
                         }
                         Data::TooLarge => reply(
                             &mut out,
@@ -279,24 +332,28 @@ impl Conversation<'_> {
                 Request::Vrfy { .. } => {
                     reply(&mut out, 252, [2, 5, 0], "Cannot VRFY, send some mail")
                 }
-                Request::Help { .. } => reply(
-                    &mut out,
-                    214,
-                    [2, 0, 0],
-                    "EHLO MAIL RCPT DATA RSET NOOP QUIT STARTTLS",
-                ),
-                Request::StartTls if shared.tls.is_some() && !tls => {
+                Request::Help { .. } => {
+                    let commands = if shared.tls.is_some() && !tls {
+                        "EHLO HELO MAIL RCPT DATA RSET NOOP VRFY QUIT STARTTLS"
+                    } else {
+                        "EHLO HELO MAIL RCPT DATA RSET NOOP VRFY QUIT"
+                    };
+                    reply(&mut out, 214, [2, 0, 0], commands)
+                }
+                Request::StartTls if tls => {
+                    errors += 1;
+                    reply(&mut out, 503, [5, 5, 1], "TLS is already on");
+                }
+                Request::StartTls if shared.tls.is_some() => {
                     reply(&mut out, 220, [2, 0, 0], "Ready to start TLS");
-                    io.write_all(&out).await?;
-                    io.flush().await?;
+                    send(&mut io, &mut out, shared.idle).await?;
                     // What came after the command in the clear is dropped, never read as
                     // if it had come over TLS.
                     return Ok(End::StartTls(io.into_inner()));
                 }
                 Request::Quit => {
                     reply(&mut out, 221, [2, 0, 0], "Bye");
-                    io.write_all(&out).await?;
-                    io.flush().await?;
+                    send(&mut io, &mut out, shared.idle).await?;
                     return Ok(End::Closed);
                 }
                 other => {
@@ -312,22 +369,27 @@ impl Conversation<'_> {
         }
     }
 
-    /// `RCPT TO`: accepted only for an address or domain a location claims.
-    async fn recipient(&self, out: &mut Vec<u8>, envelope: &mut Envelope, address: String) {
+    /// `RCPT TO`: accepted only for an address or domain a location claims. Whether it was.
+    async fn recipient(&self, out: &mut Vec<u8>, envelope: &mut Envelope, address: String) -> bool {
         let key = route_to(std::iter::once(&address));
         if key.address.is_none() {
             reply(out, 501, [5, 1, 3], "Not a mailbox address");
-            return;
+            return false;
         }
         match self.shared.ingest.account(PROVIDER, &key).await {
             Ok(Some(account)) => {
                 envelope.recipients.push((address, account.location_id));
                 reply(out, 250, [2, 1, 5], "OK");
+                true
             }
-            Ok(None) => reply(out, 550, [5, 1, 1], "No such mailbox here"),
+            Ok(None) => {
+                reply(out, 550, [5, 1, 1], "No such mailbox here");
+                false
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "smtp: looking up a recipient failed");
                 reply(out, 451, [4, 3, 0], "Temporary failure, try again later");
+                true
             }
         }
     }
@@ -337,19 +399,24 @@ impl Conversation<'_> {
     async fn read_data<S: AsyncRead + Unpin>(
         &self,
         io: &mut BufReader<S>,
-    ) -> std::io::Result<Data> {
+    ) -> std::io::Result<Data<'_>> {
         let shared = self.shared;
         let mut receiver = DataReceiver::new();
         let mut mail = Vec::new();
-        let mut taken = 0;
+        // The CRLF that ended the DATA command: the mail's first line is a line like the
+        // others (a lone `.` ends an empty mail, a leading dot is unstuffed).
+        receiver.ingest(&mut b"\r\n".iter(), &mut mail);
+        mail.clear();
+        let mut held = Held {
+            shared,
+            client: self.client,
+            bytes: 0,
+        };
         let mut dropped: Option<(DummyDataReceiver, Data)> = None;
-        let result = loop {
-            let buf = match idle_read(io, shared.idle).await {
-                Ok(buf) => buf,
-                Err(e) => break Err(e),
-            };
+        loop {
+            let buf = idle_read(io, shared.idle).await?;
             if buf.is_empty() {
-                break Err(std::io::ErrorKind::UnexpectedEof.into());
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             let mut bytes = buf.iter();
             let done = match &mut dropped {
@@ -358,11 +425,10 @@ impl Conversation<'_> {
             };
             let used = buf.len() - bytes.len();
             io.consume(used);
-            if dropped.is_none() && mail.len() > taken {
+            if dropped.is_none() && mail.len() > held.bytes {
                 let why = if mail.len() > shared.max_bytes {
                     Some(Data::TooLarge)
-                } else if shared.budget.take(self.client, mail.len() - taken) {
-                    taken = mail.len();
+                } else if held.take(mail.len() - held.bytes) {
                     None
                 } else {
                     Some(Data::NoRoom)
@@ -373,19 +439,40 @@ impl Conversation<'_> {
                 }
             }
             if done {
-                break Ok(match dropped.take() {
+                return Ok(match dropped.take() {
                     Some((_, why)) => why,
-                    None => Data::Mail(std::mem::take(&mut mail)),
+                    None => Data::Mail(mail, held),
                 });
             }
-        };
-        shared.budget.give_back(self.client, taken);
-        result
+        }
     }
 
     /// File the mail under each location that claims a recipient, in one transaction, with
     /// its SPF, DKIM and DMARC verdicts; `250` once it is committed.
-    async fn file(&self, out: &mut Vec<u8>, envelope: &Envelope, helo: &str, raw: Vec<u8>) {
+    async fn file(
+        &self,
+        out: &mut Vec<u8>,
+        envelope: &Envelope,
+        helo: &str,
+        raw: Vec<u8>,
+        mut held: Held<'_>,
+    ) {
+        let mut locations: Vec<&str> = Vec::new();
+        for (_, location) in &envelope.recipients {
+            if !locations.contains(&location.as_str()) {
+                locations.push(location);
+            }
+        }
+        // Each location's copy of the mail (and the parsed copy) count against the budget too.
+        if !held.take(raw.len() * locations.len()) {
+            reply(
+                out,
+                452,
+                [4, 3, 1],
+                "Too much mail being received at once, try again later",
+            );
+            return;
+        }
         let mail = match mime::read(&raw) {
             Ok(mail) => mail,
             Err(e) => {
@@ -419,14 +506,11 @@ impl Conversation<'_> {
         let ingest = &self.shared.ingest;
         let now = ingest.clock.now_ms();
         let mut parts: Vec<(String, Vec<Fact>)> = vec![];
-        for (_, location) in &envelope.recipients {
-            if parts.iter().any(|(l, _)| l == location) {
-                continue;
-            }
+        for location in locations {
             let fact =
                 mail.clone()
                     .into_fact(PROVIDER, VIA, location, verdicts.results.clone(), now);
-            parts.push((location.clone(), vec![fact]));
+            parts.push((location.to_owned(), vec![fact]));
         }
         match ingest
             .file_parts(PROVIDER, parts, &self.shared.base, now)
@@ -454,6 +538,9 @@ fn refuse_syntax(out: &mut Vec<u8>, error: smtp_proto::Error) {
         Error::InvalidSenderAddress => reply(out, 501, [5, 1, 7], "Bad sender address"),
         Error::InvalidRecipientAddress => reply(out, 501, [5, 1, 3], "Bad recipient address"),
         Error::SyntaxError { syntax } => reply(out, 501, [5, 5, 2], &format!("Syntax: {syntax}")),
+        Error::InvalidParameter { param: "SIZE" } => {
+            reply(out, 552, [5, 3, 4], "Mail larger than this server takes")
+        }
         Error::InvalidParameter { param } => {
             reply(out, 501, [5, 5, 4], &format!("Invalid parameter {param}"))
         }
