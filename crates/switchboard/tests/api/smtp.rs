@@ -438,8 +438,11 @@ async fn the_listeners_limits_hold() {
     wire.send(long.as_bytes()).await;
     let (code, text) = wire.reply().await;
     assert_eq!(code, 500, "{text}");
-    wire.send(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<support@acme.test>\r\nRCPT TO:<a@acme.test>\r\nRCPT TO:<b@acme.test>\r\n").await;
-    assert_eq!(wire.codes(5).await, [250, 250, 250, 250, 452]);
+    // Extensions not offered are refused, not silently ignored.
+    wire.send(b"EHLO x\r\nMAIL FROM:<a@example.com> REQUIRETLS\r\nMAIL FROM:<a@example.com> BODY=BINARYMIME\r\nMAIL FROM:<a@example.com> RET=HDRS\r\n").await;
+    assert_eq!(wire.codes(4).await, [250, 555, 555, 555]);
+    wire.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<support@acme.test>\r\nRCPT TO:<a@acme.test>\r\nRCPT TO:<b@acme.test>\r\n").await;
+    assert_eq!(wire.codes(4).await, [250, 250, 250, 452]);
 
     // Two more connections from this address are admitted; the fourth is told to come back.
     let (_second, (code, _)) = Wire::connect(&smtp).await;

@@ -14,6 +14,12 @@ use super::{Shared, VIA};
 use crate::channels::email::{mime, route_to, PROVIDER};
 use crate::domain::Fact;
 
+/// `MAIL FROM` parameters of extensions not offered: REQUIRETLS, BINARYMIME, DSN's RET.
+const UNOFFERED: u64 = smtp_proto::MAIL_REQUIRETLS
+    | smtp_proto::MAIL_BODY_BINARYMIME
+    | smtp_proto::MAIL_RET_FULL
+    | smtp_proto::MAIL_RET_HDRS;
+
 /// Bad commands a conversation may send before it is closed.
 const MAX_ERRORS: u32 = 20;
 
@@ -260,6 +266,10 @@ impl Conversation<'_> {
                     } else if envelope.is_some() {
                         errors += 1;
                         reply(&mut out, 503, [5, 5, 1], "A mail is already being sent");
+                    } else if from.flags & UNOFFERED != 0 || from.env_id.is_some() {
+                        // A sender that asks for what we do not offer (REQUIRETLS, BINARYMIME,
+                        // DSN) is told so rather than silently ignored (RFC 5321 §4.1.1.11).
+                        reply(&mut out, 555, [5, 5, 4], "MAIL parameter not offered here");
                     } else if from.size > shared.max_bytes {
                         reply(
                             &mut out,
