@@ -38,7 +38,6 @@ fn id_at(ms: u64, rng: &mut impl Rng) -> String {
     id
 }
 
-/// Whether `s` has the shape of an id this generator makes (cheap guard for path parameters).
 /// Lower-case hexadecimal of `bytes` (digests, MACs, ids derived from them).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -49,6 +48,7 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Whether `s` has the shape of an id this generator makes (cheap guard for path parameters).
 pub fn looks_like_id(s: &str) -> bool {
     s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }

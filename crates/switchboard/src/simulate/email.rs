@@ -150,22 +150,16 @@ pub async fn email(mail: &SimulatedEmail) -> anyhow::Result<(u16, String)> {
     }
     let client = reqwest::Client::new();
     let request = match mail.via {
-        Via::Smtp => {
+        Via::Raw | Via::Smtp => {
             let raw = compose(&ParsedParts {
                 headers,
                 text: Some(&mail.body),
                 html: None,
                 attachments: files,
             });
-            return super::smtp::send(server, &mail.from, &mail.to, &raw).await;
-        }
-        Via::Raw => {
-            let raw = compose(&ParsedParts {
-                headers,
-                text: Some(&mail.body),
-                html: None,
-                attachments: files,
-            });
+            if mail.via == Via::Smtp {
+                return super::smtp::send(server, &mail.from, &mail.to, &raw).await;
+            }
             client
                 .post(format!("{server}{RAW_PATH}"))
                 .query(&[("recipient", &mail.to)])

@@ -118,9 +118,7 @@ macro_rules! sql_filing {
                 )
                 .await?;
                 if thread.suppressed {
-                    sqlx::query(&$hooks::positional(
-                        "UPDATE messages SET status = 'suppressed' WHERE id = $1".to_owned(),
-                    ))
+                    sqlx::query("UPDATE messages SET status = 'suppressed' WHERE id = $1")
                     .bind(*message_id)
                     .execute(&mut **tx)
                     .await?;

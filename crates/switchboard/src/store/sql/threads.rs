@@ -26,10 +26,10 @@ macro_rules! sql_threads {
         ) -> StoreResult<$crate::event::Thread> {
             let suppressed = match cap {
                 Some(cap) => {
-                    let recent: i64 = sqlx::query_scalar(&$hooks::positional(
+                    let recent: i64 = sqlx::query_scalar(
                         "SELECT COUNT(*) FROM email_messages
-                         WHERE conversation_id = $1 AND created_at > $2".to_owned(),
-                    ))
+                         WHERE conversation_id = $1 AND created_at > $2",
+                    )
                     .bind(conversation_id)
                     .bind(now - 60_000)
                     .fetch_one(&mut **tx)

@@ -74,8 +74,7 @@ pub fn listeners(context: &ListenerContext<'_>) -> anyhow::Result<Vec<Box<dyn Li
     if config.public_url.is_none() {
         tracing::warn!(
             base = context.base,
-            "smtp_listen is set but public_url is not: links to mail attachments start with {} (there is no request to take the host from); set public_url",
-            context.base
+            "smtp_listen is set but public_url is not: links to mail attachments start with the listen address (there is no request to take the host from); set public_url"
         );
     }
     let slots = ConnectionSlots::new(Limits {

@@ -31,11 +31,11 @@ enum End<S> {
     StartTls(S),
 }
 
-/// The mail being sent: its sender (empty for a bounce) and the recipients accepted so far,
-/// each with the location that claims it.
+/// The mail being sent: its sender (empty for a bounce) and, for each recipient accepted so
+/// far, the location that claims it.
 struct Envelope {
     mail_from: String,
-    recipients: Vec<(String, String)>,
+    recipients: Vec<String>,
 }
 
 /// Serve one connection to its end.
@@ -388,7 +388,7 @@ impl Conversation<'_> {
         }
         match self.shared.ingest.account(PROVIDER, &key).await {
             Ok(Some(account)) => {
-                envelope.recipients.push((address, account.location_id));
+                envelope.recipients.push(account.location_id);
                 reply(out, 250, [2, 1, 5], "OK");
                 true
             }
@@ -468,7 +468,7 @@ impl Conversation<'_> {
         mut held: Held<'_>,
     ) {
         let mut locations: Vec<&str> = Vec::new();
-        for (_, location) in &envelope.recipients {
+        for location in &envelope.recipients {
             if !locations.contains(&location.as_str()) {
                 locations.push(location);
             }
