@@ -36,6 +36,8 @@ pub struct WebhookState {
     /// Its subscriber has not answered yet, or did not answer its last attempt: one attempt
     /// at a time, outside the shared slots.
     pub probation: bool,
+    /// Its backlog is held in the event stream (no delivery rows written at ingest).
+    pub backlog_held: bool,
 }
 
 impl Default for WebhookState {
@@ -44,6 +46,7 @@ impl Default for WebhookState {
         WebhookState {
             breaker: BreakerState::Closed,
             probation: true,
+            backlog_held: false,
         }
     }
 }
@@ -180,6 +183,10 @@ impl Metrics {
 
     pub fn probation(&self, webhook_id: &str, on_probation: bool) {
         self.update_webhook(webhook_id, |w| w.probation = on_probation);
+    }
+
+    pub fn backlog_held(&self, webhook_id: &str, held: bool) {
+        self.update_webhook(webhook_id, |w| w.backlog_held = held);
     }
 
     fn update_webhook(&self, webhook_id: &str, change: impl FnOnce(&mut WebhookState)) {
@@ -381,6 +388,18 @@ impl Metrics {
                 out,
                 "{name}{{webhook=\"{webhook}\"}} {}",
                 u8::from(state.probation)
+            );
+        }
+        let name = "switchboard_webhook_backlog_held";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Per webhook: 1 while its backlog is held in the event stream (no delivery rows written at ingest), else 0.\n# TYPE {name} gauge"
+        );
+        for (webhook, state) in webhooks.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{webhook=\"{webhook}\"}} {}",
+                u8::from(state.backlog_held)
             );
         }
         drop(webhooks);

@@ -130,6 +130,7 @@ impl Dispatcher {
             // What it left in the store meanwhile is claimed by a poll.
             self.poll_soon |= !hold;
         }
+        self.sync_backlog(webhook_id);
     }
 
     /// Start what every lane may start now, one delivery per lane per round, so no lane takes
@@ -284,6 +285,12 @@ impl Dispatcher {
         if lane.proven != answered {
             lane.proven = answered;
             self.shared.metrics.probation(&done.webhook_id, !answered);
+        }
+        // It answered, or one of its deliveries left the queue: a held backlog may give more.
+        if (answered || !matches!(next, NextStep::RetryAt(_)))
+            && self.backlogs.due(&done.webhook_id)
+        {
+            self.poll_soon = true;
         }
         let success = next == NextStep::Delivered;
         let mut breaker_change = None;

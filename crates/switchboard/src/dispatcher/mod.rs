@@ -29,6 +29,7 @@ use crate::ssrf::TargetPolicy;
 use crate::store::{DeliveryJob, Handoffs, NextStep, Store, StoreError, WebhookHealth};
 
 mod attempt;
+mod backlog;
 mod claims;
 mod lanes;
 mod schedule;
@@ -159,6 +160,8 @@ pub struct Dispatcher {
     /// A lane that held its deliveries in the store takes them again: poll soon, not at the
     /// next tick.
     poll_soon: bool,
+    /// Webhooks whose backlog is held in the event stream.
+    backlogs: backlog::Backlogs,
     /// HTTP clients by the private networks their webhooks may reach.
     clients: HashMap<Vec<ipnet::IpNet>, (reqwest::Client, TargetPolicy)>,
     poll_interval: Duration,
@@ -207,6 +210,7 @@ impl Dispatcher {
                 probing: 0,
                 probation_cap: PROBATION_FACTOR * config.dispatcher_concurrency,
                 poll_soon: false,
+                backlogs: backlog::Backlogs::default(),
                 clients: HashMap::new(),
                 poll_interval: config.poll_interval,
                 breaker_threshold: config.breaker_threshold,
@@ -275,6 +279,10 @@ impl Dispatcher {
             self.shared
                 .metrics
                 .breaker(&webhook.id, lane.breaker.state());
+            if webhook.backlog_after_seq.is_some() {
+                self.backlogs.seen_held(&webhook.id);
+                self.shared.metrics.backlog_held(&webhook.id, true);
+            }
             targets.insert(
                 webhook.id.clone(),
                 Arc::new(Target::new(webhook, client, &policy)),
@@ -292,6 +300,7 @@ impl Dispatcher {
                 self.release(leases);
             }
             self.shared.handoffs.hold(&id, false);
+            self.backlogs.forget(&id);
             self.shared.metrics.forget_webhook(&id);
         }
         self.targets = targets;
@@ -345,6 +354,7 @@ impl Dispatcher {
                     }
                 } => next_poll = Instant::now(),
             }
+            self.hold_backlogs().await;
             let now = Instant::now();
             if std::mem::take(&mut self.poll_soon) {
                 // At most one such poll per SOON_POLL_GAP, however many lanes open.

@@ -63,6 +63,8 @@ impl Dispatcher {
             Ok(jobs) => self.accept(jobs),
             Err(e) => store_failed(&e, "emitting calls that waited for a recording failed"),
         }
+        // Held backlogs that can take deliveries now get them written, for the claim below.
+        self.top_up_backlogs().await;
         // Lanes on probation hold a few each, counted against their own limit.
         let queued: usize = self
             .lanes

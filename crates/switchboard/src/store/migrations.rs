@@ -71,6 +71,11 @@ pub const SQLITE: Embedded = &[
         "mail flood",
         include_str!("../../migrations/sqlite/0012_mail_flood.sql"),
     ),
+    (
+        13,
+        "stream backlog",
+        include_str!("../../migrations/sqlite/0013_stream_backlog.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -123,6 +128,11 @@ pub const POSTGRES: Embedded = &[
         10,
         "mail flood",
         include_str!("../../migrations/postgres/0010_mail_flood.sql"),
+    ),
+    (
+        11,
+        "stream backlog",
+        include_str!("../../migrations/postgres/0011_stream_backlog.sql"),
     ),
 ];
 

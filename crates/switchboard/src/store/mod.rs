@@ -29,7 +29,9 @@ mod traits;
 pub use account_cache::AccountCache;
 pub use faults::{FaultKind, StorageFault, StorageFaults};
 pub use group_commit::{Batcher, GroupCommit, Write, Written};
-pub use traits::{Calls, Deliveries, Feed, Locations, Messages, Setup, Store, Webhooks};
+pub use traits::{
+    BacklogTopUp, Backlogs, Calls, Deliveries, Feed, Locations, Messages, Setup, Store, Webhooks,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -155,6 +157,10 @@ pub struct Webhook {
     pub disabled_at: Option<i64>,
     pub disabled_reason: Option<String>,
     pub health: WebhookHealth,
+    /// Its backlog is held in the event stream after this place (`seq`): ingest writes no
+    /// deliveries for it, a dispatcher writes those of the later events in turn. Set while its
+    /// subscriber has not answered (see `Backlogs`).
+    pub backlog_after_seq: Option<i64>,
 }
 
 /// A secret replaced by a rotation, signing until `until` (ms since the epoch).
@@ -194,6 +200,7 @@ impl Webhook {
             disabled_at: None,
             disabled_reason: None,
             health: WebhookHealth::default(),
+            backlog_after_seq: None,
         }
     }
 

@@ -253,14 +253,66 @@ pub trait Feed: Send + Sync + 'static {
     async fn queue_depth(&self, now: i64) -> StoreResult<QueueDepth>;
 }
 
+/// Backlogs held in the event stream: a webhook whose subscriber has not answered gets no
+/// delivery rows at ingest; its deliveries are written from the events after its place, a few
+/// at a time, as it can take them.
+#[async_trait]
+pub trait Backlogs: Send + Sync + 'static {
+    /// From now on, hold these webhooks' backlogs in the stream (those already held stay as
+    /// they are).
+    async fn hold_backlogs(&self, webhook_ids: &[String]) -> StoreResult<()>;
+
+    /// Write a held webhook's deliveries, of the events after its place, until it has `want`
+    /// pending (or a few thousand events were read); with `release`, when no event is left
+    /// after its place, give its deliveries back to ingest.
+    async fn top_up_backlog(
+        &self,
+        webhook_id: &str,
+        want: u32,
+        release: bool,
+        now: i64,
+    ) -> StoreResult<BacklogTopUp>;
+}
+
+/// What a top-up did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BacklogTopUp {
+    /// Deliveries written now.
+    pub queued: u32,
+    /// Events remain after its place (it reached `want`, or read as many as one call may).
+    pub more: bool,
+    /// Not held (any more): given back to ingest, or the webhook is gone.
+    pub released: bool,
+}
+
 /// The whole store, the sum of its concerns: what the server holds as `Arc<dyn Store>`.
 /// Each concern is implemented once for both backends by its own macro in `sql/`.
 pub trait Store:
-    Setup + Locations + Webhooks + Messages + Calls + Deliveries + Feed + Send + Sync + 'static
+    Setup
+    + Locations
+    + Webhooks
+    + Messages
+    + Calls
+    + Deliveries
+    + Backlogs
+    + Feed
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<T> Store for T where
-    T: Setup + Locations + Webhooks + Messages + Calls + Deliveries + Feed + Send + Sync + 'static
+    T: Setup
+        + Locations
+        + Webhooks
+        + Messages
+        + Calls
+        + Deliveries
+        + Backlogs
+        + Feed
+        + Send
+        + Sync
+        + 'static
 {
 }

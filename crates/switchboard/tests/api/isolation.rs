@@ -162,13 +162,14 @@ async fn a_stalled_tls_handshake_ends_at_the_timeout() {
     );
 }
 
-/// 200 webhooks whose subscriber hangs and one that answers, with the default 256 slots and a
-/// 5 s delivery timeout: from the first message on, every delivery to the healthy webhook
-/// arrives well before any timeout could have freed a slot. Before probation, the second
-/// message's 200 hanging attempts filled the slots and the healthy webhook waited for the
-/// timeouts.
+/// 200 webhooks whose subscriber hangs and one that answers, with the default 256 slots and
+/// the default 10 s delivery timeout: from the first message on, every delivery to the healthy
+/// webhook arrives well before any timeout could have freed a slot (under a quarter of it:
+/// the first ones share the test's one thread with 200 connections being opened, which on a
+/// loaded machine took over a second). Before probation, the second message's 200 hanging
+/// attempts filled the slots and the healthy webhook waited for the timeouts.
 async fn two_hundred_hanging_webhooks_delay_no_healthy_delivery() {
-    let timeout = Duration::from_secs(5);
+    let timeout = Duration::from_secs(10);
     let app = spawn_app_with(|c| c.delivery_timeout = timeout).await;
     assert_eq!(switchboard::Config::defaults().dispatcher_concurrency, 256);
     location_with_twilio(&app).await;
@@ -209,7 +210,7 @@ async fn two_hundred_hanging_webhooks_delay_no_healthy_delivery() {
     waits.sort();
     for (i, waited) in &waits {
         assert!(
-            *waited < Duration::from_secs(1),
+            *waited < timeout / 4,
             "message {i} reached the healthy webhook after {waited:?} (timeout {timeout:?}): {waits:?}"
         );
     }
@@ -297,92 +298,8 @@ async fn each_webhooks_probation_shows_in_the_api_and_the_metrics() {
     );
 }
 
-/// A hanging subscriber's backlog waits in the store, not in the dispatcher's memory: of 40
-/// deliveries to it, the dispatcher holds (leases) at most `PROBATION_QUEUE`; the others are
-/// due in the store, for a claim once its subscriber answers. Before, every one was leased and
-/// queued in memory at ingest (40 in flight, 0 due).
-async fn a_hanging_subscribers_backlog_waits_in_the_store() {
-    let held = switchboard::dispatcher::PROBATION_QUEUE;
-    let messages = held + 24;
-    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(60)).await;
-    location_with_twilio(&app).await;
-    let hanging = TestReceiver::start().await;
-    hanging.slow(Duration::from_secs(3600));
-    create_webhook(
-        &app,
-        json!({ "url": hanging.url, "events": ["InboundMessage"] }),
-    )
-    .await;
-    for i in 0..messages {
-        let sid = twilio_sid(&format!("SMbacklog{i}"));
-        let r = app
-            .post_twilio(&sms_params(&sid, "backlog"), AUTH_TOKEN)
-            .await;
-        assert_eq!(r.status(), 200);
-    }
-    hanging.wait_for(1, Duration::from_secs(5)).await;
-    // The queue depth is read at most once a second.
-    let series = |state: &str| format!("switchboard_delivery_queue{{state=\"{state}\"}}");
-    let text = eventually(
-        Duration::from_secs(5),
-        "the whole backlog counted",
-        || async {
-            let text = get_metrics(&app.client, &app.address).await;
-            let count = |state: &str| metric(&text, &series(state)).unwrap_or(0.0) as usize;
-            (count("due") + count("in_flight") == messages).then_some(text)
-        },
-    )
-    .await;
-    let in_flight = metric(&text, &series("in_flight")).unwrap() as usize;
-    assert!(
-        in_flight <= held,
-        "{in_flight} of {messages} deliveries to a hanging subscriber are leased (at most {held} should be):\n{text}"
-    );
-    // One attempt at a time on probation.
-    assert_eq!(hanging.received().len(), 1);
-}
-
-/// When a subscriber that hung answers again, the backlog it left in the store is claimed and
-/// every delivery arrives, each once.
-async fn a_backlog_left_in_the_store_is_delivered_once_the_subscriber_answers() {
-    let messages = switchboard::dispatcher::PROBATION_QUEUE + 24;
-    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
-    location_with_twilio(&app).await;
-    let subscriber = TestReceiver::start().await;
-    subscriber.slow(Duration::from_secs(3600));
-    create_webhook(
-        &app,
-        json!({ "url": subscriber.url, "events": ["InboundMessage"], "retrySchedule": ["1s"] }),
-    )
-    .await;
-    for i in 0..messages {
-        let sid = twilio_sid(&format!("SMrecover{i}"));
-        let body = format!("recover {i}");
-        let r = app.post_twilio(&sms_params(&sid, &body), AUTH_TOKEN).await;
-        assert_eq!(r.status(), 200);
-    }
-    subscriber.wait_for(1, Duration::from_secs(5)).await;
-    subscriber.slow(Duration::ZERO);
-    // The first attempt times out after 1 s and is retried 1 s later; everything else follows.
-    let got = subscriber
-        .wait_for(messages + 1, Duration::from_secs(15))
-        .await;
-    let mut bodies: Vec<String> = got
-        .iter()
-        .map(|d| d.json()["body"].as_str().unwrap().to_owned())
-        .collect();
-    bodies.sort();
-    bodies.dedup();
-    assert_eq!(bodies.len(), messages, "{bodies:?}");
-    // One timed out and was sent again; nothing else twice.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(subscriber.received().len(), messages + 1);
-}
-
 crate::both_stores!(
     a_stalled_tls_handshake_ends_at_the_timeout,
-    a_hanging_subscribers_backlog_waits_in_the_store,
-    a_backlog_left_in_the_store_is_delivered_once_the_subscriber_answers,
     a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot,
     two_hundred_hanging_webhooks_delay_no_healthy_delivery,
     each_webhooks_probation_shows_in_the_api_and_the_metrics,

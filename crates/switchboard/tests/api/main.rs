@@ -26,6 +26,7 @@ macro_rules! both_stores {
 }
 
 mod admin;
+mod backlog;
 mod channel_api;
 mod connections;
 mod contacts;

@@ -301,6 +301,7 @@ impl WebhookView {
                 "failingSince": w.health.failing_since.map(iso_millis),
                 "breakerOpenUntil": w.health.breaker_open_until.map(iso_millis),
                 "probation": probation,
+                "backlogHeldAfter": w.backlog_after_seq,
             }),
             previous_secret_valid_until: w
                 .previous_secrets

@@ -32,14 +32,22 @@ macro_rules! sql_feed {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                // Events whose deliveries are all finished, with those deliveries and their attempts.
+                // Events whose deliveries are all finished, with those deliveries and their
+                // attempts; none after the place of a webhook whose backlog is held in the
+                // stream (their deliveries are not written yet).
+                let held_from: Option<i64> = sqlx::query_scalar(
+                    "SELECT MIN(backlog_after_seq) FROM webhooks WHERE deleted_at IS NULL",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
                 let old_events: Vec<String> = sqlx::query_scalar(
-                    "SELECT id FROM events e WHERE created_at < $1
+                    "SELECT id FROM events e WHERE created_at < $1 AND seq <= $3
                        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
                      ORDER BY seq LIMIT $2",
                 )
                 .bind(before)
                 .bind(i64::from(batch))
+                .bind(held_from.unwrap_or(i64::MAX))
                 .fetch_all(&mut *tx)
                 .await?;
                 let mut rows = attempts;

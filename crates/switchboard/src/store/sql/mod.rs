@@ -8,6 +8,7 @@
 //! helpers one concern defines (`file_messages`, `queue_deliveries`, `job_from_row`, …) are
 //! there for the others; the imports and the statement-text cache are here, once.
 pub(super) mod attempts;
+pub(super) mod backlog;
 pub(super) mod calls;
 pub(super) mod contacts;
 pub(super) mod deliveries;
@@ -84,6 +85,7 @@ macro_rules! sql_store {
         $crate::store::sql::calls::sql_calls!($store, $db, $row, $hooks);
         $crate::store::sql::attempts::sql_attempts!($store, $db, $row, $hooks);
         $crate::store::sql::deliveries::sql_deliveries!($store, $db, $row, $hooks);
+        $crate::store::sql::backlog::sql_backlog!($store, $db, $row, $hooks);
         $crate::store::sql::feed::sql_feed!($store, $db, $row, $hooks);
     };
 }

@@ -3,6 +3,12 @@
 
 macro_rules! sql_outbox {
     ($store:ident, $db:ty, $row:ty, $hooks:ident) => {
+        /// The columns a new delivery is inserted with (the statement text is cached by table
+        /// and row count, so every insert of deliveries names these).
+        const DELIVERY_COLUMNS: &str =
+            "id, event_id, webhook_id, status, attempts, next_attempt_at, \
+            lease_until, created_at, conversation_id, event_seq";
+
         /// An event to store; its body is frozen as sent.
         struct NewEvent<'a> {
             id: String,
@@ -55,6 +61,7 @@ macro_rules! sql_outbox {
         /// once, unless the webhook cannot take it now (disabled, breaker open), no lease is
         /// asked (an API-only node), or, for an ordered webhook, an earlier event of the
         /// conversation is still pending: then a dispatcher claims it in turn.
+        #[derive(Clone)]
         struct NewDelivery<'a> {
             webhook: &'a Webhook,
             event_id: &'a str,
@@ -75,6 +82,28 @@ macro_rules! sql_outbox {
             rows: &[NewDelivery<'_>],
             outcomes: &mut [IngestOutcome],
         ) -> StoreResult<()> {
+            // A webhook whose backlog is held in the stream gets no row: its top-up writes it.
+            // The webhooks were read before this transaction took the event-stream lock (its
+            // events are numbered), so ask again now for those that were held then.
+            let mut maybe_held: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.webhook.backlog_after_seq.is_some())
+                .map(|r| r.webhook.id.as_str())
+                .collect();
+            let kept: Vec<NewDelivery<'_>>;
+            let rows = if maybe_held.is_empty() {
+                rows
+            } else {
+                maybe_held.sort_unstable();
+                maybe_held.dedup();
+                let held = held_backlogs(tx, &maybe_held).await?;
+                kept = rows
+                    .iter()
+                    .filter(|r| !held.contains(&r.webhook.id))
+                    .map(NewDelivery::clone)
+                    .collect();
+                &kept[..]
+            };
             let mut send_now: Vec<bool> = rows
                 .iter()
                 .map(|r| {
@@ -133,13 +162,7 @@ macro_rules! sql_outbox {
             let ids: Vec<String> = rows.iter().map(|_| new_id()).collect();
             let all = rows.iter().zip(&ids).zip(&send_now).collect::<Vec<_>>();
             for chunk in chunks(&all, rows_per_statement(10, 0)) {
-                let sql = insert_text(
-                    "deliveries",
-                    "id, event_id, webhook_id, status, attempts, next_attempt_at, lease_until, \
-                     created_at, conversation_id, event_seq",
-                    chunk.len(),
-                    "",
-                );
+                let sql = insert_text("deliveries", DELIVERY_COLUMNS, chunk.len(), "");
                 let mut query = sqlx::query(&sql);
                 for ((r, id), now) in chunk {
                     query = query

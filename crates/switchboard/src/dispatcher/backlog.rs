@@ -1,0 +1,131 @@
+//! Backlogs held in the event stream. While a webhook is on probation with an attempt out (its
+//! subscriber has not answered yet, or did not answer its last attempt), its new events cost
+//! ingest nothing: the store writes no delivery rows for it (`Backlogs::hold_backlogs`), only
+//! its place in the stream. The dispatcher writes its deliveries from there as it can take
+//! them (`top_up_backlog`): one at a time on probation, a lane's worth once it answers, and
+//! gives it back to ingest when nothing is left after its place.
+//!
+//! Without this, each message's transaction wrote a row per hanging webhook: with 1,000 of
+//! them, every healthy subscriber's event waited for 1,000 inserts.
+
+use std::collections::HashMap;
+
+use super::lanes::lane_capacity;
+use super::{store_failed, Dispatcher};
+
+/// This node's view of one held backlog.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Held {
+    /// The store may have deliveries to write for it that it can take: top up at the next poll.
+    pub(super) due: bool,
+}
+
+/// Held backlogs by webhook id, and the webhooks to hold at the end of this round.
+#[derive(Debug, Default)]
+pub(super) struct Backlogs {
+    pub(super) held: HashMap<String, Held>,
+    to_hold: Vec<String>,
+}
+
+impl Backlogs {
+    /// A top-up may write something now (it answered, or deliveries left its queue).
+    pub(super) fn due(&mut self, webhook_id: &str) -> bool {
+        match self.held.get_mut(webhook_id) {
+            Some(h) => {
+                h.due = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A webhook seen held in the store (by another node, or before a restart).
+    pub(super) fn seen_held(&mut self, webhook_id: &str) {
+        self.held
+            .entry(webhook_id.to_owned())
+            .or_insert(Held { due: true });
+    }
+
+    pub(super) fn forget(&mut self, webhook_id: &str) {
+        self.held.remove(webhook_id);
+    }
+}
+
+impl Dispatcher {
+    /// A lane on probation with an attempt out or queued: hold its backlog in the stream.
+    pub(super) fn sync_backlog(&mut self, webhook_id: &str) {
+        let Some(lane) = self.lanes.get(webhook_id) else {
+            return;
+        };
+        let busy = lane.in_flight as usize + lane.queued() > 0;
+        if !lane.proven && busy && !self.backlogs.held.contains_key(webhook_id) {
+            self.backlogs
+                .held
+                .insert(webhook_id.to_owned(), Held::default());
+            self.backlogs.to_hold.push(webhook_id.to_owned());
+            self.shared.metrics.backlog_held(webhook_id, true);
+        }
+    }
+
+    /// Hold the backlogs this round asked for, in one transaction.
+    pub(super) async fn hold_backlogs(&mut self) {
+        if self.backlogs.to_hold.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.backlogs.to_hold);
+        if let Err(e) = self.shared.store.hold_backlogs(&ids).await {
+            store_failed(&e, "holding backlogs in the event stream failed");
+            // Ingest goes on writing their deliveries; the next busy round asks again.
+            for id in &ids {
+                self.backlogs.forget(id);
+                self.shared.metrics.backlog_held(id, false);
+            }
+        }
+    }
+
+    /// Write the deliveries of held backlogs that can take some now; give back those of
+    /// webhooks that answered once nothing is left after their place.
+    pub(super) async fn top_up_backlogs(&mut self) {
+        let due: Vec<String> = self
+            .backlogs
+            .held
+            .iter()
+            .filter(|(_, h)| h.due)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = self.shared.clock.now_ms();
+        for id in due {
+            let Some(target) = self.targets.get(&id) else {
+                continue;
+            };
+            let (want, release) = match self.lanes.get(&id) {
+                Some(lane) if lane.full(&target.webhook) => continue,
+                // On probation with something to try it with already.
+                Some(lane) if !lane.proven && lane.in_flight as usize + lane.queued() > 0 => {
+                    continue
+                }
+                Some(lane) if lane.proven => (lane_capacity(&target.webhook), true),
+                // On probation: one delivery to try it with.
+                _ => (1, false),
+            };
+            match self
+                .shared
+                .store
+                .top_up_backlog(&id, want as u32, release, now)
+                .await
+            {
+                Ok(done) if done.released => {
+                    self.backlogs.forget(&id);
+                    self.shared.metrics.backlog_held(&id, false);
+                }
+                Ok(done) => {
+                    if let Some(h) = self.backlogs.held.get_mut(&id) {
+                        h.due = done.more;
+                    }
+                    self.poll_soon |= done.more;
+                }
+                Err(e) => store_failed(&e, "writing a held backlog's deliveries failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Backlogs held in the event stream: a webhook whose subscriber has not answered gets no
+//! delivery rows at ingest (`queue_deliveries` leaves it out); its place in the stream
+//! (`webhooks.backlog_after_seq`) says which events it still owes, and a dispatcher writes their
+//! deliveries a few at a time as the webhook can take them, then gives it back to ingest.
+//!
+//! Holding and giving back take the event-stream lock, so an ingest that read the webhook as
+//! held and numbers its event after the place is seen by the top-up, and one that read it as
+//! not held wrote its row (a top-up never writes a second one for an event).
+
+macro_rules! sql_backlog {
+    ($store:ident, $db:ty, $row:ty, $hooks:ident) => {
+        /// Events a top-up reads per statement, and statements per call.
+        const BACKLOG_SCAN: usize = 500;
+        const BACKLOG_SCANS: usize = 4;
+
+        /// Of `webhook_ids`, those whose backlog is held now. Called under the event-stream
+        /// lock: what it reads stays true until the caller's commit.
+        async fn held_backlogs(
+            tx: &mut Transaction<'_, $db>,
+            webhook_ids: &[&str],
+        ) -> StoreResult<HashSet<String>> {
+            let mut held = HashSet::new();
+            for chunk in chunks(webhook_ids, rows_per_statement(1, 0)) {
+                let sql = TEXTS.get("held backlogs", "webhooks", chunk.len(), || {
+                    $hooks::positional(format!(
+                        "SELECT id FROM webhooks WHERE backlog_after_seq IS NOT NULL AND id IN ({})",
+                        placeholders(chunk.len(), 1)
+                    ))
+                });
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(&mut **tx).await? {
+                    held.insert(row.get(0));
+                }
+            }
+            Ok(held)
+        }
+
+        /// One event after a held webhook's place, with what its filters look at.
+        struct StreamEvent {
+            seq: i64,
+            id: String,
+            conversation_id: Option<String>,
+            /// Whether it goes to the webhook (its filters, not a suppressed mail, not the
+            /// webhook's own `WebhookDisabled`).
+            wanted: bool,
+        }
+
+        async fn read_stream(
+            tx: &mut Transaction<'_, $db>,
+            webhook: &Webhook,
+            after: i64,
+        ) -> StoreResult<Vec<StreamEvent>> {
+            let rows = sqlx::query(
+                "SELECT e.seq, e.id, e.event_type, e.location_id, m.message_type, m.direction,
+                        m.conversation_id, m.status,
+                        CASE WHEN e.event_type = 'WebhookDisabled' THEN e.payload END AS disabled
+                 FROM events e LEFT JOIN messages m ON m.id = e.message_id
+                 WHERE e.seq > $1 ORDER BY e.seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(BACKLOG_SCAN as i64)
+            .fetch_all(&mut **tx)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let event_type = EventType::parse(row.get::<&str, _>("event_type"));
+                    let message_type = row.get::<Option<&str>, _>("message_type");
+                    let direction = match row.get::<Option<&str>, _>("direction") {
+                        Some("outbound") => Direction::Outbound,
+                        _ => Direction::Inbound,
+                    };
+                    let message_type = message_type.map(switchboard_events::MessageType::parse);
+                    let suppressed = row.get::<Option<&str>, _>("status") == Some("suppressed");
+                    let own_notice = row
+                        .get::<Option<Vec<u8>>, _>("disabled")
+                        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                        .is_some_and(|p| p["endpointId"] == webhook.id.as_str());
+                    let wanted = event_type.is_some_and(|t| {
+                        webhook.matches(
+                            t,
+                            row.get::<Option<&str>, _>("location_id"),
+                            message_type.as_ref().map(|m| (m, direction)),
+                        )
+                    }) && !suppressed
+                        && !own_notice;
+                    StreamEvent {
+                        seq: row.get("seq"),
+                        id: row.get("id"),
+                        conversation_id: row.get("conversation_id"),
+                        wanted,
+                    }
+                })
+                .collect())
+        }
+
+        /// Of `events`, those the webhook has a delivery of already (written at ingest before
+        /// it was held, or by a replay).
+        async fn delivered_already(
+            tx: &mut Transaction<'_, $db>,
+            webhook_id: &str,
+            events: &[&str],
+        ) -> StoreResult<HashSet<String>> {
+            let mut found = HashSet::new();
+            for chunk in chunks(events, rows_per_statement(1, 1)) {
+                let sql = TEXTS.get("delivered already", "deliveries", chunk.len(), || {
+                    $hooks::positional(format!(
+                        "SELECT event_id FROM deliveries WHERE webhook_id = $1 AND event_id IN ({})",
+                        placeholders(chunk.len(), 2)
+                    ))
+                });
+                let mut query = sqlx::query(&sql).bind(webhook_id);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(&mut **tx).await? {
+                    found.insert(row.get(0));
+                }
+            }
+            Ok(found)
+        }
+
+        #[async_trait]
+        impl $crate::store::Backlogs for $store {
+            async fn hold_backlogs(&self, webhook_ids: &[String]) -> StoreResult<()> {
+                if webhook_ids.is_empty() {
+                    return Ok(());
+                }
+                self.faults.track(async {
+                    let mut tx = $hooks::begin_write(&self.writer).await?;
+                    $hooks::lock_event_stream(&mut *tx).await?;
+                    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    for id in webhook_ids {
+                        sqlx::query(
+                            "UPDATE webhooks SET backlog_after_seq = $1
+                             WHERE id = $2 AND deleted_at IS NULL AND backlog_after_seq IS NULL",
+                        )
+                        .bind(head)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+                .await
+            }
+
+            async fn top_up_backlog(
+                &self,
+                webhook_id: &str,
+                want: u32,
+                release: bool,
+                now: i64,
+            ) -> StoreResult<$crate::store::BacklogTopUp> {
+                self.faults.track(async {
+                    let mut done = $crate::store::BacklogTopUp::default();
+                    let mut tx = $hooks::begin_write(&self.writer).await?;
+                    // One top-up of a webhook at a time, on any node.
+                    let row = sqlx::query(&format!(
+                        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND deleted_at IS NULL{}",
+                        $hooks::ROW_LOCK
+                    ))
+                    .bind(webhook_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(webhook) = row.as_ref().map(webhook_from_row) else {
+                        done.released = true;
+                        return Ok(done);
+                    };
+                    let Some(mut after) = webhook.backlog_after_seq else {
+                        done.released = true;
+                        return Ok(done);
+                    };
+                    let pending: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                             WHERE webhook_id = $1 AND status = 'pending' LIMIT $2) AS p",
+                    )
+                    .bind(webhook_id)
+                    .bind(i64::from(want))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let mut room = (want as usize).saturating_sub(pending as usize);
+                    if room == 0 {
+                        // It holds what it can take: the next top-up comes when some are done.
+                        return Ok(done);
+                    }
+                    let mut locked = false;
+                    let mut rows: Vec<(String, StreamEvent)> = Vec::new();
+                    // Read as many events as one call may: call again.
+                    done.more = true;
+                    for _ in 0..BACKLOG_SCANS {
+                        let events = read_stream(&mut tx, &webhook, after).await?;
+                        let reached_head = events.len() < BACKLOG_SCAN;
+                        let wanted: Vec<&str> =
+                            events.iter().filter(|e| e.wanted).map(|e| e.id.as_str()).collect();
+                        let already = delivered_already(&mut tx, webhook_id, &wanted).await?;
+                        let mut stopped = false;
+                        for e in events {
+                            if e.wanted && !already.contains(&e.id) {
+                                if room == 0 {
+                                    stopped = true;
+                                    break;
+                                }
+                                room -= 1;
+                                after = e.seq;
+                                rows.push((new_id(), e));
+                            } else {
+                                after = e.seq;
+                            }
+                        }
+                        if stopped {
+                            done.more = false;
+                            break;
+                        }
+                        if !reached_head {
+                            continue;
+                        }
+                        if !release {
+                            done.more = false;
+                            break;
+                        }
+                        if !locked {
+                            // Read once more under the lock: nothing numbered after it can
+                            // have been left out.
+                            $hooks::lock_event_stream(&mut *tx).await?;
+                            locked = true;
+                            continue;
+                        }
+                        done.more = false;
+                        done.released = true;
+                        break;
+                    }
+                    for chunk in chunks(&rows, rows_per_statement(10, 0)) {
+                        let sql = insert_text("deliveries", DELIVERY_COLUMNS, chunk.len(), "");
+                        let mut query = sqlx::query(&sql);
+                        for (id, e) in chunk {
+                            query = query
+                                .bind(id.as_str())
+                                .bind(e.id.as_str())
+                                .bind(webhook_id)
+                                .bind(delivery_status::PENDING)
+                                .bind(0_i64)
+                                .bind(now)
+                                .bind(None::<i64>)
+                                .bind(now)
+                                .bind(e.conversation_id.as_deref())
+                                .bind(e.seq);
+                        }
+                        query.execute(&mut *tx).await?;
+                    }
+                    sqlx::query("UPDATE webhooks SET backlog_after_seq = $1 WHERE id = $2")
+                        .bind((!done.released).then_some(after))
+                        .bind(webhook_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    if !rows.is_empty() {
+                        $hooks::notify_work(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    done.queued = rows.len() as u32;
+                    Ok(done)
+                })
+                .await
+            }
+        }
+    };
+}
+
+pub(crate) use sql_backlog;

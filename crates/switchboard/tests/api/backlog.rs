@@ -1,0 +1,264 @@
+//! Backlogs held in the event stream: while a webhook's subscriber has not answered, its new
+//! events cost ingest no delivery rows; its place in the stream is kept instead, and its
+//! deliveries are written from there as it can take them (one to try it with on probation,
+//! the rest once it answers), through restarts and retention, with its filters applied.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::engine::{create_webhook, location_with_twilio};
+use crate::helpers::*;
+
+/// Another number of the test account, connected to a second location.
+const OTHER_NUMBER: &str = "+14155550111";
+
+/// `health.backlogHeldAfter` of a webhook, from `GET /v1/webhooks/{id}`.
+async fn held_after(app: &TestApp, webhook_id: &str) -> Value {
+    let r = app.admin_get(&format!("/v1/webhooks/{webhook_id}")).await;
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["health"]["backlogHeldAfter"].clone()
+}
+
+/// Wait until the webhook's backlog is held (`true`) or given back (`false`).
+async fn until_held(app: &TestApp, webhook_id: &str, held: bool) {
+    eventually(
+        Duration::from_secs(10),
+        if held {
+            "the backlog held in the stream"
+        } else {
+            "the backlog given back to ingest"
+        },
+        || async { (held_after(app, webhook_id).await.is_i64() == held).then_some(()) },
+    )
+    .await;
+}
+
+/// The message ids of the events feed, oldest first.
+async fn feed_message_ids(app: &TestApp) -> Vec<String> {
+    app.get_json("/v1/events?limit=500").await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"]["messageId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The webhooks with a delivery of this message.
+async fn delivered_to(app: &TestApp, message_id: &str) -> Vec<String> {
+    app.get_json(&format!("/v1/messages/{message_id}/deliveries"))
+        .await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["webhookId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The messages' bodies delivered, each once, sorted.
+fn distinct_bodies(got: &[Received]) -> Vec<String> {
+    let mut bodies: Vec<String> = got
+        .iter()
+        .map(|d| d.json()["body"].as_str().unwrap().to_owned())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    bodies
+}
+
+/// Post the first message and wait until its delivery is out and the webhook's backlog held.
+/// Messages are `SM{word}{i}` with the body `{word} {i}`.
+async fn hold_after_first(app: &TestApp, subscriber: &TestReceiver, webhook_id: &str, word: &str) {
+    post_sms(app, &format!("SM{word}0"), &format!("{word} 0")).await;
+    subscriber.wait_for(1, Duration::from_secs(5)).await;
+    until_held(app, webhook_id, true).await;
+}
+
+async fn post_sms(app: &TestApp, label: &str, body: &str) {
+    let sid = twilio_sid(label);
+    let r = app.post_twilio(&sms_params(&sid, body), AUTH_TOKEN).await;
+    assert_eq!(r.status(), 200);
+}
+
+/// A hanging subscriber's backlog is held in the event stream: once its first delivery is out,
+/// the messages after it get no delivery row for it (before, each of the 40 messages wrote one
+/// in its transaction), the API and the metrics say so, and one attempt at a time is made.
+async fn a_hanging_subscribers_backlog_is_held_in_the_event_stream() {
+    let messages = 40;
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(60)).await;
+    location_with_twilio(&app).await;
+    let hanging = TestReceiver::start().await;
+    hanging.slow(Duration::from_secs(3600));
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": hanging.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    assert_eq!(held_after(&app, &webhook).await, Value::Null);
+    hold_after_first(&app, &hanging, &webhook, "held").await;
+    for i in 1..messages {
+        post_sms(&app, &format!("SMheld{i}"), &format!("held {i}")).await;
+    }
+    let ids = feed_message_ids(&app).await;
+    assert_eq!(ids.len(), messages);
+    assert_eq!(delivered_to(&app, &ids[0]).await, vec![webhook.clone()]);
+    for id in &ids[1..] {
+        assert_eq!(
+            delivered_to(&app, id).await,
+            Vec::<String>::new(),
+            "message {id} got a delivery row while its webhook's backlog is held"
+        );
+    }
+    let text = get_metrics(&app.client, &app.address).await;
+    assert!(
+        text.contains(&format!(
+            "switchboard_webhook_backlog_held{{webhook=\"{webhook}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert_eq!(hanging.received().len(), 1);
+}
+
+/// When the subscriber answers again, its held backlog is written and delivered, each event
+/// once, through its filters (the other location's messages do not go to it), and the webhook
+/// is given back to ingest: the next message has its delivery row at once.
+async fn a_held_backlog_is_delivered_once_its_subscriber_answers_and_given_back() {
+    let messages = 40;
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
+    let location = location_with_twilio(&app).await;
+    let other = app.create_location("Elsewhere").await;
+    assert_eq!(
+        app.connect_twilio(&other, &[OTHER_NUMBER]).await.status(),
+        200
+    );
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": subscriber.url, "events": ["InboundMessage"], "locationId": location,
+                "retrySchedule": ["1s"] }),
+    )
+    .await;
+    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    hold_after_first(&app, &subscriber, &webhook, "back").await;
+    for i in 1..messages {
+        post_sms(&app, &format!("SMback{i}"), &format!("back {i}")).await;
+        // The other location's message: not for this webhook.
+        let sid = twilio_sid(&format!("SMelse{i}"));
+        let params = sms_params_for(&sid, "elsewhere", OTHER_NUMBER, ACCOUNT_SID);
+        assert_eq!(app.post_twilio(&params, AUTH_TOKEN).await.status(), 200);
+    }
+    subscriber.slow(Duration::ZERO);
+    // The first attempt times out after 1 s and is retried 1 s later; then the rest is written.
+    let got = subscriber
+        .wait_for(messages + 1, Duration::from_secs(20))
+        .await;
+    let bodies = distinct_bodies(&got);
+    assert_eq!(bodies.len(), messages, "{bodies:?}");
+    assert!(bodies.iter().all(|b| b.starts_with("back ")), "{bodies:?}");
+    until_held(&app, &webhook, false).await;
+    // One timed out and was sent again; nothing else twice, nothing of the other location.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(subscriber.received().len(), messages + 1);
+    // Given back: a new message's delivery row is written with it.
+    post_sms(&app, "SMbackafter", "after").await;
+    let ids = feed_message_ids(&app).await;
+    assert_eq!(
+        delivered_to(&app, ids.last().unwrap()).await,
+        vec![webhook.clone()]
+    );
+    subscriber
+        .wait_for(messages + 2, Duration::from_secs(5))
+        .await;
+    let text = get_metrics(&app.client, &app.address).await;
+    assert!(
+        text.contains(&format!(
+            "switchboard_webhook_backlog_held{{webhook=\"{webhook}\"}} 0"
+        )),
+        "{text}"
+    );
+}
+
+/// Retention does not prune the events of a held backlog: they have no delivery rows yet, but
+/// are owed. With a retention of 300 ms, the backlog of a subscriber that answers only after
+/// two seconds still arrives whole.
+async fn a_held_backlog_outlives_retention() {
+    let messages = 5;
+    let app = spawn_app_with(|c| {
+        c.delivery_timeout = Duration::from_secs(1);
+        c.retention = Duration::from_millis(300);
+    })
+    .await;
+    location_with_twilio(&app).await;
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": subscriber.url, "events": ["InboundMessage"], "retrySchedule": ["2s"] }),
+    )
+    .await;
+    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    hold_after_first(&app, &subscriber, &webhook, "keep").await;
+    for i in 1..messages {
+        post_sms(&app, &format!("SMkeep{i}"), &format!("keep {i}")).await;
+    }
+    // Retention runs every 100 ms here: several times before the subscriber answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    subscriber.slow(Duration::ZERO);
+    let got = subscriber
+        .wait_for(messages + 1, Duration::from_secs(15))
+        .await;
+    let bodies = distinct_bodies(&got);
+    assert_eq!(bodies.len(), messages, "{bodies:?}");
+}
+
+crate::both_stores!(
+    a_hanging_subscribers_backlog_is_held_in_the_event_stream,
+    a_held_backlog_is_delivered_once_its_subscriber_answers_and_given_back,
+    a_held_backlog_outlives_retention,
+);
+
+/// The place of a held backlog is stored: the real binary, killed with SIGKILL while its
+/// webhook's backlog is held, delivers the whole backlog after a restart once the subscriber
+/// answers.
+#[tokio::test]
+async fn a_held_backlog_is_delivered_after_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [
+        ("SWITCHBOARD_DELIVERY_TIMEOUT", "60s"),
+        ("SWITCHBOARD_DELIVERY_LEASE", "120s"),
+    ];
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    let mut server = Node::start(dir.path(), port, &env).await;
+    server.configure(&subscriber).await;
+    assert_eq!(server.post_sms("SMkill0", "kill 0").await.status(), 200);
+    subscriber.wait_for(1, Duration::from_secs(5)).await;
+    let webhooks = server.get_json("/v1/webhooks").await;
+    let webhook = webhooks["data"][0]["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "the backlog held", || async {
+        let w = server.get_json(&format!("/v1/webhooks/{webhook}")).await;
+        w["health"]["backlogHeldAfter"].is_i64().then_some(())
+    })
+    .await;
+    for i in 1..10 {
+        let r = server
+            .post_sms(&format!("SMkill{i}"), &format!("kill {i}"))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    subscriber.slow(Duration::ZERO);
+    let _server = Node::start(dir.path(), port, &env).await;
+    let got = subscriber.wait_for(11, Duration::from_secs(20)).await;
+    let bodies = distinct_bodies(&got);
+    assert_eq!(bodies.len(), 10, "{bodies:?}");
+    // The first was sent twice (in flight at the kill); nothing else.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(subscriber.received().len(), 11);
+}
