@@ -84,8 +84,10 @@ impl Dispatcher {
     }
 
     /// Write the deliveries of held backlogs that can take some now; give back those of
-    /// webhooks that answered once nothing is left after their place.
-    pub(super) async fn top_up_backlogs(&mut self) {
+    /// webhooks that answered once nothing is left after their place. `now` is the poll's: what
+    /// is written is due by then, so the poll's claim takes it (written a millisecond later, it
+    /// waited for the next poll, a second on).
+    pub(super) async fn top_up_backlogs(&mut self, now: i64) {
         let due: Vec<String> = self
             .backlogs
             .held
@@ -93,7 +95,6 @@ impl Dispatcher {
             .filter(|(_, h)| h.due)
             .map(|(id, _)| id.clone())
             .collect();
-        let now = self.shared.clock.now_ms();
         for id in due {
             let Some(target) = self.targets.get(&id) else {
                 continue;

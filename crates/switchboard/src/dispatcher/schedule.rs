@@ -64,7 +64,7 @@ impl Dispatcher {
             Err(e) => store_failed(&e, "emitting calls that waited for a recording failed"),
         }
         // Held backlogs that can take deliveries now get them written, for the claim below.
-        self.top_up_backlogs().await;
+        self.top_up_backlogs(now).await;
         // Lanes on probation hold a few each, counted against their own limit.
         let queued: usize = self
             .lanes

@@ -213,7 +213,39 @@ async fn a_held_backlog_outlives_retention() {
     assert_eq!(bodies.len(), messages, "{bodies:?}");
 }
 
+/// An ordered webhook's held backlog arrives in the conversation's order: the first message's
+/// attempt timed out and is retried first, then every later one in turn.
+async fn a_held_backlog_keeps_the_conversations_order() {
+    let messages = 12;
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
+    location_with_twilio(&app).await;
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": subscriber.url, "events": ["InboundMessage"], "ordering": "conversation",
+                "retrySchedule": ["1s"] }),
+    )
+    .await;
+    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    hold_after_first(&app, &subscriber, &webhook, "order").await;
+    for i in 1..messages {
+        post_sms(&app, &format!("SMorder{i}"), &format!("order {i}")).await;
+    }
+    subscriber.slow(Duration::ZERO);
+    let got = subscriber
+        .wait_for(messages + 1, Duration::from_secs(20))
+        .await;
+    let bodies: Vec<String> = got[1..]
+        .iter()
+        .map(|d| d.json()["body"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..messages).map(|i| format!("order {i}")).collect();
+    assert_eq!(bodies, expected);
+}
+
 crate::both_stores!(
+    a_held_backlog_keeps_the_conversations_order,
     a_hanging_subscribers_backlog_is_held_in_the_event_stream,
     a_held_backlog_is_delivered_once_its_subscriber_answers_and_given_back,
     a_held_backlog_outlives_retention,

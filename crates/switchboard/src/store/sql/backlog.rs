@@ -38,6 +38,43 @@ macro_rules! sql_backlog {
             Ok(held)
         }
 
+        /// The location's webhooks given back to ingest (or created) since `read` was read by
+        /// `location_webhooks`. Called under the event-stream lock: on PostgreSQL the list was
+        /// read before it, and a webhook given back in between had its top-up read the stream
+        /// before this transaction's events, so they are queued here. SQLite's one writer read
+        /// the latest already.
+        async fn released_since(
+            tx: &mut Transaction<'_, $db>,
+            location_id: &str,
+            read: &[Webhook],
+        ) -> StoreResult<Vec<Webhook>> {
+            if $hooks::EMBEDDED {
+                return Ok(vec![]);
+            }
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM webhooks
+                 WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = $1)
+                   AND backlog_after_seq IS NULL",
+            )
+            .bind(location_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut late = Vec::new();
+            for id in ids {
+                if read.iter().any(|w| w.id == id) {
+                    continue;
+                }
+                let row = sqlx::query(&format!(
+                    "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"
+                ))
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await?;
+                late.push(webhook_from_row(&row));
+            }
+            Ok(late)
+        }
+
         /// One event after a held webhook's place, with what its filters look at.
         struct StreamEvent {
             seq: i64,

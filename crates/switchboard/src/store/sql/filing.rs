@@ -157,6 +157,7 @@ macro_rules! sql_filing {
                 })
                 .collect();
             let seqs = insert_events(tx, &events).await?;
+            let late = released_since(tx, location_id, webhooks).await?;
 
             let mut deliveries = Vec::new();
             for ((((f, _, _, conversation_id), e), seq), thread) in
@@ -166,7 +167,7 @@ macro_rules! sql_filing {
                     continue;
                 }
                 let m = f.message;
-                let targets = webhooks.iter().filter(|w| {
+                let targets = webhooks.iter().chain(&late).filter(|w| {
                     w.matches(e.event_type, Some(location_id), Some((&m.message_type, m.direction)))
                 });
                 for webhook in targets {

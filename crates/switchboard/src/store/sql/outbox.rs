@@ -211,13 +211,17 @@ macro_rules! sql_outbox {
             Ok(())
         }
 
+        /// The webhooks a location's new events are queued for at ingest: not those whose
+        /// backlog is held in the stream (with a thousand hanging webhooks, reading them was
+        /// most of an ingest). See `released_since` for those given back meanwhile.
         async fn location_webhooks(
             tx: &mut Transaction<'_, $db>,
             location_id: &str,
         ) -> StoreResult<Vec<Webhook>> {
             Ok(sqlx::query(&format!(
                 "SELECT {WEBHOOK_COLUMNS} FROM webhooks
-                 WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = $1)"
+                 WHERE deleted_at IS NULL AND (location_id IS NULL OR location_id = $1)
+                   AND backlog_after_seq IS NULL"
             ))
             .bind(location_id)
             .fetch_all(&mut **tx)
