@@ -52,12 +52,24 @@ impl Backlogs {
 }
 
 impl Dispatcher {
-    /// A lane on probation with an attempt out or queued: hold its backlog in the stream.
+    /// A lane on probation with an attempt out or queued: hold its backlog in the stream, at
+    /// once at ingest (the next message's transaction holds it if this node's own hold has not
+    /// committed yet), and in a transaction of its own. Once it answers, ingest stops holding
+    /// it; its top-up gives it back.
     pub(super) fn sync_backlog(&mut self, webhook_id: &str) {
-        let Some(lane) = self.lanes.get(webhook_id) else {
+        let Some(lane) = self.lanes.get_mut(webhook_id) else {
             return;
         };
         let busy = lane.in_flight as usize + lane.queued() > 0;
+        let in_stream = if lane.proven {
+            false
+        } else {
+            lane.in_stream || busy
+        };
+        if in_stream != lane.in_stream {
+            lane.in_stream = in_stream;
+            self.shared.handoffs.hold_in_stream(webhook_id, in_stream);
+        }
         if !lane.proven && busy && !self.backlogs.held.contains_key(webhook_id) {
             self.backlogs
                 .held

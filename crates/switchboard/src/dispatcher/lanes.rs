@@ -48,6 +48,9 @@ pub(super) struct Lane {
     pub(super) proven: bool,
     /// Its new deliveries are left in the store at ingest (`Handoffs`): on probation and full.
     pub(super) held: bool,
+    /// Ingest holds its backlog in the event stream (`Handoffs::in_stream`): on probation with
+    /// an attempt out or queued.
+    pub(super) in_stream: bool,
 }
 
 impl Lane {
@@ -62,6 +65,7 @@ impl Lane {
             refilled: Instant::now(),
             proven: false,
             held: false,
+            in_stream: false,
             breaker: match health.breaker_open_until {
                 Some(until) if until > now => Breaker::Open { until },
                 Some(_) => Breaker::HalfOpen,

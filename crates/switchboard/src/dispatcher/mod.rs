@@ -300,6 +300,7 @@ impl Dispatcher {
                 self.release(leases);
             }
             self.shared.handoffs.hold(&id, false);
+            self.shared.handoffs.hold_in_stream(&id, false);
             self.backlogs.forget(&id);
             self.shared.metrics.forget_webhook(&id);
         }

@@ -262,9 +262,14 @@ pub struct DeliveryJob {
 /// enough of theirs already (a webhook on probation, one whose subscriber has not answered,
 /// keeps a few). Their deliveries are stored unleased and claimed by a poll once the lane has
 /// room, so a subscriber that hangs cannot fill the node's memory with its backlog.
+///
+/// It also names the webhooks whose backlog this node's dispatcher holds in the event stream
+/// (on probation with an attempt out): an ingest holds them itself, in its own transaction,
+/// when the dispatcher has not yet, so that no message after the first writes their rows.
 #[derive(Debug, Default)]
 pub struct Handoffs {
     held: std::sync::RwLock<std::collections::HashSet<String>>,
+    in_stream: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl Handoffs {
@@ -281,6 +286,23 @@ impl Handoffs {
     pub fn takes(&self, webhook_id: &str) -> bool {
         !self
             .held
+            .read()
+            .expect("handoffs lock")
+            .contains(webhook_id)
+    }
+
+    /// Hold (or stop holding) this webhook's backlog in the event stream at ingest.
+    pub fn hold_in_stream(&self, webhook_id: &str, held: bool) {
+        let mut set = self.in_stream.write().expect("handoffs lock");
+        if held {
+            set.insert(webhook_id.to_owned());
+        } else {
+            set.remove(webhook_id);
+        }
+    }
+
+    pub fn in_stream(&self, webhook_id: &str) -> bool {
+        self.in_stream
             .read()
             .expect("handoffs lock")
             .contains(webhook_id)
@@ -309,6 +331,13 @@ pub struct IngestContext {
 }
 
 impl IngestContext {
+    /// Whether the caller's dispatcher holds this webhook's backlog in the event stream.
+    pub fn holds_in_stream(&self, webhook_id: &str) -> bool {
+        self.handoffs
+            .as_ref()
+            .is_some_and(|h| h.in_stream(webhook_id))
+    }
+
     /// The lease of a new delivery to this webhook; None: it waits for a claim.
     pub fn lease_for(&self, webhook_id: &str) -> Option<i64> {
         self.lease_until

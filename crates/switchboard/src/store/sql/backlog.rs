@@ -38,6 +38,31 @@ macro_rules! sql_backlog {
             Ok(held)
         }
 
+        /// Hold the backlogs of the webhooks the caller's dispatcher holds in the stream and
+        /// the store did not yet: each from just before its first event here. Called under
+        /// the event-stream lock, so no other event comes in between.
+        async fn hold_backlogs_here(
+            tx: &mut Transaction<'_, $db>,
+            rows: &[NewDelivery<'_>],
+        ) -> StoreResult<()> {
+            let mut first: HashMap<&str, i64> = HashMap::new();
+            for r in rows.iter().filter(|r| r.hold && r.webhook.backlog_after_seq.is_none()) {
+                let seq = first.entry(r.webhook.id.as_str()).or_insert(r.event_seq);
+                *seq = (*seq).min(r.event_seq);
+            }
+            for (id, seq) in first {
+                sqlx::query(
+                    "UPDATE webhooks SET backlog_after_seq = $1
+                     WHERE id = $2 AND deleted_at IS NULL AND backlog_after_seq IS NULL",
+                )
+                .bind(seq - 1)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
         /// The location's webhooks given back to ingest (or created) since `read` was read by
         /// `location_webhooks`. Called under the event-stream lock: on PostgreSQL the list was
         /// read before it, and a webhook given back in between had its top-up read the stream

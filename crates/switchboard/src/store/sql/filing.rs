@@ -182,6 +182,7 @@ macro_rules! sql_filing {
                         left_for_claim: f.ctx.lease_until.is_some()
                             && f.ctx.lease_for(&webhook.id).is_none(),
                         item: f.item,
+                        hold: f.ctx.holds_in_stream(&webhook.id),
                     });
                 }
             }

@@ -75,6 +75,9 @@ macro_rules! sql_outbox {
             left_for_claim: bool,
             /// The outcome that receives the job (index into the batch's outcomes).
             item: usize,
+            /// The caller's dispatcher holds the webhook's backlog in the stream: hold it here
+            /// if it is not yet, and write no row.
+            hold: bool,
         }
 
         async fn queue_deliveries(
@@ -83,11 +86,14 @@ macro_rules! sql_outbox {
             outcomes: &mut [IngestOutcome],
         ) -> StoreResult<()> {
             // A webhook whose backlog is held in the stream gets no row: its top-up writes it.
-            // The webhooks were read before this transaction took the event-stream lock (its
-            // events are numbered), so ask again now for those that were held then.
+            // Those the dispatcher holds and the store does not yet are held here, after the
+            // stream's events before these. The webhooks were read before this transaction
+            // took the event-stream lock (its events are numbered), so ask again now for
+            // those that were held then.
+            hold_backlogs_here(tx, rows).await?;
             let mut maybe_held: Vec<&str> = rows
                 .iter()
-                .filter(|r| r.webhook.backlog_after_seq.is_some())
+                .filter(|r| r.webhook.backlog_after_seq.is_some() || r.hold)
                 .map(|r| r.webhook.id.as_str())
                 .collect();
             let kept: Vec<NewDelivery<'_>>;

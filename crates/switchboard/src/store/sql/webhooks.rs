@@ -289,6 +289,7 @@ macro_rules! sql_webhooks {
                         lease_until: Some(lease_until),
                         left_for_claim: false,
                         item: 0,
+                        hold: false,
                     })
                     .collect();
                 let mut outcome = IngestOutcome::default();
