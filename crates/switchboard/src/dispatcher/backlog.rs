@@ -2,15 +2,14 @@
 //! subscriber has not answered yet, or did not answer its last attempt), its new events cost
 //! ingest nothing: the store writes no delivery rows for it (`Backlogs::hold_backlogs`), only
 //! its place in the stream. The dispatcher writes its deliveries from there as it can take
-//! them (`top_up_backlog`): one at a time on probation, a lane's worth once it answers, and
-//! gives it back to ingest when nothing is left after its place.
+//! them (`top_up_backlog`): one at a time on probation, all of them once it answers (at the
+//! next poll, at once), and then gives it back to ingest.
 //!
 //! Without this, each message's transaction wrote a row per hanging webhook: with 1,000 of
 //! them, every healthy subscriber's event waited for 1,000 inserts.
 
 use std::collections::HashMap;
 
-use super::lanes::lane_capacity;
 use super::{store_failed, Dispatcher};
 
 /// This node's view of one held backlog.
@@ -61,16 +60,13 @@ impl Dispatcher {
             return;
         };
         let busy = lane.in_flight as usize + lane.queued() > 0;
-        let in_stream = if lane.proven {
-            false
-        } else {
-            lane.in_stream || busy
-        };
+        let hold = !lane.proven && busy;
+        let in_stream = !lane.proven && (lane.in_stream || hold);
         if in_stream != lane.in_stream {
             lane.in_stream = in_stream;
             self.shared.handoffs.hold_in_stream(webhook_id, in_stream);
         }
-        if !lane.proven && busy && !self.backlogs.held.contains_key(webhook_id) {
+        if hold && !self.backlogs.held.contains_key(webhook_id) {
             self.backlogs
                 .held
                 .insert(webhook_id.to_owned(), Held::default());
@@ -108,23 +104,24 @@ impl Dispatcher {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            let Some(target) = self.targets.get(&id) else {
+            // Not read yet (created on another node): the next reload.
+            if !self.targets.contains_key(&id) {
                 continue;
-            };
+            }
             let (want, release) = match self.lanes.get(&id) {
-                Some(lane) if lane.full(&target.webhook) => continue,
+                // It answered: write the whole backlog (a thousand events a call, then the
+                // next at once) and give it back, so that its new deliveries are handed over
+                // at ingest again. Polls claim what was written, a lane's worth at a time.
+                Some(lane) if lane.proven => (None, true),
                 // On probation with something to try it with already.
-                Some(lane) if !lane.proven && lane.in_flight as usize + lane.queued() > 0 => {
-                    continue
-                }
-                Some(lane) if lane.proven => (lane_capacity(&target.webhook), true),
+                Some(lane) if lane.in_flight as usize + lane.queued() > 0 => continue,
                 // On probation: one delivery to try it with.
-                _ => (1, false),
+                _ => (Some(1), false),
             };
             match self
                 .shared
                 .store
-                .top_up_backlog(&id, want as u32, release, now)
+                .top_up_backlog(&id, want, release, now)
                 .await
             {
                 Ok(done) if done.released => {

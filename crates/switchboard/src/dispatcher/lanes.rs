@@ -294,6 +294,7 @@ impl Dispatcher {
             self.sync_handoff(&done.webhook_id);
             return;
         };
+        let was_proven = lane.proven;
         if lane.proven != answered {
             lane.proven = answered;
             self.shared.metrics.probation(&done.webhook_id, !answered);
@@ -303,6 +304,8 @@ impl Dispatcher {
             && self.backlogs.due(&done.webhook_id)
         {
             self.poll_soon = true;
+            // It left probation: every delivery since it was held waits for this poll.
+            self.poll_now |= answered && !was_proven;
         }
         let success = next == NextStep::Delivered;
         let mut breaker_change = None;

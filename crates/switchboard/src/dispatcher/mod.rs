@@ -160,6 +160,9 @@ pub struct Dispatcher {
     /// A lane that held its deliveries in the store takes them again: poll soon, not at the
     /// next tick.
     poll_soon: bool,
+    /// A held backlog's webhook answered: poll now (its backlog is written and given back),
+    /// not after `SOON_POLL_GAP`.
+    poll_now: bool,
     /// Webhooks whose backlog is held in the event stream.
     backlogs: backlog::Backlogs,
     /// HTTP clients by the private networks their webhooks may reach.
@@ -210,6 +213,7 @@ impl Dispatcher {
                 probing: 0,
                 probation_cap: PROBATION_FACTOR * config.dispatcher_concurrency,
                 poll_soon: false,
+                poll_now: false,
                 backlogs: backlog::Backlogs::default(),
                 clients: HashMap::new(),
                 poll_interval: config.poll_interval,
@@ -360,6 +364,9 @@ impl Dispatcher {
             if std::mem::take(&mut self.poll_soon) {
                 // At most one such poll per SOON_POLL_GAP, however many lanes open.
                 next_poll = next_poll.min(last_poll + SOON_POLL_GAP);
+            }
+            if std::mem::take(&mut self.poll_now) {
+                next_poll = now;
             }
             if now >= next_refresh {
                 self.reload().await;

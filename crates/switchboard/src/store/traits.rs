@@ -263,12 +263,12 @@ pub trait Backlogs: Send + Sync + 'static {
     async fn hold_backlogs(&self, webhook_ids: &[String]) -> StoreResult<()>;
 
     /// Write a held webhook's deliveries, of the events after its place, until it has `want`
-    /// pending (or a few thousand events were read); with `release`, when no event is left
-    /// after its place, give its deliveries back to ingest.
+    /// pending (`None`: every one; at most a thousand events are read in one call); with
+    /// `release`, when no event is left after its place, give its deliveries back to ingest.
     async fn top_up_backlog(
         &self,
         webhook_id: &str,
-        want: u32,
+        want: Option<u32>,
         release: bool,
         now: i64,
     ) -> StoreResult<BacklogTopUp>;

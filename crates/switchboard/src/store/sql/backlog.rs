@@ -11,7 +11,7 @@ macro_rules! sql_backlog {
     ($store:ident, $db:ty, $row:ty, $hooks:ident) => {
         /// Events a top-up reads per statement, and statements per call.
         const BACKLOG_SCAN: usize = 500;
-        const BACKLOG_SCANS: usize = 4;
+        const BACKLOG_SCANS: usize = 2;
 
         /// Of `webhook_ids`, those whose backlog is held now. Called under the event-stream
         /// lock: what it reads stays true until the caller's commit.
@@ -216,7 +216,7 @@ macro_rules! sql_backlog {
             async fn top_up_backlog(
                 &self,
                 webhook_id: &str,
-                want: u32,
+                want: Option<u32>,
                 release: bool,
                 now: i64,
             ) -> StoreResult<$crate::store::BacklogTopUp> {
@@ -239,15 +239,20 @@ macro_rules! sql_backlog {
                         done.released = true;
                         return Ok(done);
                     };
-                    let pending: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
-                             WHERE webhook_id = $1 AND status = 'pending' LIMIT $2) AS p",
-                    )
-                    .bind(webhook_id)
-                    .bind(i64::from(want))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let mut room = (want as usize).saturating_sub(pending as usize);
+                    let mut room = match want {
+                        None => usize::MAX,
+                        Some(want) => {
+                            let pending: i64 = sqlx::query_scalar(
+                                "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                                     WHERE webhook_id = $1 AND status = 'pending' LIMIT $2) AS p",
+                            )
+                            .bind(webhook_id)
+                            .bind(i64::from(want))
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            (want as usize).saturating_sub(pending as usize)
+                        }
+                    };
                     if room == 0 {
                         // It holds what it can take: the next top-up comes when some are done.
                         return Ok(done);
