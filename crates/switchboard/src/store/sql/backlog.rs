@@ -13,17 +13,18 @@ macro_rules! sql_backlog {
         const BACKLOG_SCAN: usize = 500;
         const BACKLOG_SCANS: usize = 2;
 
-        /// Of `webhook_ids`, those whose backlog is held now. Called under the event-stream
-        /// lock: what it reads stays true until the caller's commit.
+        /// Of `webhook_ids`, those whose backlog is held now, with their places. Called under
+        /// the event-stream lock: what it reads stays true until the caller's commit.
         async fn held_backlogs(
             tx: &mut Transaction<'_, $db>,
             webhook_ids: &[&str],
-        ) -> StoreResult<HashSet<String>> {
-            let mut held = HashSet::new();
+        ) -> StoreResult<HashMap<String, i64>> {
+            let mut held = HashMap::new();
             for chunk in chunks(webhook_ids, rows_per_statement(1, 0)) {
                 let sql = TEXTS.get("held backlogs", "webhooks", chunk.len(), || {
                     $hooks::positional(format!(
-                        "SELECT id FROM webhooks WHERE backlog_after_seq IS NOT NULL AND id IN ({})",
+                        "SELECT id, backlog_after_seq FROM webhooks
+                         WHERE backlog_after_seq IS NOT NULL AND id IN ({})",
                         placeholders(chunk.len(), 1)
                     ))
                 });
@@ -32,7 +33,7 @@ macro_rules! sql_backlog {
                     query = query.bind(*id);
                 }
                 for row in query.fetch_all(&mut **tx).await? {
-                    held.insert(row.get(0));
+                    held.insert(row.get(0), row.get(1));
                 }
             }
             Ok(held)

@@ -102,10 +102,15 @@ macro_rules! sql_outbox {
             } else {
                 maybe_held.sort_unstable();
                 maybe_held.dedup();
+                // Only the events after its place: one numbered before it (a row of this
+                // transaction the dispatcher had not asked to hold yet) is not the top-up's.
                 let held = held_backlogs(tx, &maybe_held).await?;
                 kept = rows
                     .iter()
-                    .filter(|r| !held.contains(&r.webhook.id))
+                    .filter(|r| {
+                        held.get(&r.webhook.id)
+                            .is_none_or(|place| r.event_seq <= *place)
+                    })
                     .map(NewDelivery::clone)
                     .collect();
                 &kept[..]
