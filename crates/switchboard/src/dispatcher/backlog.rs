@@ -59,9 +59,8 @@ impl Dispatcher {
         let Some(lane) = self.lanes.get_mut(webhook_id) else {
             return;
         };
-        let busy = lane.in_flight as usize + lane.queued() > 0;
-        let hold = !lane.proven && busy;
-        let in_stream = !lane.proven && (lane.in_stream || hold);
+        let hold = !lane.proven && lane.busy();
+        let in_stream = hold || (!lane.proven && lane.in_stream);
         if in_stream != lane.in_stream {
             lane.in_stream = in_stream;
             self.shared.handoffs.hold_in_stream(webhook_id, in_stream);
@@ -114,7 +113,7 @@ impl Dispatcher {
                 // at ingest again. Polls claim what was written, a lane's worth at a time.
                 Some(lane) if lane.proven => (None, true),
                 // On probation with something to try it with already.
-                Some(lane) if lane.in_flight as usize + lane.queued() > 0 => continue,
+                Some(lane) if lane.busy() => continue,
                 // On probation: one delivery to try it with.
                 _ => (Some(1), false),
             };

@@ -92,6 +92,11 @@ impl Lane {
         self.fresh.len() + self.retries.len()
     }
 
+    /// A delivery of it is queued or in flight.
+    pub(super) fn busy(&self) -> bool {
+        self.in_flight > 0 || self.queued() > 0
+    }
+
     /// Whether polls claim no more for it now: it holds plenty already (a slow subscriber's
     /// backlog must not fill every claim while the others' retries wait), or it is full on
     /// probation.
@@ -206,7 +211,6 @@ impl Dispatcher {
             if !slot_free {
                 return Pump::Idle;
             }
-
             if webhook
                 .max_in_flight
                 .is_some_and(|max| lane.in_flight >= max)

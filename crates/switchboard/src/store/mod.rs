@@ -268,44 +268,46 @@ pub struct DeliveryJob {
 /// when the dispatcher has not yet, so that no message after the first writes their rows.
 #[derive(Debug, Default)]
 pub struct Handoffs {
-    held: std::sync::RwLock<std::collections::HashSet<String>>,
-    in_stream: std::sync::RwLock<std::collections::HashSet<String>>,
+    held: WebhookSet,
+    in_stream: WebhookSet,
 }
 
 impl Handoffs {
     /// Hold (or let go of) the new deliveries to this webhook.
     pub fn hold(&self, webhook_id: &str, held: bool) {
-        let mut set = self.held.write().expect("handoffs lock");
-        if held {
-            set.insert(webhook_id.to_owned());
-        } else {
-            set.remove(webhook_id);
-        }
+        self.held.set(webhook_id, held);
     }
 
     pub fn takes(&self, webhook_id: &str) -> bool {
-        !self
-            .held
-            .read()
-            .expect("handoffs lock")
-            .contains(webhook_id)
+        !self.held.contains(webhook_id)
     }
 
     /// Hold (or stop holding) this webhook's backlog in the event stream at ingest.
     pub fn hold_in_stream(&self, webhook_id: &str, held: bool) {
-        let mut set = self.in_stream.write().expect("handoffs lock");
-        if held {
+        self.in_stream.set(webhook_id, held);
+    }
+
+    pub fn in_stream(&self, webhook_id: &str) -> bool {
+        self.in_stream.contains(webhook_id)
+    }
+}
+
+/// Webhook ids the dispatcher writes and every ingest reads.
+#[derive(Debug, Default)]
+struct WebhookSet(std::sync::RwLock<std::collections::HashSet<String>>);
+
+impl WebhookSet {
+    fn set(&self, webhook_id: &str, member: bool) {
+        let mut set = self.0.write().expect("handoffs lock");
+        if member {
             set.insert(webhook_id.to_owned());
         } else {
             set.remove(webhook_id);
         }
     }
 
-    pub fn in_stream(&self, webhook_id: &str) -> bool {
-        self.in_stream
-            .read()
-            .expect("handoffs lock")
-            .contains(webhook_id)
+    fn contains(&self, webhook_id: &str) -> bool {
+        self.0.read().expect("handoffs lock").contains(webhook_id)
     }
 }
 

@@ -52,15 +52,26 @@ macro_rules! sql_backlog {
                 *seq = (*seq).min(r.event_seq);
             }
             for (id, seq) in first {
-                sqlx::query(
-                    "UPDATE webhooks SET backlog_after_seq = $1
-                     WHERE id = $2 AND deleted_at IS NULL AND backlog_after_seq IS NULL",
-                )
-                .bind(seq - 1)
-                .bind(id)
-                .execute(&mut **tx)
-                .await?;
+                hold_backlog_after(tx, id, seq - 1).await?;
             }
+            Ok(())
+        }
+
+        /// Hold a webhook's backlog after `place`, unless it is held already (or deleted).
+        /// Called under the event-stream lock.
+        async fn hold_backlog_after(
+            tx: &mut Transaction<'_, $db>,
+            webhook_id: &str,
+            place: i64,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "UPDATE webhooks SET backlog_after_seq = $1
+                 WHERE id = $2 AND deleted_at IS NULL AND backlog_after_seq IS NULL",
+            )
+            .bind(place)
+            .bind(webhook_id)
+            .execute(&mut **tx)
+            .await?;
             Ok(())
         }
 
@@ -199,14 +210,7 @@ macro_rules! sql_backlog {
                         .fetch_one(&mut *tx)
                         .await?;
                     for id in webhook_ids {
-                        sqlx::query(
-                            "UPDATE webhooks SET backlog_after_seq = $1
-                             WHERE id = $2 AND deleted_at IS NULL AND backlog_after_seq IS NULL",
-                        )
-                        .bind(head)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                        hold_backlog_after(&mut tx, id, head).await?;
                     }
                     tx.commit().await?;
                     Ok(())
