@@ -45,6 +45,11 @@ impl Backlogs {
             .or_insert(Held { due: true });
     }
 
+    /// This round asked to hold some.
+    pub(super) fn holding(&self) -> bool {
+        !self.to_hold.is_empty()
+    }
+
     pub(super) fn forget(&mut self, webhook_id: &str) {
         self.held.remove(webhook_id);
     }

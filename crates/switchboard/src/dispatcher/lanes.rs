@@ -262,7 +262,7 @@ impl Dispatcher {
             let shared = self.shared.clone();
             let target = target.clone();
             let span = tracing::info_span!("delivery", delivery_id = %job.delivery_id, webhook_id = %job.webhook_id, event_id = %job.event_id);
-            tokio::spawn(
+            self.sends.spawn(
                 async move {
                     let done = send_and_record(&shared, &target, job, on_probation).await;
                     let _ = shared.tx.send(Command::Done(done));
