@@ -67,23 +67,37 @@ struct Hang {
     peak: AtomicUsize,
 }
 
+/// On a thread and runtime of its own: hanging subscribers are other machines, and on the
+/// benchmark's runtime accepting a thousand connections at once delayed the healthy sink's
+/// answers (and so the latencies measured) by tens of milliseconds.
 async fn hanging_sink() -> anyhow::Result<(String, Arc<Hang>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let url = format!("http://{}", listener.local_addr()?);
     let hang = Arc::new(Hang::default());
     let counts = hang.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let counts = counts.clone();
-            let open = counts.open.fetch_add(1, Ordering::Relaxed) + 1;
-            counts.peak.fetch_max(open, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(1..) = conn.read(&mut buf).await {}
-                counts.open.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
-    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("hanging-sink".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let counts = counts.clone();
+                    let open = counts.open.fetch_add(1, Ordering::Relaxed) + 1;
+                    counts.peak.fetch_max(open, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(1..) = conn.read(&mut buf).await {}
+                        counts.open.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+            })
+        })?;
     Ok((url, hang))
 }
 

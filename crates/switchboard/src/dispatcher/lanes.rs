@@ -263,6 +263,7 @@ impl Dispatcher {
             let target = target.clone();
             let span = tracing::info_span!("delivery", delivery_id = %job.delivery_id, webhook_id = %job.webhook_id, event_id = %job.event_id);
             self.sends.spawn(
+                on_probation,
                 async move {
                     let done = send_and_record(&shared, &target, job, on_probation).await;
                     let _ = shared.tx.send(Command::Done(done));

@@ -33,9 +33,11 @@ mod backlog;
 mod claims;
 mod lanes;
 mod schedule;
+mod sends;
 
 use attempt::Target;
 use lanes::{Breaker, Lane};
+use sends::Sends;
 
 pub use schedule::RetryPolicy;
 
@@ -167,7 +169,7 @@ pub struct Dispatcher {
     backlogs: backlog::Backlogs,
     /// HTTP clients by the private networks their webhooks may reach.
     clients: HashMap<Vec<ipnet::IpNet>, (reqwest::Client, TargetPolicy)>,
-    /// Where sends run: a runtime of their own (see `Sends`).
+    /// Where sends run: runtimes of their own (see `Sends`).
     sends: Sends,
     poll_interval: Duration,
     breaker_threshold: u32,
@@ -389,46 +391,6 @@ impl Dispatcher {
                 self.prune();
                 next_retention = now + retention_every;
             }
-        }
-    }
-}
-
-/// The runtime sends run on, apart from the one that serves requests and writes the store.
-/// A thousand new webhooks tried at once are a thousand connections opened in one moment: on
-/// the shared runtime every step of an ingest (each statement's answer, each row read) waited
-/// its turn behind them, and a healthy subscriber's events behind that (a 100 ms stall). Here
-/// the operating system shares the cores between the two, and ingest goes on.
-struct Sends {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Sends {
-    fn start() -> anyhow::Result<Sends> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("switchboard-send")
-            .enable_all()
-            .build()?;
-        Ok(Sends {
-            runtime: Some(runtime),
-        })
-    }
-
-    fn spawn<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        if let Some(runtime) = &self.runtime {
-            runtime.spawn(task);
-        }
-    }
-}
-
-impl Drop for Sends {
-    fn drop(&mut self) {
-        // Not waiting for sends in flight: their leases expire and another run sends them.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
         }
     }
 }
