@@ -43,8 +43,9 @@ pub(super) struct Lane {
     pub(super) tokens: f64,
     pub(super) refilled: Instant,
     pub(super) breaker: Breaker,
-    /// Its subscriber answered the last attempt: it may use the shared slots. Until then (and
-    /// after an attempt it did not answer) it is on probation, one attempt at a time.
+    /// Its subscriber answered the last attempt (this node's, or the last one stored when the
+    /// lane was made): it may use the shared slots. Until then (and after an attempt it did not
+    /// answer) it is on probation, one attempt at a time.
     pub(super) proven: bool,
     /// Its new deliveries are left in the store at ingest (`Handoffs`): on probation and full.
     pub(super) held: bool,
@@ -63,7 +64,10 @@ impl Lane {
             busy: HashSet::new(),
             tokens: 1.0,
             refilled: Instant::now(),
-            proven: false,
+            // A webhook that answered its last attempt before a restart (or on another node)
+            // is not on probation: only those that did not, or were never tried, are tried
+            // together after a start.
+            proven: health.answered,
             held: false,
             in_stream: false,
             breaker: match health.breaker_open_until {

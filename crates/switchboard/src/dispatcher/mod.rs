@@ -275,10 +275,12 @@ impl Dispatcher {
         let mut targets = HashMap::with_capacity(webhooks.len());
         for webhook in webhooks {
             let (client, policy) = self.client_for(&webhook.allowed_networks);
-            let lane = self
-                .lanes
-                .entry(webhook.id.clone())
-                .or_insert_with(|| Lane::new(&webhook.health, now));
+            let metrics = &self.shared.metrics;
+            let lane = self.lanes.entry(webhook.id.clone()).or_insert_with(|| {
+                let lane = Lane::new(&webhook.health, now);
+                metrics.probation(&webhook.id, !lane.proven);
+                lane
+            });
             // Another node may have opened or closed the breaker.
             lane.breaker = match (lane.breaker, webhook.health.breaker_open_until) {
                 (_, Some(until)) if until > now => Breaker::Open { until },

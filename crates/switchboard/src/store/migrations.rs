@@ -76,6 +76,11 @@ pub const SQLITE: Embedded = &[
         "stream backlog",
         include_str!("../../migrations/sqlite/0013_stream_backlog.sql"),
     ),
+    (
+        14,
+        "answered",
+        include_str!("../../migrations/sqlite/0014_answered.sql"),
+    ),
 ];
 
 pub const POSTGRES: Embedded = &[
@@ -133,6 +138,11 @@ pub const POSTGRES: Embedded = &[
         11,
         "stream backlog",
         include_str!("../../migrations/postgres/0011_stream_backlog.sql"),
+    ),
+    (
+        12,
+        "answered",
+        include_str!("../../migrations/postgres/0012_answered.sql"),
     ),
 ];
 

@@ -128,6 +128,9 @@ pub struct WebhookHealth {
     pub failing_since: Option<i64>,
     /// The circuit breaker is open until then: its deliveries wait.
     pub breaker_open_until: Option<i64>,
+    /// Its subscriber answered the last attempt (any HTTP status): after a restart it is not
+    /// on probation.
+    pub answered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

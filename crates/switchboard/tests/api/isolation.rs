@@ -298,6 +298,92 @@ async fn each_webhooks_probation_shows_in_the_api_and_the_metrics() {
     );
 }
 
+/// A webhook's answer is remembered: after a restart (SIGKILL), the webhook whose subscriber
+/// answered its last attempt is not on probation (it uses the shared slots at once, rather than
+/// being tried among the webhooks that never answered), and the one whose subscriber did not
+/// answer is.
+#[tokio::test]
+async fn probation_is_remembered_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [("SWITCHBOARD_DELIVERY_TIMEOUT", "1s")];
+    let answering = TestReceiver::start().await;
+    let hanging = TestReceiver::start().await;
+    hanging.slow(Duration::from_secs(3600));
+    let mut server = Node::start(dir.path(), port, &env).await;
+    server.configure(&answering).await;
+    let r = admin_request(
+        &server_client(),
+        &server.address,
+        ADMIN_TOKEN,
+        reqwest::Method::POST,
+        "/v1/webhooks",
+        json!({ "url": hanging.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let stalled = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let webhooks = server.get_json("/v1/webhooks").await;
+    let healthy = webhooks["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_owned())
+        .find(|id| *id != stalled)
+        .unwrap();
+    assert_eq!(
+        server.post_sms("SMremember", "remember").await.status(),
+        200
+    );
+    answering.wait_for(1, Duration::from_secs(5)).await;
+    hanging.wait_for(1, Duration::from_secs(5)).await;
+    let health = |id: String| {
+        let server = &server;
+        async move { server.get_json(&format!("/v1/webhooks/{id}")).await["health"].clone() }
+    };
+    // The answer is stored with the attempt, before the dispatcher takes the webhook off
+    // probation; the timeout is stored as a failure.
+    eventually(
+        Duration::from_secs(10),
+        "both attempts recorded",
+        || async {
+            (health(healthy.clone()).await["probation"] == json!(false)
+                && health(stalled.clone()).await["consecutiveFailures"] == json!(1))
+            .then_some(())
+        },
+    )
+    .await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = Node::start(dir.path(), port, &env).await;
+    let health = |id: String| {
+        let server = &server;
+        async move { server.get_json(&format!("/v1/webhooks/{id}")).await["health"].clone() }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "both read after the restart",
+        || async {
+            (!health(healthy.clone()).await["probation"].is_null()
+                && !health(stalled.clone()).await["probation"].is_null())
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(health(healthy.clone()).await["probation"], json!(false));
+    assert_eq!(health(stalled.clone()).await["probation"], json!(true));
+}
+
+/// A client for the binary's admin API.
+fn server_client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
 crate::both_stores!(
     a_stalled_tls_handshake_ends_at_the_timeout,
     a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot,

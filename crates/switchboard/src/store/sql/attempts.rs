@@ -41,8 +41,9 @@ macro_rules! sql_attempts {
             write_attempts(tx, items).await?;
             // Every row this batch will write is locked (with other nodes) in one pass, in id
             // order, so two writers never wait on each other in opposite orders: webhooks with a
-            // failure here, and webhooks whose successes here clear earlier failures. A webhook
-            // already healthy with only successes here stays as it is and is not touched, so
+            // failure here, webhooks whose successes here clear earlier failures, and webhooks
+            // whose subscriber answers for the first time (or again). A webhook already healthy
+            // and answering with only successes here stays as it is and is not touched, so
             // writers do not queue on it. Each locked webhook's health is moved on attempt by
             // attempt and written once.
             let mut all: Vec<&str> = items.iter().map(|i| i.job.webhook_id.as_str()).collect();
@@ -63,10 +64,10 @@ macro_rules! sql_attempts {
                     .filter(|id| failing.binary_search(id).is_ok())
                     .collect();
                 let sql = $hooks::positional(format!(
-                    "SELECT id, consecutive_failures, failing_since, breaker_open_until
+                    "SELECT id, consecutive_failures, failing_since, breaker_open_until, answered
                      FROM webhooks
                      WHERE id IN ({}) AND (consecutive_failures <> 0 OR failing_since IS NOT NULL
-                         OR id IN ({}))
+                         OR NOT answered OR id IN ({}))
                      ORDER BY id{}",
                     placeholders(chunk.len(), 1),
                     if failing_here.is_empty() {
@@ -87,6 +88,7 @@ macro_rules! sql_attempts {
                             consecutive_failures: r.get::<i64, _>("consecutive_failures") as u32,
                             failing_since: r.get("failing_since"),
                             breaker_open_until: r.get("breaker_open_until"),
+                            answered: r.get("answered"),
                         },
                     );
                 }
@@ -94,10 +96,14 @@ macro_rules! sql_attempts {
             let mut health = Vec::with_capacity(items.len());
             for item in items {
                 let Some(h) = health_of.get_mut(&item.job.webhook_id) else {
-                    // Healthy, and only successes here (or the webhook is gone).
-                    health.push(WebhookHealth::default());
+                    // Healthy and answering, and only successes here (or the webhook is gone).
+                    health.push(WebhookHealth {
+                        answered: true,
+                        ..WebhookHealth::default()
+                    });
                     continue;
                 };
+                h.answered = item.attempt.http_status.is_some();
                 if item.next == NextStep::Delivered {
                     h.consecutive_failures = 0;
                     h.failing_since = None;
@@ -109,10 +115,12 @@ macro_rules! sql_attempts {
             }
             for (webhook_id, h) in &health_of {
                 sqlx::query(
-                    "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2 WHERE id = $3",
+                    "UPDATE webhooks SET consecutive_failures = $1, failing_since = $2, answered = $3
+                     WHERE id = $4",
                 )
                 .bind(i64::from(h.consecutive_failures))
                 .bind(h.failing_since)
+                .bind(h.answered)
                 .bind(webhook_id.as_str())
                 .execute(&mut **tx)
                 .await?;

@@ -45,6 +45,7 @@ macro_rules! sql_webhooks {
                     consecutive_failures: row.get::<i64, _>("consecutive_failures") as u32,
                     failing_since: row.get("failing_since"),
                     breaker_open_until: row.get("breaker_open_until"),
+                    answered: row.get("answered"),
                 },
                 backlog_after_seq: row.get("backlog_after_seq"),
             }
@@ -53,7 +54,7 @@ macro_rules! sql_webhooks {
         const WEBHOOK_COLUMNS: &str = "id, url, events, location_id, secret, created_at, message_types,
             direction, ordering, max_in_flight, max_per_second, retry_schedule, allowed_networks,
             legacy_signature, previous_secrets, disabled_at, disabled_reason, consecutive_failures,
-            failing_since, breaker_open_until, backlog_after_seq";
+            failing_since, breaker_open_until, answered, backlog_after_seq";
 
         /// The settings a PATCH may change, in the order `bind_settings` binds them. The secret
         /// and the disabled state have statements of their own, so a concurrent rotation or
