@@ -79,13 +79,15 @@ async fn hanging_sink() -> anyhow::Result<(String, Arc<Hang>)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Registered with the sink's own runtime, here, so that a failure is reported.
+    let listener = {
+        let _inside = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
     std::thread::Builder::new()
         .name("hanging-sink".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
                 while let Ok((mut conn, _)) = listener.accept().await {
                     let counts = counts.clone();
                     let open = counts.open.fetch_add(1, Ordering::Relaxed) + 1;

@@ -2,6 +2,7 @@
 //! deployment's key), the POST, an excerpt of the answer, the outcome classified (delivered,
 //! retry at, gone, failed) and recorded with the lease this node holds.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
@@ -14,18 +15,21 @@ use super::schedule::retry_after;
 use super::{store_failed, Command, Completion, RetryPolicy, SendResult, Shared, LEASE_MARGIN};
 use crate::metrics::Outcome;
 use crate::ssrf::TargetPolicy;
-use crate::store::{AttemptRecord, DeliveryJob, NextStep, Webhook};
+use crate::store::{AttemptRecord, DeliveryJob, NextStep, StoreError, StoreResult, Webhook};
 
 /// How much of a subscriber's response is kept with the attempt.
 const RESPONSE_EXCERPT_BYTES: usize = 4096;
 
 const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION"));
 
-/// A webhook as the dispatcher uses it: its settings and an HTTP client that connects only
+/// A webhook as the dispatcher uses it: its settings and HTTP clients that connect only
 /// where its target policy permits.
 pub(super) struct Target {
     pub(super) webhook: Webhook,
-    pub(super) client: reqwest::Client,
+    /// One client per attempt runtime: a client's connections are driven on the runtime that
+    /// opened them, so a webhook that leaves probation must not go on using connections the
+    /// probation runtime drives.
+    clients: Clients,
     /// The webhook's URL, parsed and checked against the target policy once per reload (a
     /// host name is checked again at every connection, by the client's resolver).
     url: Result<reqwest::Url, String>,
@@ -35,7 +39,7 @@ pub(super) struct Target {
 }
 
 impl Target {
-    pub(super) fn new(webhook: Webhook, client: reqwest::Client, policy: &TargetPolicy) -> Target {
+    pub(super) fn new(webhook: Webhook, clients: Clients, policy: &TargetPolicy) -> Target {
         let parse = |s: &str| WebhookSecret::parse(s).map_err(|e| e.to_string());
         let secrets = parse(&webhook.secret).and_then(|current| {
             let previous = webhook
@@ -48,7 +52,7 @@ impl Target {
         let url = policy.check_literal(&webhook.url);
         Target {
             webhook,
-            client,
+            clients,
             url,
             secrets,
         }
@@ -66,6 +70,27 @@ impl Target {
         );
         Ok(secrets)
     }
+}
+
+/// The HTTP clients of webhooks that answer and of webhooks on probation.
+#[derive(Clone)]
+pub(super) struct Clients {
+    pub(super) answered: reqwest::Client,
+    pub(super) probation: reqwest::Client,
+}
+
+/// Run a store call on the runtime that serves requests and writes the store: a connection the
+/// call opens (PostgreSQL) is driven by the runtime that opened it, and the attempt runtimes
+/// must not own the store's connections.
+async fn on_main<T: Send + 'static>(
+    shared: &Shared,
+    call: impl Future<Output = StoreResult<T>> + Send + 'static,
+) -> StoreResult<T> {
+    shared
+        .main
+        .spawn(call)
+        .await
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("a store call did not finish: {e}")))?
 }
 
 /// Send one delivery, record the attempt, decide what comes next. `on_probation` (the slot it
@@ -90,10 +115,16 @@ pub(super) async fn send_and_record(
     let now = shared.clock.now_ms();
     if job.lease_until - now < (shared.timeout + LEASE_MARGIN).as_millis() as i64 {
         let until = shared.lease_until();
-        match shared
-            .store
-            .extend_lease(&job.delivery_id, job.lease_until, until)
-            .await
+        let (store, id, held) = (
+            shared.store.clone(),
+            job.delivery_id.clone(),
+            job.lease_until,
+        );
+        match on_main(
+            shared,
+            async move { store.extend_lease(&id, held, until).await },
+        )
+        .await
         {
             Ok(true) => job.lease_until = until,
             Ok(false) => return completion(SendResult::Lost),
@@ -106,7 +137,7 @@ pub(super) async fn send_and_record(
 
     let started_at = shared.clock.now_ms();
     let timer = Instant::now();
-    let result = send(shared, target, &job, started_at).await;
+    let result = send(shared, target, &job, started_at, on_probation).await;
     let took = timer.elapsed();
     let (http_status, error, response_excerpt, wait) = match result {
         Ok(r) => (Some(r.status), None, r.excerpt, r.retry_after),
@@ -197,16 +228,12 @@ pub(super) async fn send_and_record(
         });
     if gone || failing_too_long {
         let reason = if gone { "gone" } else { "failing" };
-        match shared
-            .store
-            .disable_webhook(
-                &webhook.id,
-                reason,
-                shared.clock.now_ms(),
-                shared.lease_until(),
-            )
-            .await
-        {
+        let (store, id) = (shared.store.clone(), webhook.id.clone());
+        let (now, lease_until) = (shared.clock.now_ms(), shared.lease_until());
+        let disabled = on_main(shared, async move {
+            store.disable_webhook(&id, reason, now, lease_until).await
+        });
+        match disabled.await {
             Ok(jobs) => {
                 warn!(webhook_id = %webhook.id, reason, "webhook disabled");
                 let _ = shared.tx.send(Command::WebhooksChanged);
@@ -234,6 +261,7 @@ async fn send(
     target: &Target,
     job: &DeliveryJob,
     now_ms: i64,
+    on_probation: bool,
 ) -> Result<Response, String> {
     let webhook = &target.webhook;
     let url = target
@@ -245,7 +273,12 @@ async fn send(
         .map_err(|e| format!("webhook secret unusable: {e}"))?;
     let timestamp = now_ms / 1000;
     let signature = standard::signature_header(&secrets, &job.event_id, timestamp, &job.payload);
-    let mut request = target.client.post(url.clone());
+    let client = if on_probation {
+        &target.clients.probation
+    } else {
+        &target.clients.answered
+    };
+    let mut request = client.post(url.clone());
     if webhook.legacy_signature {
         let legacy = shared
             .keys

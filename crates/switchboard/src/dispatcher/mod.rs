@@ -35,7 +35,7 @@ mod lanes;
 mod schedule;
 mod sends;
 
-use attempt::Target;
+use attempt::{Clients, Target};
 use lanes::{Breaker, Lane};
 use sends::Sends;
 
@@ -136,6 +136,8 @@ struct Shared {
     timeout: Duration,
     auto_disable_after: Duration,
     app_id: Option<Arc<str>>,
+    /// The runtime that serves requests and writes the store (attempts run on others).
+    main: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -168,7 +170,7 @@ pub struct Dispatcher {
     /// Webhooks whose backlog is held in the event stream.
     backlogs: backlog::Backlogs,
     /// HTTP clients by the private networks their webhooks may reach.
-    clients: HashMap<Vec<ipnet::IpNet>, (reqwest::Client, TargetPolicy)>,
+    clients: HashMap<Vec<ipnet::IpNet>, (Clients, TargetPolicy)>,
     /// Where sends run: runtimes of their own (see `Sends`).
     sends: Sends,
     poll_interval: Duration,
@@ -204,6 +206,7 @@ impl Dispatcher {
             timeout: config.delivery_timeout,
             auto_disable_after: config.auto_disable_after,
             app_id: config.app_id.as_deref().map(Arc::from),
+            main: tokio::runtime::Handle::current(),
         });
         Ok((
             Dispatcher {
@@ -234,7 +237,7 @@ impl Dispatcher {
     /// The HTTP client for webhooks that may reach `networks`: one per distinct list, shared
     /// by every webhook with that list (a client holds its own TLS roots and pool: one per
     /// webhook cost about 100 KiB each, with thousands of webhooks hundreds of MiB).
-    fn client_for(&mut self, networks: &[ipnet::IpNet]) -> (reqwest::Client, TargetPolicy) {
+    fn client_for(&mut self, networks: &[ipnet::IpNet]) -> (Clients, TargetPolicy) {
         if let Some(found) = self.clients.get(networks) {
             return found.clone();
         }
@@ -243,18 +246,24 @@ impl Dispatcher {
         made
     }
 
-    fn make_client(&self, networks: &[ipnet::IpNet]) -> (reqwest::Client, TargetPolicy) {
+    fn make_client(&self, networks: &[ipnet::IpNet]) -> (Clients, TargetPolicy) {
         let policy = self.base_policy.with_networks(networks);
-        let builder = reqwest::Client::builder()
-            .timeout(self.shared.timeout)
-            .connect_timeout(self.shared.timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true);
-        let client = policy
-            .client(builder)
-            .expect("the HTTP client builds with these settings");
-        (client, policy)
+        let client = || {
+            let builder = reqwest::Client::builder()
+                .timeout(self.shared.timeout)
+                .connect_timeout(self.shared.timeout.min(Duration::from_secs(5)))
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true);
+            policy
+                .client(builder)
+                .expect("the HTTP client builds with these settings")
+        };
+        let clients = Clients {
+            answered: client(),
+            probation: client(),
+        };
+        (clients, policy)
     }
 
     /// Re-read every webhook.

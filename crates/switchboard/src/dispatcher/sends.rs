@@ -28,10 +28,15 @@ impl Sends {
                 .enable_all()
                 .build()
         };
-        Ok(Sends {
-            answered: Some(runtime("switchboard-send")?),
-            probation: Some(runtime("switchboard-probe")?),
-        })
+        // Filled one at a time, so that if the second fails the first is shut down by `Drop`
+        // (a runtime dropped in an async context would panic).
+        let mut sends = Sends {
+            answered: None,
+            probation: None,
+        };
+        sends.answered = Some(runtime("switchboard-send")?);
+        sends.probation = Some(runtime("switchboard-probe")?);
+        Ok(sends)
     }
 
     /// Run an attempt: on the probation runtime if its webhook is on probation.

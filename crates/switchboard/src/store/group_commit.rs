@@ -164,6 +164,18 @@ mod tests {
     /// A batch's items, as (urgent, number).
     type Seen = Arc<Mutex<Vec<Vec<(bool, usize)>>>>;
 
+    /// Yield until `done`, at most 10 s.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let wait = async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
+    }
+
     #[tokio::test]
     async fn urgent_writes_go_first_and_the_rest_wait_in_small_batches() {
         let seen: Seen = Arc::default();
@@ -190,9 +202,10 @@ mod tests {
             let b = batcher.clone();
             answers.spawn(async move { b.submit_later((false, 0)).await });
         }
-        while entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        until("the first batch is taken", || {
+            entered.load(std::sync::atomic::Ordering::SeqCst) > 0
+        })
+        .await;
         for n in 1..=300 {
             let b = batcher.clone();
             answers.spawn(async move { b.submit_later((false, n)).await });
@@ -202,11 +215,11 @@ mod tests {
             answers.spawn(async move { b.submit((true, n)).await });
         }
         // Everything is queued behind the first batch.
-        while batcher.later.max_capacity() - batcher.later.capacity() < 300
-            || batcher.urgent.max_capacity() - batcher.urgent.capacity() < 5
-        {
-            tokio::task::yield_now().await;
-        }
+        until("everything is queued", || {
+            batcher.later.max_capacity() - batcher.later.capacity() >= 300
+                && batcher.urgent.max_capacity() - batcher.urgent.capacity() >= 5
+        })
+        .await;
         gate.add_permits(1_000);
         while let Some(answer) = answers.join_next().await {
             answer.expect("task").expect("written");

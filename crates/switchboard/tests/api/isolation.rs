@@ -313,7 +313,7 @@ async fn probation_is_remembered_across_a_restart() {
     let mut server = Node::start(dir.path(), port, &env).await;
     server.configure(&answering).await;
     let r = admin_request(
-        &server_client(),
+        &reqwest::Client::new(),
         &server.address,
         ADMIN_TOKEN,
         reqwest::Method::POST,
@@ -340,10 +340,7 @@ async fn probation_is_remembered_across_a_restart() {
     );
     answering.wait_for(1, Duration::from_secs(5)).await;
     hanging.wait_for(1, Duration::from_secs(5)).await;
-    let health = |id: String| {
-        let server = &server;
-        async move { server.get_json(&format!("/v1/webhooks/{id}")).await["health"].clone() }
-    };
+    let health = |id: String| health_on(&server, id);
     // The answer is stored with the attempt, before the dispatcher takes the webhook off
     // probation; the timeout is stored as a failure.
     eventually(
@@ -361,10 +358,7 @@ async fn probation_is_remembered_across_a_restart() {
     drop(server);
 
     let server = Node::start(dir.path(), port, &env).await;
-    let health = |id: String| {
-        let server = &server;
-        async move { server.get_json(&format!("/v1/webhooks/{id}")).await["health"].clone() }
-    };
+    let health = |id: String| health_on(&server, id);
     eventually(
         Duration::from_secs(10),
         "both read after the restart",
@@ -379,9 +373,9 @@ async fn probation_is_remembered_across_a_restart() {
     assert_eq!(health(stalled.clone()).await["probation"], json!(true));
 }
 
-/// A client for the binary's admin API.
-fn server_client() -> reqwest::Client {
-    reqwest::Client::new()
+/// `health` of a webhook, from the binary's `GET /v1/webhooks/{id}`.
+async fn health_on(server: &Node, webhook_id: String) -> Value {
+    server.get_json(&format!("/v1/webhooks/{webhook_id}")).await["health"].clone()
 }
 
 crate::both_stores!(
