@@ -26,9 +26,9 @@ const USER_AGENT_VALUE: &str = concat!("Switchboard/", env!("CARGO_PKG_VERSION")
 /// where its target policy permits.
 pub(super) struct Target {
     pub(super) webhook: Webhook,
-    /// One client per attempt runtime: a client's connections are driven on the runtime that
-    /// opened them, so a webhook that leaves probation must not go on using connections the
-    /// probation runtime drives.
+    /// One client for each runtime attempts run on: a client's connections are driven on the
+    /// runtime that opened them, so a webhook that leaves probation must not go on using
+    /// connections the probation runtime drives.
     clients: Clients,
     /// The webhook's URL, parsed and checked against the target policy once per reload (a
     /// host name is checked again at every connection, by the client's resolver).
@@ -80,7 +80,7 @@ pub(super) struct Clients {
 }
 
 /// Run a store call on the runtime that serves requests and writes the store: a connection the
-/// call opens (PostgreSQL) is driven by the runtime that opened it, and the attempt runtimes
+/// call opens (PostgreSQL) is driven by the runtime that opened it, and the probation runtime
 /// must not own the store's connections.
 async fn on_main<T: Send + 'static>(
     shared: &Shared,

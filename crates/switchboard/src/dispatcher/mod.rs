@@ -171,7 +171,8 @@ pub struct Dispatcher {
     backlogs: backlog::Backlogs,
     /// HTTP clients by the private networks their webhooks may reach.
     clients: HashMap<Vec<ipnet::IpNet>, (Clients, TargetPolicy)>,
-    /// Where sends run: runtimes of their own (see `Sends`).
+    /// Where attempts run (see `Sends`): those of webhooks on probation on a runtime of their
+    /// own.
     sends: Sends,
     poll_interval: Duration,
     breaker_threshold: u32,

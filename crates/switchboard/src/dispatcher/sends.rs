@@ -7,8 +7,9 @@
 //! 5, and a healthy subscriber's next attempt waited behind the 500 retries of hanging
 //! subscribers a poll had just claimed (21 ms). Apart, the operating system shares the cores
 //! between the two, and neither ingest nor an answering subscriber waits in a queue behind
-//! attempts that will time out. (A third runtime for the answering webhooks' attempts was
-//! tried: it added a thread hop to every delivery, +1 ms end to end at the median under load.)
+//! attempts that will time out. (A runtime of their own for the answering webhooks' attempts
+//! was tried too: it added a thread hop to every delivery, +1 ms end to end at the median
+//! under load.)
 
 use std::future::Future;
 
