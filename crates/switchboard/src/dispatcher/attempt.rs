@@ -79,6 +79,17 @@ pub(super) struct Clients {
     pub(super) probation: reqwest::Client,
 }
 
+impl Clients {
+    /// The client of the runtime an attempt runs on.
+    fn for_attempt(&self, on_probation: bool) -> &reqwest::Client {
+        if on_probation {
+            &self.probation
+        } else {
+            &self.answered
+        }
+    }
+}
+
 /// Run a store call on the runtime that serves requests and writes the store: a connection the
 /// call opens (PostgreSQL) is driven by the runtime that opened it, and the probation runtime
 /// must not own the store's connections.
@@ -273,12 +284,7 @@ async fn send(
         .map_err(|e| format!("webhook secret unusable: {e}"))?;
     let timestamp = now_ms / 1000;
     let signature = standard::signature_header(&secrets, &job.event_id, timestamp, &job.payload);
-    let client = if on_probation {
-        &target.clients.probation
-    } else {
-        &target.clients.answered
-    };
-    let mut request = client.post(url.clone());
+    let mut request = target.clients.for_attempt(on_probation).post(url.clone());
     if webhook.legacy_signature {
         let legacy = shared
             .keys

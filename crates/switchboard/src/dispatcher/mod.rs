@@ -235,19 +235,19 @@ impl Dispatcher {
         ))
     }
 
-    /// The HTTP client for webhooks that may reach `networks`: one per distinct list, shared
-    /// by every webhook with that list (a client holds its own TLS roots and pool: one per
-    /// webhook cost about 100 KiB each, with thousands of webhooks hundreds of MiB).
-    fn client_for(&mut self, networks: &[ipnet::IpNet]) -> (Clients, TargetPolicy) {
+    /// The HTTP clients for webhooks that may reach `networks`: one pair per distinct list,
+    /// shared by every webhook with that list (a client holds its own TLS roots and pool: one
+    /// per webhook cost about 100 KiB each, with thousands of webhooks hundreds of MiB).
+    fn clients_for(&mut self, networks: &[ipnet::IpNet]) -> (Clients, TargetPolicy) {
         if let Some(found) = self.clients.get(networks) {
             return found.clone();
         }
-        let made = self.make_client(networks);
+        let made = self.make_clients(networks);
         self.clients.insert(networks.to_vec(), made.clone());
         made
     }
 
-    fn make_client(&self, networks: &[ipnet::IpNet]) -> (Clients, TargetPolicy) {
+    fn make_clients(&self, networks: &[ipnet::IpNet]) -> (Clients, TargetPolicy) {
         let policy = self.base_policy.with_networks(networks);
         let client = || {
             let builder = reqwest::Client::builder()
@@ -284,7 +284,7 @@ impl Dispatcher {
         let now = self.shared.clock.now_ms();
         let mut targets = HashMap::with_capacity(webhooks.len());
         for webhook in webhooks {
-            let (client, policy) = self.client_for(&webhook.allowed_networks);
+            let (clients, policy) = self.clients_for(&webhook.allowed_networks);
             let metrics = &self.shared.metrics;
             let lane = self.lanes.entry(webhook.id.clone()).or_insert_with(|| {
                 let lane = Lane::new(&webhook.health, now);
@@ -306,7 +306,7 @@ impl Dispatcher {
             }
             targets.insert(
                 webhook.id.clone(),
-                Arc::new(Target::new(webhook, client, &policy)),
+                Arc::new(Target::new(webhook, clients, &policy)),
             );
         }
         let gone: Vec<String> = self

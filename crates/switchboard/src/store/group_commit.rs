@@ -17,8 +17,10 @@ pub struct Batcher<I, O> {
     later: Queue<I, O>,
 }
 
-type Queue<I, O> = tokio::sync::mpsc::Sender<(I, tokio::sync::oneshot::Sender<StoreResult<O>>)>;
-type Inbox<I, O> = tokio::sync::mpsc::Receiver<(I, tokio::sync::oneshot::Sender<StoreResult<O>>)>;
+/// A write waiting, with where its answer goes.
+type Pending<I, O> = (I, tokio::sync::oneshot::Sender<StoreResult<O>>);
+type Queue<I, O> = tokio::sync::mpsc::Sender<Pending<I, O>>;
+type Inbox<I, O> = tokio::sync::mpsc::Receiver<Pending<I, O>>;
 
 /// The most urgent writes one group commit holds.
 const GROUP_COMMIT_MAX: usize = 256;
@@ -84,7 +86,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 async fn next_batch<I, O>(
     urgent: &mut Inbox<I, O>,
     later: &mut Inbox<I, O>,
-) -> Option<Vec<(I, tokio::sync::oneshot::Sender<StoreResult<O>>)>> {
+) -> Option<Vec<Pending<I, O>>> {
     let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
     let mut rest = Vec::new();
     let (mut urgent_open, mut later_open) = (true, true);
@@ -102,20 +104,20 @@ async fn next_batch<I, O>(
             }
         }
     }
-    while batch.len() < GROUP_COMMIT_MAX {
-        match urgent.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
-    }
-    while rest.len() < LATER_PER_BATCH {
-        match later.try_recv() {
-            Ok(item) => rest.push(item),
-            Err(_) => break,
-        }
-    }
+    take_waiting(urgent, &mut batch, GROUP_COMMIT_MAX);
+    take_waiting(later, &mut rest, LATER_PER_BATCH);
     batch.append(&mut rest);
     Some(batch)
+}
+
+/// Add the writes waiting in `inbox` to `into`, until it holds `max`, without waiting.
+fn take_waiting<I, O>(inbox: &mut Inbox<I, O>, into: &mut Vec<Pending<I, O>>, max: usize) {
+    while into.len() < max {
+        match inbox.try_recv() {
+            Ok(item) => into.push(item),
+            Err(_) => break,
+        }
+    }
 }
 
 /// A write that is group-committed: attempts and provider requests share each commit.

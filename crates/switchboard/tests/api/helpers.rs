@@ -822,20 +822,35 @@ impl Node {
         get_json(&reqwest::Client::new(), &self.address, path).await
     }
 
-    /// A location with the business number on Twilio and one webhook to `receiver`.
-    pub async fn configure(&self, receiver: &TestReceiver) {
-        let client = reqwest::Client::new();
-        connect_location(&client, &self.address, ADMIN_TOKEN, json!({})).await;
+    /// A location with the business number on Twilio and one webhook to `receiver`; the
+    /// webhook's id.
+    pub async fn configure(&self, receiver: &TestReceiver) -> String {
+        connect_location(
+            &reqwest::Client::new(),
+            &self.address,
+            ADMIN_TOKEN,
+            json!({}),
+        )
+        .await;
+        self.add_webhook(&receiver.url).await
+    }
+
+    /// One more webhook, for `InboundMessage` to `url`; its id.
+    pub async fn add_webhook(&self, url: &str) -> String {
         let r = admin_request(
-            &client,
+            &reqwest::Client::new(),
             &self.address,
             ADMIN_TOKEN,
             reqwest::Method::POST,
             "/v1/webhooks",
-            json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+            json!({ "url": url, "events": ["InboundMessage"] }),
         )
         .await;
         assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Start `switchboard serve` with the test admin token, loopback targets allowed, fast

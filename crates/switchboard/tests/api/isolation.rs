@@ -311,29 +311,8 @@ async fn probation_is_remembered_across_a_restart() {
     let hanging = TestReceiver::start().await;
     hanging.slow(Duration::from_secs(3600));
     let mut server = Node::start(dir.path(), port, &env).await;
-    server.configure(&answering).await;
-    let r = admin_request(
-        &reqwest::Client::new(),
-        &server.address,
-        ADMIN_TOKEN,
-        reqwest::Method::POST,
-        "/v1/webhooks",
-        json!({ "url": hanging.url, "events": ["InboundMessage"] }),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
-    let stalled = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let webhooks = server.get_json("/v1/webhooks").await;
-    let healthy = webhooks["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["id"].as_str().unwrap().to_owned())
-        .find(|id| *id != stalled)
-        .unwrap();
+    let healthy = server.configure(&answering).await;
+    let stalled = server.add_webhook(&hanging.url).await;
     assert_eq!(
         server.post_sms("SMremember", "remember").await.status(),
         200
