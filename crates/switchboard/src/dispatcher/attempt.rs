@@ -247,7 +247,7 @@ pub(super) async fn send_and_record(
         match disabled.await {
             Ok(jobs) => {
                 warn!(webhook_id = %webhook.id, reason, "webhook disabled");
-                let _ = shared.tx.send(Command::WebhooksChanged);
+                shared.webhooks_changed();
                 let _ = shared.tx.send(Command::Jobs(jobs));
             }
             Err(e) => store_failed(&e, "disabling the webhook failed"),

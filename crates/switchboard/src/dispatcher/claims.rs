@@ -3,7 +3,7 @@
 //! node will not send now.
 
 use super::lanes::Lane;
-use super::{store_failed, Command, Dispatcher};
+use super::{store_failed, Dispatcher};
 use crate::store::DeliveryJob;
 
 impl Dispatcher {
@@ -15,7 +15,7 @@ impl Dispatcher {
             // A webhook this node has not read yet (created on another node): read the
             // webhooks, then take these up.
             self.parked.extend(unknown);
-            self.shared.tx.send(Command::WebhooksChanged).ok();
+            self.shared.webhooks_changed();
         }
         self.accept_or_release(known);
     }

@@ -15,6 +15,7 @@
 //! pruning).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,27 +63,27 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// Talks to the dispatcher from the rest of the process.
 #[derive(Clone)]
 pub struct DispatchHandle {
-    tx: mpsc::UnboundedSender<Command>,
-    handoffs: Arc<Handoffs>,
+    shared: Arc<Shared>,
 }
 
 impl DispatchHandle {
     /// The webhooks whose new deliveries this dispatcher does not take at ingest now.
     pub fn handoffs(&self) -> Arc<Handoffs> {
-        self.handoffs.clone()
+        self.shared.handoffs.clone()
     }
 
     /// Deliveries just committed (and leased to this node): send them now.
     pub fn hand_off(&self, jobs: Vec<DeliveryJob>) {
         if !jobs.is_empty() {
             // If the dispatcher is gone the leases expire and the next run sends them.
-            let _ = self.tx.send(Command::Jobs(jobs));
+            let _ = self.shared.tx.send(Command::Jobs(jobs));
         }
     }
 
-    /// A webhook was created, changed or deleted.
+    /// A webhook was created, changed or deleted (and that is committed): no attempt starts
+    /// after this returns with what the dispatcher read before.
     pub fn webhooks_changed(&self) {
-        let _ = self.tx.send(Command::WebhooksChanged);
+        self.shared.webhooks_changed();
     }
 }
 
@@ -138,11 +139,20 @@ struct Shared {
     app_id: Option<Arc<str>>,
     /// The runtime that serves requests and writes the store (attempts run on others).
     main: tokio::runtime::Handle,
+    /// How many times webhooks were changed (counted before the command is sent).
+    changes: AtomicU64,
 }
 
 impl Shared {
     fn lease_until(&self) -> i64 {
         self.clock.now_ms() + self.lease.as_millis() as i64
+    }
+
+    /// Counted at once, so that the dispatcher reads the webhooks again before it starts
+    /// anything, even a delivery it claims from the store before the command reaches it.
+    fn webhooks_changed(&self) {
+        self.changes.fetch_add(1, AtomicOrdering::SeqCst);
+        let _ = self.tx.send(Command::WebhooksChanged);
     }
 }
 
@@ -153,6 +163,8 @@ pub struct Dispatcher {
     lanes: HashMap<String, Lane>,
     /// Claimed deliveries of webhooks not read yet, until the next reload.
     parked: Vec<DeliveryJob>,
+    /// `Shared::changes` when `targets` were read.
+    changes_read: u64,
     /// Attempts in flight for webhooks that have answered (at most `concurrency`).
     in_flight: usize,
     concurrency: usize,
@@ -208,14 +220,16 @@ impl Dispatcher {
             auto_disable_after: config.auto_disable_after,
             app_id: config.app_id.as_deref().map(Arc::from),
             main: tokio::runtime::Handle::current(),
+            changes: AtomicU64::new(0),
         });
         Ok((
             Dispatcher {
-                shared,
+                shared: shared.clone(),
                 rx,
                 targets: HashMap::new(),
                 lanes: HashMap::new(),
                 parked: Vec::new(),
+                changes_read: 0,
                 in_flight: 0,
                 concurrency: config.dispatcher_concurrency,
                 probing: 0,
@@ -231,7 +245,7 @@ impl Dispatcher {
                 retention: config.retention,
                 base_policy,
             },
-            DispatchHandle { tx, handoffs },
+            DispatchHandle { shared },
         ))
     }
 
@@ -269,6 +283,7 @@ impl Dispatcher {
 
     /// Re-read every webhook.
     async fn reload(&mut self) {
+        let changes = self.shared.changes.load(AtomicOrdering::SeqCst);
         let webhooks = match self.shared.store.list_webhooks().await {
             Ok(w) => w,
             Err(e) => {
@@ -326,6 +341,19 @@ impl Dispatcher {
             self.shared.metrics.forget_webhook(&id);
         }
         self.targets = targets;
+        self.changes_read = changes;
+    }
+
+    /// Read the webhooks again if one changed since they were read, and take up the deliveries
+    /// that waited for that. Called before anything starts: a delivery claimed from the store
+    /// may have been stored after a change (a secret rotated, then a message came) whose
+    /// command is still queued behind.
+    async fn catch_up(&mut self) {
+        if self.shared.changes.load(AtomicOrdering::SeqCst) != self.changes_read {
+            self.reload().await;
+            let parked = std::mem::take(&mut self.parked);
+            self.accept_or_release(parked);
+        }
     }
 
     /// Runs until the process stops.
@@ -340,6 +368,7 @@ impl Dispatcher {
             (self.retention / 4).clamp(Duration::from_millis(100), RETENTION_EVERY);
         let mut next_retention = Instant::now() + retention_every;
         loop {
+            self.catch_up().await;
             let wake = self.pump_all().map_or(next_poll, |w| w.min(next_poll));
             tokio::select! {
                 command = self.rx.recv() => match command {
@@ -353,10 +382,8 @@ impl Dispatcher {
                                 behind.push(command);
                             }
                         }
-                        self.reload().await;
                         // Deliveries for a webhook this node had not read yet waited for this.
-                        let parked = std::mem::take(&mut self.parked);
-                        self.accept_or_release(parked);
+                        self.catch_up().await;
                         for command in behind {
                             match command {
                                 Command::Jobs(jobs) => self.accept(jobs),
@@ -379,6 +406,7 @@ impl Dispatcher {
             // What was just accepted starts before the hold is written: with a thousand new
             // webhooks, a healthy one's first attempt waited for that write (30 ms).
             if self.backlogs.holding() {
+                self.catch_up().await;
                 self.pump_all();
             }
             self.hold_backlogs().await;
