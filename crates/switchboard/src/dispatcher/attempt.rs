@@ -150,6 +150,12 @@ pub(super) async fn send_and_record(
     let timer = Instant::now();
     let result = send(shared, target, &job, started_at, on_probation).await;
     let took = timer.elapsed();
+    if on_probation && result.is_ok() {
+        // Its lane leaves probation now rather than once the attempt is recorded (with a
+        // thousand new webhooks tried at once, the record waited tens of milliseconds for the
+        // store, and every delivery queued behind this one with it).
+        let _ = shared.tx.send(Command::Answered(webhook.id.clone()));
+    }
     let (http_status, error, response_excerpt, wait) = match result {
         Ok(r) => (Some(r.status), None, r.excerpt, r.retry_after),
         Err(error) => (None, Some(storable(error)), None, None),

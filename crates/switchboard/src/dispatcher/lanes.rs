@@ -140,10 +140,30 @@ impl Dispatcher {
         if hold != lane.held {
             lane.held = hold;
             self.shared.handoffs.hold(webhook_id, hold);
-            // What it left in the store meanwhile is claimed by a poll.
+            // What it left in the store meanwhile is claimed by a poll; at once if it left
+            // probation (its subscriber answered), as each delivery since waits for it.
             self.poll_soon |= !hold;
+            self.poll_now |= !hold && lane.proven;
         }
         self.sync_backlog(webhook_id);
+    }
+
+    /// The subscriber of a lane on probation answered: the lane uses the shared slots from
+    /// now on, and what it left in the store comes back at once.
+    pub(super) fn left_probation(&mut self, webhook_id: &str) {
+        let Some(lane) = self.lanes.get_mut(webhook_id) else {
+            return;
+        };
+        if lane.proven {
+            return;
+        }
+        lane.proven = true;
+        self.shared.metrics.probation(webhook_id, false);
+        if self.backlogs.due(webhook_id) {
+            self.poll_soon = true;
+            self.poll_now = true;
+        }
+        self.sync_handoff(webhook_id);
     }
 
     /// Start what every lane may start now, one delivery per lane per round, so no lane takes
@@ -151,11 +171,12 @@ impl Dispatcher {
     pub(super) fn pump_all(&mut self) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         // Only lanes with something queued (with thousands of idle webhooks, collecting every
-        // id on each round of the loop was a measurable share of the server's CPU).
+        // id on each round of the loop was a measurable share of the server's CPU), and not
+        // those on probation with their one attempt out (a thousand hanging webhooks).
         let mut active: Vec<String> = self
             .lanes
             .iter()
-            .filter(|(_, lane)| lane.queued() > 0)
+            .filter(|(_, lane)| lane.queued() > 0 && (lane.proven || lane.in_flight == 0))
             .map(|(id, _)| id.clone())
             .collect();
         while !active.is_empty() {

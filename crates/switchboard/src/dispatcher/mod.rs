@@ -99,6 +99,8 @@ enum Pump {
 enum Command {
     Jobs(Vec<DeliveryJob>),
     WebhooksChanged,
+    /// The subscriber of a webhook on probation answered an attempt, which is being recorded.
+    Answered(String),
     Done(Completion),
 }
 
@@ -356,6 +358,16 @@ impl Dispatcher {
         }
     }
 
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Jobs(jobs) => self.accept(jobs),
+            Command::Answered(webhook_id) => self.left_probation(&webhook_id),
+            Command::Done(done) => self.finish(done).await,
+            // Read before anything starts (`catch_up`).
+            Command::WebhooksChanged => {}
+        }
+    }
+
     /// Runs until the process stops.
     pub async fn run(mut self) {
         self.reload().await;
@@ -372,7 +384,6 @@ impl Dispatcher {
             let wake = self.pump_all().map_or(next_poll, |w| w.min(next_poll));
             tokio::select! {
                 command = self.rx.recv() => match command {
-                    Some(Command::Jobs(jobs)) => self.accept(jobs),
                     Some(Command::WebhooksChanged) => {
                         // A burst of changes (an operator creating 200 webhooks) is one reload,
                         // not one per change: the commands queued behind it wait for it.
@@ -385,14 +396,10 @@ impl Dispatcher {
                         // Deliveries for a webhook this node had not read yet waited for this.
                         self.catch_up().await;
                         for command in behind {
-                            match command {
-                                Command::Jobs(jobs) => self.accept(jobs),
-                                Command::Done(done) => self.finish(done).await,
-                                Command::WebhooksChanged => {}
-                            }
+                            self.handle(command).await;
                         }
                     }
-                    Some(Command::Done(done)) => self.finish(done).await,
+                    Some(command) => self.handle(command).await,
                     None => return,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}

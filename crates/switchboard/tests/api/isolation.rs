@@ -267,9 +267,12 @@ async fn each_webhooks_probation_shows_in_the_api_and_the_metrics() {
     hanging.wait_for(1, Duration::from_secs(5)).await;
     let healthy_series = format!("switchboard_webhook_probation{{webhook=\"{healthy}\"}}");
     let stalled_series = format!("switchboard_webhook_probation{{webhook=\"{stalled}\"}}");
+    // Proven when its subscriber answered; its attempt left the probation slot once recorded.
     let text = eventually(Duration::from_secs(5), "the healthy one proven", || async {
         let text = get_metrics(&app.client, &app.address).await;
-        (metric(&text, &healthy_series) == Some(0.0)).then_some(text)
+        (metric(&text, &healthy_series) == Some(0.0)
+            && metric(&text, "switchboard_deliveries_sending_on_probation") == Some(1.0))
+        .then_some(text)
     })
     .await;
     assert_eq!(metric(&text, &stalled_series), Some(1.0), "{text}");
@@ -289,13 +292,12 @@ async fn each_webhooks_probation_shows_in_the_api_and_the_metrics() {
         (probation_of(&app, &stalled).await == json!(false)).then_some(())
     })
     .await;
-    let text = get_metrics(&app.client, &app.address).await;
+    let text = eventually(Duration::from_secs(5), "its attempt recorded", || async {
+        let text = get_metrics(&app.client, &app.address).await;
+        (metric(&text, "switchboard_deliveries_sending_on_probation") == Some(0.0)).then_some(text)
+    })
+    .await;
     assert_eq!(metric(&text, &stalled_series), Some(0.0), "{text}");
-    assert_eq!(
-        metric(&text, "switchboard_deliveries_sending_on_probation"),
-        Some(0.0),
-        "{text}"
-    );
 }
 
 /// A webhook's answer is remembered: after a restart (SIGKILL), the webhook whose subscriber
@@ -350,6 +352,91 @@ async fn probation_is_remembered_across_a_restart() {
     .await;
     assert_eq!(health(healthy.clone()).await["probation"], json!(false));
     assert_eq!(health(stalled.clone()).await["probation"], json!(true));
+}
+
+/// A webhook leaves probation when its subscriber answers, not once the attempt is recorded:
+/// with the record held up (the delivery's row locked in PostgreSQL), its next message is
+/// delivered all the same. Before, everything queued behind a new webhook's first attempt
+/// waited for that record (with a thousand new webhooks, tens of milliseconds).
+#[tokio::test]
+async fn a_webhook_leaves_probation_when_its_subscriber_answers() {
+    use sqlx::Connection;
+    on_store(Backend::Postgres, async {
+        let app = spawn_app().await;
+        location_with_twilio(&app).await;
+        let receiver = TestReceiver::start().await;
+        receiver.slow(Duration::from_millis(500));
+        let webhook = create_webhook(
+            &app,
+            json!({ "url": receiver.url, "events": ["InboundMessage"] }),
+        )
+        .await;
+        let id = webhook["id"].as_str().unwrap().to_owned();
+        let first = twilio_sid("SManswered-first");
+        let r = app
+            .post_twilio(&sms_params(&first, "first"), AUTH_TOKEN)
+            .await;
+        assert_eq!(r.status(), 200);
+        // Its answer comes 500 ms after it arrives; meanwhile its row is locked.
+        receiver.wait_for(1, Duration::from_secs(5)).await;
+        let url = app.database_url.clone().expect("a PostgreSQL test");
+        let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+        let locked = sqlx::query("SELECT id FROM deliveries WHERE webhook_id = $1 FOR UPDATE")
+            .bind(&id)
+            .fetch_all(&mut lock)
+            .await
+            .unwrap();
+        assert_eq!(locked.len(), 1);
+        receiver.slow(Duration::ZERO);
+
+        eventually(
+            Duration::from_secs(5),
+            "off probation on the answer",
+            || async { (probation_of(&app, &id).await == json!(false)).then_some(()) },
+        )
+        .await;
+        let second = twilio_sid("SManswered-second");
+        let r = app
+            .post_twilio(&sms_params(&second, "second"), AUTH_TOKEN)
+            .await;
+        assert_eq!(r.status(), 200);
+        let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+        assert!(String::from_utf8_lossy(&got[1].body).contains("second"));
+        let unrecorded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'pending'",
+        )
+        .bind(&id)
+        .fetch_one(&mut lock)
+        .await
+        .unwrap();
+        assert!(
+            unrecorded >= 1,
+            "the first attempt was still being recorded"
+        );
+
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let delivered: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'delivered'",
+            )
+            .bind(&id)
+            .fetch_one(&mut lock)
+            .await
+            .unwrap();
+            if delivered == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{delivered} of 2 recorded delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        receiver.expect_exactly(2, Duration::from_millis(500)).await;
+    })
+    .await;
 }
 
 /// `health` of a webhook, from the binary's `GET /v1/webhooks/{id}`.
