@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{create_webhook, location_with_twilio};
 use crate::helpers::*;
+use crate::twilio_voice::{outbound_params, post_twiml, setup, voice_settings, STATUS};
 
 /// Another number of the test account, connected to a second location.
 const OTHER_NUMBER: &str = "+14155550111";
@@ -244,7 +245,87 @@ async fn a_held_backlog_keeps_the_conversations_order() {
     assert_eq!(bodies, expected);
 }
 
+/// A held backlog is written through the webhook's type and direction filters, as ingest
+/// applies them: two webhooks held at once, one for inbound SMS and one for outbound calls,
+/// each get only what they subscribed to once their subscribers answer.
+async fn a_held_backlog_is_written_through_the_type_and_direction_filters() {
+    let rounds = 5;
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
+    let everything = TestReceiver::start().await;
+    setup(&app, &everything, voice_settings()).await;
+    let mut held = Vec::new();
+    for (types, direction) in [("SMS", "inbound"), ("CALL", "outbound")] {
+        let subscriber = TestReceiver::start().await;
+        subscriber.slow(Duration::from_secs(3600));
+        let webhook = create_webhook(
+            &app,
+            json!({ "url": subscriber.url, "events": ["InboundMessage", "OutboundMessage"],
+                    "messageTypes": [types], "direction": direction, "retrySchedule": ["1s"] }),
+        )
+        .await;
+        held.push((subscriber, webhook["id"].as_str().unwrap().to_owned()));
+    }
+    let post_both = |i: usize| {
+        let app = &app;
+        async move {
+            post_sms(app, &format!("SMfilter{i}"), &format!("filter {i}")).await;
+            let completed = [("CallStatus", "completed"), ("CallDuration", "30")];
+            post_twiml(
+                app,
+                STATUS,
+                &outbound_params(&format!("CAfilter{i}"), &completed),
+            )
+            .await;
+        }
+    };
+    post_both(0).await;
+    for (subscriber, webhook) in &held {
+        subscriber.wait_for(1, Duration::from_secs(5)).await;
+        until_held(&app, webhook, true).await;
+    }
+    for i in 1..=rounds {
+        post_both(i).await;
+    }
+    everything
+        .wait_for(2 * (rounds + 1), Duration::from_secs(10))
+        .await;
+    for (subscriber, _) in &held {
+        subscriber.slow(Duration::ZERO);
+    }
+    // Each first attempt times out after 1 s and is sent again 1 s later; then the rest.
+    let expect = [
+        ("InboundMessage", "SMS", "inbound"),
+        ("OutboundMessage", "CALL", "outbound"),
+    ];
+    for ((subscriber, webhook), (kind, message_type, direction)) in held.iter().zip(expect) {
+        subscriber
+            .wait_for(rounds + 2, Duration::from_secs(20))
+            .await;
+        until_held(&app, webhook, false).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = subscriber.received();
+        assert_eq!(
+            got.len(),
+            rounds + 2,
+            "{message_type}: one sent twice, none else"
+        );
+        for delivery in got {
+            let event = delivery.json();
+            assert_eq!(
+                (
+                    event["type"].as_str(),
+                    event["messageType"].as_str(),
+                    event["direction"].as_str()
+                ),
+                (Some(kind), Some(message_type), Some(direction)),
+                "{event}"
+            );
+        }
+    }
+}
+
 crate::both_stores!(
+    a_held_backlog_is_written_through_the_type_and_direction_filters,
     a_held_backlog_keeps_the_conversations_order,
     a_hanging_subscribers_backlog_is_held_in_the_event_stream,
     a_held_backlog_is_delivered_once_its_subscriber_answers_and_given_back,

@@ -566,7 +566,10 @@ async fn answered_calls_are_recorded_when_asked() {
     assert_eq!(keys, expected, "{event}");
 }
 
-fn outbound_params<'a>(sid: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn outbound_params<'a>(
+    sid: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
     let sid = sid_str(sid);
     let mut p = vec![
         ("CallSid", sid),
