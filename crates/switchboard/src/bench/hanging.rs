@@ -113,26 +113,28 @@ pub async fn run_hanging(options: BenchOptions, hanging: usize) -> anyhow::Resul
         options.messages > 0 && options.concurrency > 0,
         "messages and concurrency must be above 0"
     );
-    // Each run needs a store of its own, and the benchmark empties no database it is given.
-    anyhow::ensure!(
-        options.database_url.is_none(),
-        "--hanging-webhooks runs on the embedded SQLite only (each of its two runs needs an \
-         empty store of its own)"
-    );
     let (state, sink_url) = start_sink().await?;
     let (hang_url, hang) = hanging_sink().await?;
     let client = load_client(options.concurrency)?;
 
-    let without = one_run(&options, &client, &state, &sink_url, None).await?;
+    // Each run needs an empty store: on PostgreSQL a schema of its own in the database given,
+    // dropped after the run (the benchmark empties nothing it was given).
+    let (run_options, schema) = own_store(&options).await?;
+    let without = one_run(&run_options, &client, &state, &sink_url, None).await;
+    drop_store(&options, schema).await;
+    let without = without?;
     state.reset();
+    let (run_options, schema) = own_store(&options).await?;
     let with = one_run(
-        &options,
+        &run_options,
         &client,
         &state,
         &sink_url,
         Some((&hang_url, hanging, &hang)),
     )
-    .await?;
+    .await;
+    drop_store(&options, schema).await;
+    let with = with?;
     Ok(HangingReport {
         store: if options.database_url.is_some() {
             "postgres"
@@ -147,6 +149,48 @@ pub async fn run_hanging(options: BenchOptions, hanging: usize) -> anyhow::Resul
         without,
         with,
     })
+}
+
+/// The options for one run with a store of its own: on PostgreSQL, a new schema in the
+/// database of `--database-url` (its name is returned, to drop after the run).
+async fn own_store(options: &BenchOptions) -> anyhow::Result<(BenchOptions, Option<String>)> {
+    use anyhow::Context as _;
+    use sqlx::Connection as _;
+    let Some(base) = &options.database_url else {
+        return Ok((options.clone(), None));
+    };
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .context("connecting to --database-url")?;
+    let schema = format!(
+        "switchboard_bench_{}",
+        crate::domain::ids::new_id().to_lowercase()
+    );
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut conn)
+        .await
+        .context("creating a schema for the run (the user needs CREATE on the database)")?;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut run = options.clone();
+    run.database_url = Some(format!("{base}{sep}options[search_path]={schema}"));
+    Ok((run, Some(schema)))
+}
+
+/// Drop the schema `own_store` made; a failure is reported and the run's figures kept.
+async fn drop_store(options: &BenchOptions, schema: Option<String>) {
+    use sqlx::Connection as _;
+    let (Some(base), Some(schema)) = (&options.database_url, schema) else {
+        return;
+    };
+    let dropped = async {
+        let mut conn = sqlx::PgConnection::connect(base).await?;
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&mut conn)
+            .await
+    };
+    if let Err(e) = dropped.await {
+        eprintln!("dropping the benchmark's schema {schema} failed: {e}");
+    }
 }
 
 /// One run on a fresh server: the healthy webhook, and with `hanging` N webhooks at the

@@ -764,6 +764,17 @@ pub async fn postgres_schema_for_nodes() -> Option<String> {
     url
 }
 
+/// The PostgreSQL database the tests use, for a tool that makes schemas of its own in it, or
+/// `None` when the test is skipped (see [`skip`]) for want of PostgreSQL.
+pub async fn postgres_base_for_tools() -> Option<String> {
+    let mut url = None;
+    on_store(Backend::Postgres, async {
+        url = Some(postgres_base_url());
+    })
+    .await;
+    url
+}
+
 pub async fn fresh_postgres_schema() -> Result<String, String> {
     use sqlx::Connection;
     let base = postgres_base_url();

@@ -231,6 +231,47 @@ fn the_benchmark_with_hanging_webhooks_compares_two_runs() {
     assert!(stdout.contains("healthy p99, with / without"), "{stdout}");
 }
 
+/// On PostgreSQL each of the two runs has a schema of its own in the database given, dropped
+/// after it.
+#[tokio::test]
+async fn the_benchmark_with_hanging_webhooks_runs_on_postgresql() {
+    let Some(base) = postgres_base_for_tools().await else {
+        return;
+    };
+    let schemas = || async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&postgres_base_url())
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, String>(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'switchboard\\_bench\\_%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    };
+    let before = schemas().await;
+    let (stdout, json) = tokio::task::spawn_blocking(move || {
+        run_bench(&[
+            "--hanging-webhooks",
+            "10",
+            "--messages",
+            "20",
+            "--rate",
+            "40",
+            "--database-url",
+            &base,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(json["store"], "postgres", "{json}");
+    assert_eq!(json["with"]["hanging_webhooks"], 10, "{json}");
+    assert_eq!(json["with"]["hanging_connections_peak"], 10, "{json}");
+    assert!(stdout.contains("healthy p99, with / without"), "{stdout}");
+    assert_eq!(schemas().await, before, "the runs' schemas are dropped");
+}
+
 /// `--rate` paces the requests (open loop): never faster than offered, and every event arrives.
 /// This run also puts the server under a wrapper (as one would a profiler), which must run it
 /// and see it stop on SIGTERM.
