@@ -57,7 +57,8 @@ enum Command {
         /// count from when each request was due.
         #[arg(long, value_name = "PER_SECOND")]
         rate: Option<f64>,
-        /// PostgreSQL to benchmark instead of the embedded SQLite (an empty database).
+        /// PostgreSQL to benchmark instead of the embedded SQLite (an empty database; with
+        /// --hanging-webhooks any database: each run makes a schema of its own and drops it).
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
         /// Extra server setting, KEY=VALUE with the SWITCHBOARD_ name (repeatable).
