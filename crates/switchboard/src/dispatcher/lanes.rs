@@ -171,12 +171,11 @@ impl Dispatcher {
     pub(super) fn pump_all(&mut self) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         // Only lanes with something queued (with thousands of idle webhooks, collecting every
-        // id on each round of the loop was a measurable share of the server's CPU), and not
-        // those on probation with their one attempt out (a thousand hanging webhooks).
+        // id on each round of the loop was a measurable share of the server's CPU).
         let mut active: Vec<String> = self
             .lanes
             .iter()
-            .filter(|(_, lane)| lane.queued() > 0 && (lane.proven || lane.in_flight == 0))
+            .filter(|(_, lane)| lane.queued() > 0)
             .map(|(id, _)| id.clone())
             .collect();
         while !active.is_empty() {
@@ -325,7 +324,11 @@ impl Dispatcher {
             return;
         };
         let was_proven = lane.proven;
-        if lane.proven != answered {
+        // An answered attempt on probation took its lane off probation when the answer came
+        // (`left_probation`); an attempt of the lane that ended since (a timeout) may have put
+        // it back, which this older answer must not undo.
+        let already_applied = done.on_probation && answered;
+        if !already_applied && lane.proven != answered {
             lane.proven = answered;
             self.shared.metrics.probation(&done.webhook_id, !answered);
         }

@@ -55,6 +55,8 @@ pub const PROBATION_QUEUE: usize = 16;
 /// A poll asked for because a lane on probation has room again comes at most this soon
 /// after the last one.
 const SOON_POLL_GAP: Duration = Duration::from_millis(100);
+/// A failed read of the webhooks is tried again after this.
+const RELOAD_RETRY: Duration = Duration::from_secs(1);
 /// Webhook settings are re-read this often (other nodes may have changed them).
 const WEBHOOK_REFRESH: Duration = Duration::from_secs(10);
 /// Retention runs at most this far apart (more often for short retention).
@@ -167,6 +169,8 @@ pub struct Dispatcher {
     parked: Vec<DeliveryJob>,
     /// `Shared::changes` when `targets` were read.
     changes_read: u64,
+    /// The last read of the webhooks failed: not again before then.
+    reload_after: Option<Instant>,
     /// Attempts in flight for webhooks that have answered (at most `concurrency`).
     in_flight: usize,
     concurrency: usize,
@@ -232,6 +236,7 @@ impl Dispatcher {
                 lanes: HashMap::new(),
                 parked: Vec::new(),
                 changes_read: 0,
+                reload_after: None,
                 in_flight: 0,
                 concurrency: config.dispatcher_concurrency,
                 probing: 0,
@@ -283,16 +288,21 @@ impl Dispatcher {
         (clients, policy)
     }
 
-    /// Re-read every webhook.
+    /// Re-read every webhook, then take up the deliveries that waited for that (those of a
+    /// webhook this node had not read yet).
     async fn reload(&mut self) {
         let changes = self.shared.changes.load(AtomicOrdering::SeqCst);
         let webhooks = match self.shared.store.list_webhooks().await {
             Ok(w) => w,
             Err(e) => {
                 store_failed(&e, "reading webhooks failed");
+                // Not at every round while the store fails: deliveries start meanwhile with
+                // the settings read before.
+                self.reload_after = Some(Instant::now() + RELOAD_RETRY);
                 return;
             }
         };
+        self.reload_after = None;
         if webhooks.iter().any(|w| w.legacy_signature) {
             if let Err(e) = self.shared.keys.ensure_rsa().await {
                 warn!(error = format!("{e:#}"), "loading the RSA key failed");
@@ -344,17 +354,17 @@ impl Dispatcher {
         }
         self.targets = targets;
         self.changes_read = changes;
+        let parked = std::mem::take(&mut self.parked);
+        self.accept_or_release(parked);
     }
 
-    /// Read the webhooks again if one changed since they were read, and take up the deliveries
-    /// that waited for that. Called before anything starts: a delivery claimed from the store
-    /// may have been stored after a change (a secret rotated, then a message came) whose
-    /// command is still queued behind.
+    /// Read the webhooks again if one changed since they were read. Called before anything
+    /// starts: a delivery claimed from the store may have been stored after a change (a secret
+    /// rotated, then a message came) whose command is still queued behind.
     async fn catch_up(&mut self) {
-        if self.shared.changes.load(AtomicOrdering::SeqCst) != self.changes_read {
+        let changed = self.shared.changes.load(AtomicOrdering::SeqCst) != self.changes_read;
+        if changed && self.reload_after.is_none_or(|at| Instant::now() >= at) {
             self.reload().await;
-            let parked = std::mem::take(&mut self.parked);
-            self.accept_or_release(parked);
         }
     }
 
