@@ -113,4 +113,55 @@ async fn an_auto_reply_loop_is_stored_but_delivered_only_up_to_the_cap() {
     );
 }
 
-crate::both_stores!(an_auto_reply_loop_is_stored_but_delivered_only_up_to_the_cap);
+/// The mails suppressed while the subscriber's backlog is held in the event stream stay out of
+/// it: once the subscriber answers, it receives what ingest would have handed it, the first
+/// `cap` of the loop (and the first one twice: it timed out), not the ones past the cap.
+async fn suppressed_mail_stays_out_of_a_held_backlog() {
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
+    let cap = switchboard::Config::defaults().max_mails_per_conversation_per_minute as usize;
+    let (_, token, receiver) = setup(&app).await;
+    receiver.slow(Duration::from_secs(3600));
+    let r = post_raw(&app, auto_reply(0), &token, None).await;
+    assert_eq!(r.status(), 200);
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    let webhook = app.get_json("/v1/webhooks").await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(10), "the backlog held", || async {
+        let w = app.get_json(&format!("/v1/webhooks/{webhook}")).await;
+        w["health"]["backlogHeldAfter"].is_i64().then_some(())
+    })
+    .await;
+    for n in 1..cap + 10 {
+        let r = post_raw(&app, auto_reply(n), &token, None).await;
+        assert_eq!(r.status(), 200, "mail {n}");
+    }
+    let events = app.events().await;
+    assert_eq!(
+        events.iter().filter(|e| e["suppressed"] == true).count(),
+        10
+    );
+    receiver.slow(Duration::ZERO);
+    // The first attempt times out after 1 s and is retried 5 s later; then the rest is written.
+    receiver.wait_for(cap + 1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got = receiver.received();
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|d| d.json()["emailMessageId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got.len(), cap + 1, "{ids:?}");
+    ids.sort();
+    ids.dedup();
+    let mut expected: Vec<String> = (0..cap)
+        .map(|n| format!("loop-{n}@robot.example.net"))
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
+crate::both_stores!(
+    an_auto_reply_loop_is_stored_but_delivered_only_up_to_the_cap,
+    suppressed_mail_stays_out_of_a_held_backlog
+);
