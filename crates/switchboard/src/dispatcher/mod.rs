@@ -373,7 +373,10 @@ impl Dispatcher {
             Command::Jobs(jobs) => self.accept(jobs),
             Command::Answered(webhook_id) => self.left_probation(&webhook_id),
             Command::Done(done) => self.finish(done).await,
-            // Read before anything starts (`catch_up`).
+            // Counted when it was sent: read at the top of the next round (`catch_up`), before
+            // anything starts. A burst of changes (an operator creating 200 webhooks) is one
+            // read, as every change of it was counted by then; deliveries queued behind it (or
+            // parked for a webhook not read yet) are taken up after that read.
             Command::WebhooksChanged => {}
         }
     }
@@ -394,21 +397,6 @@ impl Dispatcher {
             let wake = self.pump_all().map_or(next_poll, |w| w.min(next_poll));
             tokio::select! {
                 command = self.rx.recv() => match command {
-                    Some(Command::WebhooksChanged) => {
-                        // A burst of changes (an operator creating 200 webhooks) is one reload,
-                        // not one per change: the commands queued behind it wait for it.
-                        let mut behind = Vec::new();
-                        while let Ok(command) = self.rx.try_recv() {
-                            if !matches!(command, Command::WebhooksChanged) {
-                                behind.push(command);
-                            }
-                        }
-                        // Deliveries for a webhook this node had not read yet waited for this.
-                        self.catch_up().await;
-                        for command in behind {
-                            self.handle(command).await;
-                        }
-                    }
                     Some(command) => self.handle(command).await,
                     None => return,
                 },

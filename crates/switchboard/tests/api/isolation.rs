@@ -363,14 +363,8 @@ async fn a_webhook_leaves_probation_when_its_subscriber_answers() {
     use sqlx::Connection;
     on_store(Backend::Postgres, async {
         let app = spawn_app().await;
-        location_with_twilio(&app).await;
-        let receiver = TestReceiver::start().await;
+        let (receiver, webhook) = crate::engine::subscribed(&app).await;
         receiver.slow(Duration::from_millis(1500));
-        let webhook = create_webhook(
-            &app,
-            json!({ "url": receiver.url, "events": ["InboundMessage"] }),
-        )
-        .await;
         let id = webhook["id"].as_str().unwrap().to_owned();
         let first = twilio_sid("SManswered-first");
         let r = app
