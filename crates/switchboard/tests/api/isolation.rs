@@ -430,6 +430,41 @@ async fn a_webhook_leaves_probation_when_its_subscriber_answers() {
     .await;
 }
 
+/// The probation thread runs at a lower priority (nice 10) than the threads that serve
+/// requests, write the store and send to webhooks that answer: when a thousand connections are
+/// opened on it at once, the operating system gives the cores to the rest first.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_probation_thread_yields_the_cores_to_the_rest() {
+    let _app = spawn_app().await;
+    // Comm names are cut to 15 bytes. Every server of this test process has one such thread.
+    let mut niceness = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue; // The thread ended meanwhile.
+        };
+        if comm.trim_end() != "switchboard-pro" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // After the name in parentheses: state is field 3, nice field 19.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        niceness.push(fields[16].parse::<i32>().unwrap());
+    }
+    assert!(!niceness.is_empty(), "no probation thread found");
+    assert!(niceness.iter().all(|&n| n == 10), "{niceness:?}");
+    // The threads of the test's runtime (and so the server's) keep the default.
+    let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let own: Vec<&str> = own.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(own[16], "0");
+}
+
 /// `health` of a webhook, from the binary's `GET /v1/webhooks/{id}`.
 async fn health_on(server: &Node, webhook_id: String) -> Value {
     server.get_json(&format!("/v1/webhooks/{webhook_id}")).await["health"].clone()
