@@ -104,6 +104,11 @@ enum Command {
     /// The subscriber of a webhook on probation answered an attempt, which is being recorded.
     Answered(String),
     Done(Completion),
+    /// The holds of these webhooks' backlogs were written (`held`), or failed.
+    Held {
+        ids: Vec<String>,
+        held: bool,
+    },
 }
 
 struct Completion {
@@ -373,6 +378,7 @@ impl Dispatcher {
             Command::Jobs(jobs) => self.accept(jobs),
             Command::Answered(webhook_id) => self.left_probation(&webhook_id),
             Command::Done(done) => self.finish(done).await,
+            Command::Held { ids, held } => self.held(ids, held),
             // Counted when it was sent: read at the top of the next round (`catch_up`), before
             // anything starts. A burst of changes (an operator creating 200 webhooks) is one
             // read, as every change of it was counted by then; deliveries queued behind it (or
@@ -414,7 +420,7 @@ impl Dispatcher {
                 self.catch_up().await;
                 self.pump_all();
             }
-            self.hold_backlogs().await;
+            self.hold_backlogs();
             let now = Instant::now();
             if std::mem::take(&mut self.poll_soon) {
                 // At most one such poll per SOON_POLL_GAP, however many lanes open.
