@@ -80,6 +80,8 @@ pub struct Config {
     pub database_max_connections: u32,
     #[serde(deserialize_with = "de_duration")]
     pub delivery_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub slow_attempt_after: Duration,
     #[serde(deserialize_with = "de_durations")]
     pub retry_schedule: Vec<Duration>,
     pub retry_jitter: f64,
@@ -214,6 +216,9 @@ impl Config {
         }
         if self.delivery_lease <= self.delivery_timeout {
             bail!("delivery_lease must be longer than delivery_timeout");
+        }
+        if self.slow_attempt_after.is_zero() {
+            bail!("slow_attempt_after must be above zero");
         }
         if self.breaker_threshold == 0 {
             bail!("breaker_threshold must be at least 1");

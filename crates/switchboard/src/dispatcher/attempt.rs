@@ -115,7 +115,7 @@ pub(super) async fn send_and_record(
     let webhook = &target.webhook;
     let delivery_id = job.delivery_id.clone();
     let conversation_id = job.conversation_id.clone();
-    let completion = |result| Completion {
+    let completion = |on_probation, result| Completion {
         on_probation,
         webhook_id: webhook.id.clone(),
         delivery_id: delivery_id.clone(),
@@ -138,17 +138,35 @@ pub(super) async fn send_and_record(
         .await
         {
             Ok(true) => job.lease_until = until,
-            Ok(false) => return completion(SendResult::Lost),
+            Ok(false) => return completion(on_probation, SendResult::Lost),
             Err(e) => {
                 store_failed(&e, "renewing the lease failed");
-                return completion(SendResult::Lost);
+                return completion(on_probation, SendResult::Lost);
             }
         }
     }
 
     let started_at = shared.clock.now_ms();
     let timer = Instant::now();
-    let result = send(shared, target, &job, started_at, on_probation).await;
+    let sending = send(shared, target, &job, started_at, on_probation);
+    tokio::pin!(sending);
+    // On a shared slot, an attempt that has had no answer for a while moves to a probation slot
+    // (told before its `Done`, on the same channel): a subscriber that starts hanging must not
+    // hold the slots of those that answer until its timeouts.
+    let mut slow = false;
+    let result = if on_probation || shared.slow_after >= shared.timeout {
+        sending.await
+    } else {
+        tokio::select! {
+            result = &mut sending => result,
+            _ = tokio::time::sleep(shared.slow_after) => {
+                slow = true;
+                let _ = shared.tx.send(Command::Slow(webhook.id.clone()));
+                sending.await
+            }
+        }
+    };
+    let on_probation = on_probation || slow;
     let took = timer.elapsed();
     if on_probation && result.is_ok() {
         // Its lane leaves probation now rather than once the attempt is recorded (with a
@@ -236,7 +254,7 @@ pub(super) async fn send_and_record(
         Err(e) => {
             // The lease expires and the delivery is sent again: at-least-once, never lost.
             store_failed(&e, "recording the attempt failed");
-            return completion(SendResult::Lost);
+            return completion(on_probation, SendResult::Lost);
         }
     };
     let failing_too_long = !success
@@ -259,11 +277,14 @@ pub(super) async fn send_and_record(
             Err(e) => store_failed(&e, "disabling the webhook failed"),
         }
     }
-    completion(SendResult::Attempted {
-        next,
-        health,
-        answered: http_status.is_some(),
-    })
+    completion(
+        on_probation,
+        SendResult::Attempted {
+            next,
+            health,
+            answered: http_status.is_some(),
+        },
+    )
 }
 
 struct Response {

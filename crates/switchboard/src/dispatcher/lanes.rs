@@ -38,6 +38,9 @@ pub(super) struct Lane {
     /// Deliveries queued or in flight here (a claim can return what a handoff already gave).
     pub(super) known: HashSet<String>,
     pub(super) in_flight: u32,
+    /// When it last started an attempt: when slots are scarce, the lane that waited longest
+    /// goes first.
+    pub(super) last_started: Option<Instant>,
     /// Conversations with a delivery in flight (ordered webhooks).
     pub(super) busy: HashSet<String>,
     pub(super) tokens: f64,
@@ -61,6 +64,7 @@ impl Lane {
             retries: VecDeque::new(),
             known: HashSet::new(),
             in_flight: 0,
+            last_started: None,
             busy: HashSet::new(),
             tokens: 1.0,
             refilled: Instant::now(),
@@ -166,6 +170,26 @@ impl Dispatcher {
         self.sync_handoff(webhook_id);
     }
 
+    /// An attempt on a shared slot has had no answer for `slow_attempt_after`: its slot becomes a
+    /// probation slot (its `Done` says so), and its lane goes on probation until its subscriber
+    /// answers: what comes for it meanwhile waits its turn, one attempt at a time, its backlog
+    /// held in the stream. However many subscribers that answered start hanging at once, the
+    /// shared slots are free again after that long, not after their timeouts.
+    pub(super) fn went_slow(&mut self, webhook_id: &str) {
+        self.in_flight -= 1;
+        self.probing += 1;
+        self.shared.metrics.in_flight(-1, false);
+        self.shared.metrics.in_flight(1, true);
+        let Some(lane) = self.lanes.get_mut(webhook_id) else {
+            return;
+        };
+        if lane.proven {
+            lane.proven = false;
+            self.shared.metrics.probation(webhook_id, true);
+        }
+        self.sync_handoff(webhook_id);
+    }
+
     /// Start what every lane may start now, one delivery per lane per round, so no lane takes
     /// every free slot. Returns when a rate-limited lane can go on.
     pub(super) fn pump_all(&mut self) -> Option<Instant> {
@@ -178,6 +202,13 @@ impl Dispatcher {
             .filter(|(_, lane)| lane.queued() > 0)
             .map(|(id, _)| id.clone())
             .collect();
+        // Fewer shared slots free than lanes that want one: those that waited longest first.
+        // (In the map's order, the same few lanes took every slot that came free: a healthy
+        // subscriber's deliveries waited behind those of subscribers that had started to hang.)
+        if active.len() > self.concurrency.saturating_sub(self.in_flight) {
+            let lanes = &self.lanes;
+            active.sort_by_key(|id| lanes.get(id).and_then(|lane| lane.last_started));
+        }
         while !active.is_empty() {
             let mut started = Vec::with_capacity(active.len());
             for id in active {
@@ -276,6 +307,7 @@ impl Dispatcher {
                 }
             }
             lane.in_flight += 1;
+            lane.last_started = Some(Instant::now());
             let on_probation = !lane.proven;
             if on_probation {
                 self.probing += 1;

@@ -103,6 +103,9 @@ enum Command {
     WebhooksChanged,
     /// The subscriber of a webhook on probation answered an attempt, which is being recorded.
     Answered(String),
+    /// An attempt on a shared slot has had no answer for `slow_attempt_after`: its slot becomes
+    /// a probation slot, and its webhook goes on probation (`Dispatcher::went_slow`).
+    Slow(String),
     Done(Completion),
     /// The holds of these webhooks' backlogs were written (`held`), or failed.
     Held {
@@ -112,7 +115,8 @@ enum Command {
 }
 
 struct Completion {
-    /// The attempt held a probation slot rather than a shared one.
+    /// The attempt held a probation slot rather than a shared one (when it ended: a slow one
+    /// moved to a probation slot).
     on_probation: bool,
     webhook_id: String,
     delivery_id: String,
@@ -144,6 +148,8 @@ struct Shared {
     retry: RetryPolicy,
     lease: Duration,
     timeout: Duration,
+    /// An attempt on a shared slot unanswered this long moves to a probation slot.
+    slow_after: Duration,
     auto_disable_after: Duration,
     app_id: Option<Arc<str>>,
     /// The runtime that serves requests and writes the store (attempts run on others).
@@ -228,6 +234,7 @@ impl Dispatcher {
             },
             lease: config.delivery_lease,
             timeout: config.delivery_timeout,
+            slow_after: config.slow_attempt_after,
             auto_disable_after: config.auto_disable_after,
             app_id: config.app_id.as_deref().map(Arc::from),
             main: tokio::runtime::Handle::current(),
@@ -377,6 +384,7 @@ impl Dispatcher {
         match command {
             Command::Jobs(jobs) => self.accept(jobs),
             Command::Answered(webhook_id) => self.left_probation(&webhook_id),
+            Command::Slow(webhook_id) => self.went_slow(&webhook_id),
             Command::Done(done) => self.finish(done).await,
             Command::Held { ids, held } => self.held(ids, held),
             // Counted when it was sent: read at the top of the next round (`catch_up`), before

@@ -216,6 +216,84 @@ async fn two_hundred_hanging_webhooks_delay_no_healthy_delivery() {
     }
 }
 
+/// Webhooks whose subscribers answered and then start hanging, more of them than there are
+/// shared slots: each unanswered attempt gives its shared slot up after `slow_attempt_after`
+/// and its webhook goes on probation, so the healthy webhook's deliveries wait at most about
+/// that long, never for the timeouts. Before, the eight hanging attempts held the four slots
+/// for the whole 10 s timeout, and the healthy webhook's deliveries waited for them.
+async fn subscribers_that_start_hanging_give_their_slots_up() {
+    let timeout = Duration::from_secs(10);
+    let slow_after = Duration::from_millis(300);
+    let app = spawn_app_with(|c| {
+        c.delivery_timeout = timeout;
+        c.dispatcher_concurrency = 4;
+        c.slow_attempt_after = slow_after;
+    })
+    .await;
+    location_with_twilio(&app).await;
+    let turning = TestReceiver::start().await;
+    let mut hanging_ids = Vec::new();
+    for _ in 0..8 {
+        let created = create_webhook(
+            &app,
+            json!({ "url": turning.url, "events": ["InboundMessage"] }),
+        )
+        .await;
+        hanging_ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let healthy = TestReceiver::start().await;
+    create_webhook(
+        &app,
+        json!({ "url": healthy.url, "events": ["InboundMessage"] }),
+    )
+    .await;
+    // Every subscriber answers the first message: all nine webhooks are off probation.
+    let r = app
+        .post_twilio(&sms_params(&twilio_sid("SMturn0"), "message 0"), AUTH_TOKEN)
+        .await;
+    assert_eq!(r.status(), 200);
+    turning.wait_for(8, Duration::from_secs(10)).await;
+    healthy.wait_for(1, Duration::from_secs(10)).await;
+    for id in &hanging_ids {
+        eventually(Duration::from_secs(5), "off probation", || async {
+            (probation_of(&app, id).await == json!(false)).then_some(())
+        })
+        .await;
+    }
+
+    turning.slow(Duration::from_secs(3600));
+    let messages = 8;
+    let mut posted = vec![Instant::now()];
+    for i in 1..messages {
+        let sid = twilio_sid(&format!("SMturn{i}"));
+        posted.push(Instant::now());
+        let r = app
+            .post_twilio(&sms_params(&sid, &format!("message {i}")), AUTH_TOKEN)
+            .await;
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = healthy.wait_for(messages, Duration::from_secs(20)).await;
+    let mut waits = Vec::new();
+    for delivery in &got[1..] {
+        let body = delivery.json()["body"].as_str().unwrap().to_owned();
+        let i: usize = body.trim_start_matches("message ").parse().unwrap();
+        waits.push((i, delivery.at - posted[i]));
+    }
+    waits.sort();
+    for (i, waited) in &waits {
+        assert!(
+            *waited < slow_after * 5,
+            "message {i} reached the healthy webhook after {waited:?} (slow after {slow_after:?}, timeout {timeout:?}): {waits:?}"
+        );
+    }
+    // The webhooks that hang are on probation (each one's first unanswered attempt moved it
+    // there long before its timeout), and show it.
+    for id in &hanging_ids {
+        assert_eq!(probation_of(&app, id).await, json!(true), "{id}");
+    }
+}
+
 /// `health.probation` of a webhook, from `GET /v1/webhooks/{id}`.
 async fn probation_of(app: &TestApp, webhook_id: &str) -> Value {
     let r = app.admin_get(&format!("/v1/webhooks/{webhook_id}")).await;
@@ -474,5 +552,6 @@ crate::both_stores!(
     a_stalled_tls_handshake_ends_at_the_timeout,
     a_dripping_body_is_cut_off_at_the_timeout_and_frees_its_slot,
     two_hundred_hanging_webhooks_delay_no_healthy_delivery,
+    subscribers_that_start_hanging_give_their_slots_up,
     each_webhooks_probation_shows_in_the_api_and_the_metrics,
 );
