@@ -107,11 +107,6 @@ enum Command {
     /// a probation slot, and its webhook goes on probation (`Dispatcher::went_slow`).
     Slow(String),
     Done(Completion),
-    /// The holds of these webhooks' backlogs were written (`held`), or failed.
-    Held {
-        ids: Vec<String>,
-        held: bool,
-    },
 }
 
 struct Completion {
@@ -386,7 +381,6 @@ impl Dispatcher {
             Command::Answered(webhook_id) => self.left_probation(&webhook_id),
             Command::Slow(webhook_id) => self.went_slow(&webhook_id),
             Command::Done(done) => self.finish(done).await,
-            Command::Held { ids, held } => self.held(ids, held),
             // Counted when it was sent: read at the top of the next round (`catch_up`), before
             // anything starts. A burst of changes (an operator creating 200 webhooks) is one
             // read, as every change of it was counted by then; deliveries queued behind it (or
@@ -428,7 +422,7 @@ impl Dispatcher {
                 self.catch_up().await;
                 self.pump_all();
             }
-            self.hold_backlogs();
+            self.hold_backlogs().await;
             let now = Instant::now();
             if std::mem::take(&mut self.poll_soon) {
                 // At most one such poll per SOON_POLL_GAP, however many lanes open.
