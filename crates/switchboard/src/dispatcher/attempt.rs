@@ -115,8 +115,9 @@ pub(super) async fn send_and_record(
     let webhook = &target.webhook;
     let delivery_id = job.delivery_id.clone();
     let conversation_id = job.conversation_id.clone();
-    let completion = |on_probation, result| Completion {
+    let completion = |slow, result| Completion {
         on_probation,
+        slow,
         webhook_id: webhook.id.clone(),
         delivery_id: delivery_id.clone(),
         conversation_id: conversation_id.clone(),
@@ -138,10 +139,10 @@ pub(super) async fn send_and_record(
         .await
         {
             Ok(true) => job.lease_until = until,
-            Ok(false) => return completion(on_probation, SendResult::Lost),
+            Ok(false) => return completion(false, SendResult::Lost),
             Err(e) => {
                 store_failed(&e, "renewing the lease failed");
-                return completion(on_probation, SendResult::Lost);
+                return completion(false, SendResult::Lost);
             }
         }
     }
@@ -158,17 +159,21 @@ pub(super) async fn send_and_record(
         sending.await
     } else {
         tokio::select! {
+            // An answer that came with the timer is an answer.
+            biased;
             result = &mut sending => result,
             _ = tokio::time::sleep(shared.slow_after) => {
                 slow = true;
-                let _ = shared.tx.send(Command::Slow(webhook.id.clone()));
+                let _ = shared.tx.send(Command::Slow {
+                    webhook_id: webhook.id.clone(),
+                    delivery_id: delivery_id.clone(),
+                });
                 sending.await
             }
         }
     };
-    let on_probation = on_probation || slow;
     let took = timer.elapsed();
-    if on_probation && result.is_ok() {
+    if (on_probation || slow) && result.is_ok() {
         // Its lane leaves probation now rather than once the attempt is recorded (with a
         // thousand new webhooks tried at once, the record waited tens of milliseconds for the
         // store, and every delivery queued behind this one with it).
@@ -254,7 +259,7 @@ pub(super) async fn send_and_record(
         Err(e) => {
             // The lease expires and the delivery is sent again: at-least-once, never lost.
             store_failed(&e, "recording the attempt failed");
-            return completion(on_probation, SendResult::Lost);
+            return completion(slow, SendResult::Lost);
         }
     };
     let failing_too_long = !success

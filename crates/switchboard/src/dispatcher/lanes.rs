@@ -38,6 +38,9 @@ pub(super) struct Lane {
     /// Deliveries queued or in flight here (a claim can return what a handoff already gave).
     pub(super) known: HashSet<String>,
     pub(super) in_flight: u32,
+    /// An attempt of it has had no answer for `slow_attempt_after`: one attempt at a time, on
+    /// probation slots, until its subscriber answers (`Dispatcher::went_slow`).
+    pub(super) slow: bool,
     /// When it last started an attempt: when slots are scarce, the lane that waited longest
     /// goes first.
     pub(super) last_started: Option<Instant>,
@@ -64,6 +67,7 @@ impl Lane {
             retries: VecDeque::new(),
             known: HashSet::new(),
             in_flight: 0,
+            slow: false,
             last_started: None,
             busy: HashSet::new(),
             tokens: 1.0,
@@ -152,13 +156,17 @@ impl Dispatcher {
         self.sync_backlog(webhook_id);
     }
 
-    /// The subscriber of a lane on probation answered: the lane uses the shared slots from
-    /// now on, and what it left in the store comes back at once.
+    /// The subscriber of a lane on probation (or slow) answered: the lane uses the shared slots
+    /// from now on, and what it left in the store comes back at once.
     pub(super) fn left_probation(&mut self, webhook_id: &str) {
         let Some(lane) = self.lanes.get_mut(webhook_id) else {
             return;
         };
+        let was_slow = std::mem::take(&mut lane.slow);
         if lane.proven {
+            if was_slow {
+                self.shared.metrics.probation(webhook_id, false);
+            }
             return;
         }
         lane.proven = true;
@@ -170,24 +178,26 @@ impl Dispatcher {
         self.sync_handoff(webhook_id);
     }
 
-    /// An attempt on a shared slot has had no answer for `slow_attempt_after`: its slot becomes a
-    /// probation slot (its `Done` says so), and its lane goes on probation until its subscriber
-    /// answers: what comes for it meanwhile waits its turn, one attempt at a time, its backlog
-    /// held in the stream. However many subscribers that answered start hanging at once, the
+    /// An attempt on a shared slot has had no answer for `slow_attempt_after`. Its slot becomes
+    /// a probation slot while the probation pool has room (so its count, and the descriptors,
+    /// stay bounded), and its lane sends one attempt at a time, on probation slots, until its
+    /// subscriber answers. Its backlog is not held in the stream: a subscriber that is only
+    /// slow answers soon. However many subscribers that answered start hanging at once, the
     /// shared slots are free again after that long, not after their timeouts.
-    pub(super) fn went_slow(&mut self, webhook_id: &str) {
-        self.in_flight -= 1;
-        self.probing += 1;
-        self.shared.metrics.in_flight(-1, false);
-        self.shared.metrics.in_flight(1, true);
-        let Some(lane) = self.lanes.get_mut(webhook_id) else {
-            return;
-        };
-        if lane.proven {
-            lane.proven = false;
-            self.shared.metrics.probation(webhook_id, true);
+    pub(super) fn went_slow(&mut self, webhook_id: &str, delivery_id: String) {
+        if self.probing < self.probation_cap {
+            self.in_flight -= 1;
+            self.probing += 1;
+            self.shared.metrics.in_flight(-1, false);
+            self.shared.metrics.in_flight(1, true);
+            self.moved.insert(delivery_id);
         }
-        self.sync_handoff(webhook_id);
+        if let Some(lane) = self.lanes.get_mut(webhook_id) {
+            if !lane.slow {
+                lane.slow = true;
+                self.shared.metrics.probation(webhook_id, true);
+            }
+        }
     }
 
     /// Start what every lane may start now, one delivery per lane per round, so no lane takes
@@ -196,19 +206,23 @@ impl Dispatcher {
         let mut wake: Option<Instant> = None;
         // Only lanes with something queued (with thousands of idle webhooks, collecting every
         // id on each round of the loop was a measurable share of the server's CPU).
-        let mut active: Vec<String> = self
+        let mut want_shared = 0;
+        let mut active: Vec<(Option<Instant>, &String)> = self
             .lanes
             .iter()
             .filter(|(_, lane)| lane.queued() > 0)
-            .map(|(id, _)| id.clone())
+            .map(|(id, lane)| {
+                want_shared += usize::from(lane.proven && !lane.slow);
+                (lane.last_started, id)
+            })
             .collect();
         // Fewer shared slots free than lanes that want one: those that waited longest first.
         // (In the map's order, the same few lanes took every slot that came free: a healthy
         // subscriber's deliveries waited behind those of subscribers that had started to hang.)
-        if active.len() > self.concurrency.saturating_sub(self.in_flight) {
-            let lanes = &self.lanes;
-            active.sort_by_key(|id| lanes.get(id).and_then(|lane| lane.last_started));
+        if want_shared > self.concurrency.saturating_sub(self.in_flight) {
+            active.sort_unstable_by_key(|(started, _)| *started);
         }
+        let mut active: Vec<String> = active.into_iter().map(|(_, id)| id.clone()).collect();
         while !active.is_empty() {
             let mut started = Vec::with_capacity(active.len());
             for id in active {
@@ -258,7 +272,8 @@ impl Dispatcher {
         }
         let ordered = webhook.ordering == Ordering::Conversation;
         {
-            let slot_free = if lane.proven {
+            let shared_slot = lane.proven && !lane.slow;
+            let slot_free = if shared_slot {
                 self.in_flight < self.concurrency
             } else {
                 lane.in_flight == 0 && self.probing < self.probation_cap
@@ -308,7 +323,7 @@ impl Dispatcher {
             }
             lane.in_flight += 1;
             lane.last_started = Some(Instant::now());
-            let on_probation = !lane.proven;
+            let on_probation = !shared_slot;
             if on_probation {
                 self.probing += 1;
             } else {
@@ -331,12 +346,13 @@ impl Dispatcher {
     }
 
     pub(super) async fn finish(&mut self, done: Completion) {
-        if done.on_probation {
+        let probation_slot = done.on_probation || self.moved.remove(&done.delivery_id);
+        if probation_slot {
             self.probing -= 1;
         } else {
             self.in_flight -= 1;
         }
-        self.shared.metrics.in_flight(-1, done.on_probation);
+        self.shared.metrics.in_flight(-1, probation_slot);
         let now = self.shared.clock.now_ms();
         let Some(lane) = self.lanes.get_mut(&done.webhook_id) else {
             return;
@@ -356,13 +372,15 @@ impl Dispatcher {
             return;
         };
         let was_proven = lane.proven;
-        // An answered attempt on probation took its lane off probation when the answer came
-        // (`left_probation`); an attempt of the lane that ended since (a timeout) may have put
-        // it back, which this older answer must not undo.
-        let already_applied = done.on_probation && answered;
+        // An answered attempt on probation (or slow) took its lane off probation when the answer
+        // came (`left_probation`); an attempt of the lane that ended since (a timeout) may have
+        // put it back, which this older answer must not undo.
+        let already_applied = (done.on_probation || done.slow) && answered;
         if !already_applied && lane.proven != answered {
             lane.proven = answered;
-            self.shared.metrics.probation(&done.webhook_id, !answered);
+            self.shared
+                .metrics
+                .probation(&done.webhook_id, !lane.proven || lane.slow);
         }
         // It answered, or one of its deliveries left the queue: a held backlog may give more.
         if (answered || !matches!(next, NextStep::RetryAt(_)))

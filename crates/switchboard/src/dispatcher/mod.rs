@@ -45,7 +45,7 @@ pub use schedule::RetryPolicy;
 /// A lease is renewed before sending when less than the timeout plus this is left.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Webhooks on probation may have this many times `dispatcher_concurrency` attempts in flight
-/// in all, one each.
+/// in all, one each (and the slow attempts of webhooks that answered, moved there).
 pub const PROBATION_FACTOR: usize = 4;
 
 /// A lane on probation holds at most this many deliveries, queued or in flight: the rest of
@@ -103,16 +103,22 @@ enum Command {
     WebhooksChanged,
     /// The subscriber of a webhook on probation answered an attempt, which is being recorded.
     Answered(String),
-    /// An attempt on a shared slot has had no answer for `slow_attempt_after`: its slot becomes
-    /// a probation slot, and its webhook goes on probation (`Dispatcher::went_slow`).
-    Slow(String),
+    /// An attempt on a shared slot has had no answer for `slow_attempt_after`
+    /// (`Dispatcher::went_slow`).
+    Slow {
+        webhook_id: String,
+        delivery_id: String,
+    },
     Done(Completion),
 }
 
 struct Completion {
-    /// The attempt held a probation slot rather than a shared one (when it ended: a slow one
-    /// moved to a probation slot).
+    /// The attempt started on a probation slot rather than a shared one (a slow one may have
+    /// moved to one since: `Dispatcher::moved`).
     on_probation: bool,
+    /// It told the dispatcher it was slow (`Command::Slow`), and an answer, if it got one
+    /// (`Command::Answered`).
+    slow: bool,
     webhook_id: String,
     delivery_id: String,
     conversation_id: Option<String>,
@@ -185,6 +191,9 @@ pub struct Dispatcher {
     /// slots of webhooks that answer, so a subscriber that hangs delays no one else.
     probing: usize,
     probation_cap: usize,
+    /// Attempts that started on a shared slot and hold a probation slot now (they were slow),
+    /// by delivery id.
+    moved: std::collections::HashSet<String>,
     /// A lane that held its deliveries in the store takes them again: poll soon, not at the
     /// next tick.
     poll_soon: bool,
@@ -248,6 +257,7 @@ impl Dispatcher {
                 concurrency: config.dispatcher_concurrency,
                 probing: 0,
                 probation_cap: PROBATION_FACTOR * config.dispatcher_concurrency,
+                moved: Default::default(),
                 poll_soon: false,
                 poll_now: false,
                 backlogs: backlog::Backlogs::default(),
@@ -379,7 +389,10 @@ impl Dispatcher {
         match command {
             Command::Jobs(jobs) => self.accept(jobs),
             Command::Answered(webhook_id) => self.left_probation(&webhook_id),
-            Command::Slow(webhook_id) => self.went_slow(&webhook_id),
+            Command::Slow {
+                webhook_id,
+                delivery_id,
+            } => self.went_slow(&webhook_id, delivery_id),
             Command::Done(done) => self.finish(done).await,
             // Counted when it was sent: read at the top of the next round (`catch_up`), before
             // anything starts. A burst of changes (an operator creating 200 webhooks) is one
