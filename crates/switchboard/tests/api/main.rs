@@ -59,6 +59,7 @@ mod routing;
 mod secrets_at_rest;
 mod security;
 mod skips;
+mod slow_subscribers;
 mod smtp;
 mod smtp_auth;
 mod smtp_faults;
