@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::{store_failed, Dispatcher};
+use super::{store_failed, Command, Dispatcher};
 
 /// This node's view of one held backlog.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,11 +19,15 @@ pub(super) struct Held {
     pub(super) due: bool,
 }
 
-/// Held backlogs by webhook id, and the webhooks to hold at the end of this round.
+/// Held backlogs by webhook id, the webhooks to hold at the end of this round, and those whose
+/// hold is being written.
 #[derive(Debug, Default)]
 pub(super) struct Backlogs {
     pub(super) held: HashMap<String, Held>,
     to_hold: Vec<String>,
+    /// Holds being written, by webhook: not topped up (nor given back) before they are
+    /// committed, as a give-back read before would be undone by the hold.
+    writing: HashMap<String, u32>,
 }
 
 impl Backlogs {
@@ -79,18 +83,49 @@ impl Dispatcher {
         }
     }
 
-    /// Hold the backlogs this round asked for, in one transaction.
-    pub(super) async fn hold_backlogs(&mut self) {
+    /// Hold the backlogs this round asked for, in one transaction of a task of its own: the
+    /// loop goes on meanwhile (under load the write waited 36–45 ms behind ingest's, and every
+    /// delivery to a webhook that answers with it). Ingest holds them already (`sync_backlog`).
+    pub(super) fn hold_backlogs(&mut self) {
         if self.backlogs.to_hold.is_empty() {
             return;
         }
         let ids = std::mem::take(&mut self.backlogs.to_hold);
-        if let Err(e) = self.shared.store.hold_backlogs(&ids).await {
-            store_failed(&e, "holding backlogs in the event stream failed");
-            // Ingest goes on writing their deliveries; the next busy round asks again.
-            for id in &ids {
+        for id in &ids {
+            *self.backlogs.writing.entry(id.clone()).or_default() += 1;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let held = match shared.store.hold_backlogs(&ids).await {
+                Ok(()) => true,
+                Err(e) => {
+                    store_failed(&e, "holding backlogs in the event stream failed");
+                    false
+                }
+            };
+            let _ = shared.tx.send(Command::Held { ids, held });
+        });
+    }
+
+    /// A hold was written, or failed: then ingest goes on writing their deliveries, and the
+    /// next busy round asks again.
+    pub(super) fn held(&mut self, ids: Vec<String>, held: bool) {
+        for id in &ids {
+            if let Some(n) = self.backlogs.writing.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.backlogs.writing.remove(id);
+                }
+            }
+            if !held {
                 self.backlogs.forget(id);
                 self.shared.metrics.backlog_held(id, false);
+            } else if self.backlogs.held.get(id).is_some_and(|h| h.due) {
+                self.poll_soon = true;
+                // It answered while its hold was being written: its give-back waited for this,
+                // and every message since is held with it, so at once (a backlog left to a
+                // later poll grew to most of a benchmark run, drained 128 a poll).
+                self.poll_now |= self.lanes.get(id).is_some_and(|lane| lane.proven);
             }
         }
     }
@@ -100,11 +135,12 @@ impl Dispatcher {
     /// is written is due by then, so the poll's claim takes it (written a millisecond later, it
     /// waited for the next poll, a second on).
     pub(super) async fn top_up_backlogs(&mut self, now: i64) {
+        let writing = &self.backlogs.writing;
         let due: Vec<String> = self
             .backlogs
             .held
             .iter()
-            .filter(|(_, h)| h.due)
+            .filter(|(id, h)| h.due && !writing.contains_key(*id))
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {

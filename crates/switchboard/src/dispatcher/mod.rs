@@ -110,6 +110,11 @@ enum Command {
         delivery_id: String,
     },
     Done(Completion),
+    /// The holds of these webhooks' backlogs were written (`held`), or failed.
+    Held {
+        ids: Vec<String>,
+        held: bool,
+    },
 }
 
 struct Completion {
@@ -394,6 +399,7 @@ impl Dispatcher {
                 delivery_id,
             } => self.went_slow(&webhook_id, delivery_id),
             Command::Done(done) => self.finish(done).await,
+            Command::Held { ids, held } => self.held(ids, held),
             // Counted when it was sent: read at the top of the next round (`catch_up`), before
             // anything starts. A burst of changes (an operator creating 200 webhooks) is one
             // read, as every change of it was counted by then; deliveries queued behind it (or
@@ -435,7 +441,7 @@ impl Dispatcher {
                 self.catch_up().await;
                 self.pump_all();
             }
-            self.hold_backlogs().await;
+            self.hold_backlogs();
             let now = Instant::now();
             if std::mem::take(&mut self.poll_soon) {
                 // At most one such poll per SOON_POLL_GAP, however many lanes open.
