@@ -283,7 +283,7 @@ pub(super) async fn send_and_record(
         }
     }
     completion(
-        on_probation,
+        slow,
         SendResult::Attempted {
             next,
             health,
