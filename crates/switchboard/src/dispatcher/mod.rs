@@ -435,8 +435,9 @@ impl Dispatcher {
                     }
                 } => next_poll = Instant::now(),
             }
-            // What was just accepted starts before the hold is written: with a thousand new
-            // webhooks, a healthy one's first attempt waited for that write (30 ms).
+            // What was just accepted starts before this round's awaited work (a reload, a poll):
+            // with a thousand new webhooks held at once, a healthy one's first attempt waited
+            // for such work (30 ms).
             if self.backlogs.holding() {
                 self.catch_up().await;
                 self.pump_all();

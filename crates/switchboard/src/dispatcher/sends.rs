@@ -11,11 +11,11 @@
 //! was tried too: it added a thread hop to every delivery, +1 ms end to end at the median
 //! under load.)
 //!
-//! The probation thread runs at a lower priority (nice 10 above the rest), so that when both want the cores
-//! the rest goes first: most of a connection's cost is the kernel's, and on loopback the
-//! kernel's work for both ends is charged to the thread that connects (a thousand connections
-//! were about 90 ms of one core, seven tenths of it in the kernel). A second probation thread
-//! was tried: no faster, the two cores being busy with the rest.
+//! The probation thread runs at a lower priority (nice 10 above the rest), so that when both
+//! want the cores the rest goes first: most of a connection's cost is the kernel's, and on
+//! loopback the kernel's work for both ends is charged to the thread that connects (a thousand
+//! connections were about 90 ms of one core, seven tenths of it in the kernel). A second
+//! probation thread was tried: no faster, the two cores being busy with the rest.
 
 use std::future::Future;
 

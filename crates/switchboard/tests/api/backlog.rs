@@ -15,7 +15,7 @@ use crate::twilio_voice::{outbound_params, post_twiml, setup, voice_settings, ST
 const OTHER_NUMBER: &str = "+14155550111";
 
 /// `health.backlogHeldAfter` of a webhook, from `GET /v1/webhooks/{id}`.
-async fn held_after(app: &TestApp, webhook_id: &str) -> Value {
+pub(crate) async fn held_after(app: &TestApp, webhook_id: &str) -> Value {
     let r = app.admin_get(&format!("/v1/webhooks/{webhook_id}")).await;
     assert_eq!(r.status(), 200);
     r.json::<Value>().await.unwrap()["health"]["backlogHeldAfter"].clone()

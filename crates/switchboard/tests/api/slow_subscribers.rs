@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::backlog::held_after;
 use crate::engine::{create_webhook, location_with_twilio};
 use crate::helpers::*;
 use crate::isolation::{metric, probation_of, waits};
@@ -107,14 +108,6 @@ async fn a_slow_subscriber_is_not_held_and_gets_everything_once() {
     )
     .await;
     let id = created["id"].as_str().unwrap().to_owned();
-    let held_after = || async {
-        app.admin_get(&format!("/v1/webhooks/{id}"))
-            .await
-            .json::<Value>()
-            .await
-            .unwrap()["health"]["backlogHeldAfter"]
-            .clone()
-    };
     let r = app
         .post_twilio(&sms_params(&twilio_sid("SMslow0"), "message 0"), AUTH_TOKEN)
         .await;
@@ -124,7 +117,7 @@ async fn a_slow_subscriber_is_not_held_and_gets_everything_once() {
     })
     .await;
     eventually(Duration::from_secs(5), "given back", || async {
-        held_after().await.is_null().then_some(())
+        held_after(&app, &id).await.is_null().then_some(())
     })
     .await;
 
@@ -134,12 +127,16 @@ async fn a_slow_subscriber_is_not_held_and_gets_everything_once() {
             .post_twilio(&sms_params(&sid, &format!("message {i}")), AUTH_TOKEN)
             .await;
         assert_eq!(r.status(), 200);
-        assert_eq!(held_after().await, Value::Null, "held after message {i}");
+        assert_eq!(
+            held_after(&app, &id).await,
+            Value::Null,
+            "held after message {i}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while receiver.received().len() < 7 && Instant::now() < deadline {
-        assert_eq!(held_after().await, Value::Null, "held while slow");
+        assert_eq!(held_after(&app, &id).await, Value::Null, "held while slow");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = receiver.expect_exactly(7, Duration::from_millis(800)).await;

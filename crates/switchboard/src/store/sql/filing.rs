@@ -177,6 +177,16 @@ macro_rules! sql_filing {
                 });
                 for webhook in targets {
                     let hold = f.ctx.holds_in_stream(&webhook.id);
+                    // A held webhook's row already here: replaced if this event is lower.
+                    let replace = match hold.then(|| held_here.get(webhook.id.as_str())) {
+                        Some(Some(&i)) if seq >= deliveries[i].event_seq => continue,
+                        Some(Some(&i)) => Some(i),
+                        Some(None) => {
+                            held_here.insert(webhook.id.as_str(), deliveries.len());
+                            None
+                        }
+                        None => None,
+                    };
                     let row = NewDelivery {
                         webhook,
                         event_id: &e.id,
@@ -190,16 +200,10 @@ macro_rules! sql_filing {
                         item: f.item,
                         hold,
                     };
-                    if hold {
-                        if let Some(&i) = held_here.get(webhook.id.as_str()) {
-                            if seq < deliveries[i].event_seq {
-                                deliveries[i] = row;
-                            }
-                            continue;
-                        }
-                        held_here.insert(webhook.id.as_str(), deliveries.len());
+                    match replace {
+                        Some(i) => deliveries[i] = row,
+                        None => deliveries.push(row),
                     }
-                    deliveries.push(row);
                 }
             }
             queue_deliveries(tx, &deliveries, outcomes).await
