@@ -173,6 +173,34 @@ async fn warm_up(
     Ok(())
 }
 
+/// Wait until the server's dispatcher has read all `webhooks` (each shows in `/metrics`):
+/// the load starts on a server whose webhooks were made before it, as in production, not in
+/// the middle of reading a thousand new ones (25 ms of the dispatcher's loop, measured).
+async fn settled(client: &reqwest::Client, base: &str, webhooks: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let read = text
+            .lines()
+            .filter(|l| l.starts_with("switchboard_webhook_probation{"))
+            .count();
+        if read >= webhooks {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server read {read} of {webhooks} webhooks in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The options for one run with a store of its own: on PostgreSQL, a new schema in the
 /// database of `--database-url` (its name is returned, to drop after the run).
 async fn own_store(options: &BenchOptions) -> anyhow::Result<(BenchOptions, Option<String>)> {
@@ -246,6 +274,9 @@ async fn one_run(
                 .await?
                 .error_for_status()?;
         }
+    }
+    if hanging.is_some() {
+        settled(client, &base, count + 1).await?;
     }
     if let Some((_, _, hang)) = hanging {
         hang.peak

@@ -343,6 +343,15 @@ impl IngestContext {
             .is_some_and(|h| h.in_stream(webhook_id))
     }
 
+    /// Both ask the same dispatcher (or none) which webhooks it holds.
+    pub fn same_handoffs(&self, other: &IngestContext) -> bool {
+        match (&self.handoffs, &other.handoffs) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// The lease of a new delivery to this webhook; None: it waits for a claim.
     pub fn lease_for(&self, webhook_id: &str) -> Option<i64> {
         self.lease_until

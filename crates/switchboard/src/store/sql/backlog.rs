@@ -41,11 +41,12 @@ macro_rules! sql_backlog {
 
         /// Hold the backlogs of the webhooks the caller's dispatcher holds in the stream and
         /// the store did not yet: each from just before its first event here. Called under
-        /// the event-stream lock, so no other event comes in between.
-        async fn hold_backlogs_here(
+        /// the event-stream lock, so no other event comes in between. Returns the places it
+        /// set, by webhook (those not held already and not deleted when the rows were read).
+        async fn hold_backlogs_here<'r>(
             tx: &mut Transaction<'_, $db>,
-            rows: &[NewDelivery<'_>],
-        ) -> StoreResult<()> {
+            rows: &'r [NewDelivery<'_>],
+        ) -> StoreResult<HashMap<&'r str, i64>> {
             let mut first: HashMap<&str, i64> = HashMap::new();
             for r in rows.iter().filter(|r| r.hold && r.webhook.backlog_after_seq.is_none()) {
                 let seq = first.entry(r.webhook.id.as_str()).or_insert(r.event_seq);
@@ -53,13 +54,13 @@ macro_rules! sql_backlog {
             }
             // By place: a batch's events are few, its webhooks may be a thousand.
             let mut by_place: HashMap<i64, Vec<&str>> = HashMap::new();
-            for (id, seq) in first {
+            for (&id, seq) in &first {
                 by_place.entry(seq - 1).or_default().push(id);
             }
             for (place, ids) in by_place {
                 hold_backlogs_after(tx, &ids, place).await?;
             }
-            Ok(())
+            Ok(first.into_iter().map(|(id, seq)| (id, seq - 1)).collect())
         }
 
         /// Hold these webhooks' backlogs after `place`, those not held already (or deleted),
