@@ -70,9 +70,19 @@ impl Dispatcher {
         };
         let hold = !lane.proven && lane.busy();
         let in_stream = hold || (!lane.proven && lane.in_stream);
-        if in_stream != lane.in_stream {
+        // Ingest may have held it already (`Handoffs::delivery_committed`), and must let go of
+        // it if it answered since.
+        let shared = self.shared.handoffs.in_stream(webhook_id);
+        if in_stream != lane.in_stream || in_stream != shared {
             lane.in_stream = in_stream;
             self.shared.handoffs.hold_in_stream(webhook_id, in_stream);
+            // Held in the store already (seen there, or this node's hold written): ingest
+            // need not hold it first.
+            let written = self.backlogs.held.contains_key(webhook_id)
+                && !self.backlogs.writing.contains_key(webhook_id);
+            if in_stream && written {
+                self.shared.handoffs.hold_written(webhook_id);
+            }
         }
         if hold && !self.backlogs.held.contains_key(webhook_id) {
             self.backlogs
@@ -96,14 +106,31 @@ impl Dispatcher {
         }
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let held = match shared.store.hold_backlogs(&ids).await {
+            // Those an ingest has held meanwhile (on SQLite, the first after their delivery
+            // was committed) are held: not written again.
+            let (unwritten, written): (Vec<String>, Vec<String>) = ids
+                .into_iter()
+                .partition(|id| shared.handoffs.hold_unwritten(id));
+            if !written.is_empty() {
+                let _ = shared.tx.send(Command::Held {
+                    ids: written,
+                    held: true,
+                });
+            }
+            if unwritten.is_empty() {
+                return;
+            }
+            let held = match shared.store.hold_backlogs(&unwritten).await {
                 Ok(()) => true,
                 Err(e) => {
                     store_failed(&e, "holding backlogs in the event stream failed");
                     false
                 }
             };
-            let _ = shared.tx.send(Command::Held { ids, held });
+            let _ = shared.tx.send(Command::Held {
+                ids: unwritten,
+                held,
+            });
         });
     }
 
@@ -116,6 +143,10 @@ impl Dispatcher {
                 if *n == 0 {
                     self.backlogs.writing.remove(id);
                 }
+            }
+            if held {
+                // Ingest no longer holds it first (`hold_unwritten`).
+                self.shared.handoffs.hold_written(id);
             }
             if !held {
                 self.backlogs.forget(id);

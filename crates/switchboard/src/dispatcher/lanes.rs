@@ -171,6 +171,7 @@ impl Dispatcher {
         }
         lane.proven = true;
         self.shared.metrics.probation(webhook_id, false);
+        self.shared.handoffs.probation(webhook_id, false);
         if self.backlogs.due(webhook_id) {
             self.poll_soon = true;
             self.poll_now = true;
@@ -378,6 +379,9 @@ impl Dispatcher {
         let already_applied = (done.on_probation || done.slow) && answered;
         if !already_applied && lane.proven != answered {
             lane.proven = answered;
+            self.shared
+                .handoffs
+                .probation(&done.webhook_id, !lane.proven);
             self.shared
                 .metrics
                 .probation(&done.webhook_id, !lane.proven || lane.slow);

@@ -334,10 +334,11 @@ impl Dispatcher {
         let mut targets = HashMap::with_capacity(webhooks.len());
         for webhook in webhooks {
             let (clients, policy) = self.clients_for(&webhook.allowed_networks);
-            let metrics = &self.shared.metrics;
+            let (metrics, handoffs) = (&self.shared.metrics, &self.shared.handoffs);
             let lane = self.lanes.entry(webhook.id.clone()).or_insert_with(|| {
                 let lane = Lane::new(&webhook.health, now);
                 metrics.probation(&webhook.id, !lane.proven);
+                handoffs.probation(&webhook.id, !lane.proven);
                 lane
             });
             // Another node may have opened or closed the breaker.
@@ -371,6 +372,7 @@ impl Dispatcher {
             }
             self.shared.handoffs.hold(&id, false);
             self.shared.handoffs.hold_in_stream(&id, false);
+            self.shared.handoffs.probation(&id, false);
             self.backlogs.forget(&id);
             self.shared.metrics.forget_webhook(&id);
         }

@@ -19,6 +19,7 @@ use crate::domain::Fact;
 mod account_cache;
 pub mod faults;
 mod group_commit;
+mod handoffs;
 mod migrations;
 pub mod postgres;
 mod sql;
@@ -29,6 +30,7 @@ mod traits;
 pub use account_cache::AccountCache;
 pub use faults::{FaultKind, StorageFault, StorageFaults};
 pub use group_commit::{Batcher, GroupCommit, Write, Written};
+pub use handoffs::Handoffs;
 pub use traits::{
     BacklogTopUp, Backlogs, Calls, Deliveries, Feed, Locations, Messages, Setup, Store, Webhooks,
 };
@@ -259,59 +261,6 @@ pub struct DeliveryJob {
     /// deliveries of one event queued together share it, so a fan-out to N subscribers signs
     /// once instead of N times (an Ed25519 signature is most of a delivery's CPU).
     pub ghl_signature: std::sync::Arc<std::sync::OnceLock<String>>,
-}
-
-/// The webhooks whose new deliveries this node's dispatcher does not take at ingest: it holds
-/// enough of theirs already (a webhook on probation, one whose subscriber has not answered,
-/// keeps a few). Their deliveries are stored unleased and claimed by a poll once the lane has
-/// room, so a subscriber that hangs cannot fill the node's memory with its backlog.
-///
-/// It also names the webhooks whose backlog this node's dispatcher holds in the event stream
-/// (on probation with an attempt out): an ingest holds them itself, in its own transaction,
-/// when the dispatcher has not yet, so that no message after the first writes their rows.
-#[derive(Debug, Default)]
-pub struct Handoffs {
-    held: WebhookSet,
-    in_stream: WebhookSet,
-}
-
-impl Handoffs {
-    /// Hold (or let go of) the new deliveries to this webhook.
-    pub fn hold(&self, webhook_id: &str, held: bool) {
-        self.held.set(webhook_id, held);
-    }
-
-    pub fn takes(&self, webhook_id: &str) -> bool {
-        !self.held.contains(webhook_id)
-    }
-
-    /// Hold (or stop holding) this webhook's backlog in the event stream at ingest.
-    pub fn hold_in_stream(&self, webhook_id: &str, held: bool) {
-        self.in_stream.set(webhook_id, held);
-    }
-
-    pub fn in_stream(&self, webhook_id: &str) -> bool {
-        self.in_stream.contains(webhook_id)
-    }
-}
-
-/// Webhook ids the dispatcher writes and every ingest reads.
-#[derive(Debug, Default)]
-struct WebhookSet(std::sync::RwLock<std::collections::HashSet<String>>);
-
-impl WebhookSet {
-    fn set(&self, webhook_id: &str, member: bool) {
-        let mut set = self.0.write().expect("handoffs lock");
-        if member {
-            set.insert(webhook_id.to_owned());
-        } else {
-            set.remove(webhook_id);
-        }
-    }
-
-    fn contains(&self, webhook_id: &str) -> bool {
-        self.0.read().expect("handoffs lock").contains(webhook_id)
-    }
 }
 
 /// The moment and the limits an ingest works with.
