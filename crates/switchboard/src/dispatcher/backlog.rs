@@ -120,7 +120,11 @@ impl Dispatcher {
             if unwritten.is_empty() {
                 return;
             }
-            let held = match shared.store.hold_backlogs(&unwritten).await {
+            let held = match shared
+                .store
+                .hold_backlogs(&unwritten, &shared.handoffs)
+                .await
+            {
                 Ok(()) => true,
                 Err(e) => {
                     store_failed(&e, "holding backlogs in the event stream failed");

@@ -259,8 +259,13 @@ pub trait Feed: Send + Sync + 'static {
 #[async_trait]
 pub trait Backlogs: Send + Sync + 'static {
     /// From now on, hold these webhooks' backlogs in the stream (those already held stay as
-    /// they are).
-    async fn hold_backlogs(&self, webhook_ids: &[String]) -> StoreResult<()>;
+    /// they are): those whose hold `handoffs` says is still unwritten once this call has the
+    /// store's writer (an ingest may have written it while this call waited its turn).
+    async fn hold_backlogs(
+        &self,
+        webhook_ids: &[String],
+        handoffs: &super::Handoffs,
+    ) -> StoreResult<()>;
 
     /// Write a held webhook's deliveries, of the events after its place, until it has `want`
     /// pending (`None`: every one; at most a thousand events are read in one call); with
