@@ -107,7 +107,8 @@ impl Dispatcher {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             // Those an ingest has held meanwhile (on SQLite, the first after their delivery
-            // was committed) are held: not written again.
+            // was committed; marked once it committed) are held: not written again. The store
+            // marks those it writes (a `Held` may come after the webhook was held anew).
             let (unwritten, written): (Vec<String>, Vec<String>) = ids
                 .into_iter()
                 .partition(|id| shared.handoffs.hold_unwritten(id));
@@ -147,10 +148,6 @@ impl Dispatcher {
                 if *n == 0 {
                     self.backlogs.writing.remove(id);
                 }
-            }
-            if held {
-                // Ingest no longer holds it first (`hold_unwritten`).
-                self.shared.handoffs.hold_written(id);
             }
             if !held {
                 self.backlogs.forget(id);

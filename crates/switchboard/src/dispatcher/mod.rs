@@ -370,9 +370,10 @@ impl Dispatcher {
                 let leases = lane.drain();
                 self.release(leases);
             }
+            // Off probation first: a delivery committed in between must not hold it again.
+            self.shared.handoffs.probation(&id, false);
             self.shared.handoffs.hold(&id, false);
             self.shared.handoffs.hold_in_stream(&id, false);
-            self.shared.handoffs.probation(&id, false);
             self.backlogs.forget(&id);
             self.shared.metrics.forget_webhook(&id);
         }

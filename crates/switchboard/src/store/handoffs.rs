@@ -102,14 +102,20 @@ impl Handoffs {
         self.stream().unwritten.contains(webhook_id)
     }
 
-    /// The webhooks held in the stream whose hold is yet to be written, taken by the caller,
-    /// which writes them (marked written now: should its transaction fail, the next ingests
-    /// hold each at its first event there, as they did before this was taken).
-    pub fn take_unwritten_holds(&self) -> Vec<String> {
-        if self.stream().unwritten.is_empty() {
-            return Vec::new();
+    /// The webhooks held in the stream whose hold is yet to be written.
+    pub fn unwritten_holds(&self) -> Vec<String> {
+        self.stream().unwritten.iter().cloned().collect()
+    }
+
+    /// These holds were written by a transaction that has committed.
+    pub fn holds_written(&self, webhook_ids: &[String]) {
+        if webhook_ids.is_empty() {
+            return;
         }
-        self.stream_mut().unwritten.drain().collect()
+        let mut stream = self.stream_mut();
+        for id in webhook_ids {
+            stream.unwritten.remove(id);
+        }
     }
 }
 
@@ -146,11 +152,12 @@ mod tests {
         h.delivery_committed("proven");
         assert!(h.in_stream("new") && !h.in_stream("proven"));
         assert!(h.hold_unwritten("new"));
-        assert_eq!(h.take_unwritten_holds(), vec!["new".to_owned()]);
+        assert_eq!(h.unwritten_holds(), vec!["new".to_owned()]);
+        h.holds_written(&["new".to_owned()]);
         // The dispatcher now holds it too: it is written already.
         h.hold_in_stream("new", true);
         assert!(!h.hold_unwritten("new"));
-        assert!(h.take_unwritten_holds().is_empty());
+        assert!(h.unwritten_holds().is_empty());
         // It answered: no committed delivery holds it again.
         h.hold_in_stream("new", false);
         h.probation("new", false);

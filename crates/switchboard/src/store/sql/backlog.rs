@@ -238,6 +238,8 @@ macro_rules! sql_backlog {
                         .await?;
                     hold_backlogs_after(&mut tx, &webhook_ids, head).await?;
                     tx.commit().await?;
+                    let written: Vec<String> = webhook_ids.into_iter().cloned().collect();
+                    handoffs.holds_written(&written);
                     Ok(())
                 })
                 .await

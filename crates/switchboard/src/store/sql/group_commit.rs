@@ -50,8 +50,10 @@ macro_rules! sql_group_commit {
             let together = || async {
                 let mut tx = $hooks::begin_write(pool).await?;
                 let health = attempts_in(&mut tx, &attempts).await?;
+                let held = hold_unwritten(&mut tx, &ingests).await?;
                 let outcomes = ingest_in(&mut tx, &ingests).await?;
                 tx.commit().await?;
+                holds_written(&ingests, &held);
                 Ok::<_, StoreError>((outcomes, health))
             };
             let mut tries = 0;
@@ -61,7 +63,8 @@ macro_rules! sql_group_commit {
                     other => break other,
                 }
             };
-            if let Ok((outcomes, _)) = &written {
+            // SQLite (`hold_unwritten`); on PostgreSQL only the dispatcher holds in the stream.
+            if let (true, Ok((outcomes, _))) = ($hooks::EMBEDDED, &written) {
                 for (item, outcome) in ingests.iter().zip(outcomes) {
                     if let Some(handoffs) = &item.context.handoffs {
                         for job in &outcome.jobs {
@@ -150,8 +153,10 @@ macro_rules! sql_group_commit {
             items: &[$crate::store::IngestItem],
         ) -> StoreResult<Vec<IngestOutcome>> {
             let mut tx = $hooks::begin_write(pool).await?;
+            let held = hold_unwritten(&mut tx, items).await?;
             let outcomes = ingest_in(&mut tx, items).await?;
             tx.commit().await?;
+            holds_written(items, &held);
             Ok(outcomes)
         }
 
@@ -161,9 +166,6 @@ macro_rules! sql_group_commit {
             items: &[$crate::store::IngestItem],
         ) -> StoreResult<Vec<IngestOutcome>> {
             let mut outcomes = vec![IngestOutcome::default(); items.len()];
-            if $hooks::EMBEDDED {
-                hold_unwritten(tx, items).await?;
-            }
             // A batch is mostly one location's messages: its webhooks are read once, and its
             // messages are filed together.
             let mut locations: Vec<&str> = Vec::new();
@@ -244,31 +246,49 @@ macro_rules! sql_group_commit {
         /// them out: with a thousand just put on probation, reading them all (the rows
         /// handed over one by one) took 8–14 ms of a group commit, and holding them event by
         /// event as many again.
+        /// Returns the ids it held, to be marked written once the transaction has committed
+        /// (`holds_written`): should it fail, they are still to be written.
         async fn hold_unwritten(
             tx: &mut Transaction<'_, $db>,
             items: &[$crate::store::IngestItem],
-        ) -> StoreResult<()> {
+        ) -> StoreResult<Vec<String>> {
+            if !$hooks::EMBEDDED {
+                return Ok(Vec::new());
+            }
             let mut ids: Vec<String> = Vec::new();
-            let mut asked: Option<&IngestContext> = None;
-            for item in items {
-                let ctx = &item.context;
-                if asked.is_some_and(|a| a.same_handoffs(ctx)) {
-                    continue;
-                }
-                asked = Some(ctx);
-                if let Some(handoffs) = &ctx.handoffs {
-                    ids.extend(handoffs.take_unwritten_holds());
-                }
+            for handoffs in distinct_handoffs(items) {
+                ids.extend(handoffs.unwritten_holds());
             }
             if ids.is_empty() {
-                return Ok(());
+                return Ok(ids);
             }
             ids.sort_unstable();
             ids.dedup();
             let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
                 .fetch_one(&mut **tx)
                 .await?;
-            hold_backlogs_after(tx, &ids, head).await
+            hold_backlogs_after(tx, &ids, head).await?;
+            Ok(ids)
+        }
+
+        /// The holds `hold_unwritten` wrote, now committed.
+        fn holds_written(items: &[$crate::store::IngestItem], ids: &[String]) {
+            for handoffs in distinct_handoffs(items) {
+                handoffs.holds_written(ids);
+            }
+        }
+
+        /// The dispatchers the requests of a batch ask (one, but for a test's mixed contexts).
+        fn distinct_handoffs(
+            items: &[$crate::store::IngestItem],
+        ) -> Vec<&std::sync::Arc<$crate::store::Handoffs>> {
+            let mut asked: Vec<&std::sync::Arc<$crate::store::Handoffs>> = Vec::new();
+            for handoffs in items.iter().filter_map(|i| i.context.handoffs.as_ref()) {
+                if !asked.iter().any(|a| std::sync::Arc::ptr_eq(a, handoffs)) {
+                    asked.push(handoffs);
+                }
+            }
+            asked
         }
 
         /// A unique violation, a deadlock or a serialization failure: worth trying again.
