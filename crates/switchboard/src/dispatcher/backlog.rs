@@ -81,7 +81,7 @@ impl Dispatcher {
             let written = self.backlogs.held.contains_key(webhook_id)
                 && !self.backlogs.writing.contains_key(webhook_id);
             if in_stream && written {
-                self.shared.handoffs.hold_written(webhook_id);
+                self.shared.handoffs.holds_written(&[webhook_id]);
             }
         }
         if hold && !self.backlogs.held.contains_key(webhook_id) {

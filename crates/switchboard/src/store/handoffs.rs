@@ -92,11 +92,6 @@ impl Handoffs {
         }
     }
 
-    /// This webhook's hold is written (the store holds it).
-    pub fn hold_written(&self, webhook_id: &str) {
-        self.stream_mut().unwritten.remove(webhook_id);
-    }
-
     /// Whether this webhook's hold in the stream is yet to be written.
     pub fn hold_unwritten(&self, webhook_id: &str) -> bool {
         self.stream().unwritten.contains(webhook_id)
@@ -108,13 +103,13 @@ impl Handoffs {
     }
 
     /// These holds were written by a transaction that has committed.
-    pub fn holds_written(&self, webhook_ids: &[String]) {
+    pub fn holds_written<S: AsRef<str>>(&self, webhook_ids: &[S]) {
         if webhook_ids.is_empty() {
             return;
         }
         let mut stream = self.stream_mut();
         for id in webhook_ids {
-            stream.unwritten.remove(id);
+            stream.unwritten.remove(id.as_ref());
         }
     }
 }
@@ -153,7 +148,7 @@ mod tests {
         assert!(h.in_stream("new") && !h.in_stream("proven"));
         assert!(h.hold_unwritten("new"));
         assert_eq!(h.unwritten_holds(), vec!["new".to_owned()]);
-        h.holds_written(&["new".to_owned()]);
+        h.holds_written(&["new"]);
         // The dispatcher now holds it too: it is written already.
         h.hold_in_stream("new", true);
         assert!(!h.hold_unwritten("new"));
@@ -166,7 +161,7 @@ mod tests {
         // Held again later by the dispatcher: to be written again.
         h.hold_in_stream("new", true);
         assert!(h.hold_unwritten("new"));
-        h.hold_written("new");
+        h.holds_written(&["new"]);
         assert!(!h.hold_unwritten("new"));
     }
 }

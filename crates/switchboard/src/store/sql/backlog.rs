@@ -63,6 +63,18 @@ macro_rules! sql_backlog {
             Ok(first.into_iter().map(|(id, seq)| (id, seq - 1)).collect())
         }
 
+        /// Hold these webhooks' backlogs after the stream's head (called under the
+        /// event-stream lock: every later event is the caller's or later).
+        async fn hold_backlogs_at_head<S: AsRef<str>>(
+            tx: &mut Transaction<'_, $db>,
+            webhook_ids: &[S],
+        ) -> StoreResult<()> {
+            let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(&mut **tx)
+                .await?;
+            hold_backlogs_after(tx, webhook_ids, head).await
+        }
+
         /// Hold these webhooks' backlogs after `place`, those not held already (or deleted),
         /// many per statement: with a thousand webhooks, one statement each took 90 ms while
         /// the runtime was busy (each statement waits its turn to be answered). Called under
@@ -233,13 +245,9 @@ macro_rules! sql_backlog {
                         return Ok(());
                     }
                     $hooks::lock_event_stream(&mut *tx).await?;
-                    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    hold_backlogs_after(&mut tx, &webhook_ids, head).await?;
+                    hold_backlogs_at_head(&mut tx, &webhook_ids).await?;
                     tx.commit().await?;
-                    let written: Vec<String> = webhook_ids.into_iter().cloned().collect();
-                    handoffs.holds_written(&written);
+                    handoffs.holds_written(&webhook_ids);
                     Ok(())
                 })
                 .await

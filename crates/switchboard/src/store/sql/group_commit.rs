@@ -264,10 +264,7 @@ macro_rules! sql_group_commit {
             }
             ids.sort_unstable();
             ids.dedup();
-            let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-                .fetch_one(&mut **tx)
-                .await?;
-            hold_backlogs_after(tx, &ids, head).await?;
+            hold_backlogs_at_head(tx, &ids).await?;
             Ok(ids)
         }
 
