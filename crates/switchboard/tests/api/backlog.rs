@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{create_webhook, location_with_twilio};
 use crate::helpers::*;
-use crate::twilio_voice::{outbound_params, post_twiml, setup, voice_settings, STATUS};
+use crate::twilio_voice::{outbound_params, post_twiml, setup, voice_settings, QUIET, STATUS};
 
 /// Another number of the test account, connected to a second location.
 const OTHER_NUMBER: &str = "+14155550111";
@@ -375,3 +375,95 @@ async fn a_held_backlog_is_delivered_after_sigkill_and_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(subscriber.received().len(), 11);
 }
+
+/// An ingest that read the webhooks before a dispatcher held one in the stream (it waited for
+/// the event stream's lock meanwhile) writes no delivery row after the place: the held events
+/// before it would have gone out after it, out of the conversation's order (one run in a few
+/// of `engine::postgres::ordered_conversation_posted_all_at_once…`, where this node's
+/// dispatcher held the webhook and had let go of it in its own view by then). Here the hold
+/// is written by the test, as another node's would be, while the message waits for the lock;
+/// the message is delivered once, from the backlog. PostgreSQL only: SQLite reads the webhooks
+/// under its one writer.
+#[tokio::test]
+async fn an_ingest_that_waited_for_the_stream_leaves_a_webhook_held_meanwhile_to_its_backlog() {
+    use sqlx::Connection;
+    on_store(Backend::Postgres, async {
+        let app = spawn_app().await;
+        location_with_twilio(&app).await;
+        let subscriber = TestReceiver::start().await;
+        let webhook = create_webhook(
+            &app,
+            json!({ "url": subscriber.url, "events": ["InboundMessage"],
+                    "ordering": "conversation" }),
+        )
+        .await;
+        let webhook = webhook["id"].as_str().unwrap().to_owned();
+        post_sms(&app, "SMwaited0", "waited 0").await;
+        subscriber.wait_for(1, Duration::from_secs(5)).await;
+        until_held(&app, &webhook, false).await;
+
+        let url = app.database_url.clone().expect("a PostgreSQL test");
+        let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
+        let watch = std::sync::Arc::new(tokio::sync::Mutex::new(
+            sqlx::PgConnection::connect(&url).await.unwrap(),
+        ));
+        sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENT_STREAM_LOCK)
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        let sid = twilio_sid("SMwaited1");
+        let params = sms_params(&sid, "waited 1");
+        let hold = async {
+            // The message's transaction read the webhooks and waits for the lock.
+            eventually(Duration::from_secs(5), "the ingest waiting", || async {
+                let mut watch = watch.lock().await;
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks
+                     WHERE locktype = 'advisory' AND NOT granted",
+                )
+                .fetch_one(&mut *watch)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            })
+            .await;
+            sqlx::query(
+                "UPDATE webhooks SET backlog_after_seq = (SELECT max(seq) FROM events)
+                 WHERE id = $1",
+            )
+            .bind(&webhook)
+            .execute(&mut lock)
+            .await
+            .unwrap();
+            sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+        };
+        let (r, ()) = tokio::join!(app.post_twilio(&params, AUTH_TOKEN), hold);
+        assert_eq!(r.status(), 200);
+        let ids = feed_message_ids(&app).await;
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            delivered_to(&app, &ids[1]).await,
+            Vec::<String>::new(),
+            "the message got a delivery row after the webhook's place"
+        );
+        assert!(held_after(&app, &webhook).await.is_i64());
+
+        // The dispatcher reads the hold at its next read of the webhooks (a change) and
+        // delivers the backlog.
+        create_webhook(
+            &app,
+            json!({ "url": subscriber.url, "events": ["OutboundMessage"] }),
+        )
+        .await;
+        let got = subscriber.wait_for(2, Duration::from_secs(10)).await;
+        assert!(String::from_utf8_lossy(&got[1].body).contains("waited 1"));
+        subscriber.expect_exactly(2, QUIET).await;
+        until_held(&app, &webhook, false).await;
+    })
+    .await;
+}
+
+/// The advisory lock the store numbers events under (the server's constant).
+const EVENT_STREAM_LOCK: i64 = 0x5357_4254_4556;

@@ -3,9 +3,11 @@
 //! (`webhooks.backlog_after_seq`) says which events it still owes, and a dispatcher writes their
 //! deliveries a few at a time as the webhook can take them, then gives it back to ingest.
 //!
-//! Holding and giving back take the event-stream lock, so an ingest that read the webhook as
-//! held and numbers its event after the place is seen by the top-up, and one that read it as
-//! not held wrote its row (a top-up never writes a second one for an event).
+//! Holding and giving back take the event-stream lock, so an ingest that numbers its event
+//! after the place is seen by the top-up, and one that numbered it before wrote its row (a
+//! top-up never writes a second one for an event). On PostgreSQL an ingest reads the webhooks
+//! before it takes the lock, so it asks again under the lock which are held
+//! (`queue_deliveries`).
 
 macro_rules! sql_backlog {
     ($store:ident, $db:ty, $row:ty, $hooks:ident) => {

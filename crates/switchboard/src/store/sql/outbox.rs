@@ -87,13 +87,15 @@ macro_rules! sql_outbox {
         ) -> StoreResult<()> {
             // A webhook whose backlog is held in the stream gets no row: its top-up writes it.
             // Those the dispatcher holds and the store does not yet are held here, after the
-            // stream's events before these. The webhooks were read before this transaction
-            // took the event-stream lock (its events are numbered), so ask again now for
-            // those that were held then.
+            // stream's events before these. On PostgreSQL the webhooks were read before this
+            // transaction took the event-stream lock (its events are numbered), so the store is
+            // asked again now for every one: a dispatcher (this node's, whose own view may
+            // have let go of it since, or another's) may have held it in between, and a row
+            // written here after its place went out before the held events before it.
             let placed = hold_backlogs_here(tx, rows).await?;
             let mut maybe_held: Vec<&str> = rows
                 .iter()
-                .filter(|r| r.webhook.backlog_after_seq.is_some() || r.hold)
+                .filter(|r| !$hooks::EMBEDDED || r.webhook.backlog_after_seq.is_some() || r.hold)
                 .map(|r| r.webhook.id.as_str())
                 .collect();
             let kept: Vec<NewDelivery<'_>>;
