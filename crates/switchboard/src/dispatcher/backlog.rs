@@ -180,15 +180,29 @@ impl Dispatcher {
             if !self.targets.contains_key(&id) {
                 continue;
             }
-            let (want, release) = match self.lanes.get(&id) {
+            let (want, release) = match self.lanes.get_mut(&id) {
                 // It answered: write the whole backlog (a thousand events a call, then the
                 // next at once) and give it back, so that its new deliveries are handed over
                 // at ingest again. Polls claim what was written, a lane's worth at a time.
                 Some(lane) if lane.proven => (None, true),
                 // On probation with something to try it with already.
                 Some(lane) if lane.busy() => continue,
-                // On probation: one delivery to try it with.
-                _ => (Some(1), false),
+                // On probation with nothing out (its last delivery gave up, or none was taken
+                // yet): one delivery to try it with or, with none left after its place, given
+                // back to ingest, whose next delivery tries it (and holds it again). Kept
+                // held, it was never topped up again: nothing marked it due when later
+                // messages came, and they waited in the stream until a restart.
+                lane => {
+                    // Ingest stops holding it first: the store's hold stands until the
+                    // give-back commits (which reads the stream once more under the lock),
+                    // whereas a hold an ingest wrote after the give-back would be one this
+                    // loop does not know of.
+                    if let Some(lane) = lane {
+                        lane.in_stream = false;
+                    }
+                    self.shared.handoffs.hold_in_stream(&id, false);
+                    (Some(1), true)
+                }
             };
             match self
                 .shared

@@ -330,6 +330,7 @@ crate::both_stores!(
     a_hanging_subscribers_backlog_is_held_in_the_event_stream,
     a_held_backlog_is_delivered_once_its_subscriber_answers_and_given_back,
     a_held_backlog_outlives_retention,
+    a_held_webhook_whose_delivery_gave_up_gets_the_next_message,
 );
 
 /// The place of a held backlog is stored: the real binary, killed with SIGKILL while its
@@ -467,3 +468,37 @@ async fn an_ingest_that_waited_for_the_stream_leaves_a_webhook_held_meanwhile_to
 
 /// The advisory lock the store numbers events under (the server's constant).
 const EVENT_STREAM_LOCK: i64 = 0x5357_4254_4556;
+
+/// A webhook on probation whose held delivery ended without a retry (its schedule gave up),
+/// with nothing after its place yet, still gets the next message it wants: the top-up that
+/// found nothing to write is not the last one. Before, the later messages stayed in the
+/// stream until a restart.
+async fn a_held_webhook_whose_delivery_gave_up_gets_the_next_message() {
+    let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
+    location_with_twilio(&app).await;
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    let webhook = create_webhook(
+        &app,
+        json!({ "url": subscriber.url, "events": ["InboundMessage"], "retrySchedule": [] }),
+    )
+    .await;
+    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    hold_after_first(&app, &subscriber, &webhook, "gaveup").await;
+    let ids = feed_message_ids(&app).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first delivery given up",
+        || async {
+            let d = app
+                .get_json(&format!("/v1/messages/{}/deliveries", ids[0]))
+                .await;
+            (d["data"][0]["status"] == "failed").then_some(())
+        },
+    )
+    .await;
+    subscriber.slow(Duration::ZERO);
+    post_sms(&app, "SMgaveup1", "gaveup 1").await;
+    let got = subscriber.wait_for(2, Duration::from_secs(10)).await;
+    assert!(String::from_utf8_lossy(&got[1].body).contains("gaveup 1"));
+}
