@@ -188,8 +188,9 @@ impl Dispatcher {
                 // On probation with something to try it with already.
                 Some(lane) if lane.busy() => continue,
                 // On probation with nothing out (its last delivery gave up, or none was taken
-                // yet): one delivery to try it with or, with none left after its place, given
-                // back to ingest, whose next delivery tries it (and holds it again). Kept
+                // yet): one delivery to try it with, and, with none left after its place (after
+                // that one), given back to ingest, whose next delivery tries it (and holds it
+                // again). Kept
                 // held, it was never topped up again: nothing marked it due when later
                 // messages came, and they waited in the stream until a restart.
                 lane => {

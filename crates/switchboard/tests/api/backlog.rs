@@ -420,10 +420,17 @@ async fn an_ingest_that_waited_for_the_stream_leaves_a_webhook_held_meanwhile_to
             // The message's transaction read the webhooks and waits for the lock.
             eventually(Duration::from_secs(5), "the ingest waiting", || async {
                 let mut watch = watch.lock().await;
+                // This server's connection (the same application name as this test's),
+                // waiting for the event stream's lock (tests share the database, and with it
+                // the advisory locks).
                 let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks
-                     WHERE locktype = 'advisory' AND NOT granted",
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND NOT l.granted
+                       AND a.application_name = current_setting('application_name')
+                       AND l.classid::bigint = $1 AND l.objid::bigint = $2",
                 )
+                .bind(EVENT_STREAM_LOCK >> 32)
+                .bind(EVENT_STREAM_LOCK & 0xffff_ffff)
                 .fetch_one(&mut *watch)
                 .await
                 .unwrap();

@@ -791,7 +791,11 @@ pub async fn fresh_postgres_schema() -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     let sep = if base.contains('?') { '&' } else { '?' };
-    Ok(format!("{base}{sep}options[search_path]={schema}"))
+    // Named after the schema: a test can tell its server's connections apart from those of
+    // the other tests in the same database (`pg_stat_activity.application_name`).
+    Ok(format!(
+        "{base}{sep}options[search_path]={schema}&application_name={schema}"
+    ))
 }
 
 /// The real `switchboard` binary, serving on a loopback port; killed when dropped.
