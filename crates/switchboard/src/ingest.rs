@@ -241,7 +241,7 @@ impl Ingest {
             provider,
             locations = ?locations,
             messages = ?outcome.message_ids,
-            deliveries = outcome.jobs.len(),
+            deliveries = outcome.jobs.len() + outcome.handed_off,
             "provider request stored"
         );
         self.metrics.provider_request();

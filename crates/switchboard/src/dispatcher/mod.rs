@@ -230,6 +230,11 @@ impl Dispatcher {
     ) -> anyhow::Result<(Dispatcher, DispatchHandle)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let handoffs = Arc::new(Handoffs::default());
+        let jobs = tx.clone();
+        handoffs.hand_off_to(move |committed| {
+            // If the dispatcher is gone the leases expire and the next run sends them.
+            let _ = jobs.send(Command::Jobs(committed));
+        });
         let shared = Arc::new(Shared {
             store,
             clock,

@@ -3,7 +3,9 @@
 //! stream.
 
 use std::collections::HashSet;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::DeliveryJob;
 
 /// The webhooks whose new deliveries this node's dispatcher does not take at ingest: it holds
 /// enough of theirs already (a webhook on probation, one whose subscriber has not answered,
@@ -17,6 +19,21 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub struct Handoffs {
     held: WebhookSet,
     stream: RwLock<StreamHolds>,
+    sink: JobSink,
+}
+
+/// Where deliveries committed for this node's dispatcher go at once (`Handoffs::hand_off`).
+#[derive(Default)]
+struct JobSink(OnceLock<Box<dyn Fn(Vec<DeliveryJob>) + Send + Sync>>);
+
+impl std::fmt::Debug for JobSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "JobSink(set)"
+        } else {
+            "JobSink(unset)"
+        })
+    }
 }
 
 /// The webhooks held in the stream, and what decides it, under one lock: a delivery committed
@@ -38,6 +55,25 @@ impl Handoffs {
 
     pub fn takes(&self, webhook_id: &str) -> bool {
         !self.held.contains(webhook_id)
+    }
+
+    /// The dispatcher takes the deliveries leased to it through `send` (set once).
+    pub fn hand_off_to(&self, send: impl Fn(Vec<DeliveryJob>) + Send + Sync + 'static) {
+        let _ = self.sink.0.set(Box::new(send));
+    }
+
+    /// Whether committed deliveries can be handed over here (`hand_off`).
+    pub fn hands_off(&self) -> bool {
+        self.sink.0.get().is_some()
+    }
+
+    /// Deliveries just committed and leased to this node: to its dispatcher, at the commit
+    /// (the group commit hands over a whole batch's at once; each request's handler, woken
+    /// after it, handed over its own up to 12 ms later while the cores were busy).
+    pub fn hand_off(&self, jobs: Vec<DeliveryJob>) {
+        if let (Some(send), false) = (self.sink.0.get(), jobs.is_empty()) {
+            send(jobs);
+        }
     }
 
     fn stream(&self) -> RwLockReadGuard<'_, StreamHolds> {

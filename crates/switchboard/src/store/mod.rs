@@ -330,8 +330,12 @@ pub struct AttemptItem {
 pub struct IngestOutcome {
     /// Message ids, new or (for a provider retry) already stored.
     pub message_ids: Vec<String>,
-    /// Deliveries created by this call, already leased to the caller until `lease_until`.
+    /// Deliveries created by this call, already leased to the caller until `lease_until`, and
+    /// not yet handed over to its dispatcher.
     pub jobs: Vec<DeliveryJob>,
+    /// Deliveries created by this call that the group commit handed over to the caller's
+    /// dispatcher at once (`Handoffs::hand_off`).
+    pub handed_off: usize,
     /// New mails stored as `suppressed` (over the flood cap of their conversation): (message
     /// id, conversation id).
     pub suppressed: Vec<(String, String)>,

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{create_webhook, location_with_twilio};
 use crate::helpers::*;
+use crate::stream_lock::StreamLock;
 use crate::twilio_voice::{outbound_params, post_twiml, setup, voice_settings, QUIET, STATUS};
 
 /// Another number of the test account, connected to a second location.
@@ -387,7 +388,6 @@ async fn a_held_backlog_is_delivered_after_sigkill_and_restart() {
 /// under its one writer.
 #[tokio::test]
 async fn an_ingest_that_waited_for_the_stream_leaves_a_webhook_held_meanwhile_to_its_backlog() {
-    use sqlx::Connection;
     on_store(Backend::Postgres, async {
         let app = spawn_app().await;
         location_with_twilio(&app).await;
@@ -403,49 +403,21 @@ async fn an_ingest_that_waited_for_the_stream_leaves_a_webhook_held_meanwhile_to
         subscriber.wait_for(1, Duration::from_secs(5)).await;
         until_held(&app, &webhook, false).await;
 
-        let url = app.database_url.clone().expect("a PostgreSQL test");
-        let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
-        let watch = std::sync::Arc::new(tokio::sync::Mutex::new(
-            sqlx::PgConnection::connect(&url).await.unwrap(),
-        ));
-        sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(EVENT_STREAM_LOCK)
-            .execute(&mut lock)
-            .await
-            .unwrap();
+        let mut lock = StreamLock::take(&app).await;
         let sid = twilio_sid("SMwaited1");
         let params = sms_params(&sid, "waited 1");
         let hold = async {
             // The message's transaction read the webhooks and waits for the lock.
-            eventually(Duration::from_secs(5), "the ingest waiting", || async {
-                let mut watch = watch.lock().await;
-                // This server's connection (the same application name as this test's),
-                // waiting for the event stream's lock (tests share the database, and with it
-                // the advisory locks).
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                     WHERE l.locktype = 'advisory' AND NOT l.granted
-                       AND a.application_name = current_setting('application_name')
-                       AND l.classid::bigint = $1 AND l.objid::bigint = $2",
-                )
-                .bind(EVENT_STREAM_LOCK >> 32)
-                .bind(EVENT_STREAM_LOCK & 0xffff_ffff)
-                .fetch_one(&mut *watch)
-                .await
-                .unwrap();
-                (waiting > 0).then_some(())
-            })
-            .await;
+            lock.until_waited_for().await;
             sqlx::query(
                 "UPDATE webhooks SET backlog_after_seq = (SELECT max(seq) FROM events)
                  WHERE id = $1",
             )
             .bind(&webhook)
-            .execute(&mut lock)
+            .execute(&mut lock.conn)
             .await
             .unwrap();
-            sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+            lock.release().await;
         };
         let (r, ()) = tokio::join!(app.post_twilio(&params, AUTH_TOKEN), hold);
         assert_eq!(r.status(), 200);
@@ -472,9 +444,6 @@ async fn an_ingest_that_waited_for_the_stream_leaves_a_webhook_held_meanwhile_to
     })
     .await;
 }
-
-/// The advisory lock the store numbers events under (the server's constant).
-const EVENT_STREAM_LOCK: i64 = 0x5357_4254_4556;
 
 /// A webhook on probation whose held delivery ended without a retry (its schedule gave up),
 /// with nothing after its place yet, still gets the next message it wants: the top-up that

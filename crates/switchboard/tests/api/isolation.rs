@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::{create_webhook, location_with_twilio};
 use crate::helpers::*;
+use crate::stream_lock::StreamLock;
 
 /// A subscriber written on bare TCP: its first request is answered `200` with a 1,000-byte
 /// body sent one byte every 200 ms; every later one is answered `204` at once. Returns its URL
@@ -493,3 +494,41 @@ crate::both_stores!(
     two_hundred_hanging_webhooks_delay_no_healthy_delivery,
     each_webhooks_probation_shows_in_the_api_and_the_metrics,
 );
+
+/// A delivery committed for a request whose handler is gone (its client closed the
+/// connection while it waited for the commit) goes out at once: the group commit hands it to
+/// the dispatcher, not the request's handler. Before, it was leased to this node with nobody
+/// to send it, and went out when the lease ran out (here a minute).
+#[tokio::test]
+async fn a_committed_delivery_goes_out_though_its_requests_handler_is_gone() {
+    use tokio::io::AsyncWriteExt;
+    on_store(Backend::Postgres, async {
+        let app = spawn_app_with(|c| c.delivery_lease = Duration::from_secs(60)).await;
+        let (receiver, _) = crate::engine::subscribed(&app).await;
+        let mut lock = StreamLock::take(&app).await;
+        let path = switchboard::channels::twilio::INBOUND_PATH;
+        let sid = twilio_sid("SMhandler-gone");
+        let (form, signature) = signed_twilio_form(
+            &app.url(path),
+            &sms_params(&sid, "handler gone"),
+            AUTH_TOKEN,
+        );
+        let host = app.address.trim_start_matches("http://");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {signature}\r\n\
+             Content-Length: {}\r\n\r\n{form}",
+            form.len()
+        );
+        let mut client = tokio::net::TcpStream::connect(host).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        lock.until_waited_for().await;
+        // The client gives up: the server drops the handler.
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lock.release().await;
+        let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+        assert!(String::from_utf8_lossy(&got[0].body).contains("handler gone"));
+    })
+    .await;
+}

@@ -65,6 +65,7 @@ mod smtp_auth;
 mod smtp_faults;
 mod smtp_garbage;
 mod storage_faults;
+mod stream_lock;
 mod takeover;
 mod targets;
 mod twilio_sms;

@@ -57,21 +57,14 @@ macro_rules! sql_group_commit {
                 Ok::<_, StoreError>((outcomes, health))
             };
             let mut tries = 0;
-            let written = loop {
+            let mut written = loop {
                 match together().await {
                     Err(StoreError::Internal(e)) if tries < 3 && is_conflict(&e) => tries += 1,
                     other => break other,
                 }
             };
-            // SQLite (`hold_unwritten`); on PostgreSQL only the dispatcher holds in the stream.
-            if let (true, Ok((outcomes, _))) = ($hooks::EMBEDDED, &written) {
-                for (item, outcome) in ingests.iter().zip(outcomes) {
-                    if let Some(handoffs) = &item.context.handoffs {
-                        for job in &outcome.jobs {
-                            handoffs.delivery_committed(&job.webhook_id);
-                        }
-                    }
-                }
+            if let Ok((outcomes, _)) = &mut written {
+                hand_off(&ingests, outcomes);
             }
             faults.observe(&written);
             let (outcomes, health) = match written {
@@ -106,6 +99,41 @@ macro_rules! sql_group_commit {
                     }
                 })
                 .collect()
+        }
+
+        /// A group commit's deliveries, committed: to the callers' dispatcher at once, the
+        /// whole batch's together, rather than by each request's handler once it is woken.
+        /// On SQLite a delivery for a webhook on probation holds the webhook in the stream
+        /// first (`hold_unwritten`); on PostgreSQL only the dispatcher holds in the stream.
+        fn hand_off(items: &[$crate::store::IngestItem], outcomes: &mut [IngestOutcome]) {
+            let mut batch: Option<(&$crate::store::Handoffs, Vec<$crate::store::DeliveryJob>)> =
+                None;
+            for (item, outcome) in items.iter().zip(outcomes) {
+                let Some(handoffs) = item.context.handoffs.as_deref() else {
+                    continue;
+                };
+                if $hooks::EMBEDDED {
+                    for job in &outcome.jobs {
+                        handoffs.delivery_committed(&job.webhook_id);
+                    }
+                }
+                if !handoffs.hands_off() {
+                    continue;
+                }
+                let jobs = std::mem::take(&mut outcome.jobs);
+                outcome.handed_off = jobs.len();
+                match &mut batch {
+                    Some((to, all)) if std::ptr::eq(*to, handoffs) => all.extend(jobs),
+                    _ => {
+                        if let Some((to, all)) = batch.replace((handoffs, jobs)) {
+                            to.hand_off(all);
+                        }
+                    }
+                }
+            }
+            if let Some((to, all)) = batch {
+                to.hand_off(all);
+            }
         }
 
         /// File several provider requests in one transaction (group commit): one commit, one
