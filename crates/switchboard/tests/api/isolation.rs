@@ -501,7 +501,6 @@ crate::both_stores!(
 /// to send it, and went out when the lease ran out (here a minute).
 #[tokio::test]
 async fn a_committed_delivery_goes_out_though_its_requests_handler_is_gone() {
-    use tokio::io::AsyncWriteExt;
     on_store(Backend::Postgres, async {
         let app = spawn_app_with(|c| c.delivery_lease = Duration::from_secs(60)).await;
         let (receiver, _) = crate::engine::subscribed(&app).await;

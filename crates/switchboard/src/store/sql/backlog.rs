@@ -225,6 +225,134 @@ macro_rules! sql_backlog {
             Ok(found)
         }
 
+        /// One transaction of `top_up_backlog`; with `lock_first` under the event stream's lock
+        /// from its start. Without it, a give-back that reached the stream's head writes what
+        /// it read and returns true: the rest is for a pass with the lock.
+        async fn top_up_pass(
+            writer: &sqlx::Pool<$db>,
+            webhook_id: &str,
+            want: Option<u32>,
+            release: bool,
+            lock_first: bool,
+            now: i64,
+        ) -> StoreResult<($crate::store::BacklogTopUp, bool)> {
+            let mut done = $crate::store::BacklogTopUp::default();
+            let mut at_head = false;
+            let mut tx = $hooks::begin_write(writer).await?;
+            let locked = lock_first;
+            if locked {
+                $hooks::lock_event_stream(&mut *tx).await?;
+            }
+            // One top-up of a webhook at a time, on any node.
+            let row = sqlx::query(&format!(
+                "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND deleted_at IS NULL{}",
+                $hooks::ROW_LOCK
+            ))
+            .bind(webhook_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(webhook) = row.as_ref().map(webhook_from_row) else {
+                done.released = true;
+                return Ok((done, false));
+            };
+            let Some(mut after) = webhook.backlog_after_seq else {
+                done.released = true;
+                return Ok((done, false));
+            };
+            let mut room = match want {
+                None => usize::MAX,
+                Some(want) => {
+                    let pending: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
+                             WHERE webhook_id = $1 AND status = 'pending' LIMIT $2) AS p",
+                    )
+                    .bind(webhook_id)
+                    .bind(i64::from(want))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    (want as usize).saturating_sub(pending as usize)
+                }
+            };
+            if room == 0 {
+                // It holds what it can take: the next top-up comes when some are done.
+                return Ok((done, false));
+            }
+            let mut rows: Vec<(String, StreamEvent)> = Vec::new();
+            // Read as many events as one call may: call again.
+            done.more = true;
+            for _ in 0..BACKLOG_SCANS {
+                let events = read_stream(&mut tx, &webhook, after).await?;
+                let reached_head = events.len() < BACKLOG_SCAN;
+                let wanted: Vec<&str> =
+                    events.iter().filter(|e| e.wanted).map(|e| e.id.as_str()).collect();
+                let already = delivered_already(&mut tx, webhook_id, &wanted).await?;
+                let mut stopped = false;
+                for e in events {
+                    if e.wanted && !already.contains(&e.id) {
+                        if room == 0 {
+                            stopped = true;
+                            break;
+                        }
+                        room -= 1;
+                        after = e.seq;
+                        rows.push((new_id(), e));
+                    } else {
+                        after = e.seq;
+                    }
+                }
+                if stopped {
+                    done.more = false;
+                    break;
+                }
+                if !reached_head {
+                    continue;
+                }
+                if !release {
+                    done.more = false;
+                    break;
+                }
+                if !locked {
+                    // Read once more under the lock, in a pass that takes it first:
+                    // nothing numbered after it can have been left out.
+                    at_head = true;
+                    done.more = false;
+                    break;
+                }
+                done.more = false;
+                done.released = true;
+                break;
+            }
+            for chunk in chunks(&rows, rows_per_statement(10, 0)) {
+                let sql = insert_text("deliveries", DELIVERY_COLUMNS, chunk.len(), "");
+                let mut query = sqlx::query(&sql);
+                for (id, e) in chunk {
+                    query = query
+                        .bind(id.as_str())
+                        .bind(e.id.as_str())
+                        .bind(webhook_id)
+                        .bind(delivery_status::PENDING)
+                        .bind(0_i64)
+                        .bind(now)
+                        .bind(None::<i64>)
+                        .bind(now)
+                        .bind(e.conversation_id.as_deref())
+                        .bind(e.seq);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            sqlx::query("UPDATE webhooks SET backlog_after_seq = $1 WHERE id = $2")
+                .bind((!done.released).then_some(after))
+                .bind(webhook_id)
+                .execute(&mut *tx)
+                .await?;
+            if !rows.is_empty() {
+                $hooks::notify_work(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            done.queued = rows.len() as u32;
+            Ok((done, at_head))
+        }
+
         #[async_trait]
         impl $crate::store::Backlogs for $store {
             async fn hold_backlogs(
@@ -263,116 +391,25 @@ macro_rules! sql_backlog {
                 now: i64,
             ) -> StoreResult<$crate::store::BacklogTopUp> {
                 self.faults.track(async {
-                    let mut done = $crate::store::BacklogTopUp::default();
-                    let mut tx = $hooks::begin_write(&self.writer).await?;
-                    // One top-up of a webhook at a time, on any node.
-                    let row = sqlx::query(&format!(
-                        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1 AND deleted_at IS NULL{}",
-                        $hooks::ROW_LOCK
-                    ))
-                    .bind(webhook_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some(webhook) = row.as_ref().map(webhook_from_row) else {
-                        done.released = true;
-                        return Ok(done);
-                    };
-                    let Some(mut after) = webhook.backlog_after_seq else {
-                        done.released = true;
-                        return Ok(done);
-                    };
-                    let mut room = match want {
-                        None => usize::MAX,
-                        Some(want) => {
-                            let pending: i64 = sqlx::query_scalar(
-                                "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries
-                                     WHERE webhook_id = $1 AND status = 'pending' LIMIT $2) AS p",
-                            )
-                            .bind(webhook_id)
-                            .bind(i64::from(want))
-                            .fetch_one(&mut *tx)
+                    // A give-back reads the stream once more under the event stream's lock,
+                    // taken before the webhook's row, as ingest and holds take them: taken
+                    // after the row, it waited for an ingest that waited for the row (a
+                    // deadlock, broken after a second on PostgreSQL, every ingest of the
+                    // cluster waiting). A webhook on probation (one delivery at most, few
+                    // events after its place) takes it at once; one that answered first
+                    // writes what it reads without it, and at the head takes it in a second
+                    // transaction for the rest.
+                    let lock_first = release && want.is_some();
+                    let (mut done, at_head) =
+                        top_up_pass(&self.writer, webhook_id, want, release, lock_first, now)
                             .await?;
-                            (want as usize).saturating_sub(pending as usize)
-                        }
-                    };
-                    if room == 0 {
-                        // It holds what it can take: the next top-up comes when some are done.
-                        return Ok(done);
+                    if at_head {
+                        let (rest, _) =
+                            top_up_pass(&self.writer, webhook_id, want, release, true, now).await?;
+                        done.queued += rest.queued;
+                        done.more = rest.more;
+                        done.released = rest.released;
                     }
-                    let mut locked = false;
-                    let mut rows: Vec<(String, StreamEvent)> = Vec::new();
-                    // Read as many events as one call may: call again.
-                    done.more = true;
-                    for _ in 0..BACKLOG_SCANS {
-                        let events = read_stream(&mut tx, &webhook, after).await?;
-                        let reached_head = events.len() < BACKLOG_SCAN;
-                        let wanted: Vec<&str> =
-                            events.iter().filter(|e| e.wanted).map(|e| e.id.as_str()).collect();
-                        let already = delivered_already(&mut tx, webhook_id, &wanted).await?;
-                        let mut stopped = false;
-                        for e in events {
-                            if e.wanted && !already.contains(&e.id) {
-                                if room == 0 {
-                                    stopped = true;
-                                    break;
-                                }
-                                room -= 1;
-                                after = e.seq;
-                                rows.push((new_id(), e));
-                            } else {
-                                after = e.seq;
-                            }
-                        }
-                        if stopped {
-                            done.more = false;
-                            break;
-                        }
-                        if !reached_head {
-                            continue;
-                        }
-                        if !release {
-                            done.more = false;
-                            break;
-                        }
-                        if !locked {
-                            // Read once more under the lock: nothing numbered after it can
-                            // have been left out.
-                            $hooks::lock_event_stream(&mut *tx).await?;
-                            locked = true;
-                            continue;
-                        }
-                        done.more = false;
-                        done.released = true;
-                        break;
-                    }
-                    for chunk in chunks(&rows, rows_per_statement(10, 0)) {
-                        let sql = insert_text("deliveries", DELIVERY_COLUMNS, chunk.len(), "");
-                        let mut query = sqlx::query(&sql);
-                        for (id, e) in chunk {
-                            query = query
-                                .bind(id.as_str())
-                                .bind(e.id.as_str())
-                                .bind(webhook_id)
-                                .bind(delivery_status::PENDING)
-                                .bind(0_i64)
-                                .bind(now)
-                                .bind(None::<i64>)
-                                .bind(now)
-                                .bind(e.conversation_id.as_deref())
-                                .bind(e.seq);
-                        }
-                        query.execute(&mut *tx).await?;
-                    }
-                    sqlx::query("UPDATE webhooks SET backlog_after_seq = $1 WHERE id = $2")
-                        .bind((!done.released).then_some(after))
-                        .bind(webhook_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    if !rows.is_empty() {
-                        $hooks::notify_work(&mut *tx).await?;
-                    }
-                    tx.commit().await?;
-                    done.queued = rows.len() as u32;
                     Ok(done)
                 })
                 .await

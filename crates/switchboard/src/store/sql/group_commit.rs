@@ -49,6 +49,14 @@ macro_rules! sql_group_commit {
             }
             let together = || async {
                 let mut tx = $hooks::begin_write(pool).await?;
+                // With provider requests, the event stream's lock first: recording attempts
+                // writes webhooks' rows, and holds (ingest's, the dispatcher's, a give-back's)
+                // write them after taking that lock. Taken after the rows, each waited for the
+                // other (on PostgreSQL a deadlock, broken after a second, every ingest of the
+                // cluster waiting meanwhile).
+                if !ingests.is_empty() && !attempts.is_empty() {
+                    $hooks::lock_event_stream(&mut *tx).await?;
+                }
                 let health = attempts_in(&mut tx, &attempts).await?;
                 let held = hold_unwritten(&mut tx, &ingests).await?;
                 let outcomes = ingest_in(&mut tx, &ingests).await?;
@@ -145,17 +153,18 @@ macro_rules! sql_group_commit {
             items: Vec<$crate::store::IngestItem>,
         ) -> Vec<StoreResult<IngestOutcome>> {
             if items.len() > 1 {
-                if let Ok(outcomes) = ingest_with_retries(pool, &items).await {
+                if let Ok(mut outcomes) = ingest_with_retries(pool, &items).await {
+                    hand_off(&items, &mut outcomes);
                     return outcomes.into_iter().map(Ok).collect();
                 }
             }
             let mut results = Vec::with_capacity(items.len());
             for item in items {
-                results.push(
-                    ingest_with_retries(pool, std::slice::from_ref(&item))
-                        .await
-                        .map(|mut o| o.remove(0)),
-                );
+                let one = std::slice::from_ref(&item);
+                results.push(ingest_with_retries(pool, one).await.map(|mut o| {
+                    hand_off(one, &mut o);
+                    o.remove(0)
+                }));
             }
             results
         }
