@@ -190,9 +190,8 @@ impl Dispatcher {
                 // On probation with nothing out (its last delivery gave up, or none was taken
                 // yet): one delivery to try it with, and, with none left after its place (after
                 // that one), given back to ingest, whose next delivery tries it (and holds it
-                // again). Kept
-                // held, it was never topped up again: nothing marked it due when later
-                // messages came, and they waited in the stream until a restart.
+                // again). Kept held, it was never topped up again: nothing marked it due when
+                // later messages came, and they waited in the stream until a restart.
                 lane => {
                     // Ingest stops holding it first: the store's hold stands until the
                     // give-back commits (which reads the stream once more under the lock),

@@ -68,6 +68,18 @@ fn distinct_bodies(got: &[Received]) -> Vec<String> {
     bodies
 }
 
+/// A webhook for inbound messages at a subscriber that does not answer (until told to), with
+/// `settings` added: the subscriber, and the webhook's id.
+async fn hanging_webhook(app: &TestApp, settings: Value) -> (TestReceiver, String) {
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    let mut body = json!({ "url": subscriber.url, "events": ["InboundMessage"] });
+    let body_fields = body.as_object_mut().expect("an object");
+    body_fields.extend(settings.as_object().expect("an object").clone());
+    let webhook = create_webhook(app, body).await;
+    (subscriber, webhook["id"].as_str().unwrap().to_owned())
+}
+
 /// Post the first message and wait until its delivery is out and the webhook's backlog held.
 /// Messages are `SM{word}{i}` with the body `{word} {i}`.
 async fn hold_after_first(app: &TestApp, subscriber: &TestReceiver, webhook_id: &str, word: &str) {
@@ -89,14 +101,7 @@ async fn a_hanging_subscribers_backlog_is_held_in_the_event_stream() {
     let messages = 40;
     let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(60)).await;
     location_with_twilio(&app).await;
-    let hanging = TestReceiver::start().await;
-    hanging.slow(Duration::from_secs(3600));
-    let webhook = create_webhook(
-        &app,
-        json!({ "url": hanging.url, "events": ["InboundMessage"] }),
-    )
-    .await;
-    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    let (hanging, webhook) = hanging_webhook(&app, json!({})).await;
     assert_eq!(held_after(&app, &webhook).await, Value::Null);
     hold_after_first(&app, &hanging, &webhook, "held").await;
     for i in 1..messages {
@@ -134,15 +139,11 @@ async fn a_held_backlog_is_delivered_once_its_subscriber_answers_and_given_back(
         app.connect_twilio(&other, &[OTHER_NUMBER]).await.status(),
         200
     );
-    let subscriber = TestReceiver::start().await;
-    subscriber.slow(Duration::from_secs(3600));
-    let webhook = create_webhook(
+    let (subscriber, webhook) = hanging_webhook(
         &app,
-        json!({ "url": subscriber.url, "events": ["InboundMessage"], "locationId": location,
-                "retrySchedule": ["1s"] }),
+        json!({ "locationId": location, "retrySchedule": ["1s"] }),
     )
     .await;
-    let webhook = webhook["id"].as_str().unwrap().to_owned();
     hold_after_first(&app, &subscriber, &webhook, "back").await;
     for i in 1..messages {
         post_sms(&app, &format!("SMback{i}"), &format!("back {i}")).await;
@@ -193,14 +194,7 @@ async fn a_held_backlog_outlives_retention() {
     })
     .await;
     location_with_twilio(&app).await;
-    let subscriber = TestReceiver::start().await;
-    subscriber.slow(Duration::from_secs(3600));
-    let webhook = create_webhook(
-        &app,
-        json!({ "url": subscriber.url, "events": ["InboundMessage"], "retrySchedule": ["2s"] }),
-    )
-    .await;
-    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    let (subscriber, webhook) = hanging_webhook(&app, json!({ "retrySchedule": ["2s"] })).await;
     hold_after_first(&app, &subscriber, &webhook, "keep").await;
     for i in 1..messages {
         post_sms(&app, &format!("SMkeep{i}"), &format!("keep {i}")).await;
@@ -221,15 +215,11 @@ async fn a_held_backlog_keeps_the_conversations_order() {
     let messages = 12;
     let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
     location_with_twilio(&app).await;
-    let subscriber = TestReceiver::start().await;
-    subscriber.slow(Duration::from_secs(3600));
-    let webhook = create_webhook(
+    let (subscriber, webhook) = hanging_webhook(
         &app,
-        json!({ "url": subscriber.url, "events": ["InboundMessage"], "ordering": "conversation",
-                "retrySchedule": ["1s"] }),
+        json!({ "ordering": "conversation", "retrySchedule": ["1s"] }),
     )
     .await;
-    let webhook = webhook["id"].as_str().unwrap().to_owned();
     hold_after_first(&app, &subscriber, &webhook, "order").await;
     for i in 1..messages {
         post_sms(&app, &format!("SMorder{i}"), &format!("order {i}")).await;
@@ -452,14 +442,7 @@ async fn an_ingest_that_waited_for_the_stream_leaves_a_webhook_held_meanwhile_to
 async fn a_held_webhook_whose_delivery_gave_up_gets_the_next_message() {
     let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(1)).await;
     location_with_twilio(&app).await;
-    let subscriber = TestReceiver::start().await;
-    subscriber.slow(Duration::from_secs(3600));
-    let webhook = create_webhook(
-        &app,
-        json!({ "url": subscriber.url, "events": ["InboundMessage"], "retrySchedule": [] }),
-    )
-    .await;
-    let webhook = webhook["id"].as_str().unwrap().to_owned();
+    let (subscriber, webhook) = hanging_webhook(&app, json!({ "retrySchedule": [] })).await;
     hold_after_first(&app, &subscriber, &webhook, "gaveup").await;
     let ids = feed_message_ids(&app).await;
     eventually(

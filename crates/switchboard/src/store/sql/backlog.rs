@@ -239,8 +239,7 @@ macro_rules! sql_backlog {
             let mut done = $crate::store::BacklogTopUp::default();
             let mut at_head = false;
             let mut tx = $hooks::begin_write(writer).await?;
-            let locked = lock_first;
-            if locked {
+            if lock_first {
                 $hooks::lock_event_stream(&mut *tx).await?;
             }
             // One top-up of a webhook at a time, on any node.
@@ -311,7 +310,7 @@ macro_rules! sql_backlog {
                     done.more = false;
                     break;
                 }
-                if !locked {
+                if !lock_first {
                     // Read once more under the lock, in a pass that takes it first:
                     // nothing numbered after it can have been left out.
                     at_head = true;

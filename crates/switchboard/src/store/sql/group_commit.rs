@@ -114,33 +114,28 @@ macro_rules! sql_group_commit {
         /// On SQLite a delivery for a webhook on probation holds the webhook in the stream
         /// first (`hold_unwritten`); on PostgreSQL only the dispatcher holds in the stream.
         fn hand_off(items: &[$crate::store::IngestItem], outcomes: &mut [IngestOutcome]) {
-            let mut batch: Option<(&$crate::store::Handoffs, Vec<$crate::store::DeliveryJob>)> =
-                None;
-            for (item, outcome) in items.iter().zip(outcomes) {
-                let Some(handoffs) = item.context.handoffs.as_deref() else {
-                    continue;
-                };
-                if $hooks::EMBEDDED {
-                    for job in &outcome.jobs {
-                        handoffs.delivery_committed(&job.webhook_id);
-                    }
-                }
-                if !handoffs.hands_off() {
-                    continue;
-                }
-                let jobs = std::mem::take(&mut outcome.jobs);
-                outcome.handed_off = jobs.len();
-                match &mut batch {
-                    Some((to, all)) if std::ptr::eq(*to, handoffs) => all.extend(jobs),
-                    _ => {
-                        if let Some((to, all)) = batch.replace((handoffs, jobs)) {
-                            to.hand_off(all);
+            if $hooks::EMBEDDED {
+                for (item, outcome) in items.iter().zip(outcomes.iter()) {
+                    if let Some(handoffs) = &item.context.handoffs {
+                        for job in &outcome.jobs {
+                            handoffs.delivery_committed(&job.webhook_id);
                         }
                     }
                 }
             }
-            if let Some((to, all)) = batch {
-                to.hand_off(all);
+            for handoffs in distinct_handoffs(items) {
+                if !handoffs.hands_off() {
+                    continue;
+                }
+                let mut jobs = Vec::new();
+                for (item, outcome) in items.iter().zip(outcomes.iter_mut()) {
+                    let ask = item.context.handoffs.as_ref();
+                    if ask.is_some_and(|h| std::sync::Arc::ptr_eq(h, handoffs)) {
+                        outcome.handed_off = outcome.jobs.len();
+                        jobs.append(&mut outcome.jobs);
+                    }
+                }
+                handoffs.hand_off(jobs);
             }
         }
 
