@@ -9,14 +9,23 @@
 //! them, every healthy subscriber's event waited for 1,000 inserts.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
-use super::{store_failed, Command, Dispatcher};
+use super::{store_failed, Command, Dispatcher, SOON_POLL_GAP};
+use crate::store::FirstDeliveries;
+
+/// Webhooks a transaction of `Backlogs::first_deliveries` handles.
+const FIRST_PER_CALL: usize = 100;
 
 /// This node's view of one held backlog.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Held {
     /// The store may have deliveries to write for it that it can take: top up at the next poll.
     pub(super) due: bool,
+    /// Held for a first delivery from the stream that another delivery came before (written
+    /// before the hold, or sent by another node or before a restart): every delivery written
+    /// and given back to ingest, as the hold was only ever for that first one.
+    give_back: bool,
 }
 
 /// Held backlogs by webhook id, the webhooks to hold at the end of this round, and those whose
@@ -28,6 +37,15 @@ pub(super) struct Backlogs {
     /// Holds being written, by webhook: not topped up (nor given back) before they are
     /// committed, as a give-back read before would be undone by the hold.
     writing: HashMap<String, u32>,
+    /// Webhooks never tried may have events: look for their first deliveries.
+    pub(super) first_wanted: bool,
+    /// A call of `first_deliveries` is out.
+    first_running: bool,
+    /// It has written some this time.
+    found_first: bool,
+    /// The last call found nothing: the next not before then (a webhook whose filters match
+    /// nothing of a busy stream would otherwise cost a transaction a commit).
+    first_after: Option<Instant>,
 }
 
 impl Backlogs {
@@ -42,11 +60,24 @@ impl Backlogs {
         }
     }
 
+    /// Held for its first delivery only, and that is not to be (`Held::give_back`).
+    fn give_back(&mut self, webhook_id: &str) -> bool {
+        let held = self.held.get_mut(webhook_id);
+        if let Some(h) = held {
+            h.due = true;
+            h.give_back = true;
+            true
+        } else {
+            false
+        }
+    }
+
     /// A webhook seen held in the store (by another node, or before a restart).
     pub(super) fn seen_held(&mut self, webhook_id: &str) {
-        self.held
-            .entry(webhook_id.to_owned())
-            .or_insert(Held { due: true });
+        self.held.entry(webhook_id.to_owned()).or_insert(Held {
+            due: true,
+            give_back: false,
+        });
     }
 
     /// This round asked to hold some.
@@ -68,7 +99,7 @@ impl Dispatcher {
         let Some(lane) = self.lanes.get_mut(webhook_id) else {
             return;
         };
-        let hold = !lane.proven && lane.busy();
+        let hold = !lane.proven && (lane.busy() || lane.untried);
         let in_stream = hold || (!lane.proven && lane.in_stream);
         // Ingest may have held it already (`Handoffs::delivery_committed`), and must let go of
         // it if it answered since.
@@ -142,6 +173,8 @@ impl Dispatcher {
     /// A hold was written, or failed: then ingest goes on writing their deliveries, and the
     /// next busy round asks again.
     pub(super) fn held(&mut self, ids: Vec<String>, held: bool) {
+        // Webhooks never tried among them look for their first events now.
+        self.backlogs.first_wanted |= held;
         for id in &ids {
             if let Some(n) = self.backlogs.writing.get_mut(id) {
                 *n -= 1;
@@ -150,6 +183,8 @@ impl Dispatcher {
                 }
             }
             if !held {
+                // Ingest writes the hold itself meanwhile (it is still unwritten); a webhook
+                // never tried is asked for again at the next poll (`rehold_untried`).
                 self.backlogs.forget(id);
                 self.shared.metrics.backlog_held(id, false);
             } else if self.backlogs.held.get(id).is_some_and(|h| h.due) {
@@ -180,13 +215,20 @@ impl Dispatcher {
             if !self.targets.contains_key(&id) {
                 continue;
             }
+            // Disabled (before its first delivery, say): its deliveries wait in the store as
+            // any disabled webhook's, every one written; or its hold was for a first delivery
+            // that another came before.
+            let all = self.targets[&id].webhook.disabled_at.is_some()
+                || self.backlogs.held.get(&id).is_some_and(|h| h.give_back);
             let (want, release) = match self.lanes.get_mut(&id) {
+                // Waits for its first delivery: `first_deliveries` writes it.
+                Some(lane) if lane.untried => continue,
                 // It answered: write the whole backlog (a thousand events a call, then the
                 // next at once) and give it back, so that its new deliveries are handed over
                 // at ingest again. Polls claim what was written, a lane's worth at a time.
-                Some(lane) if lane.proven => (None, true),
+                Some(lane) if lane.proven && !all => (None, true),
                 // On probation with something to try it with already.
-                Some(lane) if lane.busy() => continue,
+                Some(lane) if lane.busy() && !all => continue,
                 // On probation with nothing out (its last delivery gave up, or none was taken
                 // yet): one delivery to try it with, and, with none left after its place (after
                 // that one), given back to ingest, whose next delivery tries it (and holds it
@@ -201,7 +243,7 @@ impl Dispatcher {
                         lane.in_stream = false;
                     }
                     self.shared.handoffs.hold_in_stream(&id, false);
-                    (Some(1), true)
+                    (if all { None } else { Some(1) }, true)
                 }
             };
             match self
@@ -223,5 +265,104 @@ impl Dispatcher {
                 Err(e) => store_failed(&e, "writing a held backlog's deliveries failed"),
             }
         }
+    }
+
+    /// Write the first deliveries of webhooks never tried whose holds are written, in a task
+    /// of its own, many webhooks a transaction, leased to this node: one call at a time, again
+    /// when events were committed meanwhile.
+    pub(super) fn first_deliveries(&mut self) {
+        let b = &mut self.backlogs;
+        if !b.first_wanted || b.first_running || b.first_after.is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        b.first_wanted = false;
+        let mut waiting = false;
+        let mut ids = Vec::new();
+        for (id, lane) in &self.lanes {
+            if !lane.untried {
+                continue;
+            }
+            waiting = true;
+            if b.held.contains_key(id)
+                && !b.writing.contains_key(id)
+                && self.targets.contains_key(id)
+            {
+                ids.push(id.clone());
+            }
+        }
+        // Told of commits only while some wait.
+        self.shared.handoffs.first_waiting(waiting);
+        if ids.is_empty() {
+            return;
+        }
+        b.first_running = true;
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            // A transaction a hundred webhooks, each sent on at its commit: ingest waits for
+            // one at most, and the first hundred for none of the rest.
+            for chunk in ids.chunks(FIRST_PER_CALL) {
+                let (now, lease_until) = (shared.clock.now_ms(), shared.lease_until());
+                match shared.store.first_deliveries(chunk, now, lease_until).await {
+                    Ok(done) => {
+                        let _ = shared.tx.send(Command::FirstDeliveries(done, false));
+                    }
+                    Err(e) => {
+                        // The next poll asks again.
+                        store_failed(&e, "writing first deliveries from the event stream failed");
+                        break;
+                    }
+                }
+            }
+            let _ = shared
+                .tx
+                .send(Command::FirstDeliveries(FirstDeliveries::default(), true));
+        });
+    }
+
+    /// What `first_deliveries` wrote: sent now. Those that wait no more (given back, or
+    /// tried elsewhere) go the way of any held backlog on probation.
+    pub(super) fn first_delivered(&mut self, done: FirstDeliveries, finished: bool) {
+        let b = &mut self.backlogs;
+        b.first_wanted |= done.more;
+        b.found_first |= !done.jobs.is_empty();
+        if finished {
+            b.first_running = false;
+            // Found nothing: not again before then.
+            b.first_after = (!std::mem::take(&mut b.found_first) && !b.first_wanted)
+                .then(|| Instant::now() + SOON_POLL_GAP);
+        }
+        for id in &done.settled {
+            if let Some(lane) = self.lanes.get_mut(id) {
+                lane.untried = false;
+            }
+            self.poll_soon |= self.backlogs.give_back(id);
+            self.sync_backlog(id);
+        }
+        self.accept(done.jobs);
+    }
+
+    /// Webhooks never tried whose hold failed (a storage fault): asked again, once a poll.
+    pub(super) fn rehold_untried(&mut self) {
+        let b = &self.backlogs;
+        let unheld: Vec<String> = self
+            .lanes
+            .iter()
+            .filter(|(id, l)| {
+                l.untried && !b.held.contains_key(*id) && !b.writing.contains_key(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in unheld {
+            self.sync_backlog(&id);
+        }
+    }
+
+    /// When `first_deliveries` may run next, if it waits for that.
+    pub(super) fn first_wake(&self) -> Option<Instant> {
+        let b = &self.backlogs;
+        (b.first_wanted && !b.first_running)
+            .then_some(b.first_after)
+            .flatten()
     }
 }

@@ -55,6 +55,8 @@ impl Dispatcher {
                 }
                 continue;
             }
+            // Tried now: its next deliveries come as any webhook's on probation.
+            lane.untried = false;
             if job.is_retry {
                 lane.retries.push_back(job);
             } else {

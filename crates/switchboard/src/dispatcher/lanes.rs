@@ -58,6 +58,10 @@ pub(super) struct Lane {
     /// Ingest holds its backlog in the event stream (`Handoffs::in_stream`): on probation with
     /// an attempt out or queued.
     pub(super) in_stream: bool,
+    /// Never tried (no attempt stored, none made here): its backlog is held in the stream
+    /// from the start, and its first delivery written from there (`first_deliveries`), so
+    /// the first message to a thousand new webhooks costs its ingest nothing for them.
+    pub(super) untried: bool,
 }
 
 impl Lane {
@@ -78,6 +82,9 @@ impl Lane {
             proven: health.answered,
             held: false,
             in_stream: false,
+            untried: !health.answered
+                && health.consecutive_failures == 0
+                && health.failing_since.is_none(),
             breaker: match health.breaker_open_until {
                 Some(until) if until > now => Breaker::Open { until },
                 Some(_) => Breaker::HalfOpen,

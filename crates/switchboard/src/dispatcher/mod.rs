@@ -115,6 +115,11 @@ enum Command {
         ids: Vec<String>,
         held: bool,
     },
+    /// What a call of `Backlogs::first_deliveries` did (`Dispatcher::first_delivered`), and
+    /// whether it was the last of this round.
+    FirstDeliveries(crate::store::FirstDeliveries, bool),
+    /// This node committed events (told only while webhooks wait for their first delivery).
+    EventsCommitted,
 }
 
 struct Completion {
@@ -235,6 +240,10 @@ impl Dispatcher {
             // If the dispatcher is gone the leases expire and the next run sends them.
             let _ = jobs.send(Command::Jobs(committed));
         });
+        let told = tx.clone();
+        handoffs.on_events_committed(move || {
+            let _ = told.send(Command::EventsCommitted);
+        });
         let shared = Arc::new(Shared {
             store,
             clock,
@@ -337,15 +346,26 @@ impl Dispatcher {
         }
         let now = self.shared.clock.now_ms();
         let mut targets = HashMap::with_capacity(webhooks.len());
+        let (mut untried, mut untried_no_more) = (Vec::new(), Vec::new());
         for webhook in webhooks {
             let (clients, policy) = self.clients_for(&webhook.allowed_networks);
             let (metrics, handoffs) = (&self.shared.metrics, &self.shared.handoffs);
             let lane = self.lanes.entry(webhook.id.clone()).or_insert_with(|| {
-                let lane = Lane::new(&webhook.health, now);
+                let mut lane = Lane::new(&webhook.health, now);
                 metrics.probation(&webhook.id, !lane.proven);
                 handoffs.probation(&webhook.id, !lane.proven);
+                lane.untried &= webhook.disabled_at.is_none();
+                if lane.untried {
+                    untried.push(webhook.id.clone());
+                }
                 lane
             });
+            // Disabled before its first delivery: its deliveries wait in the store, as any
+            // disabled webhook's (its hold, if written, is given back by its next top-up).
+            if lane.untried && webhook.disabled_at.is_some() {
+                lane.untried = false;
+                untried_no_more.push(webhook.id.clone());
+            }
             // Another node may have opened or closed the breaker.
             lane.breaker = match (lane.breaker, webhook.health.breaker_open_until) {
                 (_, Some(until)) if until > now => Breaker::Open { until },
@@ -384,6 +404,15 @@ impl Dispatcher {
         }
         self.targets = targets;
         self.changes_read = changes;
+        // Held in the stream from the start, for their first delivery from there.
+        for id in &untried {
+            self.sync_backlog(id);
+        }
+        for id in &untried_no_more {
+            self.poll_soon |= self.backlogs.due(id);
+            self.sync_backlog(id);
+        }
+        self.backlogs.first_wanted |= !untried.is_empty();
         let parked = std::mem::take(&mut self.parked);
         self.accept_or_release(parked);
     }
@@ -408,6 +437,9 @@ impl Dispatcher {
             } => self.went_slow(&webhook_id, delivery_id),
             Command::Done(done) => self.finish(done).await,
             Command::Held { ids, held } => self.held(ids, held),
+            Command::FirstDeliveries(done, finished) => self.first_delivered(done, finished),
+            // Events were committed on this node while webhooks wait for their first.
+            Command::EventsCommitted => self.backlogs.first_wanted = true,
             // Counted when it was sent: read at the top of the next round (`catch_up`), before
             // anything starts. A burst of changes (an operator creating 200 webhooks) is one
             // read, as every change of it was counted by then; deliveries queued behind it (or
@@ -430,6 +462,7 @@ impl Dispatcher {
         loop {
             self.catch_up().await;
             let wake = self.pump_all().map_or(next_poll, |w| w.min(next_poll));
+            let wake = self.first_wake().map_or(wake, |w| w.min(wake));
             tokio::select! {
                 command = self.rx.recv() => match command {
                     Some(command) => self.handle(command).await,
@@ -451,6 +484,7 @@ impl Dispatcher {
                 self.pump_all();
             }
             self.hold_backlogs();
+            self.first_deliveries();
             let now = Instant::now();
             if std::mem::take(&mut self.poll_soon) {
                 // At most one such poll per SOON_POLL_GAP, however many lanes open.

@@ -63,8 +63,11 @@ impl Dispatcher {
             Ok(jobs) => self.accept(jobs),
             Err(e) => store_failed(&e, "emitting calls that waited for a recording failed"),
         }
-        // Held backlogs that can take deliveries now get them written, for the claim below.
+        // Held backlogs that can take deliveries now get them written, for the claim below;
+        // webhooks waiting for their first delivery look for events other nodes committed.
         self.top_up_backlogs(now).await;
+        self.rehold_untried();
+        self.backlogs.first_wanted = true;
         // Lanes on probation hold a few each, counted against their own limit.
         let queued: usize = self
             .lanes

@@ -3,6 +3,7 @@
 //! stream.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::DeliveryJob;
@@ -20,21 +21,35 @@ pub struct Handoffs {
     held: WebhookSet,
     stream: RwLock<StreamHolds>,
     sink: JobSink,
+    /// Told after a commit while `first_waiting` (`on_events_committed`).
+    committed: Told,
+    /// Webhooks wait for their first delivery from the stream: the dispatcher looks for
+    /// their events after each commit.
+    first_waiting: AtomicBool,
 }
 
-/// Where deliveries committed for this node's dispatcher go at once (`Handoffs::hand_off`).
-#[derive(Default)]
-struct JobSink(OnceLock<Box<dyn Fn(Vec<DeliveryJob>) + Send + Sync>>);
+/// A closure set once by the dispatcher: where deliveries committed for it go at once
+/// (`Handoffs::hand_off`), or what it is told after a commit (`Handoffs::on_events_committed`).
+struct SetOnce<F: ?Sized>(OnceLock<Box<F>>);
 
-impl std::fmt::Debug for JobSink {
+impl<F: ?Sized> Default for SetOnce<F> {
+    fn default() -> Self {
+        SetOnce(OnceLock::new())
+    }
+}
+
+impl<F: ?Sized> std::fmt::Debug for SetOnce<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() {
-            "JobSink(set)"
+            "set"
         } else {
-            "JobSink(unset)"
+            "unset"
         })
     }
 }
+
+type JobSink = SetOnce<dyn Fn(Vec<DeliveryJob>) + Send + Sync>;
+type Told = SetOnce<dyn Fn() + Send + Sync>;
 
 /// The webhooks held in the stream, and what decides it, under one lock: a delivery committed
 /// for a webhook on probation holds it (`delivery_committed`) only while it is on probation.
@@ -69,11 +84,30 @@ impl Handoffs {
 
     /// Deliveries just committed and leased to this node: to its dispatcher, at the commit
     /// (the group commit hands over a whole batch's at once; each request's handler, woken
-    /// after it, handed over its own up to 12 ms later while the cores were busy).
+    /// after it, handed over its own up to 12 ms later while the cores were busy). Called
+    /// after every commit of events; with webhooks waiting for their first delivery, their
+    /// dispatcher is told (`on_events_committed`).
     pub fn hand_off(&self, jobs: Vec<DeliveryJob>) {
         if let (Some(send), false) = (self.sink.0.get(), jobs.is_empty()) {
             send(jobs);
         }
+        if self.first_waiting.load(AtomicOrdering::Relaxed) {
+            if let Some(tell) = self.committed.0.get() {
+                tell();
+            }
+        }
+    }
+
+    /// What the dispatcher is told after a commit while webhooks wait for their first
+    /// delivery (set once).
+    pub fn on_events_committed(&self, tell: impl Fn() + Send + Sync + 'static) {
+        let _ = self.committed.0.set(Box::new(tell));
+    }
+
+    /// Whether webhooks of this node's dispatcher wait for their first delivery from the
+    /// stream.
+    pub fn first_waiting(&self, waiting: bool) {
+        self.first_waiting.store(waiting, AtomicOrdering::Relaxed);
     }
 
     fn stream(&self) -> RwLockReadGuard<'_, StreamHolds> {

@@ -32,7 +32,8 @@ pub use faults::{FaultKind, StorageFault, StorageFaults};
 pub use group_commit::{Batcher, GroupCommit, Write, Written};
 pub use handoffs::Handoffs;
 pub use traits::{
-    BacklogTopUp, Backlogs, Calls, Deliveries, Feed, Locations, Messages, Setup, Store, Webhooks,
+    BacklogTopUp, Backlogs, Calls, Deliveries, Feed, FirstDeliveries, Locations, Messages, Setup,
+    Store, Webhooks,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -277,6 +277,30 @@ pub trait Backlogs: Send + Sync + 'static {
         release: bool,
         now: i64,
     ) -> StoreResult<BacklogTopUp>;
+
+    /// The first delivery of each of these webhooks, held in the stream and never tried: of
+    /// the first event after its place that goes to it, leased to the caller until
+    /// `lease_until`, in one transaction (give it a hundred webhooks or so: ingest waits for
+    /// it). A webhook with none yet stays held, its place moved past what was read.
+    async fn first_deliveries(
+        &self,
+        webhook_ids: &[String],
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<FirstDeliveries>;
+}
+
+/// What `Backlogs::first_deliveries` did.
+#[derive(Debug, Default)]
+pub struct FirstDeliveries {
+    /// Written and leased to the caller: to send now.
+    pub jobs: Vec<super::DeliveryJob>,
+    /// Waiting no more for a first delivery from the stream: not held (given back, or
+    /// gone), disabled, or with a delivery pending already (written before it was held, or
+    /// by another node).
+    pub settled: Vec<String>,
+    /// Some read as many events as one call may without finding theirs: call again.
+    pub more: bool,
 }
 
 /// What a top-up did.

@@ -102,7 +102,8 @@ async fn a_hanging_subscribers_backlog_is_held_in_the_event_stream() {
     let app = spawn_app_with(|c| c.delivery_timeout = Duration::from_secs(60)).await;
     location_with_twilio(&app).await;
     let (hanging, webhook) = hanging_webhook(&app, json!({})).await;
-    assert_eq!(held_after(&app, &webhook).await, Value::Null);
+    // Never tried: held from the start, its first delivery written from the stream.
+    until_held(&app, &webhook, true).await;
     hold_after_first(&app, &hanging, &webhook, "held").await;
     for i in 1..messages {
         post_sms(&app, &format!("SMheld{i}"), &format!("held {i}")).await;
@@ -315,7 +316,63 @@ async fn a_held_backlog_is_written_through_the_type_and_direction_filters() {
     }
 }
 
+/// A webhook never tried is held in the stream once its dispatcher has read it, before any
+/// message; the first message's commit gets the dispatcher to write its first delivery from
+/// there (the poll comes once a minute here: it is not what finds it), for 250 such webhooks at
+/// once (three transactions of a hundred); one whose subscriber answered is given back to
+/// ingest, which writes the next message's row itself, while those that hang stay held. Before,
+/// the first message's own transaction read every new webhook and wrote each a row: with a
+/// thousand, most of the first moment's commit, and every message of that moment waited.
+async fn webhooks_never_tried_get_their_first_delivery_from_the_stream() {
+    let app = spawn_app_with(|c| {
+        c.poll_interval = Duration::from_secs(60);
+        c.delivery_timeout = Duration::from_secs(60);
+    })
+    .await;
+    location_with_twilio(&app).await;
+    let hanging = TestReceiver::start().await;
+    hanging.slow(Duration::from_secs(3600));
+    let mut webhooks = Vec::new();
+    for _ in 0..250 {
+        let made = create_webhook(
+            &app,
+            json!({ "url": hanging.url, "events": ["InboundMessage"] }),
+        );
+        webhooks.push(made.await["id"].as_str().unwrap().to_owned());
+    }
+    let healthy = TestReceiver::start().await;
+    let made = create_webhook(
+        &app,
+        json!({ "url": healthy.url, "events": ["InboundMessage"] }),
+    );
+    let answers = made.await["id"].as_str().unwrap().to_owned();
+    webhooks.push(answers.clone());
+    for webhook in &webhooks {
+        until_held(&app, webhook, true).await;
+    }
+
+    post_sms(&app, "SMfirst0", "first 0").await;
+    healthy.wait_for(1, Duration::from_secs(5)).await;
+    hanging.wait_for(250, Duration::from_secs(10)).await;
+    let ids = feed_message_ids(&app).await;
+    let mut got = delivered_to(&app, &ids[0]).await;
+    got.sort();
+    webhooks.sort();
+    assert_eq!(
+        got, webhooks,
+        "one delivery of the first message to each webhook"
+    );
+
+    until_held(&app, &answers, false).await;
+    post_sms(&app, "SMfirst1", "first 1").await;
+    healthy.wait_for(2, Duration::from_secs(5)).await;
+    let ids = feed_message_ids(&app).await;
+    assert_eq!(delivered_to(&app, &ids[1]).await, vec![answers]);
+    assert_eq!(hanging.received().len(), 250, "one attempt each");
+}
+
 crate::both_stores!(
+    webhooks_never_tried_get_their_first_delivery_from_the_stream,
     a_held_backlog_is_written_through_the_type_and_direction_filters,
     a_held_backlog_keeps_the_conversations_order,
     a_hanging_subscribers_backlog_is_held_in_the_event_stream,
@@ -323,6 +380,40 @@ crate::both_stores!(
     a_held_backlog_outlives_retention,
     a_held_webhook_whose_delivery_gave_up_gets_the_next_message,
 );
+
+/// A webhook whose first delivery is still leased to a node killed while sending it (on
+/// PostgreSQL the lease is not taken back at a start: another node may hold it) looks never
+/// tried to the next node, which holds it in the stream for a first delivery and finds that
+/// one pending: it gives the webhook back to ingest at once, and the next message is delivered
+/// long before that lease runs out. Before, the hold stood, the top-up had no room (one
+/// pending on probation), and every later message waited for the two-minute lease.
+#[tokio::test]
+async fn a_hold_for_a_first_delivery_that_is_pending_elsewhere_is_given_back() {
+    let Some(url) = postgres_schema_for_nodes().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SWITCHBOARD_DATABASE_URL", url.as_str()),
+        ("SWITCHBOARD_DELIVERY_TIMEOUT", "60s"),
+        ("SWITCHBOARD_DELIVERY_LEASE", "120s"),
+    ];
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_secs(3600));
+    let mut first = Node::start(dir.path(), free_port(), &env).await;
+    first.configure(&subscriber).await;
+    assert_eq!(first.post_sms("SMelse0", "else 0").await.status(), 200);
+    subscriber.wait_for(1, Duration::from_secs(5)).await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    drop(first);
+
+    subscriber.slow(Duration::ZERO);
+    let second = Node::start(dir.path(), free_port(), &env).await;
+    assert_eq!(second.post_sms("SMelse1", "else 1").await.status(), 200);
+    let got = subscriber.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].json()["body"], "else 1");
+}
 
 /// The place of a held backlog is stored: the real binary, killed with SIGKILL while its
 /// webhook's backlog is held, delivers the whole backlog after a restart once the subscriber

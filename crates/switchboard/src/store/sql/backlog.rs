@@ -150,11 +150,38 @@ macro_rules! sql_backlog {
             wanted: bool,
         }
 
-        async fn read_stream(
+        /// One event of the stream as read, before any webhook's filters.
+        struct StreamRow {
+            seq: i64,
+            id: String,
+            event_type: Option<EventType>,
+            location_id: Option<String>,
+            message: Option<(switchboard_events::MessageType, Direction)>,
+            conversation_id: Option<String>,
+            suppressed: bool,
+            /// For a `WebhookDisabled` event: the webhook it tells of.
+            disabled_endpoint: Option<String>,
+        }
+
+        impl StreamRow {
+            /// Whether it goes to this webhook.
+            fn wanted_by(&self, webhook: &Webhook) -> bool {
+                self.event_type.is_some_and(|t| {
+                    webhook.matches(
+                        t,
+                        self.location_id.as_deref(),
+                        self.message.as_ref().map(|(m, d)| (m, *d)),
+                    )
+                }) && !self.suppressed
+                    && self.disabled_endpoint.as_deref() != Some(webhook.id.as_str())
+            }
+        }
+
+        /// The stream's events after `after`, at most `BACKLOG_SCAN`, in order.
+        async fn read_stream_rows(
             tx: &mut Transaction<'_, $db>,
-            webhook: &Webhook,
             after: i64,
-        ) -> StoreResult<Vec<StreamEvent>> {
+        ) -> StoreResult<Vec<StreamRow>> {
             let rows = sqlx::query(
                 "SELECT e.seq, e.id, e.event_type, e.location_id, m.message_type, m.direction,
                         m.conversation_id, m.status,
@@ -169,32 +196,44 @@ macro_rules! sql_backlog {
             Ok(rows
                 .iter()
                 .map(|row| {
-                    let event_type = EventType::parse(row.get::<&str, _>("event_type"));
-                    let message_type = row.get::<Option<&str>, _>("message_type");
                     let direction = match row.get::<Option<&str>, _>("direction") {
                         Some("outbound") => Direction::Outbound,
                         _ => Direction::Inbound,
                     };
-                    let message_type = message_type.map(switchboard_events::MessageType::parse);
-                    let suppressed = row.get::<Option<&str>, _>("status") == Some("suppressed");
-                    let own_notice = row
+                    let message = row
+                        .get::<Option<&str>, _>("message_type")
+                        .map(|m| (switchboard_events::MessageType::parse(m), direction));
+                    let disabled_endpoint = row
                         .get::<Option<Vec<u8>>, _>("disabled")
                         .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-                        .is_some_and(|p| p["endpointId"] == webhook.id.as_str());
-                    let wanted = event_type.is_some_and(|t| {
-                        webhook.matches(
-                            t,
-                            row.get::<Option<&str>, _>("location_id"),
-                            message_type.as_ref().map(|m| (m, direction)),
-                        )
-                    }) && !suppressed
-                        && !own_notice;
-                    StreamEvent {
+                        .and_then(|p| p["endpointId"].as_str().map(str::to_owned));
+                    StreamRow {
                         seq: row.get("seq"),
                         id: row.get("id"),
+                        event_type: EventType::parse(row.get::<&str, _>("event_type")),
+                        location_id: row.get("location_id"),
+                        message,
                         conversation_id: row.get("conversation_id"),
-                        wanted,
+                        suppressed: row.get::<Option<&str>, _>("status") == Some("suppressed"),
+                        disabled_endpoint,
                     }
+                })
+                .collect())
+        }
+
+        async fn read_stream(
+            tx: &mut Transaction<'_, $db>,
+            webhook: &Webhook,
+            after: i64,
+        ) -> StoreResult<Vec<StreamEvent>> {
+            Ok(read_stream_rows(tx, after)
+                .await?
+                .into_iter()
+                .map(|row| StreamEvent {
+                    wanted: row.wanted_by(webhook),
+                    seq: row.seq,
+                    id: row.id,
+                    conversation_id: row.conversation_id,
                 })
                 .collect())
         }
@@ -412,6 +451,17 @@ macro_rules! sql_backlog {
                     Ok(done)
                 })
                 .await
+            }
+
+            async fn first_deliveries(
+                &self,
+                webhook_ids: &[String],
+                now: i64,
+                lease_until: i64,
+            ) -> StoreResult<$crate::store::FirstDeliveries> {
+                self.faults
+                    .track(first_deliveries_tx(&self.writer, webhook_ids, now, lease_until))
+                    .await
             }
         }
     };

@@ -14,6 +14,7 @@ pub(super) mod contacts;
 pub(super) mod deliveries;
 pub(super) mod feed;
 pub(super) mod filing;
+pub(super) mod first;
 pub(super) mod group_commit;
 pub(super) mod locations;
 pub(super) mod outbox;
@@ -86,6 +87,7 @@ macro_rules! sql_store {
         $crate::store::sql::attempts::sql_attempts!($store, $db, $row, $hooks);
         $crate::store::sql::deliveries::sql_deliveries!($store, $db, $row, $hooks);
         $crate::store::sql::backlog::sql_backlog!($store, $db, $row, $hooks);
+        $crate::store::sql::first::sql_first_deliveries!($store, $db, $row, $hooks);
         $crate::store::sql::feed::sql_feed!($store, $db, $row, $hooks);
     };
 }

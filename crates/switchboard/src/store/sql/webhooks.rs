@@ -235,6 +235,9 @@ macro_rules! sql_webhooks {
 
                 self.faults.track(async {
                 let mut tx = $hooks::begin_write(&self.writer).await?;
+                // The event stream's lock before the webhook's row (its event is numbered
+                // below): top-ups and first deliveries take them in that order.
+                $hooks::lock_event_stream(&mut *tx).await?;
                 let row = sqlx::query(&format!(
                     "UPDATE webhooks SET disabled_at = $1, disabled_reason = $2, breaker_open_until = NULL
                      WHERE id = $3 AND deleted_at IS NULL AND disabled_at IS NULL
