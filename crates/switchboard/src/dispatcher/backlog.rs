@@ -41,8 +41,10 @@ pub(super) struct Backlogs {
     pub(super) first_wanted: bool,
     /// A call of `first_deliveries` is out.
     first_running: bool,
-    /// It has written some this time.
+    /// It has written some (or found some waiting no more) this time.
     found_first: bool,
+    /// It read as many events as one call may for some: again at once.
+    first_wanted_more: bool,
     /// The last call found nothing: the next not before then (a webhook whose filters match
     /// nothing of a busy stream would otherwise cost a transaction a commit).
     first_after: Option<Instant>,
@@ -324,13 +326,17 @@ impl Dispatcher {
     /// tried elsewhere) go the way of any held backlog on probation.
     pub(super) fn first_delivered(&mut self, done: FirstDeliveries, finished: bool) {
         let b = &mut self.backlogs;
-        b.first_wanted |= done.more;
-        b.found_first |= !done.jobs.is_empty();
+        b.first_wanted_more |= done.more;
+        b.found_first |= !done.jobs.is_empty() || !done.settled.is_empty();
         if finished {
             b.first_running = false;
             // Found nothing: not again before then.
-            b.first_after = (!std::mem::take(&mut b.found_first) && !b.first_wanted)
+            // Found nothing: not again before then, however many commits come meanwhile (a
+            // webhook whose filters match nothing of a busy stream cost a write transaction
+            // a commit).
+            b.first_after = (!std::mem::take(&mut b.found_first) && !b.first_wanted_more)
                 .then(|| Instant::now() + SOON_POLL_GAP);
+            b.first_wanted |= std::mem::take(&mut b.first_wanted_more);
         }
         for id in &done.settled {
             if let Some(lane) = self.lanes.get_mut(id) {
@@ -361,8 +367,6 @@ impl Dispatcher {
     /// When `first_deliveries` may run next, if it waits for that.
     pub(super) fn first_wake(&self) -> Option<Instant> {
         let b = &self.backlogs;
-        (b.first_wanted && !b.first_running)
-            .then_some(b.first_after)
-            .flatten()
+        (b.first_wanted && !b.first_running).then(|| b.first_after.unwrap_or_else(Instant::now))
     }
 }

@@ -360,9 +360,14 @@ impl Dispatcher {
                 }
                 lane
             });
-            // Disabled before its first delivery: its deliveries wait in the store, as any
-            // disabled webhook's (its hold, if written, is given back by its next top-up).
-            if lane.untried && webhook.disabled_at.is_some() {
+            // Disabled (before its first delivery, say): its deliveries wait in the store, as
+            // any disabled webhook's; its held backlog is written and given back by a top-up.
+            // Tried by another node meanwhile (its stored health says so): on probation as any.
+            let tried = webhook.health.answered
+                || webhook.health.consecutive_failures > 0
+                || webhook.health.failing_since.is_some();
+            let disabled = webhook.disabled_at.is_some();
+            if (lane.untried && tried) || disabled {
                 lane.untried = false;
                 untried_no_more.push(webhook.id.clone());
             }
@@ -409,7 +414,9 @@ impl Dispatcher {
             self.sync_backlog(id);
         }
         for id in &untried_no_more {
-            self.poll_soon |= self.backlogs.due(id);
+            if self.targets[id].webhook.disabled_at.is_some() {
+                self.poll_soon |= self.backlogs.due(id);
+            }
             self.sync_backlog(id);
         }
         self.backlogs.first_wanted |= !untried.is_empty();

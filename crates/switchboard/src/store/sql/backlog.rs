@@ -460,7 +460,7 @@ macro_rules! sql_backlog {
                 lease_until: i64,
             ) -> StoreResult<$crate::store::FirstDeliveries> {
                 self.faults
-                    .track(first_deliveries_tx(&self.writer, webhook_ids, now, lease_until))
+                    .track(first_deliveries_tx(&self.writer, &self.reader, webhook_ids, now, lease_until))
                     .await
             }
         }
