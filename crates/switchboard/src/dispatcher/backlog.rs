@@ -327,10 +327,13 @@ impl Dispatcher {
     pub(super) fn first_delivered(&mut self, done: FirstDeliveries, finished: bool) {
         let b = &mut self.backlogs;
         b.first_wanted_more |= done.more;
-        b.found_first |= !done.jobs.is_empty() || !done.settled.is_empty();
+        // Found something, or had nothing to read (no event after their places: a read, no
+        // transaction, and the first event's commit must not wait for a back-off).
+        // (The last message of a round carries nothing.)
+        b.found_first |=
+            !finished && (!done.jobs.is_empty() || !done.settled.is_empty() || !done.read);
         if finished {
             b.first_running = false;
-            // Found nothing: not again before then.
             // Found nothing: not again before then, however many commits come meanwhile (a
             // webhook whose filters match nothing of a busy stream cost a write transaction
             // a commit).

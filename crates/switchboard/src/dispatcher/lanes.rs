@@ -378,6 +378,19 @@ impl Dispatcher {
         if let Some(c) = &done.conversation_id {
             lane.busy.remove(c);
         }
+        // The last poll left it out as full, or claimed nothing at all: with room again, what
+        // waits in the store (a backlog given back) is claimed at the next soon poll, not at
+        // the next tick.
+        self.poll_soon |= std::mem::take(&mut self.claim_starved);
+        if self.full_at_poll.contains(&done.webhook_id)
+            && self
+                .targets
+                .get(&done.webhook_id)
+                .is_some_and(|t| !lane.full(&t.webhook))
+        {
+            self.full_at_poll.remove(&done.webhook_id);
+            self.poll_soon = true;
+        }
         let SendResult::Attempted {
             next,
             health,

@@ -212,6 +212,10 @@ pub struct Dispatcher {
     poll_now: bool,
     /// Webhooks whose backlog is held in the event stream.
     backlogs: backlog::Backlogs,
+    /// Lanes the last poll claimed nothing for, as they held plenty (`Lane::full`).
+    full_at_poll: std::collections::HashSet<String>,
+    /// The last poll claimed nothing: the lanes held as much as the node sends soon.
+    claim_starved: bool,
     /// HTTP clients by the private networks their webhooks may reach.
     clients: HashMap<Vec<ipnet::IpNet>, (Clients, TargetPolicy)>,
     /// Where attempts run (see `Sends`): those of webhooks on probation on a runtime of their
@@ -280,6 +284,8 @@ impl Dispatcher {
                 poll_soon: false,
                 poll_now: false,
                 backlogs: backlog::Backlogs::default(),
+                full_at_poll: Default::default(),
+                claim_starved: false,
                 clients: HashMap::new(),
                 sends: Sends::start()?,
                 poll_interval: config.poll_interval,

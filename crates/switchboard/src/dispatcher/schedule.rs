@@ -76,6 +76,9 @@ impl Dispatcher {
             .map(|l| l.fresh.len() + l.retries.len())
             .sum();
         let room = (2 * self.concurrency).saturating_sub(self.in_flight + queued);
+        // No room: claimed at the first soon poll after a send ends (`finish`), not at the next
+        // tick (a backlog given back under load waited a whole poll interval).
+        self.claim_starved = room == 0;
         if room == 0 {
             return;
         }
@@ -87,13 +90,20 @@ impl Dispatcher {
             .filter(|(id, lane)| self.targets.get(*id).is_some_and(|t| lane.full(&t.webhook)))
             .map(|(id, _)| id.clone())
             .collect();
+        self.full_at_poll = full.iter().cloned().collect();
+        let asked = room.min(500);
         match self
             .shared
             .store
-            .claim_due(now, lease_until, room.min(500) as u32, &full)
+            .claim_due(now, lease_until, asked as u32, &full)
             .await
         {
-            Ok(jobs) => self.accept(jobs),
+            Ok(jobs) => {
+                // As many as asked: more may be due (a backlog given back, written at once),
+                // claimed at the next soon poll rather than at the next tick.
+                self.poll_soon |= jobs.len() >= asked;
+                self.accept(jobs);
+            }
             Err(e) => store_failed(&e, "claiming due deliveries failed"),
         }
     }

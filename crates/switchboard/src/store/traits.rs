@@ -301,6 +301,8 @@ pub struct FirstDeliveries {
     pub settled: Vec<String>,
     /// Some read as many events as one call may without finding theirs: call again.
     pub more: bool,
+    /// Events came after some of their places (when none did, the call only read that).
+    pub read: bool,
 }
 
 /// What a top-up did.

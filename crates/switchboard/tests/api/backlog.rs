@@ -371,7 +371,46 @@ async fn webhooks_never_tried_get_their_first_delivery_from_the_stream() {
     assert_eq!(hanging.received().len(), 250, "one attempt each");
 }
 
+/// A webhook never tried whose subscriber answers its first delivery after 400 ms while
+/// 2,000 messages come: what was held in the stream meanwhile is given back and claimed at
+/// once, all of it, not at the next poll (a minute here). Before, what the give-back wrote
+/// beyond one claim, or beyond what the lane takes, waited for the next poll (stalls of 1.1 s
+/// in the benchmark, at the default one-second poll).
+async fn a_new_webhooks_first_burst_waits_for_no_poll() {
+    let app = spawn_app_with(|c| c.poll_interval = Duration::from_secs(60)).await;
+    location_with_twilio(&app).await;
+    let subscriber = TestReceiver::start().await;
+    subscriber.slow(Duration::from_millis(400));
+    let made = create_webhook(
+        &app,
+        json!({ "url": subscriber.url, "events": ["InboundMessage"] }),
+    );
+    let webhook = made.await["id"].as_str().unwrap().to_owned();
+    until_held(&app, &webhook, true).await;
+    // Ten rounds of 200 at once.
+    let post = async {
+        for round in 0..10 {
+            let requests: Vec<Vec<(String, String)>> = (0..200)
+                .map(|i| {
+                    let sid = twilio_sid(&format!("SMburst{round}-{i}"));
+                    owned_params(sms_params(&sid, &format!("burst {round} {i}")))
+                })
+                .collect();
+            let statuses = app.post_twilio_concurrently(requests, AUTH_TOKEN).await;
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        }
+    };
+    let answer_soon = async {
+        subscriber.wait_for(1, Duration::from_secs(5)).await;
+        subscriber.slow(Duration::ZERO);
+    };
+    tokio::join!(post, answer_soon);
+    let got = subscriber.wait_for(2000, Duration::from_secs(20)).await;
+    assert_eq!(distinct_bodies(&got).len(), 2000);
+}
+
 crate::both_stores!(
+    a_new_webhooks_first_burst_waits_for_no_poll,
     webhooks_never_tried_get_their_first_delivery_from_the_stream,
     a_held_backlog_is_written_through_the_type_and_direction_filters,
     a_held_backlog_keeps_the_conversations_order,

@@ -75,6 +75,7 @@ macro_rules! sql_first_deliveries {
             if nothing_after(reader, webhook_ids).await? {
                 return Ok(done);
             }
+            done.read = true;
             let mut tx = $hooks::begin_write(writer).await?;
             // The event stream's lock before any webhook's row, as everywhere; the rows in
             // the order of their ids, as recording attempts locks them.
