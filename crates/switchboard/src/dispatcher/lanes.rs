@@ -369,6 +369,12 @@ impl Dispatcher {
             self.in_flight -= 1;
         }
         self.shared.metrics.in_flight(-1, probation_slot);
+        // The last poll claimed nothing for lack of room: a shared slot is free now (also when
+        // the webhook is gone), so what waits in the store (a backlog given back) is claimed
+        // at the next soon poll, not at the next tick. (A probation slot frees no such room.)
+        if !probation_slot {
+            self.poll_soon |= std::mem::take(&mut self.claim_starved);
+        }
         let now = self.shared.clock.now_ms();
         let Some(lane) = self.lanes.get_mut(&done.webhook_id) else {
             return;
@@ -378,10 +384,7 @@ impl Dispatcher {
         if let Some(c) = &done.conversation_id {
             lane.busy.remove(c);
         }
-        // The last poll left it out as full, or claimed nothing at all: with room again, what
-        // waits in the store (a backlog given back) is claimed at the next soon poll, not at
-        // the next tick.
-        self.poll_soon |= std::mem::take(&mut self.claim_starved);
+        // The last poll left it out as full: with room again, the same.
         if self.full_at_poll.contains(&done.webhook_id)
             && self
                 .targets
