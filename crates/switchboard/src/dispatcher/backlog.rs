@@ -41,10 +41,6 @@ pub(super) struct Backlogs {
     pub(super) first_wanted: bool,
     /// A call of `first_deliveries` is out.
     first_running: bool,
-    /// It has written some (or found some waiting no more) this time.
-    found_first: bool,
-    /// It read as many events as one call may for some: again at once.
-    first_wanted_more: bool,
     /// The last call found nothing: the next not before then (a webhook whose filters match
     /// nothing of a busy stream would otherwise cost a transaction a commit).
     first_after: Option<Instant>,
@@ -301,13 +297,18 @@ impl Dispatcher {
         b.first_running = true;
         let shared = self.shared.clone();
         tokio::spawn(async move {
+            // Found something, or had nothing to read (no event after their places: a read,
+            // no transaction, and the first event's commit must not wait for a back-off).
+            let (mut found, mut more) = (false, false);
             // A transaction a hundred webhooks, each sent on at its commit: ingest waits for
             // one at most, and the first hundred for none of the rest.
             for chunk in ids.chunks(FIRST_PER_CALL) {
                 let (now, lease_until) = (shared.clock.now_ms(), shared.lease_until());
                 match shared.store.first_deliveries(chunk, now, lease_until).await {
                     Ok(done) => {
-                        let _ = shared.tx.send(Command::FirstDeliveries(done, false));
+                        found |= !done.jobs.is_empty() || !done.settled.is_empty() || !done.read;
+                        more |= done.more;
+                        let _ = shared.tx.send(Command::FirstDeliveries(done));
                     }
                     Err(e) => {
                         // The next poll asks again.
@@ -316,31 +317,13 @@ impl Dispatcher {
                     }
                 }
             }
-            let _ = shared
-                .tx
-                .send(Command::FirstDeliveries(FirstDeliveries::default(), true));
+            let _ = shared.tx.send(Command::FirstRoundDone { found, more });
         });
     }
 
     /// What `first_deliveries` wrote: sent now. Those that wait no more (given back, or
     /// tried elsewhere) go the way of any held backlog on probation.
-    pub(super) fn first_delivered(&mut self, done: FirstDeliveries, finished: bool) {
-        let b = &mut self.backlogs;
-        b.first_wanted_more |= done.more;
-        // Found something, or had nothing to read (no event after their places: a read, no
-        // transaction, and the first event's commit must not wait for a back-off).
-        // (The last message of a round carries nothing.)
-        b.found_first |=
-            !finished && (!done.jobs.is_empty() || !done.settled.is_empty() || !done.read);
-        if finished {
-            b.first_running = false;
-            // Found nothing: not again before then, however many commits come meanwhile (a
-            // webhook whose filters match nothing of a busy stream cost a write transaction
-            // a commit).
-            b.first_after = (!std::mem::take(&mut b.found_first) && !b.first_wanted_more)
-                .then(|| Instant::now() + SOON_POLL_GAP);
-            b.first_wanted |= std::mem::take(&mut b.first_wanted_more);
-        }
+    pub(super) fn first_delivered(&mut self, done: FirstDeliveries) {
         for id in &done.settled {
             if let Some(lane) = self.lanes.get_mut(id) {
                 lane.untried = false;
@@ -349,6 +332,17 @@ impl Dispatcher {
             self.sync_backlog(id);
         }
         self.accept(done.jobs);
+    }
+
+    /// A round of `first_deliveries` ended: again at once if some read as many events as one
+    /// call may; after a round that found nothing, not again for `SOON_POLL_GAP`, however
+    /// many commits come meanwhile (a webhook whose filters match nothing of a busy stream
+    /// cost a write transaction a commit).
+    pub(super) fn first_round_done(&mut self, found: bool, more: bool) {
+        let b = &mut self.backlogs;
+        b.first_running = false;
+        b.first_after = (!found && !more).then(|| Instant::now() + SOON_POLL_GAP);
+        b.first_wanted |= more;
     }
 
     /// Webhooks never tried whose hold failed (a storage fault): asked again, once a poll.

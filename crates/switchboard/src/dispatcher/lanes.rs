@@ -82,9 +82,7 @@ impl Lane {
             proven: health.answered,
             held: false,
             in_stream: false,
-            untried: !health.answered
-                && health.consecutive_failures == 0
-                && health.failing_since.is_none(),
+            untried: health.never_tried(),
             breaker: match health.breaker_open_until {
                 Some(until) if until > now => Breaker::Open { until },
                 Some(_) => Breaker::HalfOpen,

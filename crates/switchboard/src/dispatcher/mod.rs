@@ -115,9 +115,14 @@ enum Command {
         ids: Vec<String>,
         held: bool,
     },
-    /// What a call of `Backlogs::first_deliveries` did (`Dispatcher::first_delivered`), and
-    /// whether it was the last of this round.
-    FirstDeliveries(crate::store::FirstDeliveries, bool),
+    /// What a call of `Backlogs::first_deliveries` did (`Dispatcher::first_delivered`).
+    FirstDeliveries(crate::store::FirstDeliveries),
+    /// A round of such calls ended: whether it found anything (or had nothing to read), and
+    /// whether some read as many events as one call may (`Dispatcher::first_round_done`).
+    FirstRoundDone {
+        found: bool,
+        more: bool,
+    },
     /// This node committed events (told only while webhooks wait for their first delivery).
     EventsCommitted,
 }
@@ -369,11 +374,8 @@ impl Dispatcher {
             // Disabled (before its first delivery, say): its deliveries wait in the store, as
             // any disabled webhook's; its held backlog is written and given back by a top-up.
             // Tried by another node meanwhile (its stored health says so): on probation as any.
-            let tried = webhook.health.answered
-                || webhook.health.consecutive_failures > 0
-                || webhook.health.failing_since.is_some();
-            let disabled = webhook.disabled_at.is_some();
-            if (lane.untried && tried) || disabled {
+            let tried = !webhook.health.never_tried();
+            if (lane.untried && tried) || webhook.disabled_at.is_some() {
                 lane.untried = false;
                 untried_no_more.push(webhook.id.clone());
             }
@@ -450,7 +452,8 @@ impl Dispatcher {
             } => self.went_slow(&webhook_id, delivery_id),
             Command::Done(done) => self.finish(done).await,
             Command::Held { ids, held } => self.held(ids, held),
-            Command::FirstDeliveries(done, finished) => self.first_delivered(done, finished),
+            Command::FirstDeliveries(done) => self.first_delivered(done),
+            Command::FirstRoundDone { found, more } => self.first_round_done(found, more),
             // Events were committed on this node while webhooks wait for their first.
             Command::EventsCommitted => self.backlogs.first_wanted = true,
             // Counted when it was sent: read at the top of the next round (`catch_up`), before

@@ -136,6 +136,13 @@ pub struct WebhookHealth {
     pub answered: bool,
 }
 
+impl WebhookHealth {
+    /// No attempt of it is stored: no answer, no failure.
+    pub fn never_tried(&self) -> bool {
+        !self.answered && self.consecutive_failures == 0 && self.failing_since.is_none()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Webhook {
     pub id: String,

@@ -81,13 +81,8 @@ macro_rules! sql_first_deliveries {
             // the order of their ids, as recording attempts locks them.
             $hooks::lock_event_stream(&mut *tx).await?;
             let ids: Vec<&str> = webhook_ids.iter().map(String::as_str).collect();
-            let select = if $hooks::EMBEDDED {
-                "first deliveries' webhooks"
-            } else {
-                "first deliveries' webhooks, locked"
-            };
             let rows = {
-                let sql = TEXTS.get(select, "webhooks", ids.len(), || {
+                let sql = TEXTS.get("first deliveries' webhooks", "webhooks", ids.len(), || {
                     $hooks::positional(format!(
                         "SELECT {WEBHOOK_COLUMNS} FROM webhooks
                          WHERE deleted_at IS NULL AND id IN ({}) ORDER BY id{}",
